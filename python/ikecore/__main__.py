@@ -1,0 +1,5 @@
+"""``python -m ikecore`` runs the command line."""
+
+from ikecore.cli import main
+
+raise SystemExit(main())

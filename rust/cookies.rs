@@ -1,0 +1,1 @@
+//! Cookie table: (CKY-I, CKY-R) -> SA handle.

@@ -1,0 +1,1 @@
+//! Diffie-Hellman groups and payload ciphers.

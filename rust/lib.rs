@@ -1,0 +1,13 @@
+//! ikecore's Rust core: the ISAKMP codec (`wire`), Diffie-Hellman and payload
+//! ciphers (`crypto`) and the cookie table (`cookies`).
+//!
+//! Everything outside `py/` is plain Rust and builds and tests with `cargo test`
+//! and no Python; `py/` (behind the `python` feature) is the only pyo3 code.
+
+pub mod cookies;
+pub mod crypto;
+pub mod error;
+pub mod wire;
+
+#[cfg(feature = "python")]
+mod py;

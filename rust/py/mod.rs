@@ -1,0 +1,11 @@
+//! The only pyo3 code: registers the `ikecore._core` extension module.
+
+use pyo3::prelude::*;
+
+mod errors;
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
