@@ -2,10 +2,16 @@
 
 use pyo3::prelude::*;
 
+mod cookies;
+mod crypto;
 mod errors;
+mod wire;
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    wire::register(m)?;
+    crypto::register(m)?;
+    cookies::register(m)?;
     Ok(())
 }
