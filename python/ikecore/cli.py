@@ -1,19 +1,250 @@
-"""The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only."""
+"""The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only.
+
+Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``demo`` (the
+self-contained main job of ``make run``) and ``decode`` (ISAKMP dissector).
+User errors print one line naming the flag and the fix, and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from ikecore import __version__
+from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
+from ikecore.engine import Engine
+from ikecore.errors import ConfigError
+from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
+from ikecore.transport import Gateway, local_address_towards
+
+__all__ = ["main", "build_parser", "format_table"]
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain text table with the seed's display names as headers."""
+    headers = [display_name(c) for c in columns]
+    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+class _KeyLog:
+    """Appends Wireshark IKEv1 decryption-table lines to the user's file."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        if self.path:
+            with open(self.path, "a", encoding="ascii") as handle:
+                handle.write(line + "\n")
+
+
+def _add_proposal_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ike", default="aes128-sha256-modp2048",
+                        help="IKE proposals, e.g. aes128-sha256-modp2048,3des-sha1-modp1024")
+    parser.add_argument("--esp", default="aes128-sha256",
+                        help="ESP proposals, e.g. aes128-sha256 or, with PFS, aes128-sha256-modp2048")
+    parser.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel")
+    parser.add_argument("--local-ts", help="local traffic selector (subnet); default our IKE address")
+    parser.add_argument("--remote-ts", help="remote traffic selector (subnet); default the peer's address")
+    parser.add_argument("--my-id", help="our identity (IP address, FQDN or user@FQDN)")
+    parser.add_argument("--keylog", metavar="FILE",
+                        help="append Wireshark IKEv1 decryption-table lines (secret keys!) to FILE")
+    parser.add_argument("--retransmit-timeout", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="negotiation timeout")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ikecore", description="IKEv1 engine and tools")
     parser.add_argument("--version", action="version", version=f"ikecore {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    connect = sub.add_parser("connect", help="negotiate Main Mode and Quick Mode with one peer")
+    connect.add_argument("peer", metavar="ADDR[:PORT]")
+    connect.add_argument("--psk", required=True, help="pre-shared key")
+    connect.add_argument("--local", metavar="ADDR[:PORT]", help="local address and port (default: ephemeral)")
+    connect.add_argument("--no-quick-mode", action="store_true", help="stop after Main Mode")
+    connect.add_argument("--keep", action="store_true", help="do not delete the SAs on exit")
+    connect.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_proposal_flags(connect)
+
+    serve = sub.add_parser("serve", help="run a gateway (responder and initiator)")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration")
+    serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="repeatable")
+    serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
+    serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    _add_proposal_flags(serve)
+
+    demo = sub.add_parser("demo", help="a gateway and simulated peers on loopback")
+    demo.add_argument("--peers", type=int, default=200)
+    demo.add_argument("--concurrency", type=int, default=64)
+    demo.add_argument("--ike", default="aes128-sha256-modp2048")
+    demo.add_argument("--esp", default="aes128-sha256")
+
+    try:
+        from ikecore import decode
+    except ImportError:  # pragma: no cover - decode ships with the codec
+        decode = None  # type: ignore[assignment]
+    if decode is not None and hasattr(decode, "add_parser"):
+        decode.add_parser(sub)
     return parser
+
+
+def _timing(args: argparse.Namespace) -> Timing:
+    if args.retransmit_timeout <= 0:
+        raise ConfigError("--retransmit-timeout", "must be a positive number of seconds")
+    if args.timeout <= 0:
+        raise ConfigError("--timeout", "must be a positive number of seconds")
+    return Timing(retransmit_timeout=args.retransmit_timeout, negotiation_timeout=args.timeout)
+
+
+async def _connect(args: argparse.Namespace, out: TextIO) -> int:
+    remote = parse_endpoint(args.peer, 500, "peer")
+    if args.local:
+        local = parse_endpoint(args.local, 0, "--local")
+    else:
+        local = (local_address_towards(remote[0]), 0)
+    config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=(), remote=remote[0],
+                               mode=args.mode, local_ts=args.local_ts, remote_ts=args.remote_ts,
+                               my_id=args.my_id, keylog=args.keylog, timing=_timing(args))
+    engine = Engine(config, keylog=_KeyLog(args.keylog))
+    gateway = Gateway(engine, monitor=Monitor())
+    try:
+        bound = await gateway.open(local)
+        result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode)
+        sa = engine.sa(result.handle)
+        now = gateway.loop.time()
+        main = sa.snapshot(now) if sa is not None else None
+        quick = [row for row in engine.quick_mode_snapshot(now)
+                 if main is not None and row["initiator_cookie"] == main["initiator_cookie"]]
+        if args.json:
+            json.dump({"main_mode": main if result.phase1 else None, "quick_mode": quick,
+                       "ok": result.ok, "reason": result.reason or None}, out, default=str)
+            out.write("\n")
+        elif result.phase1 is not None and main is not None:
+            out.write("Main Mode security association\n")
+            out.write(format_table([main], MAIN_MODE_SA_COLUMNS + ["initiator_cookie", "responder_cookie"]) + "\n")
+            if quick:
+                out.write("\nQuick Mode security associations\n")
+                out.write(format_table(quick, QUICK_MODE_SA_COLUMNS) + "\n")
+        if not result.ok:
+            print(f"ikecore connect: failed: {result.reason}", file=sys.stderr)
+        if sa is not None and not args.keep and sa.state.value == "ESTABLISHED":
+            gateway.delete(result.handle)
+            await asyncio.sleep(0.05)
+        return 0 if result.ok else 1
+    finally:
+        gateway.close()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    if args.config:
+        config = load_config(args.config)
+    else:
+        if not args.psk:
+            raise ConfigError("--psk", "give --psk SECRET or --config FILE")
+        listen = tuple(parse_endpoint(item, 500, "--listen") for item in (args.listen or ["0.0.0.0:500",
+                                                                                          "0.0.0.0:4500"]))
+        config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=listen, mode=args.mode,
+                                   local_ts=args.local_ts, remote_ts=args.remote_ts, my_id=args.my_id,
+                                   keylog=args.keylog, timing=_timing(args))
+    if args.listen and args.config:
+        config = Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
+                           "listen": tuple(parse_endpoint(i, 500, "--listen") for i in args.listen)})
+
+    def log(event: Any) -> None:
+        name = type(event).__name__
+        if name in ("DatagramReceived", "DatagramSent", "SpiAllocated", "KeyAdded", "KeyUpdated"):
+            return
+        fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
+        print(f"{time.strftime('%H:%M:%S')} {name} {fields}", file=sys.stderr, flush=True)
+
+    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog))
+    gateway = Gateway(engine, monitor=Monitor(), on_event=log)
+    try:
+        bound = await gateway.listen(config.listen)
+    except OSError as exc:
+        raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
+    print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        if args.duration:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.duration)
+        else:
+            await stop.wait()
+    finally:
+        for sa in engine.sas():
+            engine.delete(sa.handle, loop.time(), "gateway shutting down")
+        gateway._flush()
+        gateway.close()
+    return 0
+
+
+def vars_of(event: Any) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in event.__dataclass_fields__}
+
+
+async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    """A responder gateway on 127.0.0.1 and ``--peers`` initiators from 127.0.1.x/127.0.2.x."""
+    if not 1 <= args.peers <= 60000:
+        raise ConfigError("--peers", "must be between 1 and 60000")
+    psk = "ikecore-demo-secret"
+    responder_config = config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=(("127.0.0.1", 0),))
+    responder = Engine(responder_config)
+    responder_monitor = Monitor()
+    gateway = Gateway(responder, monitor=responder_monitor)
+    (server,) = await gateway.listen(responder_config.listen)
+    out.write(f"ikecore demo: gateway listening on {server[0]}:{server[1]}; "
+              f"{args.peers} peers negotiating {args.ike} / ESP {args.esp}\n")
+    initiator = Engine(config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=()))
+    peers = Gateway(initiator, monitor=Monitor())
+    semaphore = asyncio.Semaphore(max(1, args.concurrency))
+
+    async def one(index: int) -> Any:
+        address = f"127.0.{1 + index // 250}.{1 + index % 250}"
+        async with semaphore:
+            local = await peers.open((address, 0))
+            return await peers.connect(server, local=local)
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in range(args.peers)))
+    elapsed = time.perf_counter() - started
+    ok = sum(1 for r in results if r.ok)
+    now = gateway.loop.time()
+    rows = sorted(responder.snapshot(now), key=lambda r: tuple(int(x) for x in r["peer"].split(".")))
+    out.write(f"\nMain Mode security associations at the gateway ({len(rows)}):\n")
+    shown = rows if len(rows) <= 12 else rows[:6] + [{c: "..." for c in MAIN_MODE_SA_COLUMNS}] + rows[-5:]
+    out.write(format_table(shown, MAIN_MODE_SA_COLUMNS) + "\n")
+    stats = responder_monitor.statistics(responder)
+    out.write("\nMain Mode statistics at the gateway:\n")
+    out.write(format_table([{"statistic": display_name(k), "value": v} for k, v in stats.items()],
+                           ["statistic", "value"]).replace("statistic", "Statistic", 1).replace(
+                               "value", "Value", 1) + "\n")
+    out.write(f"\n{ok}/{args.peers} peers established Main Mode + Quick Mode in {elapsed:.2f} s "
+              f"({ok / elapsed if elapsed else 0:.0f} SAs per second)\n")
+    for sa in initiator.sas():
+        peers.delete(sa.handle)
+    await asyncio.sleep(0.2)
+    peers.close()
+    gateway.close()
+    return 0 if ok == args.peers else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,4 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    try:
+        if args.command == "connect":
+            return asyncio.run(_connect(args, sys.stdout))
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+        if args.command == "demo":
+            return asyncio.run(_demo(args, sys.stdout))
+        if args.command == "decode":
+            return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"ikecore {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    parser.print_help(sys.stderr)
+    return 2

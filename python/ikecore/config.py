@@ -1,0 +1,235 @@
+"""Gateway configuration (layer L3 leaf): one frozen ``Config``, from TOML or from flags.
+
+A TOML file says everything::
+
+    [gateway]
+    listen = ["0.0.0.0:500", "0.0.0.0:4500"]
+    my_id = "gw.example.net"          # optional; default: our IP address (ID_IPV4_ADDR)
+
+    [ike_policy.default]
+    proposals = "aes128-sha256-modp2048,3des-sha1-modp1024"
+    lifetime = 28800
+
+    [esp_policy.default]
+    proposals = "aes128-sha256"       # add a group for PFS: aes128-sha256-modp2048
+    mode = "tunnel"                   # or "transport"
+    lifetime = 3600
+    lifetime_kilobytes = 0
+
+    [[filter]]
+    name = "branch offices"
+    source = "me"                     # address, CIDR, any, or me/dns/dhcp/wins/gateway
+    destination = "any"
+    ike_policy = "default"
+    esp_policy = "default"
+    psk = "secret"
+    connection_type = "all"
+
+Every error is a ``ConfigError`` whose message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ikecore import policy
+from ikecore.errors import ConfigError
+
+__all__ = ["Config", "Timing", "load_config", "config_from_flags", "parse_endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Retransmission and timeout rules (seconds)."""
+
+    retransmit_timeout: float = 2.0     # first retransmission after this long
+    retransmit_backoff: float = 1.8     # multiplied each time (strongSwan's factor)
+    retransmit_tries: int = 5           # retransmissions before giving up
+    negotiation_timeout: float = 60.0   # a negotiation that is not done by then fails
+    rekey_margin: float = 0.0           # reserved for rekeying (issue: complete IKEv1)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a gateway or initiator needs; passed in, never global."""
+
+    listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 500), ("0.0.0.0", 4500))
+    my_id: str | None = None
+    ike_policies: dict[str, policy.IkePolicy] = field(default_factory=dict)
+    esp_policies: dict[str, policy.EspPolicy] = field(default_factory=dict)
+    filters: tuple[policy.GenericFilter, ...] = ()
+    timing: Timing = Timing()
+    keylog: str | None = None
+
+    def filter_for(self, local: str, remote: str) -> policy.GenericFilter | None:
+        """The first generic filter (by weight, then order) that matches the address pair."""
+        ordered = sorted(enumerate(self.filters), key=lambda item: (-item[1].weight, item[0]))
+        for _index, candidate in ordered:
+            if candidate.matches(local, remote):
+                return candidate
+        return None
+
+
+def parse_endpoint(text: str, default_port: int, field_name: str) -> tuple[str, int]:
+    """``ADDR[:PORT]``, ``[v6]:PORT`` or a bare IPv6 address -> (address, port)."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:], field_name)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port(port_text, field_name)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(field_name, f"'{text}' is not ADDR[:PORT] with an IP address") from None
+    return host, port
+
+
+def _port(text: str, field_name: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(field_name, f"port '{text}' must be a number 0-65535")
+    return int(text)
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}", "is required")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key}", f"must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+
+def _proposal_text(value: Any, where: str) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    if isinstance(value, str):
+        return value
+    raise ConfigError(where, "must be a string like 'aes128-sha256-modp2048' or a list of them")
+
+
+def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.IkePolicy],
+                       esp: dict[str, policy.EspPolicy]) -> policy.GenericFilter:
+    where = f"filter[{index}]"
+    _check_keys(table, {"name", "source", "destination", "ike_policy", "esp_policy", "psk",
+                        "connection_type", "local_id", "remote_id", "local_ts", "remote_ts",
+                        "mirrored", "weight"}, where)
+    name = _get(table, "name", str, where, f"filter {index + 1}")
+    source = _get(table, "source", str, where, "me")
+    destination = _get(table, "destination", str, where, "any")
+    for key, value in (("source", source), ("destination", destination)):
+        if value not in policy.KEYWORDS:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}.{key}", f"'{value}' is not an address, CIDR network or one of "
+                                                    f"{', '.join(policy.KEYWORDS)}") from None
+    ike_name = _get(table, "ike_policy", str, where, "default")
+    if ike_name not in ike:
+        raise ConfigError(f"{where}.ike_policy", f"no [ike_policy.{ike_name}] table is defined")
+    esp_name = _get(table, "esp_policy", str, where, "default")
+    if esp_name not in esp:
+        raise ConfigError(f"{where}.esp_policy", f"no [esp_policy.{esp_name}] table is defined")
+    psk = _get(table, "psk", str, where, ...)
+    if not psk:
+        raise ConfigError(f"{where}.psk", "must not be empty")
+    connection_type = _get(table, "connection_type", str, where, "all")
+    if connection_type not in ("all", "lan", "remote-access"):
+        raise ConfigError(f"{where}.connection_type", "must be all, lan or remote-access")
+    return policy.GenericFilter(
+        name=name, source=source, destination=destination, ike_policy=ike_name,
+        authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
+        connection_type=connection_type, esp_policy=esp_name,
+        local_id=_get(table, "local_id", str, where), remote_id=_get(table, "remote_id", str, where),
+        local_ts=_get(table, "local_ts", str, where), remote_ts=_get(table, "remote_ts", str, where),
+        mirrored=_get(table, "mirrored", bool, where, True), weight=_get(table, "weight", int, where, 0),
+    )
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from parsed TOML; raises ConfigError naming the key."""
+    _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing"}, "config")
+    gateway = _get(data, "gateway", dict, "config", {})
+    _check_keys(gateway, {"listen", "my_id", "keylog"}, "gateway")
+    listen_list = _get(gateway, "listen", list, "gateway", ["0.0.0.0:500", "0.0.0.0:4500"])
+    listen = tuple(parse_endpoint(str(item), 500, "gateway.listen") for item in listen_list)
+
+    ike: dict[str, policy.IkePolicy] = {}
+    for name, table in _get(data, "ike_policy", dict, "config", {}).items():
+        where = f"ike_policy.{name}"
+        _check_keys(table, {"proposals", "lifetime"}, where)
+        lifetime = _get(table, "lifetime", int, where, policy.DEFAULT_IKE_LIFETIME)
+        text = _proposal_text(table.get("proposals", "aes128-sha256-modp2048"), f"{where}.proposals")
+        ike[name] = policy.IkePolicy(name, policy.parse_ike_proposals(text, lifetime=lifetime,
+                                                                      field_name=f"{where}.proposals"))
+    ike.setdefault("default", policy.IkePolicy("default", policy.parse_ike_proposals("aes128-sha256-modp2048")))
+
+    esp: dict[str, policy.EspPolicy] = {}
+    for name, table in _get(data, "esp_policy", dict, "config", {}).items():
+        where = f"esp_policy.{name}"
+        _check_keys(table, {"proposals", "mode", "lifetime", "lifetime_kilobytes"}, where)
+        mode = _get(table, "mode", str, where, "tunnel")
+        if mode not in ("tunnel", "transport"):
+            raise ConfigError(f"{where}.mode", "must be tunnel or transport")
+        text = _proposal_text(table.get("proposals", "aes128-sha256"), f"{where}.proposals")
+        proposals = policy.parse_esp_proposals(
+            text, lifetime=_get(table, "lifetime", int, where, policy.DEFAULT_ESP_LIFETIME),
+            lifetime_kilobytes=_get(table, "lifetime_kilobytes", int, where, None) or None,
+            field_name=f"{where}.proposals")
+        esp[name] = policy.EspPolicy(name, proposals, mode)
+    esp.setdefault("default", policy.EspPolicy("default", policy.parse_esp_proposals("aes128-sha256")))
+
+    filters = tuple(_filter_from_table(table, i, ike, esp)
+                    for i, table in enumerate(_get(data, "filter", list, "config", [])))
+    timing_table = _get(data, "timing", dict, "config", {})
+    _check_keys(timing_table, set(Timing.__dataclass_fields__), "timing")
+    timing = Timing(**{k: float(v) if k != "retransmit_tries" else int(v) for k, v in timing_table.items()})
+    return Config(listen=listen, my_id=_get(gateway, "my_id", str, "gateway"), ike_policies=ike,
+                  esp_policies=esp, filters=filters, timing=timing,
+                  keylog=_get(gateway, "keylog", str, "gateway"))
+
+
+def load_config(path: str) -> Config:
+    """Read a TOML config file."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(data)
+
+
+def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str = "aes128-sha256",
+                      listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 500), ("0.0.0.0", 4500)),
+                      remote: str = "any", mode: str = "tunnel", local_ts: str | None = None,
+                      remote_ts: str | None = None, my_id: str | None = None,
+                      keylog: str | None = None, timing: Timing | None = None) -> Config:
+    """The one-filter config that ``serve``/``connect`` flags describe."""
+    if not psk:
+        raise ConfigError("--psk", "a pre-shared key is required")
+    ike_policy = policy.IkePolicy("default", policy.parse_ike_proposals(ike, field_name="--ike"))
+    esp_policy = policy.EspPolicy("default", policy.parse_esp_proposals(esp, field_name="--esp"), mode)
+    generic = policy.GenericFilter(
+        name="default", source="me", destination=remote, ike_policy="default",
+        authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
+        local_ts=local_ts, remote_ts=remote_ts)
+    return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},
+                  esp_policies={"default": esp_policy}, filters=(generic,),
+                  timing=timing or Timing(), keylog=keylog)

@@ -1,0 +1,76 @@
+"""The IPsec driver interface (layer L3 leaf): where Quick Mode SAs go.
+
+The engine asks the driver for an inbound SPI (Get SPI), then adds the outbound SA
+(Key Addition) and the inbound SA (Key Update), and deletes them when the SA ends.
+``MemoryDriver`` keeps them in a dict; a gateway may plug in its own (e.g. Linux XFRM).
+A driver signals failure by raising ``DriverError``; the engine counts it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ikecore.errors import IkeError
+
+__all__ = ["DriverError", "IpsecSaKeys", "IpsecDriver", "MemoryDriver"]
+
+
+class DriverError(IkeError):
+    """The IPsec driver refused an operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class IpsecSaKeys:
+    """One direction of a Quick Mode SA as handed to the driver."""
+
+    spi: bytes
+    protocol_id: int
+    source: str
+    destination: str
+    encryption: str
+    encryption_key: bytes = field(repr=False)
+    integrity: str
+    integrity_key: bytes = field(repr=False)
+    mode: str
+    lifetime: int
+    lifetime_kilobytes: int | None
+    local_ts: str
+    remote_ts: str
+    udp_encapsulation: bool = False
+
+
+class IpsecDriver(Protocol):
+    def get_spi(self, source: str, destination: str, protocol_id: int) -> bytes: ...
+    def add_outbound(self, sa: IpsecSaKeys) -> None: ...
+    def update_inbound(self, sa: IpsecSaKeys) -> None: ...
+    def delete(self, spi: bytes, destination: str, protocol_id: int) -> None: ...
+
+
+class MemoryDriver:
+    """An in-memory SA database: SPIs unique among the inbound SAs it handed out."""
+
+    def __init__(self) -> None:
+        self.inbound: dict[bytes, IpsecSaKeys | None] = {}
+        self.outbound: dict[tuple[bytes, str], IpsecSaKeys] = {}
+
+    def get_spi(self, source: str, destination: str, protocol_id: int) -> bytes:
+        for _attempt in range(64):
+            spi = os.urandom(4)
+            if int.from_bytes(spi, "big") >= 256 and spi not in self.inbound:  # 0-255 are reserved
+                self.inbound[spi] = None
+                return spi
+        raise DriverError("no free SPI")
+
+    def add_outbound(self, sa: IpsecSaKeys) -> None:
+        self.outbound[(sa.spi, sa.destination)] = sa
+
+    def update_inbound(self, sa: IpsecSaKeys) -> None:
+        if sa.spi not in self.inbound:
+            raise DriverError(f"inbound SPI {sa.spi.hex()} was not allocated by get_spi")
+        self.inbound[sa.spi] = sa
+
+    def delete(self, spi: bytes, destination: str, protocol_id: int) -> None:
+        self.inbound.pop(spi, None)
+        self.outbound.pop((spi, destination), None)

@@ -1,0 +1,679 @@
+"""The sans-IO engine (layer L4): many ISAKMP SAs, dispatch by cookie pair, timers.
+
+Design note
+-----------
+The engine owns every ``IsakmpSa`` and the Rust ``CookieTable`` that finds them. It does no
+I/O and reads no clock (the aioquic pattern): callers feed it
+
+* ``receive_datagram(data, remote, local, now)`` for each UDP datagram,
+* ``handle_timer(now)`` when the deadline from ``get_timer()`` has passed,
+* ``initiate(...)`` / ``initiate_quick_mode(...)`` / ``delete(...)`` for local requests,
+
+and drain ``datagrams_to_send()`` and ``next_event()`` afterwards.
+
+Dispatch: a message whose responder cookie is zero and that no SA knows starts a responder
+Main Mode (after the filter lookup; no DH work before message 3). A retransmitted message 1
+is recognised by the table's first-message hash and answered with the same message 2.
+Other messages go to their SA by (CKY-I, CKY-R), falling back to the half-open (CKY-I, 0)
+entry of our own initiator SAs; then by exchange type to ``main_mode``, ``quick_mode``
+(by Message ID) or ``informational``.
+
+Reliability: requests are retransmitted as the identical datagram with exponential backoff
+(``Timing``) up to a limit; a duplicate of the last request is answered by resending the
+last reply and changes nothing; every negotiation has a deadline; established SAs expire
+at their lifetime with a Delete.
+
+Peer errors never escape ``receive_datagram``: wire-level garbage is counted
+(``InvalidPacketReceived``) and dropped, leaving the SA as it was; a semantic failure
+(no proposal chosen, authentication failed) ends the negotiation with the Notify the
+error class pins, sent unprotected before keys exist and protected after.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ikecore import _core, informational, main_mode, quick_mode, wire
+from ikecore import dh as dh_module
+from ikecore import events as ev
+from ikecore.config import Config
+from ikecore.driver import DriverError, IpsecDriver, IpsecSaKeys, MemoryDriver
+from ikecore.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    IkeError,
+    InvalidCookie,
+    InvalidIdInformation,
+    LocalProtocolError,
+    NoProposalChosen,
+    RemoteProtocolError,
+)
+from ikecore.events import Address
+from ikecore.policy import group_name
+from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
+
+__all__ = ["Engine"]
+
+ZERO_COOKIE = bytes(8)
+MM = wire.ExchangeType.IDENTITY_PROTECTION
+QM = wire.ExchangeType.QUICK_MODE
+INFO = wire.ExchangeType.INFORMATIONAL
+KEEPALIVE = b"\xff"
+
+# Errors that end a negotiation (the peer cannot or will not agree) rather than being
+# dropped as noise: they come from a message that decrypted and parsed.
+_FATAL = (NoProposalChosen, AuthenticationFailed, InvalidIdInformation)
+
+
+def _endpoint_bytes(address: Address) -> bytes:
+    return ipaddress.ip_address(address[0]).packed + address[1].to_bytes(2, "big")
+
+
+def _needs_marker(local: Address, remote: Address) -> bool:
+    """RFC 3948 framing: peers such as charon use the non-ESP marker off port 500."""
+    return local[1] != 500 and remote[1] != 500
+
+
+class Engine:
+    """Sans-IO IKEv1 engine for many peers, initiator and responder.
+
+    Args:
+        config: the gateway configuration (filters, policies, timing).
+        driver: where Quick Mode SAs go; default an in-memory SA database.
+        random: byte source for cookies, nonces and Message IDs (tests inject one).
+        keypair: DH key-pair factory ``(group) -> KeyPair`` (tests may inject one).
+        keylog: called with a Wireshark IKEv1 decryption-table line per ISAKMP SA, when
+            the user asked for a key log.
+    """
+
+    def __init__(self, config: Config, *, driver: IpsecDriver | None = None,
+                 random: Callable[[int], bytes] = os.urandom,
+                 keypair: Callable[[int], Any] | None = None,
+                 keylog: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.driver: IpsecDriver = driver if driver is not None else MemoryDriver()
+        self._random = random
+        self._keypair = keypair or dh_module.keypair
+        self._keylog = keylog
+        self._sas: dict[int, IsakmpSa] = {}
+        self._cookies = _core.CookieTable()
+        self._next_handle = 1
+        self._outgoing: list[tuple[bytes, Address, Address]] = []
+        self._events: deque[ev.Event] = deque()
+        self._timers: list[tuple[float, int, int, int, str]] = []
+        self._timer_seq = 0
+        self._now = 0.0
+
+    # --- services lent to the state machines ------------------------------------------
+
+    def random(self, size: int) -> bytes:
+        return self._random(size)
+
+    def keypair(self, group: int) -> Any:
+        return self._keypair(group)
+
+    def keylog(self, line: str) -> None:
+        if self._keylog is not None:
+            self._keylog(line)
+
+    def get_spi(self, sa: IsakmpSa) -> bytes:
+        try:
+            spi = self.driver.get_spi(sa.remote[0], sa.local[0], wire.ProtocolId.IPSEC_ESP)
+        except DriverError as exc:
+            self._emit(ev.SpiAllocated(time=self._now, spi=None))
+            self._emit(ev.DriverFailed(time=self._now, operation="get_spi", reason=str(exc)))
+            raise NoProposalChosen(f"IPsec driver has no SPI: {exc}") from exc
+        self._emit(ev.SpiAllocated(time=self._now, spi=spi))
+        return spi
+
+    def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
+                outbound: IpsecSaKeys) -> None:
+        for operation, keys, done in (("add_outbound", outbound, ev.KeyAdded),
+                                      ("update_inbound", inbound, ev.KeyUpdated)):
+            try:
+                getattr(self.driver, operation)(keys)
+            except DriverError as exc:
+                self._emit(ev.DriverFailed(time=self._now, operation=operation, reason=str(exc)))
+                raise NoProposalChosen(f"IPsec driver refused {operation}: {exc}") from exc
+            self._emit(done(time=self._now, spi=keys.spi))
+
+    # --- public API -----------------------------------------------------------------------
+
+    def initiate(self, remote: Address, *, local: Address, now: float, quick_mode: bool = True,
+                 filter_name: str | None = None) -> int:
+        """Start Main Mode (then Quick Mode unless told not to) with ``remote``.
+
+        Returns the SA handle. Raises ConfigError when no filter covers the address pair.
+        """
+        self._now = now
+        flt = self._filter(local, remote, filter_name)
+        sa = self._new_sa(Role.INITIATOR, Phase1State.I_EXPECT_MM2, self._cookie(), ZERO_COOKIE,
+                          local, remote, flt, now)
+        sa.want_quick_mode = quick_mode
+        sa.non_esp_marker = _needs_marker(local, remote)
+        self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
+        self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self._send_request(sa, main_mode.start_initiator(sa, self), now, MM, 1)
+        return sa.handle
+
+    def initiate_quick_mode(self, handle: int, now: float) -> int:
+        """Start one more Quick Mode on an established ISAKMP SA; returns its Message ID."""
+        self._now = now
+        sa = self._sas.get(handle)
+        if sa is None or sa.state is not Phase1State.ESTABLISHED:
+            raise LocalProtocolError(f"ISAKMP SA {handle} is not established")
+        message_id = self._message_id(sa)
+        qm = QuickModeExchange(message_id, Role.INITIATOR, Phase2State.I_EXPECT_QM2, now, sa.esp_policy)
+        sa.quick_modes[message_id] = qm
+        self._emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
+        try:
+            datagram = quick_mode.start_initiator(sa, qm, self)
+        except NoProposalChosen as exc:
+            del sa.quick_modes[message_id]
+            self._emit(ev.Phase2Failed(time=now, handle=handle, message_id=message_id, role="initiator",
+                                       reason=str(exc)))
+            return message_id
+        self._send_qm_request(sa, qm, datagram, now, 1)
+        self._push_timer(now + self.config.timing.negotiation_timeout, handle, message_id, "qm-timeout")
+        return message_id
+
+    def delete(self, handle: int, now: float, reason: str = "deleted by user") -> None:
+        """Delete an ISAKMP SA and its IPsec SAs, telling the peer with Delete payloads."""
+        self._now = now
+        sa = self._sas.get(handle)
+        if sa is not None:
+            self._remove_sa(sa, reason, notify_peer=True)
+
+    def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
+        """Process one UDP datagram received on ``local`` from ``remote``. Never raises."""
+        self._now = now
+        try:
+            self._receive(bytes(data), remote, local, now)
+        except RemoteProtocolError as exc:
+            self._invalid(remote, str(exc), exc.notify_type)
+        except IkeError as exc:  # pragma: no cover - defensive: a bug, but never crash the loop
+            self._invalid(remote, f"internal error: {exc!r}", None)
+        except Exception as exc:  # noqa: BLE001 - same: peer bytes must never raise out
+            self._invalid(remote, f"internal error: {exc!r}", None)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address, Address]]:
+        """Drain the queue: (datagram, remote address, local address) triples."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> ev.Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """The earliest time ``handle_timer`` must be called, or None."""
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at ``now``: retransmissions, timeouts, expiries."""
+        self._now = now
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _seq, handle, message_id, kind = heapq.heappop(self._timers)
+            sa = self._sas.get(handle)
+            if sa is not None:
+                self._fire(sa, message_id, kind, deadline, now)
+
+    def sa(self, handle: int) -> IsakmpSa | None:
+        return self._sas.get(handle)
+
+    def sas(self) -> list[IsakmpSa]:
+        return list(self._sas.values())
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """The Main Mode security associations view: one dict per ISAKMP SA."""
+        return [sa.snapshot(now) for sa in list(self._sas.values())]
+
+    def quick_mode_snapshot(self, now: float) -> list[dict[str, Any]]:
+        """The Quick Mode security associations view: one dict per IPsec SA pair."""
+        rows = []
+        for sa in list(self._sas.values()):
+            main = sa.snapshot(now)
+            for ipsec in list(sa.ipsec_sas):
+                rows.append({
+                    "me": main["me"], "my_id": main["my_id"], "peer": main["peer"], "peer_id": main["peer_id"],
+                    "authentication": main["authentication"], "encryption": ipsec.proposal.encryption_name,
+                    "integrity": ipsec.proposal.integrity_name,
+                    "diffie_hellman": group_name(ipsec.proposal.pfs_group) if ipsec.proposal.pfs_group else "",
+                    "initiator_cookie": main["initiator_cookie"], "responder_cookie": main["responder_cookie"],
+                    "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
+                    "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
+                    "lifetime_left": max(0.0, ipsec.expires - now),
+                })
+        return rows
+
+    @property
+    def half_open(self) -> int:
+        return int(self._cookies.half_open)
+
+    # --- receive path ---------------------------------------------------------------------
+
+    def _receive(self, data: bytes, remote: Address, local: Address, now: float) -> None:
+        marker = False
+        if data == KEEPALIVE:
+            return  # NAT keepalive (RFC 3948 section 2.3)
+        if data[:4] == wire.NON_ESP_MARKER:
+            data, marker = data[4:], True
+        if len(data) < 28:
+            raise wire_error(f"datagram of {len(data)} bytes is shorter than an ISAKMP header")
+        handle = self._cookies.lookup(data)
+        exchange_type = data[18]
+        if handle is None:
+            if data[8:16] == ZERO_COOKIE:
+                self._receive_first(data, remote, local, now, marker)
+            else:
+                self._emit(ev.InvalidCookieReceived(time=now, remote=remote))
+            return
+        sa = self._sas[handle]
+        if remote[0] != sa.remote[0]:
+            raise InvalidCookie(f"cookies of SA {handle} arrived from {remote[0]}, not {sa.remote[0]}")
+        if exchange_type == MM and data == sa.last_received and sa.last_sent:
+            self._resend_reply(sa, sa.last_sent, MM)
+            return
+        message = wire.parse(data)
+        self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, message_number=0, length=len(data)))
+        if exchange_type == MM:
+            self._main_mode(sa, message, data, now)
+        elif exchange_type == QM:
+            self._quick_mode(sa, message, data, now)
+        elif exchange_type == INFO:
+            self._informational(sa, message, now)
+        else:
+            raise wire_error(f"exchange type {exchange_type} is not supported",
+                             wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
+
+    def _receive_first(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> None:
+        source = _endpoint_bytes(remote)
+        known = self._cookies.find_first(source, data)
+        if known is not None and known in self._sas:
+            sa = self._sas[known]
+            if sa.last_sent:
+                self._resend_reply(sa, sa.last_sent, MM)
+            return
+        message = wire.parse(data)
+        self._emit(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
+                                       length=len(data)))
+        if message.exchange_type == INFO:
+            for payload in message.payloads:
+                if payload.payload_type == wire.PayloadType.N:
+                    self._emit(ev.NotifyReceived(time=now, handle=None, remote=remote,
+                                                 notify_type=payload.notify_type, protected=False))
+            return
+        if message.exchange_type != MM:
+            raise wire_error(f"exchange type {message.exchange_type} cannot start a negotiation",
+                             wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
+        if message.message_id != 0:
+            raise wire_error("Main Mode message 1 with a non-zero Message ID", wire.NotifyType.INVALID_MESSAGE_ID)
+        flt = self.config.filter_for(local[0], remote[0])
+        cookie_r = bytes(self._cookies.make_cookie(source, _endpoint_bytes(local)))
+        if flt is None:
+            self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote,
+                                       reason="no filter matches the peer", notify_type=wire.NotifyType.NO_PROPOSAL_CHOSEN))
+            self._send_raw(informational.build_unprotected(
+                message.initiator_cookie, cookie_r, informational.notify(wire.NotifyType.NO_PROPOSAL_CHOSEN)),
+                remote, local, marker)
+            return
+        sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, message.initiator_cookie, cookie_r,
+                          local, remote, flt, now)
+        sa.non_esp_marker = marker or _needs_marker(local, remote)
+        self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        try:
+            reply = main_mode.receive(sa, message, self)
+        except RemoteProtocolError as exc:
+            self._fail(sa, str(exc), exc.notify_type, now)
+            return
+        self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, sa.handle)
+        self._cookies.remember_first(source, data, sa.handle)
+        sa.first_message = data
+        sa.last_received = data
+        assert reply is not None
+        self._send_reply(sa, reply, MM, 2)
+
+    def _main_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
+        state_before = sa.state
+        try:
+            reply = main_mode.receive(sa, message, self)
+        except _FATAL as exc:
+            if isinstance(exc, AuthenticationFailed):
+                self._emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
+            self._fail(sa, str(exc), exc.notify_type, now)
+            return
+        sa.last_received = data
+        sa.next_retransmit = None
+        if state_before is Phase1State.I_EXPECT_MM2:
+            self._cookies.promote(sa.initiator_cookie, sa.responder_cookie, sa.handle)
+        number = main_mode.TRANSITIONS[(state_before, MM)].message_number + 1
+        if reply is not None:
+            if sa.role is Role.INITIATOR:
+                self._send_request(sa, reply, now, MM, number)
+            else:
+                self._send_reply(sa, reply, MM, number)
+        if sa.state is Phase1State.ESTABLISHED:
+            self._established(sa, now)
+
+    def _established(self, sa: IsakmpSa, now: float) -> None:
+        assert sa.chosen is not None
+        sa.established = now
+        sa.expires = now + sa.chosen.lifetime
+        self._push_timer(sa.expires, sa.handle, 0, "expire")
+        self._emit(ev.Phase1Established(
+            time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
+            initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
+            proposal=sa.chosen.name, duration=now - sa.started))
+        if sa.want_quick_mode:
+            sa.want_quick_mode = False
+            self.initiate_quick_mode(sa.handle, now)
+
+    def _quick_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
+        if sa.state is not Phase1State.ESTABLISHED:
+            raise wire_error("Quick Mode before the ISAKMP SA is established", wire.NotifyType.INVALID_EXCHANGE_TYPE)
+        if message.message_id == 0 or not message.encrypted:
+            raise wire_error("Quick Mode needs a Message ID and encryption", wire.NotifyType.INVALID_MESSAGE_ID)
+        qm = sa.quick_modes.get(message.message_id)
+        if qm is not None and data == qm.last_received:
+            if qm.last_sent:
+                self._resend_reply(sa, qm.last_sent, QM)
+            return
+        new = qm is None
+        if qm is None:
+            qm = QuickModeExchange(message.message_id, Role.RESPONDER, Phase2State.R_EXPECT_QM1, now, sa.esp_policy)
+        state_before = qm.state
+        try:
+            reply = quick_mode.receive(sa, qm, message, self)
+        except RemoteProtocolError as exc:
+            if new:
+                sa.crypto.forget(message.message_id)
+            if isinstance(exc, _FATAL) and state_before is not Phase2State.ESTABLISHED:
+                self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
+                                           role=qm.role.value, reason=str(exc), notify_type=exc.notify_type))
+                self._notify_protected(sa, exc.notify_type)
+                sa.quick_modes.pop(qm.message_id, None)
+                return
+            raise
+        if new:
+            sa.quick_modes[qm.message_id] = qm
+            self._emit(ev.Phase2Started(time=now, handle=sa.handle, message_id=qm.message_id, role="responder"))
+            self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-timeout")
+        qm.last_received = data
+        qm.next_retransmit = None
+        if reply is not None:
+            if qm.state is Phase2State.R_EXPECT_QM3:
+                self._send_qm_request(sa, qm, reply, now, 2)  # QM2 is resent until QM3 arrives
+            else:
+                qm.last_sent = reply
+                self._send(sa, reply, QM, 3)
+        if qm.state is Phase2State.ESTABLISHED:
+            self._quick_mode_established(sa, qm, now)
+
+    def _quick_mode_established(self, sa: IsakmpSa, qm: QuickModeExchange, now: float) -> None:
+        assert qm.chosen is not None
+        mode = "transport" if qm.esp_policy.mode == "transport" else "tunnel"
+        local_ts, remote_ts = quick_mode.traffic_selectors(sa)
+        ipsec = IpsecSa(sa.handle, qm.message_id, qm.spi_in, qm.spi_out, qm.chosen, mode,
+                        str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime)
+        sa.ipsec_sas.append(ipsec)
+        self._push_timer(ipsec.expires, sa.handle, qm.message_id, "ipsec-expire")
+        # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
+        self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-forget")
+        self._emit(ev.Phase2Established(time=now, handle=sa.handle, message_id=qm.message_id,
+                                        role=qm.role.value, spi_in=qm.spi_in, spi_out=qm.spi_out,
+                                        proposal=qm.chosen.name, duration=now - qm.started))
+
+    def _informational(self, sa: IsakmpSa, message: Any, now: float) -> None:
+        if not message.encrypted:
+            for payload in message.payloads:
+                if payload.payload_type != wire.PayloadType.N:
+                    continue
+                self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                             notify_type=payload.notify_type, protected=False))
+                if sa.state is not Phase1State.ESTABLISHED and payload.notify_type < 8192:
+                    name = _notify_name(payload.notify_type)
+                    self._fail(sa, f"peer sent {name}", None, now, answer=False)
+                    return
+            return
+        if sa.crypto is None or sa.state is not Phase1State.ESTABLISHED:
+            raise wire_error("protected informational before the ISAKMP SA is established",
+                             wire.NotifyType.INVALID_FLAGS)
+        for payload in informational.receive_protected(sa, message):
+            if payload.payload_type == wire.PayloadType.N:
+                self._on_notify(sa, payload, now)
+            elif self._on_delete(sa, payload, now):
+                return
+
+    def _on_notify(self, sa: IsakmpSa, payload: Any, now: float) -> None:
+        self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                     notify_type=payload.notify_type, protected=True))
+        if payload.notify_type == wire.NotifyType.R_U_THERE:
+            ack = informational.notify(wire.NotifyType.R_U_THERE_ACK, spi=payload.spi, data=payload.data)
+            self._send(sa, informational.build_protected(sa, [ack], self._message_id(sa)), INFO, 1)
+        elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
+            for other in list(self._sas.values()):
+                if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
+                    self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
+
+    def _on_delete(self, sa: IsakmpSa, payload: Any, now: float) -> bool:
+        """Honour a Delete payload; True when the ISAKMP SA itself is gone."""
+        spis = tuple(bytes(s) for s in payload.spis)
+        self._emit(ev.DeleteReceived(time=now, handle=sa.handle, protocol_id=payload.protocol_id, spis=spis))
+        if payload.protocol_id == wire.ProtocolId.ISAKMP:
+            if sa.initiator_cookie + sa.responder_cookie in spis:
+                self._remove_sa(sa, "deleted by peer", notify_peer=False)
+                return True
+            return False
+        for ipsec in list(sa.ipsec_sas):
+            if ipsec.spi_out in spis:
+                self._remove_ipsec(sa, ipsec, "deleted by peer", notify_peer=False)
+        return False
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def _push_timer(self, deadline: float, handle: int, message_id: int, kind: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, handle, message_id, kind))
+
+    def _fire(self, sa: IsakmpSa, message_id: int, kind: str, deadline: float, now: float) -> None:
+        timing = self.config.timing
+        if kind == "retransmit" and sa.next_retransmit == deadline:
+            if sa.retransmits >= timing.retransmit_tries:
+                self._fail(sa, "retransmission limit reached; peer does not answer", None, now, answer=False)
+                return
+            sa.retransmits += 1
+            self._emit(ev.RetransmitSent(time=now, handle=sa.handle, exchange_type=MM, attempt=sa.retransmits))
+            self._transmit(sa, sa.last_sent)
+            sa.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** sa.retransmits
+            self._push_timer(sa.next_retransmit, sa.handle, 0, "retransmit")
+        elif kind == "timeout" and sa.state is not Phase1State.ESTABLISHED:
+            self._fail(sa, "negotiation timed out", None, now, answer=False)
+        elif kind == "expire" and sa.expires == deadline:
+            self._remove_sa(sa, "lifetime expired", notify_peer=True)
+        else:
+            self._fire_quick_mode(sa, message_id, kind, deadline, now)
+
+    def _fire_quick_mode(self, sa: IsakmpSa, message_id: int, kind: str, deadline: float, now: float) -> None:
+        timing = self.config.timing
+        qm = sa.quick_modes.get(message_id)
+        if kind == "ipsec-expire":
+            for ipsec in list(sa.ipsec_sas):
+                if ipsec.message_id == message_id and ipsec.expires == deadline:
+                    self._remove_ipsec(sa, ipsec, "lifetime expired", notify_peer=True)
+            return
+        if qm is None:
+            return
+        if kind == "qm-retransmit" and qm.next_retransmit == deadline:
+            if qm.retransmits >= timing.retransmit_tries:
+                self._quick_mode_failed(sa, qm, "retransmission limit reached", now)
+                return
+            qm.retransmits += 1
+            self._emit(ev.RetransmitSent(time=now, handle=sa.handle, exchange_type=QM, attempt=qm.retransmits))
+            self._transmit(sa, qm.last_sent)
+            qm.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** qm.retransmits
+            self._push_timer(qm.next_retransmit, sa.handle, message_id, "qm-retransmit")
+        elif kind == "qm-timeout" and qm.state is not Phase2State.ESTABLISHED:
+            self._quick_mode_failed(sa, qm, "Quick Mode timed out", now)
+        elif kind == "qm-forget" and qm.state is Phase2State.ESTABLISHED:
+            sa.quick_modes.pop(message_id, None)
+            sa.crypto.forget(message_id)
+
+    def _quick_mode_failed(self, sa: IsakmpSa, qm: QuickModeExchange, reason: str, now: float) -> None:
+        sa.quick_modes.pop(qm.message_id, None)
+        sa.crypto.forget(qm.message_id)
+        self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
+                                   role=qm.role.value, reason=reason))
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _transmit(self, sa: IsakmpSa, datagram: bytes) -> None:
+        self._send_raw(datagram, sa.remote, sa.local, sa.non_esp_marker)
+
+    def _send_raw(self, datagram: bytes, remote: Address, local: Address, marker: bool) -> None:
+        self._outgoing.append((wire.NON_ESP_MARKER + datagram if marker else datagram, remote, local))
+
+    def _send(self, sa: IsakmpSa, datagram: bytes, exchange_type: int, number: int) -> None:
+        self._emit(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
+                                   length=len(datagram)))
+        self._transmit(sa, datagram)
+
+    def _send_request(self, sa: IsakmpSa, datagram: bytes, now: float, exchange_type: int, number: int) -> None:
+        sa.last_sent = datagram
+        sa.retransmits = 0
+        sa.next_retransmit = now + self.config.timing.retransmit_timeout
+        self._push_timer(sa.next_retransmit, sa.handle, 0, "retransmit")
+        self._send(sa, datagram, exchange_type, number)
+
+    def _send_reply(self, sa: IsakmpSa, datagram: bytes, exchange_type: int, number: int) -> None:
+        sa.last_sent = datagram
+        self._send(sa, datagram, exchange_type, number)
+
+    def _send_qm_request(self, sa: IsakmpSa, qm: QuickModeExchange, datagram: bytes, now: float,
+                         number: int) -> None:
+        qm.last_sent = datagram
+        qm.retransmits = 0
+        qm.next_retransmit = now + self.config.timing.retransmit_timeout
+        self._push_timer(qm.next_retransmit, sa.handle, qm.message_id, "qm-retransmit")
+        self._send(sa, datagram, QM, number)
+
+    def _resend_reply(self, sa: IsakmpSa, datagram: bytes, exchange_type: int) -> None:
+        self._emit(ev.DuplicateReceived(time=self._now, handle=sa.handle, exchange_type=exchange_type))
+        self._transmit(sa, datagram)
+
+    def _notify_protected(self, sa: IsakmpSa, notify_type: int | None) -> None:
+        if notify_type is None or sa.crypto is None:
+            return
+        payload = informational.notify(notify_type)
+        self._send(sa, informational.build_protected(sa, [payload], self._message_id(sa)), INFO, 1)
+        self._emit(ev.NotifySent(time=self._now, handle=sa.handle, remote=sa.remote,
+                                 notify_type=notify_type, protected=True))
+
+    # --- SA lifecycle ---------------------------------------------------------------------
+
+    def _filter(self, local: Address, remote: Address, name: str | None) -> Any:
+        if name is not None:
+            for flt in self.config.filters:
+                if flt.name == name:
+                    return flt
+            raise ConfigError("filter", f"no filter named {name!r}")
+        flt = self.config.filter_for(local[0], remote[0])
+        if flt is None:
+            raise ConfigError("filter", f"no filter covers {local[0]} <-> {remote[0]}; add one")
+        return flt
+
+    def _new_sa(self, role: Role, state: Phase1State, cookie_i: bytes, cookie_r: bytes,
+                local: Address, remote: Address, flt: Any, now: float) -> IsakmpSa:
+        handle = self._next_handle
+        self._next_handle += 1
+        sa = IsakmpSa(handle, role, state, cookie_i, cookie_r, local, remote, flt,
+                      self.config.ike_policies[flt.ike_policy], self.config.esp_policies[flt.esp_policy], now)
+        self._sas[handle] = sa
+        self._push_timer(now + self.config.timing.negotiation_timeout, handle, 0, "timeout")
+        return sa
+
+    def _cookie(self) -> bytes:
+        while True:
+            cookie = self._random(8)
+            if cookie != ZERO_COOKIE:
+                return cookie
+
+    def _message_id(self, sa: IsakmpSa) -> int:
+        while True:
+            message_id = int.from_bytes(self._random(4), "big")
+            if message_id and message_id not in sa.quick_modes:
+                return message_id
+
+    def _fail(self, sa: IsakmpSa, reason: str, notify_type: int | None, now: float, *, answer: bool = True) -> None:
+        """End a negotiation that cannot succeed, answering with ``notify_type`` if any."""
+        if answer and notify_type is not None:
+            if sa.crypto is not None and sa.state is Phase1State.ESTABLISHED:
+                self._notify_protected(sa, notify_type)
+            else:
+                self._send(sa, informational.build_unprotected(
+                    sa.initiator_cookie, sa.responder_cookie, informational.notify(notify_type)), INFO, 1)
+                self._emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
+                                         notify_type=notify_type, protected=False))
+        sa.failure = reason
+        sa.state = Phase1State.FAILED
+        self._emit(ev.Phase1Failed(time=now, handle=sa.handle, role=sa.role.value, remote=sa.remote,
+                                   reason=reason, notify_type=notify_type))
+        self._forget(sa)
+
+    def _remove_sa(self, sa: IsakmpSa, reason: str, *, notify_peer: bool) -> None:
+        for ipsec in list(sa.ipsec_sas):
+            self._remove_ipsec(sa, ipsec, reason, notify_peer=notify_peer)
+        if notify_peer and sa.state is Phase1State.ESTABLISHED:
+            delete = informational.delete_isakmp(sa)
+            self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
+        sa.state = Phase1State.DELETED
+        self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=1, spi=None, reason=reason))
+        self._forget(sa)
+
+    def _remove_ipsec(self, sa: IsakmpSa, ipsec: IpsecSa, reason: str, *, notify_peer: bool) -> None:
+        if ipsec not in sa.ipsec_sas:
+            return
+        sa.ipsec_sas.remove(ipsec)
+        if notify_peer and sa.state is Phase1State.ESTABLISHED:
+            delete = informational.delete_esp([ipsec.spi_in])
+            self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
+        for spi, destination in ((ipsec.spi_in, sa.local[0]), (ipsec.spi_out, sa.remote[0])):
+            try:
+                self.driver.delete(spi, destination, wire.ProtocolId.IPSEC_ESP)
+            except DriverError as exc:
+                self._emit(ev.DriverFailed(time=self._now, operation="delete", reason=str(exc)))
+        self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=2, spi=ipsec.spi_in, reason=reason))
+
+    def _forget(self, sa: IsakmpSa) -> None:
+        self._sas.pop(sa.handle, None)
+        self._cookies.remove(sa.initiator_cookie, sa.responder_cookie)
+        self._cookies.remove(sa.initiator_cookie, ZERO_COOKIE)
+        if sa.first_message:
+            self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
+        sa.dh = None
+        sa.next_retransmit = None
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _emit(self, event: ev.Event) -> None:
+        self._events.append(event)
+
+    def _invalid(self, remote: Address, reason: str, notify_type: int | None) -> None:
+        self._emit(ev.InvalidPacketReceived(time=self._now, remote=remote, reason=reason, notify_type=notify_type))
+
+
+def wire_error(reason: str, notify_type: int | None = None) -> RemoteProtocolError:
+    """A peer message the engine cannot use: PAYLOAD-MALFORMED unless told otherwise."""
+    from ikecore.errors import PayloadMalformed
+
+    return PayloadMalformed(reason, notify_type=notify_type)
+
+
+def _notify_name(notify_type: int) -> str:
+    try:
+        return wire.NotifyType(notify_type).name.replace("_", "-")
+    except ValueError:
+        return f"notify {notify_type}"

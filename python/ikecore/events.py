@@ -1,0 +1,195 @@
+"""Events (layer L3 leaf): frozen facts the engine reports; they carry no behaviour.
+
+The monitor counts them; applications read them with ``Engine.next_event()``.
+Addresses are ``(ip, port)`` tuples; cookies and SPIs are bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Address = tuple[str, int]
+
+__all__ = [
+    "Address", "Event", "DatagramReceived", "DatagramSent", "InvalidPacketReceived",
+    "InvalidCookieReceived", "RetransmitSent", "DuplicateReceived", "Phase1Started",
+    "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
+    "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
+    "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base class of every engine event."""
+
+    time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatagramReceived(Event):
+    exchange_type: int
+    message_number: int  # 1-based within its exchange, 0 when unknown
+    length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatagramSent(Event):
+    exchange_type: int
+    message_number: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvalidPacketReceived(Event):
+    """An IKE message with invalid header fields, lengths, payloads or unexpected state."""
+
+    remote: Address
+    reason: str
+    notify_type: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvalidCookieReceived(Event):
+    """A message whose cookies match no active negotiation or SA."""
+
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetransmitSent(Event):
+    handle: int
+    exchange_type: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DuplicateReceived(Event):
+    """A retransmitted request that we answered by resending our last reply."""
+
+    handle: int
+    exchange_type: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase1Started(Event):
+    handle: int
+    role: str
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase1Established(Event):
+    handle: int
+    role: str
+    local: Address
+    remote: Address
+    initiator_cookie: bytes
+    responder_cookie: bytes
+    proposal: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase1Failed(Event):
+    handle: int
+    role: str
+    remote: Address
+    reason: str
+    notify_type: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticationFailed(Event):
+    """Identity authentication failed in Main Mode (e.g. mismatched pre-shared keys)."""
+
+    handle: int
+    remote: Address
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase2Started(Event):
+    handle: int
+    message_id: int
+    role: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase2Established(Event):
+    handle: int
+    message_id: int
+    role: str
+    spi_in: bytes
+    spi_out: bytes
+    proposal: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase2Failed(Event):
+    handle: int
+    message_id: int
+    role: str
+    reason: str
+    notify_type: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpiAllocated(Event):
+    """A Get SPI request to the IPsec driver (succeeded or not)."""
+
+    spi: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyAdded(Event):
+    """An outbound Quick Mode SA added to the IPsec driver."""
+
+    spi: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyUpdated(Event):
+    """An inbound Quick Mode SA added (updated) in the IPsec driver."""
+
+    spi: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverFailed(Event):
+    operation: str  # "get_spi", "add_outbound", "update_inbound", "delete"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifyReceived(Event):
+    handle: int | None
+    remote: Address
+    notify_type: int
+    protected: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifySent(Event):
+    handle: int | None
+    remote: Address
+    notify_type: int
+    protected: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteReceived(Event):
+    handle: int
+    protocol_id: int
+    spis: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaDeleted(Event):
+    """An ISAKMP SA (phase 1, ``spi`` None) or an IPsec SA left the SA database."""
+
+    handle: int
+    phase: int
+    spi: bytes | None
+    reason: str

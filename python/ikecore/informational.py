@@ -1,0 +1,84 @@
+"""Informational exchanges: Notify and Delete, protected and unprotected (RFC 2409 5.7,
+RFC 2408 sections 3.14, 3.15 and 4.8).
+
+Design note
+-----------
+An informational exchange is one message, with its own random Message ID:
+
+* protected (after phase 1): ``HDR*, HASH(1), N/D`` with
+  ``HASH(1) = prf(SKEYID_a, M-ID | N/D)``; the IV is the phase 2 IV of that M-ID, which is
+  forgotten once the message is processed (each informational M-ID is used once);
+* unprotected (before keys exist, e.g. an error notify answering message 1 or 3):
+  ``HDR, N`` with the cookies of the offending message.
+
+``build_protected`` and ``build_unprotected`` produce datagrams; ``receive_protected``
+verifies one and returns its Notify and Delete payloads for the engine to act on.
+A Delete for ISAKMP carries SPI size 16 (CKY-I | CKY-R); for ESP, 4-byte SPIs: the
+sender's inbound SPIs, which are the receiver's outbound ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ikecore import keymat, wire
+from ikecore.errors import AuthenticationFailed, InvalidPayloadType, InvalidMessageId
+from ikecore.phase1 import constant_time_equal, open_encrypted
+from ikecore.sa import IsakmpSa
+
+__all__ = ["INFORMATIONAL", "build_protected", "build_unprotected", "receive_protected",
+           "delete_isakmp", "delete_esp", "notify"]
+
+INFORMATIONAL = wire.ExchangeType.INFORMATIONAL
+P = wire.PayloadType
+
+
+def notify(notify_type: int, *, protocol_id: int = wire.ProtocolId.ISAKMP, spi: bytes = b"",
+           data: bytes = b"") -> Any:
+    return wire.NotifyPayload(int(notify_type), protocol_id=int(protocol_id), spi=spi, data=data)
+
+
+def delete_isakmp(sa: IsakmpSa) -> Any:
+    return wire.DeletePayload(wire.ProtocolId.ISAKMP, [sa.initiator_cookie + sa.responder_cookie])
+
+
+def delete_esp(spis: list[bytes]) -> Any:
+    return wire.DeletePayload(wire.ProtocolId.IPSEC_ESP, list(spis))
+
+
+def build_protected(sa: IsakmpSa, payloads: list[Any], message_id: int) -> bytes:
+    """``HDR*, HASH(1), N/D...`` under the SA's keys with a fresh Message ID."""
+    chain = wire.encode_payloads(payloads)
+    digest = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message_id, chain)
+    plaintext = wire.encode_payloads([wire.HashPayload(digest), *payloads])
+    ciphertext = sa.crypto.encrypt(message_id, plaintext)
+    sa.crypto.forget(message_id)
+    return wire.Message(sa.initiator_cookie, sa.responder_cookie, INFORMATIONAL, message_id=message_id,
+                        flags=wire.Flag.ENCRYPTION, next_payload=P.HASH, body=ciphertext).encode()
+
+
+def build_unprotected(initiator_cookie: bytes, responder_cookie: bytes, payload: Any) -> bytes:
+    """``HDR, N``: an error notify sent before keys exist (RFC 2408 section 5.1)."""
+    return wire.Message(initiator_cookie, responder_cookie, INFORMATIONAL, [payload]).encode()
+
+
+def receive_protected(sa: IsakmpSa, message: Any) -> list[Any]:
+    """Decrypt and verify a protected informational message; return its N and D payloads.
+
+    Raises:
+        RemoteProtocolError: not decryptable, no leading HASH, or HASH(1) does not verify.
+    """
+    if message.message_id == 0:
+        raise InvalidMessageId("informational exchange with Message ID 0")
+    try:
+        opened = open_encrypted(sa, message)
+    finally:
+        sa.crypto.forget(message.message_id)
+    payloads = opened.payloads
+    if not payloads or payloads[0].payload_type != P.HASH:
+        raise InvalidPayloadType("protected informational message must start with HASH")
+    after = b"".join(p.raw for p in payloads[1:])
+    expected = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message.message_id, after)
+    if not constant_time_equal(payloads[0].data, expected):
+        raise AuthenticationFailed("informational HASH(1) does not verify")
+    return [p for p in payloads[1:] if p.payload_type in (P.N, P.D)]

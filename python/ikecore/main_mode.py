@@ -1,0 +1,240 @@
+"""Main Mode (Identity Protection exchange) with pre-shared keys: RFC 2409 sections 5 and 5.4.
+
+Design note
+-----------
+::
+
+    Initiator                              Responder
+    HDR, SA                    (MM1) -->                      R_EXPECT_MM1 -> R_EXPECT_MM3
+    I_EXPECT_MM2          <-- (MM2)      HDR, SA (one transform chosen)
+    HDR, KE, Ni                (MM3) -->   (responder's first DH work)  -> R_EXPECT_MM5
+    I_EXPECT_MM4          <-- (MM4)      HDR, KE, Nr
+    HDR*, IDii, HASH_I         (MM5) -->   (verify HASH_I)              -> ESTABLISHED
+    I_EXPECT_MM6          <-- (MM6)      HDR*, IDir, HASH_R
+    ESTABLISHED (verify HASH_R)
+
+The state names say which message the SA waits for. ``TRANSITIONS`` maps (state,
+exchange type) to a row: the handler, the next state, the payloads the message must
+carry and whether it must be encrypted. The engine looks the row up; a message with
+no row is a protocol error, counted and dropped. Handlers are symmetric in style:
+``_on_mmN_send_mmM`` processes message N and returns message M (or None when the
+exchange is over). They raise ``ikecore.errors`` classes; the engine turns those into
+counters, notifies and failures. Nothing here does I/O or reads a clock.
+
+Pitfalls handled here (../docs PROTOCOL.md section 7): HASH_I/HASH_R over the bytes of
+SAi_b and ID bodies exactly as sent or received; the PSK is chosen by the peer's address
+before its ID is known (item 12); a wrong PSK shows as an MM5 that does not decrypt to a
+payload chain or whose HASH_I does not verify (AUTHENTICATION-FAILED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ikecore import keymat, policy, wire
+from ikecore.errors import (
+    AuthenticationFailed,
+    InvalidIdInformation,
+    InvalidKeyInformation,
+    NoProposalChosen,
+    PayloadMalformed,
+    RemoteProtocolError,
+)
+from ikecore.phase1 import (
+    NONCE_SIZE,
+    Services,
+    constant_time_equal,
+    my_identification,
+    nonce_ok,
+    open_encrypted,
+    phase1_keys,
+    required,
+    seal,
+    build_plain,
+)
+from ikecore.sa import IsakmpSa, Phase1State
+
+__all__ = ["TRANSITIONS", "Row", "start_initiator", "receive", "MAIN_MODE"]
+
+MAIN_MODE = wire.ExchangeType.IDENTITY_PROTECTION
+P = wire.PayloadType
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    handler: Callable[[IsakmpSa, Any, list[Any], Services], bytes | None]
+    next_state: Phase1State
+    required: tuple[int, ...]
+    encrypted: bool
+    message_number: int
+
+
+def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
+    """MM1: HDR, SA with every suite of the IKE policy (plus vendor IDs)."""
+    offer = sa.ike_policy.offer()
+    sa.sa_b = offer.body
+    sa.state = Phase1State.I_EXPECT_MM2
+    return build_plain(sa, MAIN_MODE, [offer])
+
+
+def _on_mm1_send_mm2(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    sa_payload = required(payloads, P.SA)[P.SA]
+    proposal, transform, chosen = policy.choose_ike_transform(sa_payload, sa.ike_policy)
+    if chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY or sa.generic_filter.psk() is None:
+        raise NoProposalChosen("only pre-shared key authentication is configured")
+    sa.chosen = chosen
+    sa.sa_b = sa_payload.body
+    sa.vendor_ids = [p.data for p in payloads if p.payload_type == P.VID]
+    reply = wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform],
+                                          spi=proposal.spi)],
+                           doi=sa_payload.doi, situation=sa_payload.situation)
+    return build_plain(sa, MAIN_MODE, [reply])
+
+
+def _on_mm2_send_mm3(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    sa_payload = required(payloads, P.SA)[P.SA]
+    if len(sa_payload.proposals) != 1 or len(sa_payload.proposals[0].transforms) != 1:
+        raise NoProposalChosen("responder must choose exactly one proposal and transform")
+    chosen = policy.IkeProposal.from_transform(sa_payload.proposals[0].transforms[0])
+    if not any(mine.matches(chosen) for mine in sa.ike_policy.proposals):
+        raise NoProposalChosen(f"responder chose {chosen.name}, which we did not offer")
+    sa.chosen = chosen
+    sa.responder_cookie = message.responder_cookie
+    sa.vendor_ids = [p.data for p in payloads if p.payload_type == P.VID]
+    sa.dh = services.keypair(chosen.group)
+    sa.g_xi = sa.dh.public
+    sa.nonce_i = services.random(NONCE_SIZE)
+    return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xi), wire.NoncePayload(sa.nonce_i)])
+
+
+def _take_ke_nonce(sa: IsakmpSa, payloads: list[Any]) -> tuple[bytes, bytes]:
+    found = required(payloads, P.KE, P.NONCE)
+    nonce = found[P.NONCE].data
+    if not nonce_ok(nonce):
+        raise PayloadMalformed(f"nonce of {len(nonce)} bytes (RFC 2409 allows 8-256)")
+    return found[P.KE].data, nonce
+
+
+def _on_mm3_send_mm4(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    assert sa.chosen is not None
+    g_xi, sa.nonce_i = _take_ke_nonce(sa, payloads)
+    sa.dh = services.keypair(sa.chosen.group)
+    sa.g_xi, sa.g_xr = g_xi, sa.dh.public
+    g_xy = _exchange(sa, g_xi)
+    sa.nonce_r = services.random(NONCE_SIZE)
+    phase1_keys(sa, services, g_xy)
+    return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r)])
+
+
+def _on_mm4_send_mm5(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    sa.g_xr, sa.nonce_r = _take_ke_nonce(sa, payloads)
+    g_xy = _exchange(sa, sa.g_xr)
+    phase1_keys(sa, services, g_xy)
+    sa.my_id = my_identification(sa, sa.generic_filter.local_id)
+    hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                           sa.responder_cookie, sa.sa_b, sa.my_id.body)
+    return seal(sa, MAIN_MODE, [sa.my_id, wire.HashPayload(hash_i)], 0)
+
+
+def _exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
+    try:
+        return bytes(sa.dh.exchange(peer_public))
+    finally:
+        sa.dh = None  # single use: the private value is gone either way
+
+
+def _check_peer_id(sa: IsakmpSa, peer_id: Any) -> None:
+    expected = sa.generic_filter.remote_id
+    if expected is None:
+        return
+    from ikecore.sa import id_to_text
+
+    if id_to_text(peer_id.id_type, peer_id.data) != expected:
+        raise InvalidIdInformation(f"peer ID {id_to_text(peer_id.id_type, peer_id.data)!r} "
+                                   f"is not the configured {expected!r}")
+
+
+def _on_mm5_send_mm6(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    found = required(payloads, P.ID, P.HASH)
+    peer_id = found[P.ID]
+    expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                             sa.responder_cookie, sa.sa_b, peer_id.body)
+    if not constant_time_equal(found[P.HASH].data, expected):
+        raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")
+    _check_peer_id(sa, peer_id)
+    sa.peer_id = peer_id
+    sa.my_id = my_identification(sa, sa.generic_filter.local_id)
+    hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                           sa.responder_cookie, sa.sa_b, sa.my_id.body)
+    return seal(sa, MAIN_MODE, [sa.my_id, wire.HashPayload(hash_r)], 0)
+
+
+def _on_mm6_established(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> None:
+    found = required(payloads, P.ID, P.HASH)
+    peer_id = found[P.ID]
+    expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                             sa.responder_cookie, sa.sa_b, peer_id.body)
+    if not constant_time_equal(found[P.HASH].data, expected):
+        raise AuthenticationFailed("HASH_R does not verify (pre-shared keys differ?)")
+    _check_peer_id(sa, peer_id)
+    sa.peer_id = peer_id
+    return None
+
+
+TRANSITIONS: dict[tuple[Phase1State, int], Row] = {
+    (Phase1State.R_EXPECT_MM1, MAIN_MODE): Row(_on_mm1_send_mm2, Phase1State.R_EXPECT_MM3, (P.SA,), False, 1),
+    (Phase1State.I_EXPECT_MM2, MAIN_MODE): Row(_on_mm2_send_mm3, Phase1State.I_EXPECT_MM4, (P.SA,), False, 2),
+    (Phase1State.R_EXPECT_MM3, MAIN_MODE): Row(_on_mm3_send_mm4, Phase1State.R_EXPECT_MM5, (P.KE, P.NONCE), False, 3),
+    (Phase1State.I_EXPECT_MM4, MAIN_MODE): Row(_on_mm4_send_mm5, Phase1State.I_EXPECT_MM6, (P.KE, P.NONCE), False, 4),
+    (Phase1State.R_EXPECT_MM5, MAIN_MODE): Row(_on_mm5_send_mm6, Phase1State.ESTABLISHED, (P.ID, P.HASH), True, 5),
+    (Phase1State.I_EXPECT_MM6, MAIN_MODE): Row(_on_mm6_established, Phase1State.ESTABLISHED, (P.ID, P.HASH), True, 6),
+}
+
+
+def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
+    """Process one Main Mode message for ``sa``; return the reply datagram, if any.
+
+    On success the SA moves to the row's next state. On any error nothing changes
+    (the IV is only committed after validation), and the error propagates.
+
+    Raises:
+        RemoteProtocolError: the message is not acceptable now (the engine counts it).
+    """
+    row = TRANSITIONS.get((sa.state, message.exchange_type))
+    if row is None:
+        raise PayloadMalformed(f"unexpected Main Mode message in state {sa.state.value}",
+                               notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
+    if row.encrypted:
+        try:
+            opened = open_encrypted(sa, message)
+            payloads = opened.payloads
+            required(payloads, *row.required)
+        except RemoteProtocolError as exc:
+            # RFC 2409 5.4 with a wrong PSK: garbage after decryption.
+            raise AuthenticationFailed(f"message {row.message_number} does not decrypt to a "
+                                       f"valid payload chain ({exc}); pre-shared keys differ?") from exc
+    else:
+        if message.encrypted:
+            raise PayloadMalformed(f"message {row.message_number} must not be encrypted",
+                                   notify_type=wire.NotifyType.INVALID_FLAGS)
+        payloads = list(message.payloads)
+        opened = None
+    previous_iv = None
+    if opened is not None:
+        # The reply is encrypted on from this message's last block, so commit first
+        # and roll back if the handler rejects the message.
+        previous_iv = sa.crypto.iv(0)
+        sa.crypto.commit(0, opened.next_iv)
+    try:
+        reply = row.handler(sa, message, payloads, services)
+    except Exception as exc:
+        if previous_iv is not None:
+            sa.crypto.commit(0, previous_iv)
+        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
+            # A DH value the Rust core rejected, or similar bad peer data.
+            raise InvalidKeyInformation(str(exc)) from exc
+        raise
+    sa.state = row.next_state
+    return reply

@@ -1,0 +1,129 @@
+"""Helpers shared by the exchanges of one ISAKMP SA (layer L3).
+
+* ``Services``: what a state machine may ask of its owner (randomness, Diffie-Hellman, the
+  IPsec driver, a key log) -- injected so that tests can make packets reproducible.
+* Message sealing and opening: encode a payload chain, encrypt it under the SA's IV chain
+  for a Message ID, and the reverse (without advancing the IV until the caller commits).
+* Phase 1 keying: SKEYID family, encryption key, phase 1 IV (RFC 2409 section 5, app. B).
+* Identification payloads for phase 1 (RFC 2407 section 4.6.2).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ikecore import keymat, wire
+from ikecore.errors import InvalidPayloadType, PayloadMalformed
+from ikecore.sa import IsakmpSa
+
+__all__ = ["Services", "Opened", "seal", "open_encrypted", "build_plain", "phase1_keys",
+           "my_identification", "required", "nonce_ok", "constant_time_equal"]
+
+NONCE_SIZE = 32
+
+
+class Services(Protocol):
+    """Capabilities the engine lends to the state machines."""
+
+    def random(self, size: int) -> bytes: ...
+    def keypair(self, group: int) -> Any: ...
+    def keylog(self, line: str) -> None: ...
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def nonce_ok(nonce: bytes) -> bool:
+    """RFC 2409 section 5: nonces are 8 to 256 bytes."""
+    return 8 <= len(nonce) <= 256
+
+
+def build_plain(sa: IsakmpSa, exchange_type: int, payloads: list[Any], message_id: int = 0) -> bytes:
+    """An unencrypted message of this SA."""
+    return wire.Message(sa.initiator_cookie, sa.responder_cookie, exchange_type, payloads,
+                        message_id=message_id).encode()
+
+
+def seal(sa: IsakmpSa, exchange_type: int, payloads: list[Any], message_id: int,
+         chain: bytes | None = None) -> bytes:
+    """Encrypt ``payloads`` (or a pre-encoded ``chain``) and return the whole datagram.
+
+    Advances the IV chain of ``message_id`` (CryptoState.encrypt does).
+    """
+    plaintext = chain if chain is not None else wire.encode_payloads(payloads)
+    ciphertext = sa.crypto.encrypt(message_id, plaintext)
+    first = payloads[0].payload_type
+    return wire.Message(sa.initiator_cookie, sa.responder_cookie, exchange_type,
+                        message_id=message_id, flags=wire.Flag.ENCRYPTION, next_payload=first,
+                        body=ciphertext).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A decrypted message: its payloads and the IV to commit once it is validated."""
+
+    payloads: list[Any]
+    next_iv: bytes
+
+
+def open_encrypted(sa: IsakmpSa, message: Any) -> Opened:
+    """Decrypt an E-flagged message of this SA without advancing its IV chain.
+
+    Raises:
+        PayloadMalformed: not encrypted, not whole blocks, or no valid payload chain.
+    """
+    if not message.encrypted:
+        raise PayloadMalformed("message must be encrypted", notify_type=wire.NotifyType.INVALID_FLAGS)
+    if sa.crypto is None:
+        raise PayloadMalformed("encrypted message before keys exist", notify_type=wire.NotifyType.INVALID_FLAGS)
+    plaintext, next_iv = sa.crypto.decrypt(message.message_id, message.body)
+    payloads = wire.parse_payloads(message.next_payload, plaintext)
+    return Opened(list(payloads), next_iv)
+
+
+def required(payloads: list[Any], *types: int) -> dict[int, Any]:
+    """Index payloads by type; raises when one of ``types`` is missing.
+
+    Returns the first payload of each type.
+    """
+    found: dict[int, Any] = {}
+    for payload in payloads:
+        found.setdefault(payload.payload_type, payload)
+    for payload_type in types:
+        if payload_type not in found:
+            raise InvalidPayloadType(f"missing {wire.PayloadType(payload_type).name} payload")
+    return found
+
+
+def phase1_keys(sa: IsakmpSa, services: Services, g_xy: bytes) -> None:
+    """Derive SKEYID, SKEYID_d/a/e, the encryption key and the phase 1 IV (RFC 2409 5, B)."""
+    chosen = sa.chosen
+    assert chosen is not None
+    psk = sa.generic_filter.psk() or b""
+    hash_name = chosen.prf_hash
+    sa.skeyid = keymat.derive_skeyid(hash_name, sa.nonce_i, sa.nonce_r, g_xy,
+                                     sa.initiator_cookie, sa.responder_cookie, psk=psk)
+    cipher_name, key_size, block_size = keymat.cipher_for(chosen.encryption, chosen.key_length)
+    key = keymat.encryption_key(hash_name, sa.skeyid.skeyid_e, key_size)
+    iv = keymat.phase1_iv(hash_name, sa.g_xi, sa.g_xr, block_size)
+    sa.crypto = keymat.CryptoState(cipher_name, key, hash_name, iv)
+    services.keylog(keymat.keylog_line(sa.initiator_cookie, key))
+
+
+def my_identification(sa: IsakmpSa, configured: str | None) -> wire.IdPayload:
+    """IDii/IDir: the configured ID (address, FQDN, or user@FQDN) or our IKE address.
+
+    Protocol and port are zero, as RFC 2407 section 4.6.2 allows in phase 1.
+    """
+    text = configured or sa.local[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        id_type = wire.IdType.USER_FQDN if "@" in text else wire.IdType.FQDN
+        return wire.IdPayload(int(id_type), text.encode())
+    id_type = wire.IdType.IPV6_ADDR if address.version == 6 else wire.IdType.IPV4_ADDR
+    return wire.IdPayload(int(id_type), address.packed)

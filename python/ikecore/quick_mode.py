@@ -1,0 +1,305 @@
+"""Quick Mode: RFC 2409 section 5.5, both roles, with and without PFS.
+
+Design note
+-----------
+::
+
+    Initiator                                          Responder
+    HDR*, HASH(1), SA, Ni [, KE] [, IDci, IDcr]  (QM1) -->   R_EXPECT_QM1 -> R_EXPECT_QM3
+    I_EXPECT_QM2       <-- (QM2)  HDR*, HASH(2), SA, Nr [, KE] [, IDci, IDcr]
+    HDR*, HASH(3)                                (QM3) -->   install SAs -> ESTABLISHED
+    install SAs -> ESTABLISHED
+
+Every Quick Mode has its own Message ID, its own IV chain (derived from the last phase 1
+CBC block) and its own ``QuickModeExchange`` record, so many run at once on one ISAKMP SA.
+``TRANSITIONS`` maps (state, exchange type) to the handler, the next state and the payloads
+required after the HASH payload. Hashes (RFC 2409 5.5):
+``HASH(1) = prf(SKEYID_a, M-ID | <payloads after HASH>)``,
+``HASH(2) = prf(SKEYID_a, M-ID | Ni_b | <payloads after HASH>)``,
+``HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)``; KEYMAT per direction with the SPI of
+the receiving side. The client IDs are traffic selectors; the responder returns them as
+received (IKEv1 has no narrowing). Nothing here does I/O or reads a clock: SPIs and SA
+installation go through ``QuickModeServices`` (the engine, which talks to the IPsec driver).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ikecore import keymat, policy, wire
+from ikecore.driver import IpsecSaKeys
+from ikecore.errors import (
+    AuthenticationFailed,
+    InvalidHashInformation,
+    InvalidIdInformation,
+    InvalidKeyInformation,
+    InvalidPayloadType,
+    NoProposalChosen,
+    PayloadMalformed,
+    RemoteProtocolError,
+)
+from ikecore.phase1 import NONCE_SIZE, Services, constant_time_equal, nonce_ok, open_encrypted, required
+from ikecore.sa import IsakmpSa, Phase2State, QuickModeExchange, Role
+
+__all__ = ["QuickModeServices", "TRANSITIONS", "start_initiator", "receive", "QUICK_MODE",
+           "traffic_selectors"]
+
+QUICK_MODE = wire.ExchangeType.QUICK_MODE
+P = wire.PayloadType
+
+
+class QuickModeServices(Services, Protocol):
+    def get_spi(self, sa: IsakmpSa) -> bytes: ...
+    def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
+                outbound: IpsecSaKeys) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    handler: Callable[[IsakmpSa, QuickModeExchange, Any, list[Any], QuickModeServices], bytes | None]
+    next_state: Phase2State
+    required: tuple[int, ...]
+    message_number: int
+
+
+def _host(address: str) -> str:
+    return str(ipaddress.ip_network(address))
+
+
+def traffic_selectors(sa: IsakmpSa) -> tuple[policy.TrafficSelector, policy.TrafficSelector]:
+    """(local, remote) selectors: configured subnets, else the two IKE addresses."""
+    flt = sa.generic_filter
+    local = policy.TrafficSelector(flt.local_ts or _host(sa.local[0]))
+    remote = policy.TrafficSelector(flt.remote_ts or _host(sa.remote[0]))
+    return local, remote
+
+
+def _seal_with_hash(sa: IsakmpSa, qm: QuickModeExchange, payloads: list[Any],
+                    compute: Callable[[bytes], bytes]) -> bytes:
+    chain = wire.encode_payloads(payloads)
+    hash_payload = wire.HashPayload(compute(chain))
+    plaintext = wire.encode_payloads([hash_payload, *payloads])
+    ciphertext = sa.crypto.encrypt(qm.message_id, plaintext)
+    return wire.Message(sa.initiator_cookie, sa.responder_cookie, QUICK_MODE, message_id=qm.message_id,
+                        flags=wire.Flag.ENCRYPTION, next_payload=P.HASH, body=ciphertext).encode()
+
+
+def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServices) -> bytes:
+    """QM1: HASH(1), SA (our ESP suites, our inbound SPI), Ni, [KE], IDci, IDcr."""
+    qm.nonce_i = services.random(NONCE_SIZE)
+    qm.spi_in = services.get_spi(sa)
+    mode = qm.esp_policy.encapsulation_mode
+    transforms = [p.to_transform(i + 1, mode) for i, p in enumerate(qm.esp_policy.proposals)]
+    payloads: list[Any] = [
+        wire.SaPayload([wire.Proposal(1, wire.ProtocolId.IPSEC_ESP, transforms, spi=qm.spi_in)]),
+        wire.NoncePayload(qm.nonce_i),
+    ]
+    group = qm.esp_policy.pfs_group
+    if group:
+        qm.dh = services.keypair(group)
+        payloads.append(wire.KePayload(qm.dh.public))
+    local, remote = traffic_selectors(sa)
+    qm.id_ci, qm.id_cr = local.to_id(), remote.to_id()
+    payloads += [qm.id_ci, qm.id_cr]
+    qm.state = Phase2State.I_EXPECT_QM2
+    hash_name = sa.hash_name
+    return _seal_with_hash(sa, qm, payloads, lambda chain: keymat.qm_hash1(
+        hash_name, sa.skeyid.skeyid_a, qm.message_id, chain))
+
+
+def _after_hash(payloads: list[Any]) -> bytes:
+    if not payloads or payloads[0].payload_type != P.HASH:
+        raise InvalidPayloadType("Quick Mode message must start with a HASH payload")
+    return b"".join(p.raw for p in payloads[1:])
+
+
+def _client_ids(payloads: list[Any]) -> tuple[Any, Any] | None:
+    ids = [p for p in payloads if p.payload_type == P.ID]
+    if not ids:
+        return None
+    if len(ids) != 2:
+        raise PayloadMalformed(f"Quick Mode carries {len(ids)} ID payloads; need none or two")
+    return ids[0], ids[1]
+
+
+def _pfs_secret(qm: QuickModeExchange, group: int | None, payloads: list[Any],
+                services: QuickModeServices, make_keypair: bool) -> bytes | None:
+    ke = next((p for p in payloads if p.payload_type == P.KE), None)
+    if not group:
+        if ke is not None:
+            raise InvalidPayloadType("KE payload in a Quick Mode without PFS")
+        return None
+    if ke is None:
+        raise NoProposalChosen("PFS group chosen but no KE payload")
+    if make_keypair:
+        qm.dh = services.keypair(group)
+    try:
+        return bytes(qm.dh.exchange(ke.data))
+    finally:
+        if not make_keypair:
+            qm.dh = None
+
+
+def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
+    chosen = qm.chosen
+    assert chosen is not None
+    length = chosen.encryption_key_bytes + chosen.integrity_key_bytes
+    split = chosen.encryption_key_bytes
+    mode = "transport" if qm.mode in (wire.EncapsulationMode.TRANSPORT, wire.EncapsulationMode.UDP_TRANSPORT,
+                                      wire.EncapsulationMode.UDP_TRANSPORT_DRAFT) else "tunnel"
+    udp = qm.mode not in (wire.EncapsulationMode.TRANSPORT, wire.EncapsulationMode.TUNNEL)
+    local_ts, remote_ts = traffic_selectors(sa)
+    if qm.id_ci is not None and qm.id_cr is not None:
+        ci = policy.TrafficSelector.from_id(qm.id_ci)
+        cr = policy.TrafficSelector.from_id(qm.id_cr)
+        local_ts, remote_ts = (ci, cr) if qm.role is Role.INITIATOR else (cr, ci)
+
+    def one(spi: bytes, source: str, destination: str) -> IpsecSaKeys:
+        material = keymat.keymat(sa.hash_name, sa.skeyid.skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
+                                 qm.nonce_i, qm.nonce_r, length, g_qm_xy=g_qm_xy)
+        return IpsecSaKeys(spi=spi, protocol_id=wire.ProtocolId.IPSEC_ESP, source=source,
+                           destination=destination, encryption=chosen.encryption_name,
+                           encryption_key=material[:split], integrity=chosen.integrity_name,
+                           integrity_key=material[split:], mode=mode, lifetime=chosen.lifetime,
+                           lifetime_kilobytes=chosen.lifetime_kilobytes, local_ts=str(local_ts),
+                           remote_ts=str(remote_ts), udp_encapsulation=udp)
+
+    inbound = one(qm.spi_in, sa.remote[0], sa.local[0])
+    outbound = one(qm.spi_out, sa.local[0], sa.remote[0])
+    return inbound, outbound
+
+
+def _inside(network: str, allowed: str) -> bool:
+    inner, outer = ipaddress.ip_network(network), ipaddress.ip_network(allowed)
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
+def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
+    """The initiator's IDci must be the peer's side and IDcr ours, per our filter."""
+    local, remote = traffic_selectors(sa)
+    if ids is None:
+        if sa.generic_filter.local_ts or sa.generic_filter.remote_ts:
+            raise InvalidIdInformation("no client IDs, but the filter names subnets")
+        return
+    try:
+        ci, cr = policy.TrafficSelector.from_id(ids[0]), policy.TrafficSelector.from_id(ids[1])
+    except ValueError as exc:
+        raise InvalidIdInformation(str(exc)) from exc
+    if not (_inside(ci.network, remote.network) and _inside(cr.network, local.network)):
+        raise InvalidIdInformation(f"traffic selectors {ci} <-> {cr} are outside {remote} <-> {local}")
+
+
+def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
+                     services: QuickModeServices) -> bytes:
+    after = _after_hash(payloads)
+    expected = keymat.qm_hash1(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, after)
+    if not constant_time_equal(payloads[0].data, expected):
+        raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
+    found = required(payloads, P.SA, P.NONCE)
+    qm.nonce_i = found[P.NONCE].data
+    if not nonce_ok(qm.nonce_i):
+        raise PayloadMalformed("Quick Mode nonce must be 8-256 bytes")
+    proposal, transform, chosen, mode = policy.choose_esp_transform(found[P.SA], qm.esp_policy)
+    ids = _client_ids(payloads)
+    _check_selectors(sa, ids)
+    if ids is not None:
+        qm.id_ci, qm.id_cr = ids
+    qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
+    g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=True)
+    qm.nonce_r = services.random(NONCE_SIZE)
+    qm.spi_in = services.get_spi(sa)
+    reply: list[Any] = [
+        wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform], spi=qm.spi_in)]),
+        wire.NoncePayload(qm.nonce_r),
+    ]
+    if g_qm_xy is not None:
+        reply.append(wire.KePayload(qm.dh.public))
+        qm.dh = None
+    if ids is not None:
+        reply += list(ids)
+    qm.g_qm_xy = g_qm_xy
+    nonce_i = qm.nonce_i
+    return _seal_with_hash(sa, qm, reply, lambda chain: keymat.qm_hash2(
+        sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, nonce_i, chain))
+
+
+def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
+                     services: QuickModeServices) -> bytes:
+    after = _after_hash(payloads)
+    expected = keymat.qm_hash2(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, after)
+    if not constant_time_equal(payloads[0].data, expected):
+        raise AuthenticationFailed("Quick Mode HASH(2) does not verify")
+    found = required(payloads, P.SA, P.NONCE)
+    sa_payload = found[P.SA]
+    if len(sa_payload.proposals) != 1 or len(sa_payload.proposals[0].transforms) != 1:
+        raise NoProposalChosen("responder must choose exactly one ESP proposal and transform")
+    proposal = sa_payload.proposals[0]
+    if proposal.protocol_id != wire.ProtocolId.IPSEC_ESP or len(proposal.spi) != 4:
+        raise NoProposalChosen("responder's choice is not ESP with a 4-byte SPI")
+    chosen, mode = policy.EspProposal.from_transform(proposal.transforms[0])
+    if not any(mine.matches(chosen) for mine in qm.esp_policy.proposals):
+        raise NoProposalChosen(f"responder chose ESP {chosen.name}, which we did not offer")
+    qm.nonce_r = found[P.NONCE].data
+    if not nonce_ok(qm.nonce_r):
+        raise PayloadMalformed("Quick Mode nonce must be 8-256 bytes")
+    ids = _client_ids(payloads)
+    if ids is not None and (ids[0].body != qm.id_ci.body or ids[1].body != qm.id_cr.body):  # type: ignore[union-attr]
+        raise InvalidIdInformation("responder changed the client IDs")
+    qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
+    g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=False)
+    inbound, outbound = _keys(sa, qm, g_qm_xy)
+    services.install(sa, qm, inbound, outbound)
+    hash3 = keymat.qm_hash3(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
+    ciphertext = sa.crypto.encrypt(qm.message_id, wire.encode_payloads([wire.HashPayload(hash3)]))
+    return wire.Message(sa.initiator_cookie, sa.responder_cookie, QUICK_MODE, message_id=qm.message_id,
+                        flags=wire.Flag.ENCRYPTION, next_payload=P.HASH, body=ciphertext).encode()
+
+
+def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
+                        services: QuickModeServices) -> None:
+    if not payloads or payloads[0].payload_type != P.HASH:
+        raise InvalidPayloadType("QM3 must carry HASH(3)")
+    expected = keymat.qm_hash3(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
+    if not constant_time_equal(payloads[0].data, expected):
+        raise InvalidHashInformation("Quick Mode HASH(3) does not verify")
+    inbound, outbound = _keys(sa, qm, qm.g_qm_xy)
+    qm.g_qm_xy = None
+    services.install(sa, qm, inbound, outbound)
+    return None
+
+
+TRANSITIONS: dict[tuple[Phase2State, int], Row] = {
+    (Phase2State.R_EXPECT_QM1, QUICK_MODE): Row(_on_qm1_send_qm2, Phase2State.R_EXPECT_QM3, (P.HASH, P.SA, P.NONCE), 1),
+    (Phase2State.I_EXPECT_QM2, QUICK_MODE): Row(_on_qm2_send_qm3, Phase2State.ESTABLISHED, (P.HASH, P.SA, P.NONCE), 2),
+    (Phase2State.R_EXPECT_QM3, QUICK_MODE): Row(_on_qm3_established, Phase2State.ESTABLISHED, (P.HASH,), 3),
+}
+
+
+def receive(sa: IsakmpSa, qm: QuickModeExchange, message: Any, services: QuickModeServices) -> bytes | None:
+    """Process one Quick Mode message of exchange ``qm``; return the reply, if any.
+
+    The IV of the Message ID is committed only when the message is accepted.
+
+    Raises:
+        RemoteProtocolError: the message is not acceptable (nothing changed).
+    """
+    row = TRANSITIONS.get((qm.state, message.exchange_type))
+    if row is None:
+        raise PayloadMalformed(f"unexpected Quick Mode message in state {qm.state.value}",
+                               notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
+    opened = open_encrypted(sa, message)
+    required(opened.payloads, *row.required)
+    previous_iv = sa.crypto.iv(qm.message_id)
+    sa.crypto.commit(qm.message_id, opened.next_iv)
+    try:
+        reply = row.handler(sa, qm, message, opened.payloads, services)
+    except Exception as exc:
+        sa.crypto.commit(qm.message_id, previous_iv)
+        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
+            raise InvalidKeyInformation(str(exc)) from exc
+        raise
+    qm.state = row.next_state
+    return reply

@@ -1,0 +1,176 @@
+"""SA records (layer L3 leaf): the state of one ISAKMP SA and of its Quick Mode exchanges.
+
+These are plain mutable records owned by the engine; the state machines in
+``main_mode``, ``quick_mode`` and ``informational`` change them, and the monitor reads
+immutable snapshots of them (``IsakmpSa.snapshot``). Secrets live in ``crypto`` (keys
+inside the Rust cipher) and ``skeyid``; snapshots never contain them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from ikecore import policy, wire
+from ikecore.events import Address
+
+__all__ = ["Role", "Phase1State", "Phase2State", "IsakmpSa", "QuickModeExchange", "IpsecSa",
+           "id_to_text"]
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"
+    RESPONDER = "responder"
+
+
+class Phase1State(enum.Enum):
+    """Main Mode states, named for the message each one waits for (RFC 2409 section 5)."""
+
+    I_EXPECT_MM2 = "I_EXPECT_MM2"
+    I_EXPECT_MM4 = "I_EXPECT_MM4"
+    I_EXPECT_MM6 = "I_EXPECT_MM6"
+    R_EXPECT_MM1 = "R_EXPECT_MM1"
+    R_EXPECT_MM3 = "R_EXPECT_MM3"
+    R_EXPECT_MM5 = "R_EXPECT_MM5"
+    ESTABLISHED = "ESTABLISHED"
+    FAILED = "FAILED"
+    DELETED = "DELETED"
+
+
+class Phase2State(enum.Enum):
+    """Quick Mode states (RFC 2409 section 5.5)."""
+
+    I_EXPECT_QM2 = "I_EXPECT_QM2"
+    R_EXPECT_QM1 = "R_EXPECT_QM1"
+    R_EXPECT_QM3 = "R_EXPECT_QM3"
+    ESTABLISHED = "ESTABLISHED"
+    FAILED = "FAILED"
+
+
+def id_to_text(id_type: int, data: bytes) -> str:
+    """Readable form of an identification payload's data (RFC 2407 section 4.6.2)."""
+    import ipaddress
+
+    try:
+        if id_type in (wire.IdType.IPV4_ADDR, wire.IdType.IPV6_ADDR):
+            return str(ipaddress.ip_address(data))
+        if id_type in (wire.IdType.FQDN, wire.IdType.USER_FQDN):
+            return data.decode("utf-8", "replace")
+        if id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
+            half = len(data) // 2
+            return str(ipaddress.ip_network(
+                f"{ipaddress.ip_address(data[:half])}/{ipaddress.ip_address(data[half:])}", strict=False))
+    except ValueError:
+        pass
+    return data.hex()
+
+
+@dataclass(slots=True)
+class IpsecSa:
+    """One negotiated Quick Mode SA pair (inbound and outbound ESP SPIs)."""
+
+    handle: int
+    message_id: int
+    spi_in: bytes
+    spi_out: bytes
+    proposal: policy.EspProposal
+    mode: str
+    local_ts: str
+    remote_ts: str
+    created: float
+    expires: float
+
+
+@dataclass(slots=True)
+class QuickModeExchange:
+    """The state of one Quick Mode exchange, keyed by its Message ID."""
+
+    message_id: int
+    role: Role
+    state: Phase2State
+    started: float
+    esp_policy: policy.EspPolicy
+    nonce_i: bytes = b""
+    nonce_r: bytes = b""
+    spi_in: bytes = b""
+    spi_out: bytes = b""
+    chosen: policy.EspProposal | None = None
+    mode: int = wire.EncapsulationMode.TUNNEL
+    dh: Any = None                 # single-use ikecore.dh.KeyPair for PFS
+    g_qm_xy: bytes | None = None   # the PFS shared secret, kept until the SAs are installed
+    id_ci: wire.IdPayload | None = None
+    id_cr: wire.IdPayload | None = None
+    last_received: bytes = b""
+    last_sent: bytes = b""
+    retransmits: int = 0
+    next_retransmit: float | None = None
+
+
+@dataclass(slots=True)
+class IsakmpSa:
+    """One ISAKMP SA: Main Mode negotiation state, keys, and its Quick Modes."""
+
+    handle: int
+    role: Role
+    state: Phase1State
+    initiator_cookie: bytes
+    responder_cookie: bytes
+    local: Address
+    remote: Address
+    generic_filter: policy.GenericFilter
+    ike_policy: policy.IkePolicy
+    esp_policy: policy.EspPolicy
+    started: float
+    non_esp_marker: bool = False
+    chosen: policy.IkeProposal | None = None
+    sa_b: bytes = b""              # SAi_b: the initiator's SA payload body (RFC 2409 section 5)
+    dh: Any = None                 # single-use ikecore.dh.KeyPair
+    g_xi: bytes = b""
+    g_xr: bytes = b""
+    nonce_i: bytes = b""
+    nonce_r: bytes = b""
+    skeyid: Any = None             # ikecore.keymat.Skeyid
+    crypto: Any = None             # ikecore.keymat.CryptoState
+    my_id: wire.IdPayload | None = None
+    peer_id: wire.IdPayload | None = None
+    established: float | None = None
+    expires: float | None = None
+    vendor_ids: list[bytes] = field(default_factory=list)
+    first_message: bytes = b""     # responder: message 1 as received (retransmit detection)
+    last_received: bytes = b""
+    last_sent: bytes = b""
+    retransmits: int = 0
+    next_retransmit: float | None = None
+    quick_modes: dict[int, QuickModeExchange] = field(default_factory=dict)
+    ipsec_sas: list[IpsecSa] = field(default_factory=list)
+    want_quick_mode: bool = False
+    failure: str | None = None
+
+    @property
+    def hash_name(self) -> str:
+        assert self.chosen is not None
+        return self.chosen.prf_hash
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """An immutable view for the monitor: the seed's columns plus cookies and state."""
+        chosen = self.chosen
+        return {
+            "me": self.local[0],
+            "my_id": id_to_text(self.my_id.id_type, self.my_id.data) if self.my_id else "",
+            "peer": self.remote[0],
+            "peer_id": id_to_text(self.peer_id.id_type, self.peer_id.data) if self.peer_id else "",
+            "authentication": chosen.auth_method_name if chosen else "",
+            "encryption": chosen.encryption_name if chosen else "",
+            "integrity": chosen.hash_name if chosen else "",
+            "diffie_hellman": policy.group_name(chosen.group) if chosen else "",
+            "initiator_cookie": self.initiator_cookie.hex(),
+            "responder_cookie": self.responder_cookie.hex(),
+            "state": self.state.value,
+            "role": self.role.value,
+            "local_port": self.local[1],
+            "peer_port": self.remote[1],
+            "created": self.established if self.established is not None else self.started,
+            "lifetime_left": max(0.0, self.expires - now) if self.expires is not None else None,
+            "quick_modes": len(self.ipsec_sas),
+        }

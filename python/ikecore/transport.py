@@ -1,0 +1,216 @@
+"""asyncio transport (layer L4): the only module touching sockets, the event loop and the clock.
+
+``Gateway`` drives one ``Engine``: it opens UDP sockets (listening ones, and ephemeral or
+named local ones for initiators), feeds every datagram to the engine with ``loop.time()``,
+sends what the engine queues, arms one timer from ``engine.get_timer()``, and hands each
+event to the listeners (the monitor, futures of ``connect``, the application).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ikecore import events as ev
+from ikecore.engine import Engine
+from ikecore.events import Address
+
+__all__ = ["Gateway", "ConnectResult", "local_address_towards"]
+
+
+def local_address_towards(remote: str) -> str:
+    """The address this host uses to reach ``remote`` (asks the routing table, sends nothing)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(remote).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((remote, 9))
+        return str(probe.getsockname()[0])
+
+
+def _wildcard(address: str) -> bool:
+    return ipaddress.ip_address(address).is_unspecified
+
+
+@dataclass
+class ConnectResult:
+    """What one initiation ended with."""
+
+    handle: int
+    ok: bool
+    reason: str = ""
+    phase1: ev.Phase1Established | None = None
+    phase2: list[ev.Phase2Established] = field(default_factory=list)
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: Address = ("0.0.0.0", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        self.local = (str(sockname[0]), int(sockname[1]))
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.gateway._on_datagram(self, data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self.gateway.monitor_receive_failed()
+
+
+class Gateway:
+    """An asyncio UDP front for an Engine (responder and initiator).
+
+    Args:
+        engine: the sans-IO engine to drive.
+        on_event: called with every engine event after the built-in listeners.
+    """
+
+    def __init__(self, engine: Engine, *, monitor: Any = None,
+                 on_event: Callable[[ev.Event], None] | None = None) -> None:
+        self.engine = engine
+        self.monitor = monitor
+        self.on_event = on_event
+        self._endpoints: dict[Address, _Endpoint] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._waiters: dict[int, tuple[asyncio.Future[ConnectResult], ConnectResult, bool]] = {}
+        self._local_cache: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def open(self, local: Address) -> Address:
+        """Bind a UDP socket on ``local`` (port 0: ephemeral); returns the bound address."""
+        family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
+        transport, protocol = await self.loop.create_datagram_endpoint(
+            lambda: _Endpoint(self), local_addr=local, family=family)
+        endpoint = protocol
+        self._endpoints[endpoint.local] = endpoint
+        return endpoint.local
+
+    async def listen(self, addresses: list[Address] | tuple[Address, ...]) -> list[Address]:
+        return [await self.open(address) for address in addresses]
+
+    def addresses(self) -> list[Address]:
+        return list(self._endpoints)
+
+    async def connect(self, remote: Address, *, local: Address | None = None, quick_mode: bool = True,
+                      timeout: float | None = None) -> ConnectResult:
+        """Negotiate Main Mode (and one Quick Mode) with ``remote``; wait for the outcome."""
+        if local is None:
+            local = (local_address_towards(remote[0]), 0)
+        if local not in self._endpoints:
+            local = await self.open(local)
+        handle = self.engine.initiate(remote, local=local, now=self.loop.time(), quick_mode=quick_mode)
+        future: asyncio.Future[ConnectResult] = self.loop.create_future()
+        self._waiters[handle] = (future, ConnectResult(handle, False), quick_mode)
+        self._flush()
+        limit = timeout if timeout is not None else self.engine.config.timing.negotiation_timeout + 5
+        try:
+            return await asyncio.wait_for(future, limit)
+        except asyncio.TimeoutError:
+            self._waiters.pop(handle, None)
+            return ConnectResult(handle, False, "timed out")
+
+    def delete(self, handle: int) -> None:
+        self.engine.delete(handle, self.loop.time())
+        self._flush()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for endpoint in self._endpoints.values():
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        self._endpoints.clear()
+
+    def monitor_receive_failed(self) -> None:
+        if self.monitor is not None:
+            self.monitor.receive_failed()
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
+        local = endpoint.local
+        if _wildcard(local[0]):
+            address = self._local_cache.get(remote[0])
+            if address is None:
+                address = self._local_cache[remote[0]] = local_address_towards(remote[0])
+            local = (address, local[1])
+        self.engine.receive_datagram(data, remote, local, self.loop.time())
+        self._flush()
+
+    def _endpoint_for(self, local: Address) -> _Endpoint | None:
+        endpoint = self._endpoints.get(local)
+        if endpoint is None:
+            for address, candidate in self._endpoints.items():
+                if address[1] == local[1] and _wildcard(address[0]):
+                    return candidate
+        return endpoint
+
+    def _flush(self) -> None:
+        for data, remote, local in self.engine.datagrams_to_send():
+            endpoint = self._endpoint_for(local)
+            try:
+                if endpoint is None or endpoint.transport is None:
+                    raise OSError(f"no socket for {local}")
+                endpoint.transport.sendto(data, remote)
+            except OSError:
+                if self.monitor is not None:
+                    self.monitor.send_failed()
+        while (event := self.engine.next_event()) is not None:
+            self._dispatch(event)
+        self._arm_timer()
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if self.monitor is not None:
+            self.monitor.observe(event)
+        handle = getattr(event, "handle", None)
+        waiter = self._waiters.get(handle) if handle is not None else None
+        if waiter is not None:
+            future, result, want_qm = waiter
+            done = False
+            if isinstance(event, ev.Phase1Established):
+                result.phase1 = event
+                done = not want_qm
+            elif isinstance(event, ev.Phase2Established):
+                result.phase2.append(event)
+                done = True
+            elif isinstance(event, (ev.Phase1Failed, ev.Phase2Failed)):
+                result.reason = event.reason
+                done = True
+            elif isinstance(event, ev.SaDeleted) and event.phase == 1 and result.phase1 is None:
+                result.reason = event.reason
+                done = True
+            if done:
+                result.ok = not result.reason
+                self._waiters.pop(handle, None)  # type: ignore[arg-type]
+                if not future.done():
+                    future.set_result(result)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _arm_timer(self) -> None:
+        deadline = self.engine.get_timer()
+        if deadline is None or deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timer(self.loop.time())
+        self._flush()
