@@ -1,1 +1,3 @@
 //! Diffie-Hellman groups and payload ciphers.
+
+pub mod cipher;
