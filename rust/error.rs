@@ -52,3 +52,20 @@ impl core::fmt::Display for CookieError {
 }
 
 impl std::error::Error for CookieError {}
+
+/// Errors of the IKEv1 prf (`crypto::prf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrfError {
+    /// The hash name is not md5, sha1, sha256, sha384 or sha512.
+    UnknownHash(&'static str),
+}
+
+impl core::fmt::Display for PrfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::UnknownHash(c) => write!(f, "unknown hash: {c}"),
+        }
+    }
+}
+
+impl std::error::Error for PrfError {}

@@ -25,6 +25,9 @@ class Cipher:
     def encrypt(self, iv: bytes, data: bytes) -> bytes: ...
     def decrypt(self, iv: bytes, data: bytes) -> bytes: ...
 
+def prf(hash_name: str, key: bytes, data: bytes) -> bytes:
+    """HMAC with md5, sha1, sha256, sha384 or sha512 (the IKEv1 prf)."""
+
 @_final
 class CookieTable:
     """(CKY-I, CKY-R) -> SA handle, half-open entries, first-message detection."""

@@ -1,4 +1,5 @@
-//! Python wrapper for `crate::crypto::cipher`: the `Cipher` class.
+//! Python wrappers for `crate::crypto::cipher` (the `Cipher` class) and
+//! `crate::crypto::prf` (the `prf` function, HMAC for the IKEv1 key schedule).
 //!
 //! Messages are a few hundred bytes, so the GIL is kept: releasing and
 //! re-acquiring it would cost more than the encryption itself.
@@ -7,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::crypto::cipher::Cipher;
+use crate::crypto::prf::{prf as hmac_prf, HashKind};
 
 /// A keyed CBC payload cipher: `Cipher(name, key)` with name one of `des-cbc`,
 /// `3des-cbc`, `aes128-cbc`, `aes192-cbc`, `aes256-cbc`. No padding is applied:
@@ -61,7 +63,16 @@ impl PyCipher {
     }
 }
 
+/// HMAC of `data` under `key` with `hash_name` (md5, sha1, sha256, sha384,
+/// sha512): the IKEv1 prf. Raises CryptoError for another hash name.
+#[pyfunction]
+fn prf<'py>(py: Python<'py>, hash_name: &str, key: &[u8], data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let out = hmac_prf(HashKind::from_name(hash_name)?, key, data);
+    Ok(PyBytes::new(py, &out))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCipher>()?;
+    m.add_function(wrap_pyfunction!(prf, m)?)?;
     Ok(())
 }

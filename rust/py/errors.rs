@@ -39,3 +39,10 @@ impl From<crate::error::CookieError> for pyo3::PyErr {
         }
     }
 }
+
+impl From<crate::error::PrfError> for pyo3::PyErr {
+    /// An unknown hash name is local misuse: CryptoError.
+    fn from(err: crate::error::PrfError) -> Self {
+        cipher_cookie_exceptions::CryptoError::new_err(err.to_string())
+    }
+}
