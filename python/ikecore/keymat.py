@@ -44,7 +44,6 @@ import hashlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ikecore._core import Cipher
 from ikecore._core import prf as _prf
@@ -86,7 +85,7 @@ __all__ = [
 #: Hash names accepted everywhere a ``hash_name`` is taken.
 HASHES = ("md5", "sha1", "sha256", "sha384", "sha512")
 
-_CONSTRUCTORS: dict[str, Callable[..., Any]] = {
+_CONSTRUCTORS: dict[str, Callable[[bytes], "hashlib._Hash"]] = {
     "md5": hashlib.md5,
     "sha1": hashlib.sha1,
     "sha256": hashlib.sha256,
