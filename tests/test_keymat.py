@@ -485,3 +485,155 @@ def test_crypto_state_errors_and_repr() -> None:
         km.CryptoState("aes128-cbc", key, "crc32", bytes(16))
     with pytest.raises(InvalidMessageId):
         state.decrypt(1 << 32, bytes(16))
+
+
+# --- a real exchange: charon <-> charon, captured and key-logged ------------------------
+#
+# tests/vectors/charon_ikev1_exchanges.json holds every datagram of three Main Mode +
+# Quick Mode exchanges between two strongSwan daemons and the values the initiator
+# logged. From the datagrams, the PSK and the logged g^xy alone, ikecore must derive
+# what charon derived, decrypt every protected message, verify its hashes and
+# re-encrypt charon's messages to the identical bytes.
+
+EXCHANGES = json.loads((VECTORS / "charon_ikev1_exchanges.json").read_text())["exchanges"]
+SA, KE, ID, HASH, NONCE, NOTIFY, DELETE, NAT_D = 1, 4, 5, 8, 10, 11, 12, 20
+ESP_KEYS = {"aes128": 16, "aes256": 32, "3des": 24, "sha1": 20, "sha256": 32}
+
+
+def _payloads(first: int, data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """Walks an RFC 2408 3.2 generic payload chain; returns [(type, body)] and the
+    offset where the chain ends (padding follows in encrypted messages)."""
+    found, kind, offset = [], first, 0
+    while kind:
+        next_kind, length = data[offset], int.from_bytes(data[offset + 2 : offset + 4], "big")
+        assert 4 <= length <= len(data) - offset
+        found.append((kind, data[offset + 4 : offset + length]))
+        kind, offset = next_kind, offset + length
+    return found, offset
+
+
+def _body(found: list[tuple[int, bytes]], kind: int, index: int = 0) -> bytes:
+    return [body for k, body in found if k == kind][index]
+
+
+def _proposal_spi(sa_body: bytes) -> tuple[int, bytes]:
+    # SA body: DOI(4) Situation(4) | Proposal: generic header(4) #, Protocol-Id,
+    # SPI Size, #Transforms, SPI (RFC 2408 3.5).
+    protocol, spi_size = sa_body[13], sa_body[14]
+    return protocol, sa_body[16 : 16 + spi_size]
+
+
+@pytest.mark.parametrize("ex", EXCHANGES, ids=lambda ex: f"{ex['ike']}+{ex['esp']}")
+def test_charon_exchange(ex: dict[str, Any]) -> None:
+    log: list[tuple[str, bytes]] = [(label, bytes.fromhex(value)) for label, value in ex["initiator_log"]]
+
+    def logged(label: str) -> list[bytes]:
+        return [value for name, value in log if name == label]
+
+    grams = [(g["source"], g["port"], bytes.fromhex(g["data"])) for g in ex["datagrams"]]
+    assert len(grams) == 10
+    mm1, mm2, mm3, mm4, mm5, mm6, qm1, qm2, info1, info2 = (g[2] for g in grams)
+    (ini_addr, ini_port, _), (resp_addr, resp_port, _) = grams[0], grams[1]
+    cipher_id, hash_name, _group = ex["ike"].split("-")
+    algorithm, bits = {"3des": (5, None), "aes128": (7, 128), "aes256": (7, 256)}[cipher_id]
+    cipher_name, key_size, bs = km.cipher_for(algorithm, bits)
+    psk = bytes.fromhex(ex["psk"])
+    cky_i, cky_r = mm2[:8], mm2[8:16]
+
+    # Main Mode 1-4 in clear: SAi_b, g^x, nonces, NAT-D.
+    sai_b = _body(_payloads(mm1[16], mm1[28:])[0], SA)
+    p3, p4 = _payloads(mm3[16], mm3[28:])[0], _payloads(mm4[16], mm4[28:])[0]
+    g_xi, ni_b, g_xr, nr_b = _body(p3, KE), _body(p3, NONCE), _body(p4, KE), _body(p4, NONCE)
+    # RFC 3947: first NAT-D = the remote end as the sender sees it, then the local one.
+    assert _body(p3, NAT_D, 0) == km.nat_d(hash_name, cky_i, cky_r, resp_addr, resp_port)
+    assert _body(p3, NAT_D, 1) == km.nat_d(hash_name, cky_i, cky_r, ini_addr, ini_port)
+    assert _body(p4, NAT_D, 0) == km.nat_d(hash_name, cky_i, cky_r, ini_addr, ini_port)
+    assert _body(p4, NAT_D, 1) == km.nat_d(hash_name, cky_i, cky_r, resp_addr, resp_port)
+
+    # The key schedule from the PSK, the nonces and g^xy.
+    g_xy = logged("shared Diffie Hellman secret")[0]
+    s = km.derive_skeyid(hash_name, ni_b, nr_b, g_xy, cky_i, cky_r, psk)
+    assert [s.skeyid, s.skeyid_d, s.skeyid_a, s.skeyid_e] == [logged(n)[0] for n in ("SKEYID", "SKEYID_d", "SKEYID_a", "SKEYID_e")]
+    key = km.encryption_key(hash_name, s.skeyid_e, key_size)
+    assert key == logged("encryption key Ka")[0]
+    iv1 = km.phase1_iv(hash_name, g_xi, g_xr, bs)
+    assert iv1 == logged("initial IV")[0]
+
+    initiator = km.CryptoState(cipher_name, key, hash_name, iv1)
+    responder = km.CryptoState(cipher_name, key, hash_name, iv1)
+
+    def receive(state: km.CryptoState, datagram: bytes) -> tuple[list[tuple[int, bytes]], bytes, bytes]:
+        """Decrypts, walks the chain, commits; returns the payloads, the bytes after
+        the first (HASH) payload and the whole plaintext with charon's padding."""
+        message_id = int.from_bytes(datagram[20:24], "big")
+        assert datagram[19] & 1  # E flag
+        plaintext, next_iv = state.decrypt(message_id, datagram[28:])
+        found, end = _payloads(datagram[16], plaintext)
+        # charon pads with zeros, and adds a whole block when the chain is aligned.
+        assert plaintext[end:] == bytes(len(plaintext) - end) and 0 < len(plaintext) - end <= bs
+        state.commit(message_id, next_iv)
+        first_length = int.from_bytes(plaintext[2:4], "big")
+        return found, plaintext[first_length:end], plaintext
+
+    def resend(state: km.CryptoState, datagram: bytes, chain: bytes) -> None:
+        """The sender's side: our encryption of the same plaintext is charon's
+        datagram, byte for byte (km.pad adds nothing to an aligned plaintext)."""
+        message_id = int.from_bytes(datagram[20:24], "big")
+        assert state.encrypt(message_id, chain) == datagram[28:]
+
+    # MM5 (initiator -> responder): IDii, HASH_I.
+    found, _, chain = receive(responder, mm5)
+    assert found[0][0] == ID and found[1][0] == HASH
+    hash_i = km.hash_i(hash_name, s.skeyid, g_xi, g_xr, cky_i, cky_r, sai_b, found[0][1])
+    assert hash_i == found[1][1] == logged("HASH_I")[0]
+    resend(initiator, mm5, chain)
+    assert initiator.iv(0) == responder.iv(0) == mm5[-bs:] == logged("next IV for MID 0")[0]
+
+    # MM6 (responder -> initiator): IDir, HASH_R.
+    found, _, chain = receive(initiator, mm6)
+    hash_r = km.hash_r(hash_name, s.skeyid, g_xi, g_xr, cky_i, cky_r, sai_b, found[0][1])
+    assert hash_r == found[1][1] == logged("HASH_R")[0]
+    resend(responder, mm6, chain)
+    assert initiator.iv(0) == responder.iv(0) == mm6[-bs:] == logged("next IV for MID 0")[1]
+
+    # Quick Mode 1 and 2: a fresh M-ID starts at hash(last phase 1 block | M-ID).
+    qm_id = int.from_bytes(qm1[20:24], "big")
+    assert responder.iv(qm_id) == km.phase2_iv(hash_name, mm6[-bs:], qm_id, bs)
+    found1, after1, chain = receive(responder, qm1)
+    assert km.qm_hash1(hash_name, s.skeyid_a, qm_id, after1) == found1[0][1] == logged("Hash(1)")[0]
+    resend(initiator, qm1, chain)
+    found2, after2, chain = receive(initiator, qm2)
+    qm_ni, qm_nr = _body(found1, NONCE), _body(found2, NONCE)
+    assert km.qm_hash2(hash_name, s.skeyid_a, qm_id, qm_ni, after2) == found2[0][1] == logged("Hash(2)")[0]
+    resend(responder, qm2, chain)
+    assert initiator.iv(qm_id) == responder.iv(qm_id) == qm2[-bs:] == logged(f"next IV for MID {qm_id}")[-1]
+    assert initiator.iv(0) == mm6[-bs:]  # phase 2 leaves the phase 1 chain alone
+
+    # KEYMAT per direction: the initiator's outbound SA uses the responder's SPI.
+    protocol, spi_i = _proposal_spi(_body(found1, SA))
+    _, spi_r = _proposal_spi(_body(found2, SA))
+    pfs = any(kind == KE for kind, _ in found1)
+    g_qm = logged("DH secret")[0] if pfs else None
+    assert pfs == (ex["esp"].count("-") == 2)
+    enc_name, integ_name = ex["esp"].split("-")[:2]
+    length = ESP_KEYS[enc_name] + ESP_KEYS[integ_name]
+    assert logged("initiator SA seed")[0] == (g_qm or b"") + bytes([protocol]) + spi_r + qm_ni + qm_nr
+    out_i = km.keymat(hash_name, s.skeyid_d, protocol, spi_r, qm_ni, qm_nr, length, g_qm)
+    out_r = km.keymat(hash_name, s.skeyid_d, protocol, spi_i, qm_ni, qm_nr, length, g_qm)
+    assert out_i == logged("encryption initiator key")[0] + logged("integrity initiator key")[0]
+    assert out_r == logged("encryption responder key")[0] + logged("integrity responder key")[0]
+
+    # Informational exchanges (a notify, then a delete), each on its own M-ID.
+    hashes = []
+    for info, kind in ((info1, NOTIFY), (info2, DELETE)):
+        info_id = int.from_bytes(info[20:24], "big")
+        assert info_id not in (0, qm_id)
+        assert responder.iv(info_id) == km.phase2_iv(hash_name, mm6[-bs:], info_id, bs)
+        found, after, chain = receive(responder, info)
+        assert found[1][0] == kind
+        assert km.informational_hash(hash_name, s.skeyid_a, info_id, after) == found[0][1]
+        hashes.append(found[0][1])
+        resend(initiator, info, chain)
+        initiator.forget(info_id)
+        responder.forget(info_id)
+    assert hashes[0] == logged("Hash")[0]
