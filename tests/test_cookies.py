@@ -150,3 +150,20 @@ def test_concurrent_use_from_threads() -> None:
         th.join()
     assert len(t) == 8000 and t.half_open == 0
     assert t.lookup(header((3 * 100000 + 5).to_bytes(8, "big"), b"R" * 8)) == 6
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_lookup_any_bytes(datagram: bytes) -> None:
+    t = CookieTable()
+    t.insert(b"\x00" * 8, ZERO, 1)
+    if len(datagram) < 16:
+        with pytest.raises(PayloadMalformed):
+            t.lookup(datagram)
+    else:
+        expected = 1 if datagram[:8] == bytes(8) else None
+        assert t.lookup(datagram) == expected

@@ -637,3 +637,56 @@ def test_charon_exchange(ex: dict[str, Any]) -> None:
         initiator.forget(info_id)
         responder.forget(info_id)
     assert hashes[0] == logged("Hash")[0]
+
+
+# --- properties: any input either round-trips or raises the documented error ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+CIPHERS = [("des-cbc", 8, 8), ("3des-cbc", 24, 8), ("aes128-cbc", 16, 16), ("aes192-cbc", 24, 16), ("aes256-cbc", 32, 16)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CIPHERS), st.binary(max_size=40), st.binary(max_size=20), st.binary(max_size=100))
+def test_cipher_any_input(spec: tuple[str, int, int], key: bytes, iv: bytes, data: bytes) -> None:
+    name, key_size, block = spec
+    if len(key) != key_size:
+        with pytest.raises(CryptoError):
+            Cipher(name, key)
+        return
+    c = Cipher(name, key)
+    if len(iv) != block:
+        with pytest.raises(CryptoError):
+            c.encrypt(iv, data)
+        with pytest.raises(CryptoError):
+            c.decrypt(iv, data)
+    elif len(data) % block:
+        with pytest.raises(CryptoError):
+            c.encrypt(iv, data)
+        with pytest.raises(PayloadMalformed):
+            c.decrypt(iv, data)
+    else:
+        assert c.decrypt(iv, c.encrypt(iv, data)) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120), st.integers(min_value=0, max_value=0xFFFFFFFF))
+def test_crypto_state_decrypt_any_bytes(data: bytes, message_id: int) -> None:
+    state = km.CryptoState("3des-cbc", bytes(range(24)), "md5", bytes(8))
+    before = state.iv(0)
+    if not data or len(data) % 8:
+        with pytest.raises(PayloadMalformed):
+            state.decrypt(message_id, data)
+    else:
+        plaintext, next_iv = state.decrypt(message_id, data)
+        assert len(plaintext) == len(data) and next_iv == data[-8:]
+    assert state.iv(0) == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(km.HASHES), st.binary(max_size=80), st.integers(min_value=0, max_value=300))
+def test_expansions_have_the_requested_length(hash_name: str, secret: bytes, length: int) -> None:
+    assert len(km.encryption_key(hash_name, secret, length)) == length
+    got = km.keymat(hash_name, secret, 3, b"\x01\x02\x03\x04", b"ni", b"nr", length)
+    assert got == _rfc_keymat(hash_name, secret, b"\x03\x01\x02\x03\x04" + b"ni" + b"nr", length)
