@@ -7,6 +7,8 @@ import struct
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ikecore._core import CookieTable
 from ikecore.errors import InvalidCookie, PayloadMalformed
@@ -152,8 +154,6 @@ def test_concurrent_use_from_threads() -> None:
     assert t.lookup(header((3 * 100000 + 5).to_bytes(8, "big"), b"R" * 8)) == 6
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)

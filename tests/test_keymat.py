@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher as OsslCipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
@@ -641,8 +643,6 @@ def test_charon_exchange(ex: dict[str, Any]) -> None:
 
 # --- properties: any input either round-trips or raises the documented error ----------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 CIPHERS = [("des-cbc", 8, 8), ("3des-cbc", 24, 8), ("aes128-cbc", 16, 16), ("aes192-cbc", 24, 16), ("aes256-cbc", 32, 16)]
 
