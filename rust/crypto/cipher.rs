@@ -292,6 +292,18 @@ mod tests {
     }
 
     #[test]
+    fn key_schedules_zeroize_on_drop() {
+        // Compile-time proof that the crates' `zeroize` feature is on: every key
+        // schedule held by `Schedule` wipes itself when dropped.
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<des::Des>();
+        wiped::<des::TdesEde3>();
+        wiped::<aes::Aes128>();
+        wiped::<aes::Aes192>();
+        wiped::<aes::Aes256>();
+    }
+
+    #[test]
     fn sizes_and_errors() {
         for kind in CipherKind::ALL {
             assert_eq!(CipherKind::from_name(kind.name()).unwrap(), kind);
