@@ -1,2 +1,71 @@
 //! Error enums of the pure Rust core, one per area, with static context and no
 //! Python inside. `py/errors.rs` maps each of them to `ikecore.errors` exactly once.
+
+/// Errors of the payload ciphers (`crypto::cipher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherError {
+    /// The cipher name is not one of `des-cbc`, `3des-cbc`, `aes128-cbc`, ...
+    UnknownCipher(&'static str),
+    /// The key length does not match the cipher (context: what was expected).
+    KeySize(&'static str),
+    /// The IV is not exactly one block long.
+    IvSize(&'static str),
+    /// Plaintext handed to `encrypt` is not whole blocks (a local error: pad first).
+    PlaintextLength(&'static str),
+    /// Ciphertext handed to `decrypt` is not whole blocks (the peer's bytes are malformed).
+    CiphertextLength(&'static str),
+}
+
+impl core::fmt::Display for CipherError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::UnknownCipher(c) => write!(f, "unknown cipher: {c}"),
+            Self::KeySize(c) => write!(f, "wrong key size: {c}"),
+            Self::IvSize(c) => write!(f, "wrong IV size: {c}"),
+            Self::PlaintextLength(c) => write!(f, "plaintext is not whole blocks: {c}"),
+            Self::CiphertextLength(c) => write!(f, "ciphertext is not whole blocks: {c}"),
+        }
+    }
+}
+
+impl std::error::Error for CipherError {}
+
+/// Errors of the cookie table (`cookies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieError {
+    /// A cookie argument is not exactly 8 bytes (context: which one).
+    CookieLength(&'static str),
+    /// A datagram is too short to hold the two cookies of an ISAKMP header.
+    ShortDatagram(&'static str),
+    /// The operating system's random generator failed.
+    Random(&'static str),
+}
+
+impl core::fmt::Display for CookieError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::CookieLength(c) => write!(f, "cookie must be 8 bytes: {c}"),
+            Self::ShortDatagram(c) => write!(f, "datagram too short for an ISAKMP header: {c}"),
+            Self::Random(c) => write!(f, "OS random generator failed: {c}"),
+        }
+    }
+}
+
+impl std::error::Error for CookieError {}
+
+/// Errors of the IKEv1 prf (`crypto::prf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrfError {
+    /// The hash name is not md5, sha1, sha256, sha384 or sha512.
+    UnknownHash(&'static str),
+}
+
+impl core::fmt::Display for PrfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::UnknownHash(c) => write!(f, "unknown hash: {c}"),
+        }
+    }
+}
+
+impl std::error::Error for PrfError {}

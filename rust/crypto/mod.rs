@@ -1,1 +1,4 @@
 //! Diffie-Hellman groups and payload ciphers.
+
+pub mod cipher;
+pub mod prf;

@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod cipher;
 mod cookies;
 mod crypto;
 mod errors;
@@ -13,5 +14,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     wire::register(m)?;
     crypto::register(m)?;
     cookies::register(m)?;
+    cipher::register(m)?;
     Ok(())
 }
