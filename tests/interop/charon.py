@@ -416,9 +416,6 @@ class Charon:
         for :meth:`keys`. ``extra_conf``: text appended inside the ``charon {}``
         section of strongswan.conf.
         """
-        reason = available(kernel)
-        if reason is not None:
-            raise CharonError(reason)
         if kernel == "libipsec" and netns is None:
             raise ValueError("kernel='libipsec' creates a TUN device: pass netns=")
         if mode not in ("tunnel", "transport"):
@@ -429,6 +426,13 @@ class Charon:
         _check_local(addr, netns, "addr")
         if remote is not None:
             _check_local(remote, netns, "remote")
+        for value, what in ((ike, "ike"), (esp, "esp"), (addr, "addr"),
+                            (local_ts or "dynamic", "local_ts"),
+                            (remote_ts or "dynamic", "remote_ts"), (dpd_action, "dpd_action")):
+            _check_token(value, what)
+        reason = available(kernel)
+        if reason is not None:
+            raise CharonError(reason)
         if netns is not None:
             names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                    check=False, timeout=10).stdout.split()
