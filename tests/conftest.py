@@ -14,7 +14,7 @@ Two ways to ask for tools:
         require_interop("ike-scan")
 
 Tool names: ``charon`` (fake-kernel build, Quick Mode completes), ``charon-netlink``
-(Debian's charon), ``charon-libipsec``, ``ike-scan``, ``tshark``.
+(Debian's charon), ``charon-libipsec``, ``ike-scan``, ``tshark``, ``netns``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 
 from interop import charon as _charon
 from interop import ikescan as _ikescan
+from interop import netns as _netns
 from interop import tshark as _tshark
 
 _CHECKS: dict[str, Callable[[], str | None]] = {
@@ -34,6 +35,7 @@ _CHECKS: dict[str, Callable[[], str | None]] = {
     "charon-libipsec": lambda: _charon.available("libipsec"),
     "ike-scan": _ikescan.available,
     "tshark": _tshark.available,
+    "netns": _netns.available,
 }
 
 

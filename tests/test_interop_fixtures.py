@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from interop import ikescan, tshark
+from interop import ikescan, netns, tshark
 from interop.charon import (
     Charon,
     CharonError,
@@ -264,6 +264,36 @@ def test_tshark_decrypts_main_mode_message_5_with_charon_keys(tmp_path: Path) ->
     assert mm6["isakmp.enc.data"]["isakmp.typepayload"] == ["5", "8"]
     # without the key the same message stays opaque
     assert plain[4] is not None and not isinstance(plain[4].get("isakmp.enc.data"), dict)
+
+
+@pytest.mark.interop("charon-libipsec", "netns")
+def test_libipsec_pair_in_namespaces_carries_esp() -> None:
+    import subprocess
+    with netns.veth_pair() as p:
+        resp = Charon.start(netns=p.ns_b, addr=p.addr_b, port=500, natt_port=4500, psk=PSK,
+                            kernel="libipsec", local_ts=p.subnet_b, remote_ts=p.subnet_a)
+        with resp, Charon.start(netns=p.ns_a, addr=p.addr_a, port=500, natt_port=4500,
+                                psk=PSK, kernel="libipsec", remote=p.addr_b,
+                                local_ts=p.subnet_a, remote_ts=p.subnet_b) as init:
+            out = init.initiate(timeout=15)
+            assert out.returncode == 0, out.stdout + out.stderr
+            [sa] = init.list_sas()
+            [child] = sa["child-sas"]
+            # libipsec fakes a NAT to force UDP encapsulation: IKE floats to 4500
+            assert (sa["remote-port"], child["state"], child.get("encap")) == (
+                "4500", "INSTALLED", "yes")
+            assert child["local-ts"] == [p.subnet_a] and child["remote-ts"] == [p.subnet_b]
+            # one datagram between the inner addresses goes through the tunnel
+            send = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                    f"s.bind(('{p.inner_a}', 0)); s.sendto(b'x', ('{p.inner_b}', 9))")
+            subprocess.run(["ip", "netns", "exec", p.ns_a, "python3", "-c", send],
+                           check=True, timeout=10)
+
+            def packets_in() -> int:
+                return sum(int(c["packets-in"]) for s in resp.list_sas()
+                           for c in s["child-sas"])
+            assert resp.wait_for(packets_in, 5) >= 1
+    assert not netns.exists(p.ns_a) and not netns.exists(p.ns_b)
 
 
 def _cleanly_decrypted(layer: dict[str, Any] | None) -> bool:
