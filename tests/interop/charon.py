@@ -30,6 +30,7 @@ a ``charon``.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import re
@@ -345,6 +346,16 @@ def key_lines(sas: list[dict[str, Any]], log: str) -> list[str]:
 # --- the instance ----------------------------------------------------------------------
 
 
+# Instances not stopped yet: stopped at interpreter exit if a test forgot them.
+_LIVE: set[Charon] = set()
+
+
+@atexit.register
+def _stop_forgotten() -> None:
+    for inst in list(_LIVE):
+        inst.stop()
+
+
 def _is_charon(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "charon"
@@ -368,6 +379,7 @@ class Charon:
         self.netns = netns
         self.kernel = kernel
         self._stopped = False
+        _LIVE.add(self)
 
     # -- construction ----------------------------------------------------------------
 
@@ -411,7 +423,9 @@ class Charon:
         the IKE addresses). ``mode``: ``tunnel`` or ``transport``.
         ``rekey=False`` disables IKE and CHILD rekeying/reauthentication, so the
         lifetimes (``ike_lifetime`` default 14400 s, ``child_lifetime`` default
-        3600 s) are only what is proposed. ``dpd_delay``: seconds between DPD
+        3600 s) are only what is proposed; ``rekey=True`` rekeys at 90 % of them
+        (CHILD_SAs only with a real kernel: the fake kernel sends no expire
+        events; use :meth:`rekey` to force one). ``dpd_delay``: seconds between DPD
         R-U-THERE checks (None: no DPD). ``log_keys``: log keys (ike/chd level 4)
         for :meth:`keys`. ``extra_conf``: text appended inside the ``charon {}``
         section of strongswan.conf.
@@ -420,9 +434,9 @@ class Charon:
             raise ValueError("kernel='libipsec' creates a TUN device: pass netns=")
         if mode not in ("tunnel", "transport"):
             raise ValueError("mode must be 'tunnel' or 'transport'")
-        for value, what in ((port, "port"), (natt_port, "natt_port")):
-            if not 0 < value < 65536:
-                raise ValueError(f"{what} {value} out of range")
+        for number, what in ((port, "port"), (natt_port, "natt_port")):
+            if not 0 < number < 65536:
+                raise ValueError(f"{what} {number} out of range")
         _check_local(addr, netns, "addr")
         if remote is not None:
             _check_local(remote, netns, "remote")
@@ -688,6 +702,20 @@ secrets {{
         return self.swanctl("--terminate", "--ike", CONN, "--timeout", str(timeout),
                             timeout=timeout + 15)
 
+    def rekey(self, *, child: str | bool | None = True,
+              timeout: int = 10) -> subprocess.CompletedProcess[str]:
+        """Rekey now: a new Quick Mode for the CHILD_SA (``child=True`` or a name), or,
+        with ``child=None``, a new Phase 1 (IKEv1 has no IKE rekey: charon
+        re-authenticates, i.e. runs a fresh Main Mode next to the old ISAKMP SA).
+
+        Needed with the fake kernel, whose SAs never expire (charon rekeys CHILD_SAs
+        on kernel expire events).
+        """
+        if child:
+            name = CHILD if child is True else str(child)
+            return self.swanctl("--rekey", "--child", name, timeout=timeout + 15)
+        return self.swanctl("--rekey", "--ike", CONN, timeout=timeout + 15)
+
     def list_sas(self) -> list[dict[str, Any]]:
         """Current IKE_SAs as dicts (vici ``list-sa`` keys) with ``child-sas`` lists.
 
@@ -743,6 +771,7 @@ secrets {{
         if self._stopped:
             return
         self._stopped = True
+        _LIVE.discard(self)
         if self._process.poll() is None and _is_charon(self.pid):
             os.kill(self.pid, signal.SIGTERM)
             try:

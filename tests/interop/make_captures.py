@@ -28,13 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from interop import ikescan, tshark  # type: ignore[no-redef]
-    from interop.charon import Charon, log_dumps
-else:
-    from . import ikescan, tshark
-    from .charon import Charon, log_dumps
+from . import ikescan, tshark
+from .charon import Charon, log_dumps
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = ROOT / "tests" / "vectors" / "captures"
@@ -144,6 +139,18 @@ def _delete_child_then_ike(sc: Scenario, r: Charon, i: Charon) -> None:
     sc.meta["after_delete"] = {"initiator_sas": i.list_sas(), "responder_sas": r.list_sas()}
 
 
+def _rekey_child(sc: Scenario, r: Charon, i: Charon) -> None:
+    out = i.rekey(child=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"rekey failed: {out.stdout}{out.stderr}")
+    # the old CHILD_SA stays REKEYED (no Delete: it would go on expiry, which the
+    # fake kernel never signals); the new one is INSTALLED on both sides
+    r.wait_for(lambda: [c["spi-in"] for sa in r.list_sas() for c in sa["child-sas"]
+                        if c["state"] == "INSTALLED"] == ["02000000"], 10)
+    time.sleep(0.3)
+    sc.meta["after_rekey"] = {"initiator_sas": i.list_sas(), "responder_sas": r.list_sas()}
+
+
 def _wait_dpd(sc: Scenario, r: Charon, i: Charon) -> None:
     # charon (dpd_delay = 2 s on the initiator) sends R-U-THERE when it saw no
     # inbound traffic for the delay; the responder answers R-U-THERE-ACK.
@@ -216,6 +223,11 @@ SCENARIOS = [
              "Main Mode + Quick Mode, then DPD (RFC 3706): R-U-THERE / R-U-THERE-ACK "
              "Informational Notifies (initiator dpd_delay 2 s), port 500",
              _mm_qm("aes128-sha256-modp2048", "aes128-sha256", after=_wait_dpd, dpd=2),
+             port500=True),
+    Scenario("qm_rekey",
+             "Main Mode + Quick Mode, then a second Quick Mode rekeying the CHILD_SA "
+             "(new SPIs 02000000) on the same ISAKMP SA, port 500",
+             _mm_qm("aes128-sha256-modp2048", "aes128-sha256", after=_rekey_child),
              port500=True),
     Scenario("ikescan_main_mode",
              "ike-scan Main Mode probe (AES-128/SHA2-256/group 14/PSK) against a charon "
