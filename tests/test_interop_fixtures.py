@@ -218,6 +218,21 @@ def test_charon_aggressive_mode_and_terminate() -> None:
         assert init.list_sas() == []
 
 
+@pytest.mark.interop("charon-netlink")
+def test_debian_charon_netlink_pair_main_mode() -> None:
+    # Debian's charon: Phase 1 works; a CHILD_SA would fail here (no ESP in the kernel)
+    resp, init = _pair(kernel="netlink", ike="3des-sha1-modp1024")
+    with resp, init:
+        out = init.initiate(ike_only=True, timeout=15)
+        assert out.returncode == 0, out.stdout + out.stderr
+        [i_sa] = init.established()
+        [r_sa] = resp.wait_for(resp.established, 5)
+        assert i_sa["initiator-spi"] == r_sa["initiator-spi"]
+        assert (r_sa["encr-alg"], r_sa["integ-alg"], r_sa["dh-group"]) == (
+            "3DES_CBC", "HMAC_SHA1_96", "MODP_1024")
+        assert "failed to load" not in init.log_text()
+
+
 @pytest.mark.interop("charon", "ike-scan")
 def test_ike_scan_main_mode_handshake_against_charon() -> None:
     port, natt = free_udp_ports(2)

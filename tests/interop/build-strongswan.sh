@@ -19,6 +19,7 @@
 set -euo pipefail
 
 VERSION=${IKECORE_STRONGSWAN_VERSION:-5.9.8}
+HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}   # CI may not set HOME
 CACHE=${IKECORE_INTEROP_CACHE:-$HOME/.cache/ikecore-interop}
 PREFIX=$CACHE/strongswan-$VERSION-lt
 STAMP=$PREFIX/.ikecore-build-complete

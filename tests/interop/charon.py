@@ -526,6 +526,11 @@ class Charon:
       preshared_key = {_conf_string(psk)}
       socket = unix://{d}/charon.ldt
     }}"""
+        # Only plugins this charon has (Debian's lacks "des": openssl does 3DES there).
+        plugin_dir = (prefix / "lib/ipsec/plugins") if prefix else Path("/usr/lib/ipsec/plugins")
+        if plugin_dir.is_dir():
+            plugins = " ".join(name for name in plugins.split()
+                               if (plugin_dir / f"libstrongswan-{name}.so").exists())
         tuning = ""
         if aggressive:
             # charon answers Aggressive Mode PSK with AUTHENTICATION_FAILED otherwise
