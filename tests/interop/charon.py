@@ -535,7 +535,6 @@ class Charon:
         if aggressive:
             # charon answers Aggressive Mode PSK with AUTHENTICATION_FAILED otherwise
             tuning += "  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n"
-        ike_log = chd_log = None
         ike_log, chd_log = (4, 4) if log_keys else (log_level, 1)
         strongswan_conf = f"""# strongswan.conf of one ikecore interop charon (tests/interop/charon.py)
 charon {{
