@@ -46,9 +46,11 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::Malformed { payload, field, problem } => {
-                write!(f, "{payload} payload: {field} {problem}")
-            }
+            WireError::Malformed { payload, field, problem } => match *payload {
+                "header" => write!(f, "ISAKMP header: {field} {problem}"),
+                "message" | "proposal" | "transform" | "attribute" => write!(f, "{payload}: {field} {problem}"),
+                _ => write!(f, "{payload} payload: {field} {problem}"),
+            },
             WireError::UnequalLengths { declared, actual } => write!(
                 f,
                 "ISAKMP header Length is {declared} but the datagram has {actual} bytes"
