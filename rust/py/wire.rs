@@ -11,6 +11,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -134,6 +135,33 @@ impl PyAttribute {
     }
 }
 
+/// Interned TV attributes: proposals repeat the same few (type, value) pairs, and
+/// an Attribute is immutable, so parsed TV attributes share objects the way small
+/// ints do (a direct-mapped table of 512 entries; TLV values are not interned).
+static TV_ATTRIBUTES: Mutex<Vec<Option<(u16, u16, Py<PyAttribute>)>>> = Mutex::new(Vec::new());
+
+fn attribute_object<'py>(py: Python<'py>, a: &Attribute<Owned>) -> PyResult<Bound<'py, PyAttribute>> {
+    let AttributeValue::Basic(value) = a.value else {
+        return Bound::new(py, PyAttribute { inner: a.clone() });
+    };
+    let slot = (usize::from(a.attr_type) * 31 + usize::from(value)) % 512;
+    if let Ok(table) = TV_ATTRIBUTES.lock() {
+        if let Some(Some((t, v, obj))) = table.get(slot) {
+            if *t == a.attr_type && *v == value {
+                return Ok(obj.bind(py).clone());
+            }
+        }
+    }
+    let obj = Bound::new(py, PyAttribute { inner: a.clone() })?;
+    if let Ok(mut table) = TV_ATTRIBUTES.lock() {
+        if table.is_empty() {
+            table.resize_with(512, || None);
+        }
+        table[slot] = Some((a.attr_type, value, obj.clone().unbind()));
+    }
+    Ok(obj)
+}
+
 /// Transform substructure (RFC 2408 section 3.6).
 #[pyclass(module = "ikecore._core", name = "Transform", frozen, eq, hash)]
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -166,12 +194,17 @@ impl PyTransform {
     }
 
     #[getter]
-    fn attributes(&self) -> Vec<PyAttribute> {
-        self.inner.attributes.iter().map(|a| PyAttribute { inner: a.clone() }).collect()
+    fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for a in &self.inner.attributes {
+            list.append(attribute_object(py, a)?)?;
+        }
+        Ok(list)
     }
 
     fn __repr__(&self) -> String {
-        let attrs: Vec<String> = self.attributes().iter().map(PyAttribute::__repr__).collect();
+        let attrs: Vec<String> =
+            self.inner.attributes.iter().map(|a| PyAttribute { inner: a.clone() }.__repr__()).collect();
         format!(
             "Transform(number={}, transform_id={}, attributes=[{}])",
             self.inner.number,
