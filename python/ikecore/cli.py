@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ikecore import __version__
+from ikecore import __version__, decode
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ikecore", description="IKEv1 engine and tools")
     parser.add_argument("--version", action="version", version=f"ikecore {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    decode.add_parser(subparsers)
     return parser
 
 
@@ -22,4 +23,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    return int(args.handler(args))
