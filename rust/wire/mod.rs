@@ -11,6 +11,7 @@
 pub mod header;
 pub mod message;
 pub mod payloads;
+pub mod roundtrip;
 pub mod sa;
 pub mod types;
 
