@@ -138,7 +138,8 @@ impl PyAttribute {
 /// Interned TV attributes: proposals repeat the same few (type, value) pairs, and
 /// an Attribute is immutable, so parsed TV attributes share objects the way small
 /// ints do (a direct-mapped table of 512 entries; TLV values are not interned).
-static TV_ATTRIBUTES: Mutex<Vec<Option<(u16, u16, Py<PyAttribute>)>>> = Mutex::new(Vec::new());
+type InternSlot = Option<(u16, u16, Py<PyAttribute>)>;
+static TV_ATTRIBUTES: Mutex<Vec<InternSlot>> = Mutex::new(Vec::new());
 
 fn attribute_object<'py>(py: Python<'py>, a: &Attribute<Owned>) -> PyResult<Bound<'py, PyAttribute>> {
     let AttributeValue::Basic(value) = a.value else {

@@ -148,7 +148,7 @@ fn next_sub<'a>(
 }
 
 /// Parse the attributes of a transform body.
-fn parse_attributes<'a>(data: &'a [u8]) -> Result<Vec<Attribute<&'a [u8]>>, WireError> {
+fn parse_attributes(data: &[u8]) -> Result<Vec<Attribute<&[u8]>>, WireError> {
     let mut r = Reader::new(data);
     let mut out = Vec::with_capacity(8);
     while !r.is_empty() {
