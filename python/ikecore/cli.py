@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__
+from ikecore import __version__, decode
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
@@ -93,12 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ike", default="aes128-sha256-modp2048")
     demo.add_argument("--esp", default="aes128-sha256")
 
-    try:
-        from ikecore import decode
-    except ImportError:  # pragma: no cover - decode ships with the codec
-        decode = None  # type: ignore[assignment]
-    if decode is not None and hasattr(decode, "add_parser"):
-        decode.add_parser(sub)
+    decode.add_parser(sub)
     return parser
 
 
