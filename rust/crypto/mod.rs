@@ -1,1 +1,5 @@
 //! Diffie-Hellman groups and payload ciphers.
+
+pub mod dh;
+pub mod groups;
+mod mont;
