@@ -15,7 +15,8 @@
 //! - ECP: OpenSSL's `EC_POINT_mul` (constant-time nistz256 / Montgomery ladder).
 //!
 //! Secrets live in `Zeroizing` buffers and in OpenSSL "secure" BIGNUMs, which
-//! OpenSSL clears when freed.
+//! OpenSSL clears when freed (so does `BN_CTX_free` for its temporaries); the
+//! shared EC point is released with `EC_POINT_clear_free` (`ossl.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ use zeroize::Zeroizing;
 
 use super::groups::{self, Curve, GroupSpec, Kind, GROUPS};
 use super::mont::FixedBase;
+use super::ossl::clear_free_point;
 use crate::error::DhError;
 
 /// Shared secret g^xy, wiped from memory when dropped.
@@ -424,13 +426,27 @@ fn ecp_shared(spec: &GroupSpec, c: &EcpCtx, d: &[u8], peer: &[u8]) -> Result<Sha
     // NIST P-curves have cofactor 1: every on-curve point but infinity has order n.
     let k = secret_bn(d)?;
     let mut s = ossl(EcPoint::new(&c.group))?;
-    ossl(s.mul2(&c.group, &q, &k, &mut bn))?;
+    let result = shared_x(spec, c, &mut s, &q, &k, &mut bn);
+    clear_free_point(s);
+    result
+}
+
+/// x coordinate of `k * q`, computed into `s` (which the caller clears).
+fn shared_x(
+    spec: &GroupSpec,
+    c: &EcpCtx,
+    s: &mut EcPoint,
+    q: &EcPoint,
+    k: &BigNum,
+    bn: &mut BigNumContext,
+) -> Result<SharedSecret, DhError> {
+    ossl(s.mul2(&c.group, q, k, bn))?;
     if s.is_infinity(&c.group) {
         return Err(DhError::InvalidPeerValue("shared point is the point at infinity"));
     }
     let mut x = ossl(BigNum::new_secure())?;
     let mut y = ossl(BigNum::new_secure())?;
-    ossl(s.affine_coordinates(&c.group, &mut x, &mut y, &mut bn))?;
+    ossl(s.affine_coordinates(&c.group, &mut x, &mut y, bn))?;
     Ok(Zeroizing::new(ossl(x.to_vec_padded(spec.size as i32))?))
 }
 

@@ -3,3 +3,4 @@
 pub mod dh;
 pub mod groups;
 mod mont;
+mod ossl;
