@@ -140,6 +140,18 @@ fn less_than(a: &[u8], b: &[u8]) -> bool {
     a < b
 }
 
+/// a < b for equal-length big-endian byte strings, in time independent of
+/// their values (for secret candidates in rejection sampling): the borrow out
+/// of a - b.
+fn ct_less_than(a: &[u8], b: &[u8]) -> bool {
+    let mut borrow = 0u16;
+    for (x, y) in a.iter().zip(b.iter()).rev() {
+        let d = (*x as u16).wrapping_sub(*y as u16).wrapping_sub(borrow);
+        borrow = (d >> 8) & 1;
+    }
+    core::hint::black_box(borrow) == 1 && a.len() == b.len()
+}
+
 fn random_bytes(len: usize) -> Result<Zeroizing<Vec<u8>>, DhError> {
     let mut buf = Zeroizing::new(vec![0u8; len]);
     getrandom::fill(&mut buf).map_err(|_| DhError::Backend("OS random source (getrandom) failed"))?;
@@ -275,7 +287,7 @@ fn random_modp_exponent(c: &ModpCtx) -> Result<Zeroizing<Vec<u8>>, DhError> {
             // probability in one round (q > 2^255), and is bounded.
             for _ in 0..128 {
                 let x = random_bytes(q.len())?;
-                if !is_zero_ct(&x) && less_than(&x, q) {
+                if !is_zero_ct(&x) & ct_less_than(&x, q) {
                     return Ok(x);
                 }
             }
@@ -379,7 +391,7 @@ fn random_scalar(spec: &GroupSpec, c: &EcpCtx) -> Result<Zeroizing<Vec<u8>>, DhE
     for _ in 0..128 {
         let mut d = random_bytes(spec.size)?;
         d[0] &= 0xffu8 >> excess;
-        if !is_zero_ct(&d) && less_than(&d, &c.n_bytes) {
+        if !is_zero_ct(&d) & ct_less_than(&d, &c.n_bytes) {
             return Ok(d);
         }
     }
@@ -554,6 +566,16 @@ mod tests {
         assert!(matches!(start_with_private(14, &[0, 1]), Err(DhError::InvalidPrivateValue(_))));
         assert!(matches!(start_with_private(19, &[0xff; 32]), Err(DhError::InvalidPrivateValue(_))));
         assert!(matches!(start_with_private(24, &[0xff; 32]), Err(DhError::InvalidPrivateValue(_))));
+    }
+
+    #[test]
+    fn constant_time_comparison_matches_ordinary_comparison() {
+        let samples: [&[u8]; 6] = [&[0, 0], &[0, 1], &[1, 0], &[0xff, 0xff], &[0x80, 0x00], &[0x7f, 0xff]];
+        for a in samples {
+            for b in samples {
+                assert_eq!(ct_less_than(a, b), a < b, "{a:?} < {b:?}");
+            }
+        }
     }
 
     #[test]
