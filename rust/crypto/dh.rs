@@ -73,21 +73,32 @@ static CTX: [OnceLock<Result<Ctx, DhError>>; 12] = [const { OnceLock::new() }; 1
 
 fn ctx_for(spec: &'static GroupSpec) -> Result<&'static Ctx, DhError> {
     let idx = groups::index(spec.id)?;
-    CTX[idx].get_or_init(|| build_ctx(spec)).as_ref().map_err(|e| e.clone())
+    CTX[idx]
+        .get_or_init(|| build_ctx(spec))
+        .as_ref()
+        .map_err(|e| e.clone())
 }
 
 fn build_ctx(spec: &GroupSpec) -> Result<Ctx, DhError> {
     const BAD_TABLE: DhError = DhError::Backend("group table constant is not valid hex");
     match spec.kind {
-        Kind::Modp { prime_hex, generator_hex, order_hex, exponent_bits } => {
+        Kind::Modp {
+            prime_hex,
+            generator_hex,
+            order_hex,
+            exponent_bits,
+        } => {
             let p_bytes = groups::hex_to_bytes(prime_hex).ok_or(BAD_TABLE)?;
             let mut pm1_bytes = p_bytes.clone();
             // p is odd: p - 1 only clears the lowest bit.
             if let Some(last) = pm1_bytes.last_mut() {
                 *last &= 0xfe;
             }
-            let g_bytes = left_pad(&groups::hex_to_bytes(generator_hex).ok_or(BAD_TABLE)?, spec.size)
-                .ok_or(BAD_TABLE)?;
+            let g_bytes = left_pad(
+                &groups::hex_to_bytes(generator_hex).ok_or(BAD_TABLE)?,
+                spec.size,
+            )
+            .ok_or(BAD_TABLE)?;
             let q = match order_hex {
                 Some(h) => {
                     let qb = groups::hex_to_bytes(h).ok_or(BAD_TABLE)?;
@@ -113,8 +124,12 @@ fn build_ctx(spec: &GroupSpec) -> Result<Ctx, DhError> {
             };
             let group = ossl(EcGroup::from_curve_name(nid))?;
             let mut bn = ossl(BigNumContext::new())?;
-            let (mut p, mut a, mut b, mut n) =
-                (ossl(BigNum::new())?, ossl(BigNum::new())?, ossl(BigNum::new())?, ossl(BigNum::new())?);
+            let (mut p, mut a, mut b, mut n) = (
+                ossl(BigNum::new())?,
+                ossl(BigNum::new())?,
+                ossl(BigNum::new())?,
+                ossl(BigNum::new())?,
+            );
             ossl(group.components_gfp(&mut p, &mut a, &mut b, &mut bn))?;
             ossl(group.order(&mut n, &mut bn))?;
             let size = spec.size as i32;
@@ -154,7 +169,8 @@ fn ct_less_than(a: &[u8], b: &[u8]) -> bool {
 
 fn random_bytes(len: usize) -> Result<Zeroizing<Vec<u8>>, DhError> {
     let mut buf = Zeroizing::new(vec![0u8; len]);
-    getrandom::fill(&mut buf).map_err(|_| DhError::Backend("OS random source (getrandom) failed"))?;
+    getrandom::fill(&mut buf)
+        .map_err(|_| DhError::Backend("OS random source (getrandom) failed"))?;
     Ok(buf)
 }
 
@@ -189,7 +205,9 @@ pub struct KeyPair {
 
 impl core::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("KeyPair").field("group", &self.spec.id).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("group", &self.spec.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -213,7 +231,10 @@ pub fn start(group: u16) -> Result<KeyPair, DhError> {
 pub fn start_with_private(group: u16, private: &[u8]) -> Result<KeyPair, DhError> {
     let spec = groups::spec(group)?;
     let trimmed = {
-        let first = private.iter().position(|&b| b != 0).unwrap_or(private.len());
+        let first = private
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(private.len());
         &private[first..]
     };
     match ctx_for(spec)? {
@@ -291,7 +312,9 @@ fn random_modp_exponent(c: &ModpCtx) -> Result<Zeroizing<Vec<u8>>, DhError> {
                     return Ok(x);
                 }
             }
-            Err(DhError::Backend("random exponent rejection sampling did not finish"))
+            Err(DhError::Backend(
+                "random exponent rejection sampling did not finish",
+            ))
         }
     }
 }
@@ -317,7 +340,7 @@ fn blind_exponent(x: &[u8], q: &[u8]) -> Zeroizing<Vec<u8>> {
     let x2 = add(&x1, q);
     // x1 has bits(q)+1 bits iff its top byte's lowest bit is set (q is a whole
     // number of bytes with its top bit set, so x1 < 2^(8*len-7)).
-    let take_x1 = core::hint::black_box((x1[0] & 1) as u8).wrapping_neg();
+    let take_x1 = core::hint::black_box(x1[0] & 1).wrapping_neg();
     let mut out = Zeroizing::new(vec![0u8; len]);
     for i in 0..len {
         out[i] = (x1[i] & take_x1) | (x2[i] & !take_x1);
@@ -325,7 +348,11 @@ fn blind_exponent(x: &[u8], q: &[u8]) -> Zeroizing<Vec<u8>> {
     out
 }
 
-fn modp_keypair(spec: &'static GroupSpec, c: &ModpCtx, x: Zeroizing<Vec<u8>>) -> Result<KeyPair, DhError> {
+fn modp_keypair(
+    spec: &'static GroupSpec,
+    c: &ModpCtx,
+    x: Zeroizing<Vec<u8>>,
+) -> Result<KeyPair, DhError> {
     let fixed = c
         .fixed
         .get_or_init(|| FixedBase::new(&c.p_bytes, &c.g_bytes, c.exponent_bits))
@@ -347,10 +374,19 @@ fn modp_keypair(spec: &'static GroupSpec, c: &ModpCtx, x: Zeroizing<Vec<u8>>) ->
         Some((_, q)) => blind_exponent(&x, q),
         None => x,
     };
-    Ok(KeyPair { spec, public, private: Private::Modp(x) })
+    Ok(KeyPair {
+        spec,
+        public,
+        private: Private::Modp(x),
+    })
 }
 
-fn modp_shared(spec: &GroupSpec, c: &ModpCtx, x: &[u8], peer: &[u8]) -> Result<SharedSecret, DhError> {
+fn modp_shared(
+    spec: &GroupSpec,
+    c: &ModpCtx,
+    x: &[u8],
+    peer: &[u8],
+) -> Result<SharedSecret, DhError> {
     if peer.len() != spec.size {
         return Err(DhError::InvalidPeerValue("wrong length for the group"));
     }
@@ -369,7 +405,9 @@ fn modp_shared(spec: &GroupSpec, c: &ModpCtx, x: &[u8], peer: &[u8]) -> Result<S
         let mut t = ossl(BigNum::new())?;
         ossl(t.mod_exp(&y, q, &c.p, &mut bn))?;
         if !is_one(&t) {
-            return Err(DhError::InvalidPeerValue("not in the prime-order subgroup (y^q != 1)"));
+            return Err(DhError::InvalidPeerValue(
+                "not in the prime-order subgroup (y^q != 1)",
+            ));
         }
     }
     let e = secret_bn(x)?;
@@ -395,11 +433,18 @@ fn random_scalar(spec: &GroupSpec, c: &EcpCtx) -> Result<Zeroizing<Vec<u8>>, DhE
             return Ok(d);
         }
     }
-    Err(DhError::Backend("random scalar rejection sampling did not finish"))
+    Err(DhError::Backend(
+        "random scalar rejection sampling did not finish",
+    ))
 }
 
 /// x | y of an affine point, each padded to `size`.
-fn encode_point(spec: &GroupSpec, c: &EcpCtx, pt: &EcPoint, bn: &mut BigNumContext) -> Result<Vec<u8>, DhError> {
+fn encode_point(
+    spec: &GroupSpec,
+    c: &EcpCtx,
+    pt: &EcPoint,
+    bn: &mut BigNumContext,
+) -> Result<Vec<u8>, DhError> {
     let mut x = ossl(BigNum::new())?;
     let mut y = ossl(BigNum::new())?;
     ossl(pt.affine_coordinates(&c.group, &mut x, &mut y, bn))?;
@@ -408,22 +453,37 @@ fn encode_point(spec: &GroupSpec, c: &EcpCtx, pt: &EcPoint, bn: &mut BigNumConte
     Ok(out)
 }
 
-fn ecp_keypair(spec: &'static GroupSpec, c: &EcpCtx, d: Zeroizing<Vec<u8>>) -> Result<KeyPair, DhError> {
+fn ecp_keypair(
+    spec: &'static GroupSpec,
+    c: &EcpCtx,
+    d: Zeroizing<Vec<u8>>,
+) -> Result<KeyPair, DhError> {
     let mut bn = ossl(BigNumContext::new())?;
     let k = secret_bn(&d)?;
     let mut pt = ossl(EcPoint::new(&c.group))?;
     ossl(pt.mul_generator2(&c.group, &k, &mut bn))?;
     let public = encode_point(spec, c, &pt, &mut bn)?;
-    Ok(KeyPair { spec, public, private: Private::Ecp(d) })
+    Ok(KeyPair {
+        spec,
+        public,
+        private: Private::Ecp(d),
+    })
 }
 
-fn ecp_shared(spec: &GroupSpec, c: &EcpCtx, d: &[u8], peer: &[u8]) -> Result<SharedSecret, DhError> {
+fn ecp_shared(
+    spec: &GroupSpec,
+    c: &EcpCtx,
+    d: &[u8],
+    peer: &[u8],
+) -> Result<SharedSecret, DhError> {
     if peer.len() != 2 * spec.size {
         return Err(DhError::InvalidPeerValue("wrong length for the group"));
     }
     let (px, py) = peer.split_at(spec.size);
     if !less_than(px, &c.p_bytes) || !less_than(py, &c.p_bytes) {
-        return Err(DhError::InvalidPeerValue("coordinate not below the field prime"));
+        return Err(DhError::InvalidPeerValue(
+            "coordinate not below the field prime",
+        ));
     }
     let mut bn = ossl(BigNumContext::new())?;
     let mut sec1 = Vec::with_capacity(1 + peer.len());
@@ -454,7 +514,9 @@ fn shared_x(
 ) -> Result<SharedSecret, DhError> {
     ossl(s.mul2(&c.group, q, k, bn))?;
     if s.is_infinity(&c.group) {
-        return Err(DhError::InvalidPeerValue("shared point is the point at infinity"));
+        return Err(DhError::InvalidPeerValue(
+            "shared point is the point at infinity",
+        ));
     }
     let mut x = ossl(BigNum::new_secure())?;
     let mut y = ossl(BigNum::new_secure())?;
@@ -478,14 +540,25 @@ mod tests {
     #[test]
     fn rfc5903_p256_known_answer() {
         // RFC 5903 section 8.1.
-        let i = start_with_private(19, &h("c88f01f510d9ac3f70a292daa2316de544e9aab8afe84049c62a9c57862d1433")).unwrap();
-        let r = start_with_private(19, &h("c6ef9c5d78ae012a011164acb397ce2088685d8f06bf9be0b283ab46476bee53")).unwrap();
+        let i = start_with_private(
+            19,
+            &h("c88f01f510d9ac3f70a292daa2316de544e9aab8afe84049c62a9c57862d1433"),
+        )
+        .unwrap();
+        let r = start_with_private(
+            19,
+            &h("c6ef9c5d78ae012a011164acb397ce2088685d8f06bf9be0b283ab46476bee53"),
+        )
+        .unwrap();
         assert_eq!(i.public(), &h("dad0b65394221cf9b051e1feca5787d098dfe637fc90b9ef945d0c37725811805271a0461cdb8252d61f1c456fa3e59ab1f45b33accf5f58389e0577b8990bb3")[..]);
         let rp = r.public().to_vec();
         let ip = i.public().to_vec();
         let z1 = i.complete(&rp).unwrap();
         let z2 = r.complete(&ip).unwrap();
-        assert_eq!(&z1[..], &h("d6840f6b42f6edafd13116e0e12565202fef8e9ece7dce03812464d04b9442de")[..]);
+        assert_eq!(
+            &z1[..],
+            &h("d6840f6b42f6edafd13116e0e12565202fef8e9ece7dce03812464d04b9442de")[..]
+        );
         assert_eq!(z1, z2);
     }
 
@@ -509,13 +582,26 @@ mod tests {
         // A private value longer than the table takes the OpenSSL path; the
         // same value's low 256 bits take the table path: compare both to
         // OpenSSL's plain BN_mod_exp.
-        let p = h(match groups::spec(14).unwrap().kind { Kind::Modp { prime_hex, .. } => prime_hex, _ => unreachable!() });
+        let p = h(match groups::spec(14).unwrap().kind {
+            Kind::Modp { prime_hex, .. } => prime_hex,
+            _ => unreachable!(),
+        });
         let pbn = BigNum::from_slice(&p).unwrap();
         let mut ctx = BigNumContext::new().unwrap();
-        for x in [vec![0x80u8; 32], (0..32u8).map(|i| i.wrapping_mul(97) ^ 0x5a).collect(), vec![0x01u8; 200]] {
+        for x in [
+            vec![0x80u8; 32],
+            (0..32u8).map(|i| i.wrapping_mul(97) ^ 0x5a).collect(),
+            vec![0x01u8; 200],
+        ] {
             let kp = start_with_private(14, &x).unwrap();
             let mut r = BigNum::new().unwrap();
-            r.mod_exp(&BigNum::from_u32(2).unwrap(), &BigNum::from_slice(&x).unwrap(), &pbn, &mut ctx).unwrap();
+            r.mod_exp(
+                &BigNum::from_u32(2).unwrap(),
+                &BigNum::from_slice(&x).unwrap(),
+                &pbn,
+                &mut ctx,
+            )
+            .unwrap();
             assert_eq!(kp.public(), &r.to_vec_padded(256).unwrap()[..]);
         }
     }
@@ -523,7 +609,12 @@ mod tests {
     #[test]
     fn group24_exponent_blinding_has_fixed_length_and_same_result() {
         let q = h(groups::MODP_2048_256_Q);
-        for x in [vec![1u8], vec![0xffu8; 31], { let mut v = q.clone(); let n = v.len(); v[n - 1] -= 1; v }] {
+        for x in [vec![1u8], vec![0xffu8; 31], {
+            let mut v = q.clone();
+            let n = v.len();
+            v[n - 1] -= 1;
+            v
+        }] {
             let b = blind_exponent(&x, &q);
             assert_eq!(b.len(), 33);
             assert_eq!(b[0], 1, "bit length must be exactly 257");
@@ -537,40 +628,86 @@ mod tests {
     #[test]
     fn bad_peer_values_are_rejected() {
         let size = 256;
-        let p = h(match groups::spec(14).unwrap().kind { Kind::Modp { prime_hex, .. } => prime_hex, _ => unreachable!() });
+        let p = h(match groups::spec(14).unwrap().kind {
+            Kind::Modp { prime_hex, .. } => prime_hex,
+            _ => unreachable!(),
+        });
         let mut pm1 = p.clone();
         pm1[size - 1] -= 1;
         let mut one = vec![0u8; size];
         one[size - 1] = 1;
-        for bad in [vec![0u8; size], one, pm1, p.clone(), vec![0xffu8; size], vec![2u8; size + 1], vec![2u8; size - 1], vec![]] {
+        for bad in [
+            vec![0u8; size],
+            one,
+            pm1,
+            p.clone(),
+            vec![0xffu8; size],
+            vec![2u8; size + 1],
+            vec![2u8; size - 1],
+            vec![],
+        ] {
             let kp = start(14).unwrap();
-            assert!(matches!(kp.complete(&bad), Err(DhError::InvalidPeerValue(_))));
+            assert!(matches!(
+                kp.complete(&bad),
+                Err(DhError::InvalidPeerValue(_))
+            ));
         }
         // Group 24: 2 is in range but not in the order-q subgroup.
         let mut two = vec![0u8; size];
         two[size - 1] = 2;
-        assert!(matches!(start(24).unwrap().complete(&two), Err(DhError::InvalidPeerValue(_))));
+        assert!(matches!(
+            start(24).unwrap().complete(&two),
+            Err(DhError::InvalidPeerValue(_))
+        ));
         // ECP: off-curve point and wrong length.
         let kp = start(19).unwrap();
         let mut pt = kp.public().to_vec();
         pt[63] ^= 1;
-        assert!(matches!(start(19).unwrap().complete(&pt), Err(DhError::InvalidPeerValue(_))));
-        assert!(matches!(start(19).unwrap().complete(&pt[..63]), Err(DhError::InvalidPeerValue(_))));
-        assert!(matches!(start(19).unwrap().complete(&[0u8; 64]), Err(DhError::InvalidPeerValue(_))));
+        assert!(matches!(
+            start(19).unwrap().complete(&pt),
+            Err(DhError::InvalidPeerValue(_))
+        ));
+        assert!(matches!(
+            start(19).unwrap().complete(&pt[..63]),
+            Err(DhError::InvalidPeerValue(_))
+        ));
+        assert!(matches!(
+            start(19).unwrap().complete(&[0u8; 64]),
+            Err(DhError::InvalidPeerValue(_))
+        ));
     }
 
     #[test]
     fn private_values_are_range_checked_and_unknown_groups_fail() {
         assert!(matches!(start(3), Err(DhError::UnknownGroup(3))));
-        assert!(matches!(start_with_private(14, &[]), Err(DhError::InvalidPrivateValue(_))));
-        assert!(matches!(start_with_private(14, &[0, 1]), Err(DhError::InvalidPrivateValue(_))));
-        assert!(matches!(start_with_private(19, &[0xff; 32]), Err(DhError::InvalidPrivateValue(_))));
-        assert!(matches!(start_with_private(24, &[0xff; 32]), Err(DhError::InvalidPrivateValue(_))));
+        assert!(matches!(
+            start_with_private(14, &[]),
+            Err(DhError::InvalidPrivateValue(_))
+        ));
+        assert!(matches!(
+            start_with_private(14, &[0, 1]),
+            Err(DhError::InvalidPrivateValue(_))
+        ));
+        assert!(matches!(
+            start_with_private(19, &[0xff; 32]),
+            Err(DhError::InvalidPrivateValue(_))
+        ));
+        assert!(matches!(
+            start_with_private(24, &[0xff; 32]),
+            Err(DhError::InvalidPrivateValue(_))
+        ));
     }
 
     #[test]
     fn constant_time_comparison_matches_ordinary_comparison() {
-        let samples: [&[u8]; 6] = [&[0, 0], &[0, 1], &[1, 0], &[0xff, 0xff], &[0x80, 0x00], &[0x7f, 0xff]];
+        let samples: [&[u8]; 6] = [
+            &[0, 0],
+            &[0, 1],
+            &[1, 0],
+            &[0xff, 0xff],
+            &[0x80, 0x00],
+            &[0x7f, 0xff],
+        ];
         for a in samples {
             for b in samples {
                 assert_eq!(ct_less_than(a, b), a < b, "{a:?} < {b:?}");
@@ -581,7 +718,9 @@ mod tests {
     #[test]
     fn random_exponents_have_the_configured_length() {
         for g in [14u16, 18] {
-            let Ctx::Modp(c) = ctx_for(groups::spec(g).unwrap()).unwrap() else { unreachable!() };
+            let Ctx::Modp(c) = ctx_for(groups::spec(g).unwrap()).unwrap() else {
+                unreachable!()
+            };
             let x = random_modp_exponent(c).unwrap();
             assert_eq!(x.len() * 8, c.exponent_bits);
             assert!(x[0] & 0x80 != 0);

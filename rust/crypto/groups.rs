@@ -74,6 +74,7 @@ impl GroupSpec {
 const G2: &str = "02";
 
 /// Every supported group, in IKE group number order.
+#[rustfmt::skip]
 pub static GROUPS: [GroupSpec; 12] = [
     modp(1, "modp768", 96, 80, "RFC 2409 section 6.1 (First Oakley Group)", MODP_768_P, 256),
     modp(2, "modp1024", 128, 80, "RFC 2409 section 6.2 (Second Oakley Group)", MODP_1024_P, 256),
@@ -116,7 +117,12 @@ const fn modp(
         size,
         strength,
         reference,
-        kind: Kind::Modp { prime_hex, generator_hex: G2, order_hex: None, exponent_bits },
+        kind: Kind::Modp {
+            prime_hex,
+            generator_hex: G2,
+            order_hex: None,
+            exponent_bits,
+        },
     }
 }
 
@@ -128,12 +134,22 @@ const fn ecp(
     reference: &'static str,
     curve: Curve,
 ) -> GroupSpec {
-    GroupSpec { id, name, size, strength, reference, kind: Kind::Ecp { curve } }
+    GroupSpec {
+        id,
+        name,
+        size,
+        strength,
+        reference,
+        kind: Kind::Ecp { curve },
+    }
 }
 
 /// Position of a group in `GROUPS`.
 pub fn index(id: u16) -> Result<usize, DhError> {
-    GROUPS.iter().position(|g| g.id == id).ok_or(DhError::UnknownGroup(id))
+    GROUPS
+        .iter()
+        .position(|g| g.id == id)
+        .ok_or(DhError::UnknownGroup(id))
 }
 
 /// The table row of a group.
@@ -160,7 +176,10 @@ pub fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
             _ => None,
         }
     };
-    digits.chunks(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
+    digits
+        .chunks(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
 }
 
 const MODP_768_P: &str = concat!(
@@ -314,9 +333,8 @@ const MODP_2048_256_G: &str = concat!(
     "2F63078490F00EF8D647D148D47954515E2327CFEF98C582664B4C0F6CC41659",
 );
 
-pub(crate) const MODP_2048_256_Q: &str = concat!(
-    "8CF83642A709A097B447997640129DA299B1A47D1EB3750BA308B0FE64F5FBD3",
-);
+pub(crate) const MODP_2048_256_Q: &str =
+    "8CF83642A709A097B447997640129DA299B1A47D1EB3750BA308B0FE64F5FBD3";
 
 #[cfg(test)]
 mod tests {
@@ -325,7 +343,13 @@ mod tests {
     #[test]
     fn table_sizes_match_the_primes() {
         for g in GROUPS.iter() {
-            if let Kind::Modp { prime_hex, generator_hex, order_hex, exponent_bits } = g.kind {
+            if let Kind::Modp {
+                prime_hex,
+                generator_hex,
+                order_hex,
+                exponent_bits,
+            } = g.kind
+            {
                 let p = hex_to_bytes(prime_hex).unwrap();
                 assert_eq!(p.len(), g.size, "group {}", g.id);
                 assert!(p[0] & 0x80 != 0 && p[p.len() - 1] & 1 == 1);
@@ -344,7 +368,9 @@ mod tests {
         // the top 64 and bottom 64 bits are all ones, and the bits after the top
         // word are those of pi (0xC90FDAA22168C234...).
         for id in [1u16, 2, 5, 14, 15, 16, 17, 18] {
-            let Kind::Modp { prime_hex, .. } = spec(id).unwrap().kind else { panic!() };
+            let Kind::Modp { prime_hex, .. } = spec(id).unwrap().kind else {
+                panic!()
+            };
             assert!(prime_hex.starts_with("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD1"));
             assert!(prime_hex.ends_with("FFFFFFFFFFFFFFFF"));
         }

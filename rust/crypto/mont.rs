@@ -99,7 +99,13 @@ impl MontCtx {
         for _ in 0..64 * n {
             x = Self::double_mod(&x, &m);
         }
-        Some(MontCtx { n, m, m0inv: inv.wrapping_neg(), one, rr: x })
+        Some(MontCtx {
+            n,
+            m,
+            m0inv: inv.wrapping_neg(),
+            one,
+            rr: x,
+        })
     }
 
     /// `2a mod m` for `a < m` (public values only).
@@ -205,7 +211,9 @@ impl MontCtx {
         let n = m.len();
         let mut borrow = 0u64;
         for j in 0..n {
-            let d = (t[j] as u128).wrapping_sub(m[j] as u128).wrapping_sub(borrow as u128);
+            let d = (t[j] as u128)
+                .wrapping_sub(m[j] as u128)
+                .wrapping_sub(borrow as u128);
             out[j] = d as u64;
             borrow = ((d >> 64) as u64) & 1;
         }
@@ -221,7 +229,7 @@ impl MontCtx {
     }
 
     /// Normal form of a Montgomery-form value.
-    pub fn from_mont(&self, a: &[u64], out: &mut [u64]) {
+    pub fn out_of_mont(&self, a: &[u64], out: &mut [u64]) {
         let mut unit = vec![0u64; self.n];
         unit[0] = 1;
         self.mul(a, &unit, out);
@@ -233,7 +241,9 @@ fn sub(a: &[u64], b: &[u64]) -> (Vec<u64>, u64) {
     let mut d = vec![0u64; a.len()];
     let mut borrow = 0u64;
     for j in 0..a.len() {
-        let x = (a[j] as u128).wrapping_sub(b[j] as u128).wrapping_sub(borrow as u128);
+        let x = (a[j] as u128)
+            .wrapping_sub(b[j] as u128)
+            .wrapping_sub(borrow as u128);
         d[j] = x as u64;
         borrow = ((x >> 64) as u64) & 1;
     }
@@ -276,7 +286,12 @@ impl FixedBase {
             core::mem::swap(&mut base, &mut tmp);
         }
         let modulus_len = m_be.len();
-        Some(FixedBase { ctx, rows, table, modulus_len })
+        Some(FixedBase {
+            ctx,
+            rows,
+            table,
+            modulus_len,
+        })
     }
 
     /// `g^x mod m` for the big-endian exponent `x_be`, as big-endian bytes
@@ -315,7 +330,7 @@ impl FixedBase {
             self.ctx.mul(&acc, &pick, &mut next);
             core::mem::swap(&mut acc, &mut next);
         }
-        self.ctx.from_mont(&acc, &mut next);
+        self.ctx.out_of_mont(&acc, &mut next);
         let out = limbs_to_be(&next, self.modulus_len);
         acc.zeroize();
         pick.zeroize();
@@ -351,10 +366,20 @@ mod tests {
     #[test]
     fn single_limb_fixed_base_matches_square_and_multiply() {
         let m: u64 = 0xffff_ffff_ffff_ffc5; // largest 64-bit prime
-        for (g, x) in [(2u64, 0u64), (2, 1), (3, 0xdead_beef), (7, u64::MAX), (12345, 1 << 63)] {
+        for (g, x) in [
+            (2u64, 0u64),
+            (2, 1),
+            (3, 0xdead_beef),
+            (7, u64::MAX),
+            (12345, 1 << 63),
+        ] {
             let fb = FixedBase::new(&m.to_be_bytes(), &g.to_be_bytes(), 64).unwrap();
             let got = fb.pow(&x.to_be_bytes()).unwrap();
-            assert_eq!(u64::from_be_bytes(got.try_into().unwrap()), pow_u64(g, x, m), "g={g} x={x}");
+            assert_eq!(
+                u64::from_be_bytes(got.try_into().unwrap()),
+                pow_u64(g, x, m),
+                "g={g} x={x}"
+            );
         }
     }
 
@@ -374,7 +399,7 @@ mod tests {
         assert_eq!(abc1, abc2);
         let (mut am, mut back) = (vec![0; 3], vec![0; 3]);
         ctx.to_mont(&a, &mut am);
-        ctx.from_mont(&am, &mut back);
+        ctx.out_of_mont(&am, &mut back);
         assert_eq!(back, a);
     }
 
@@ -386,7 +411,9 @@ mod tests {
         assert_eq!(ctx.n, 32);
         let mut a = limbs_from_be(&p, 32).unwrap();
         a[0] -= 12345; // p - 12345
-        let mut b: Vec<u64> = (0..32u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let mut b: Vec<u64> = (0..32u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
         b[31] >>= 1;
         let (mut x, mut y) = (vec![0; 32], vec![0; 32]);
         for _ in 0..50 {

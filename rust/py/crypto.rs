@@ -59,7 +59,11 @@ impl PyDhKeyPair {
     /// True once `exchange` has been called.
     #[getter]
     fn used(&self) -> PyResult<bool> {
-        Ok(self.inner.lock().map_err(|_| DhError::Backend("key pair lock poisoned"))?.is_none())
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| DhError::Backend("key pair lock poisoned"))?
+            .is_none())
     }
 
     fn __repr__(&self) -> String {
@@ -77,7 +81,11 @@ fn dh_keypair(py: Python<'_>, group: i64, private: Option<&[u8]>) -> PyResult<Py
         Some(x) => dh::start_with_private(id, x),
         None => dh::start(id),
     })?;
-    Ok(PyDhKeyPair { group: id, public: kp.public().to_vec(), inner: Mutex::new(Some(kp)) })
+    Ok(PyDhKeyPair {
+        group: id,
+        public: kp.public().to_vec(),
+        inner: Mutex::new(Some(kp)),
+    })
 }
 
 /// One side of a handshake in one GIL-free call: (our public value, g^xy).
@@ -122,12 +130,24 @@ fn dh_group_from_name(name: &str) -> Option<u16> {
     groups::from_name(name)
 }
 
+/// (prime, generator, subgroup order or None), big-endian bytes.
+type ModpParams = (Py<PyBytes>, Py<PyBytes>, Option<Py<PyBytes>>);
+
 /// (prime, generator, subgroup order or None) of a MODP group, big-endian.
 #[pyfunction]
-fn dh_modp_params(py: Python<'_>, group: i64) -> PyResult<(Py<PyBytes>, Py<PyBytes>, Option<Py<PyBytes>>)> {
+fn dh_modp_params(py: Python<'_>, group: i64) -> PyResult<ModpParams> {
     let spec = groups::spec(group_id(group)?)?;
-    let Kind::Modp { prime_hex, generator_hex, order_hex, .. } = spec.kind else {
-        return Err(PyValueError::new_err(format!("group {} is not a MODP group", spec.id)));
+    let Kind::Modp {
+        prime_hex,
+        generator_hex,
+        order_hex,
+        ..
+    } = spec.kind
+    else {
+        return Err(PyValueError::new_err(format!(
+            "group {} is not a MODP group",
+            spec.id
+        )));
     };
     let bytes = |h: &str| -> PyResult<Py<PyBytes>> {
         let b = groups::hex_to_bytes(h).ok_or(DhError::Backend("bad group table constant"))?;
