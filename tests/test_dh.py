@@ -8,6 +8,7 @@ import re
 import secrets
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dh as cdh
@@ -102,8 +103,8 @@ def test_unknown_group_is_a_plain_value_error(bad: int) -> None:
 
 @pytest.mark.parametrize("vec", json.loads((VECTORS / "rfc5903_ecp_ike_vectors.json").read_text())["vectors"],
                          ids=lambda v: str(v["ike_group"]))
-def test_rfc5903_vectors(vec: dict[str, str]) -> None:
-    group = vec["ike_group"]
+def test_rfc5903_vectors(vec: dict[str, Any]) -> None:
+    group = int(vec["ike_group"])
     i = dh.keypair(group, private=bytes.fromhex(vec["i"]))
     r = dh.keypair(group, private=bytes.fromhex(vec["r"]))
     assert i.group == group
