@@ -90,12 +90,17 @@ def test_sizes_for_ecp() -> None:
     assert [(dh.public_size(g), dh.secret_size(g)) for g in (19, 20, 21)] == [(64, 32), (96, 48), (132, 66)]
 
 
-@pytest.mark.parametrize("bad", [0, 3, 22, 23, 25, 31, -1, 2**40])
+@pytest.mark.parametrize("bad", [0, 3, 22, 23, 25, 31, -1, 2**40, 2**100])
 def test_unknown_group_is_a_plain_value_error(bad: int) -> None:
     for call in (lambda: dh.keypair(bad), lambda: dh.public_size(bad), lambda: dh.group_name(bad)):
         with pytest.raises(ValueError, match=f"group {bad}") as info:
             call()
         assert not isinstance(info.value, InvalidKeyInformation)
+
+
+def test_group_must_be_an_int() -> None:
+    with pytest.raises(TypeError):
+        dh.keypair("14")  # type: ignore[arg-type]
 
 
 # --- known answers ------------------------------------------------------------

@@ -10,7 +10,8 @@ data ``x|y``, shared secret ``x``) and 24 (RFC 5114 2048-bit/256-bit subgroup).
 True
 
 A key pair is single-use: a second :meth:`KeyPair.exchange` raises
-:class:`ikecore.errors.CryptoError`. An invalid peer value raises
+:class:`ikecore.errors.CryptoError`, also after a first call that failed (the
+private value is wiped as soon as it is used). An invalid peer value raises
 :class:`ikecore.errors.InvalidKeyInformation` (Notify 17); an unsupported group
 raises a plain :class:`ValueError` naming it.
 """

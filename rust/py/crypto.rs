@@ -7,15 +7,17 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyInt};
 
 use crate::crypto::dh::{self, KeyPair};
 use crate::crypto::groups::{self, Kind};
 use crate::error::DhError;
 
-/// Python int to a supported group number; anything else is a ValueError naming it.
-fn group_id(group: i64) -> PyResult<u16> {
-    u16::try_from(group)
+/// Python int to a supported group number; any other int (negative, huge,
+/// unassigned) is a ValueError naming it.
+fn group_id(group: &Bound<'_, PyInt>) -> PyResult<u16> {
+    group
+        .extract::<u16>()
         .ok()
         .filter(|g| groups::spec(*g).is_ok())
         .ok_or_else(|| PyValueError::new_err(format!("unsupported Diffie-Hellman group {group}")))
@@ -75,7 +77,7 @@ impl PyDhKeyPair {
 /// New key pair for `group`; `private` (big-endian) only for known-answer tests.
 #[pyfunction]
 #[pyo3(signature = (group, private=None))]
-fn dh_keypair(py: Python<'_>, group: i64, private: Option<&[u8]>) -> PyResult<PyDhKeyPair> {
+fn dh_keypair(py: Python<'_>, group: &Bound<'_, PyInt>, private: Option<&[u8]>) -> PyResult<PyDhKeyPair> {
     let id = group_id(group)?;
     let kp = py.detach(move || match private {
         Some(x) => dh::start_with_private(id, x),
@@ -92,7 +94,7 @@ fn dh_keypair(py: Python<'_>, group: i64, private: Option<&[u8]>) -> PyResult<Py
 #[pyfunction]
 fn dh_one_side<'py>(
     py: Python<'py>,
-    group: i64,
+    group: &Bound<'_, PyInt>,
     peer_public: &[u8],
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
     let id = group_id(group)?;
@@ -108,19 +110,19 @@ fn dh_supported_groups() -> Vec<u16> {
 
 /// Length of the public value (KE payload data) in bytes.
 #[pyfunction]
-fn dh_public_size(group: i64) -> PyResult<usize> {
+fn dh_public_size(group: &Bound<'_, PyInt>) -> PyResult<usize> {
     Ok(groups::spec(group_id(group)?)?.public_size())
 }
 
 /// Length of the shared secret in bytes.
 #[pyfunction]
-fn dh_secret_size(group: i64) -> PyResult<usize> {
+fn dh_secret_size(group: &Bound<'_, PyInt>) -> PyResult<usize> {
     Ok(groups::spec(group_id(group)?)?.secret_size())
 }
 
 /// strongSwan name of a group (`modp2048`, `ecp256`, ...).
 #[pyfunction]
-fn dh_group_name(group: i64) -> PyResult<&'static str> {
+fn dh_group_name(group: &Bound<'_, PyInt>) -> PyResult<&'static str> {
     Ok(groups::spec(group_id(group)?)?.name)
 }
 
@@ -135,7 +137,7 @@ type ModpParams = (Py<PyBytes>, Py<PyBytes>, Option<Py<PyBytes>>);
 
 /// (prime, generator, subgroup order or None) of a MODP group, big-endian.
 #[pyfunction]
-fn dh_modp_params(py: Python<'_>, group: i64) -> PyResult<ModpParams> {
+fn dh_modp_params(py: Python<'_>, group: &Bound<'_, PyInt>) -> PyResult<ModpParams> {
     let spec = groups::spec(group_id(group)?)?;
     let Kind::Modp {
         prime_hex,
