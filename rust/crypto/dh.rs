@@ -239,8 +239,10 @@ pub fn start_with_private(group: u16, private: &[u8]) -> Result<KeyPair, DhError
     };
     match ctx_for(spec)? {
         Ctx::Modp(c) => {
-            let x = left_pad(trimmed, spec.size)
-                .ok_or(DhError::InvalidPrivateValue("longer than the modulus"))?;
+            let x = Zeroizing::new(
+                left_pad(trimmed, spec.size)
+                    .ok_or(DhError::InvalidPrivateValue("longer than the modulus"))?,
+            );
             let bound = match &c.q {
                 Some((_, q)) => left_pad(q, spec.size).ok_or(BACKEND)?,
                 None => c.pm1_bytes.clone(),
