@@ -11,7 +11,7 @@ BUILT  := $(VENV)/.build-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
 PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2"
 
-.PHONY: all build run test test-rust test-python stubtest bench fuzz clean
+.PHONY: all build run test test-rust test-python stubtest bench fuzz clean openssl-dev
 
 all: build
 
@@ -23,19 +23,29 @@ $(DEPS): $(VPY) pyproject.toml
 	touch $@
 
 # Release build of the extension, installed into .venv (editable: python/ stays live).
-$(BUILT): $(DEPS) $(RUST_SOURCES) pyproject.toml
+$(BUILT): $(DEPS) $(RUST_SOURCES) pyproject.toml | openssl-dev
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
 		$(VENV)/bin/maturin develop --release --quiet
 	touch $@
 
 build: $(BUILT)
 
+# The DH core (rust/crypto/dh.rs) links the system OpenSSL through openssl-sys:
+# install its headers when missing and we are root, else say what to install.
+openssl-dev:
+	@pkg-config --exists openssl 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq libssl-dev pkg-config >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null; }; \
+	  else echo "ikecore needs the OpenSSL headers: install libssl-dev and pkg-config (Debian: sudo apt-get install libssl-dev pkg-config)" >&2; exit 1; fi; }
+
 run: $(BUILT)
 	$(VENV)/bin/ikecore demo
 
 test: test-rust test-python
 
-test-rust:
+test-rust: | openssl-dev
 	cargo test --quiet
 
 stubtest: $(BUILT)

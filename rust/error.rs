@@ -1,31 +1,8 @@
 //! Error enums of the pure Rust core, one per area, with static context and no
 //! Python inside. `py/errors.rs` maps each of them to `ikecore.errors` exactly once.
 
-/// Errors of the payload ciphers (`crypto::cipher`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CipherError {
-    /// The cipher name is not one of `des-cbc`, `3des-cbc`, `aes128-cbc`, ...
-    UnknownCipher(&'static str),
-    /// The key length does not match the cipher (context: what was expected).
-    KeySize(&'static str),
-    /// The IV is not exactly one block long.
-    IvSize(&'static str),
-    /// Plaintext handed to `encrypt` is not whole blocks (a local error: pad first).
-    PlaintextLength(&'static str),
-    /// Ciphertext handed to `decrypt` is not whole blocks (the peer's bytes are malformed).
-    CiphertextLength(&'static str),
-}
-
-impl core::fmt::Display for CipherError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::UnknownCipher(c) => write!(f, "unknown cipher: {c}"),
-            Self::KeySize(c) => write!(f, "wrong key size: {c}"),
-            Self::IvSize(c) => write!(f, "wrong IV size: {c}"),
-            Self::PlaintextLength(c) => write!(f, "plaintext is not whole blocks: {c}"),
-            Self::CiphertextLength(c) => write!(f, "ciphertext is not whole blocks: {c}"),
-
 use core::fmt;
+
 
 // --- wire -------------------------------------------------------------------
 
@@ -89,6 +66,67 @@ impl fmt::Display for WireError {
     }
 }
 
+impl std::error::Error for WireError {}
+
+// --- crypto: Diffie-Hellman (rust/crypto/dh.rs) --------------------------------
+
+/// Why a Diffie-Hellman operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhError {
+    /// The group number is not in `crypto::groups::GROUPS`.
+    UnknownGroup(u16),
+    /// The peer's public value is unacceptable (wrong length, out of range,
+    /// not on the curve, not in the subgroup): INVALID-KEY-INFORMATION.
+    InvalidPeerValue(&'static str),
+    /// A caller-supplied private value (known-answer tests) is out of range.
+    InvalidPrivateValue(&'static str),
+    /// The key pair was already used for an exchange (single use).
+    Consumed,
+    /// The OS random source or OpenSSL failed.
+    Backend(&'static str),
+}
+
+impl core::fmt::Display for DhError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DhError::UnknownGroup(id) => write!(f, "unsupported Diffie-Hellman group {id}"),
+            DhError::InvalidPeerValue(why) => write!(f, "invalid peer public value: {why}"),
+            DhError::InvalidPrivateValue(why) => write!(f, "invalid private value: {why}"),
+            DhError::Consumed => write!(f, "key pair already used: a DH key pair is single-use"),
+            DhError::Backend(why) => write!(f, "crypto backend failure: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DhError {}
+
+/// Errors of the payload ciphers (`crypto::cipher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherError {
+    /// The cipher name is not one of `des-cbc`, `3des-cbc`, `aes128-cbc`, ...
+    UnknownCipher(&'static str),
+    /// The key length does not match the cipher (context: what was expected).
+    KeySize(&'static str),
+    /// The IV is not exactly one block long.
+    IvSize(&'static str),
+    /// Plaintext handed to `encrypt` is not whole blocks (a local error: pad first).
+    PlaintextLength(&'static str),
+    /// Ciphertext handed to `decrypt` is not whole blocks (the peer's bytes are malformed).
+    CiphertextLength(&'static str),
+}
+
+impl core::fmt::Display for CipherError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::UnknownCipher(c) => write!(f, "unknown cipher: {c}"),
+            Self::KeySize(c) => write!(f, "wrong key size: {c}"),
+            Self::IvSize(c) => write!(f, "wrong IV size: {c}"),
+            Self::PlaintextLength(c) => write!(f, "plaintext is not whole blocks: {c}"),
+            Self::CiphertextLength(c) => write!(f, "ciphertext is not whole blocks: {c}"),
+        }
+    }
+}
+
 impl std::error::Error for CipherError {}
 
 /// Errors of the cookie table (`cookies`).
@@ -130,5 +168,3 @@ impl core::fmt::Display for PrfError {
 }
 
 impl std::error::Error for PrfError {}
-
-impl std::error::Error for WireError {}

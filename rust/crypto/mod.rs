@@ -2,3 +2,8 @@
 
 pub mod cipher;
 pub mod prf;
+
+pub mod dh;
+pub mod groups;
+mod mont;
+mod ossl;
