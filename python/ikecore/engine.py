@@ -275,8 +275,11 @@ class Engine:
         sa = self._sas[handle]
         if remote[0] != sa.remote[0]:
             raise InvalidCookie(f"cookies of SA {handle} arrived from {remote[0]}, not {sa.remote[0]}")
-        if exchange_type == MM and data == sa.last_received and sa.last_sent:
-            self._resend_reply(sa, sa.last_sent, MM)
+        if exchange_type == MM and data == sa.last_received:
+            # Only a responder answers a repeated request; an initiator that sees a
+            # repeated response ignores it (its own retransmission timer runs).
+            if sa.role is Role.RESPONDER and sa.last_sent:
+                self._resend_reply(sa, sa.last_sent, MM)
             return
         message = wire.parse(data)
         self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, message_number=0, length=len(data)))
@@ -379,7 +382,11 @@ class Engine:
             raise wire_error("Quick Mode needs a Message ID and encryption", wire.NotifyType.INVALID_MESSAGE_ID)
         qm = sa.quick_modes.get(message.message_id)
         if qm is not None and data == qm.last_received:
-            if qm.last_sent:
+            # Answer a repeated QM1 with QM2 (responder) and a repeated QM2 with QM3
+            # (initiator, whose QM3 was lost); anything else repeated is ignored.
+            answer = (qm.role is Role.RESPONDER and qm.state is Phase2State.R_EXPECT_QM3) or (
+                qm.role is Role.INITIATOR and qm.state is Phase2State.ESTABLISHED)
+            if answer and qm.last_sent:
                 self._resend_reply(sa, qm.last_sent, QM)
             return
         new = qm is None
