@@ -660,3 +660,31 @@ def test_capture_matches_tshark(name: str) -> None:
     assert checked == len([p for p in packets if "isakmp" in p["_source"]["layers"]]) > 0
     if keys:
         assert encrypted_checked > 0
+
+
+def test_parse_many_from_threads_agrees_with_parse() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = [mm1_bytes(), mm1_bytes()[:-2], b"\x00" * 28] * 200
+    expected = [wire.parse(d) if i % 3 == 0 else None for i, d in enumerate(batch)]
+
+    def work(_: int) -> list[object]:
+        out: list[object] = []
+        for got in wire.parse_many(batch):
+            if isinstance(got, Message):
+                sa = got.payloads[0]
+                assert isinstance(sa, SaPayload)
+                out.append((got, [a for t in sa.proposals[0].transforms for a in t.attributes]))
+            else:
+                out.append(type(got))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(8)))
+    attrs = [a for t in wire.parse(mm1_bytes()).payloads[0].proposals[0].transforms for a in t.attributes]  # type: ignore[attr-defined]
+    for result in results:
+        for i, item in enumerate(result):
+            if expected[i] is not None:
+                assert item == (expected[i], attrs)
+            else:
+                assert item is (errors.UnequalPayloadLengths if i % 3 == 1 else errors.InvalidMajorVersion)
