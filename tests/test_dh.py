@@ -166,6 +166,25 @@ def test_group2_and_group24_match_python_pow(x: int, y: int) -> None:
     assert k.public == _b(pow(G24["G"], x24, G24["P"]), 256)
 
 
+ECP_ORDER = {
+    19: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    20: int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+            "581A0DB248B0A77AECEC196ACCC52973", 16),
+    21: int("01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+            "FA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409", 16),
+}
+
+
+@settings(max_examples=15, deadline=None)
+@given(group=st.sampled_from([19, 20, 21]), seed=st.integers(min_value=1, max_value=2**521))
+def test_ecp_public_value_equals_openssl_derivation(group: int, seed: int) -> None:
+    d = seed % (ECP_ORDER[group] - 1) + 1
+    size = dh.secret_size(group)
+    ours = dh.keypair(group, private=_b(d, size))
+    theirs = ec.derive_private_key(d, ECP_CURVES[group]).public_key()
+    assert ours.public == theirs.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
+
+
 # --- cross-check with OpenSSL (pyca/cryptography) on random keys ----------------
 
 
@@ -259,6 +278,18 @@ def test_key_pair_is_single_use() -> None:
         c.exchange(b"\0" * 256)
     with pytest.raises(CryptoError):  # a failed exchange consumes the pair too
         c.exchange(dh.keypair(14).public)
+
+
+def test_concurrent_exchanges_on_one_pair_succeed_exactly_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(5):
+        kp, peer = dh.keypair(14), dh.keypair(14).public
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(kp.exchange, peer) for _ in range(4)]
+        outcomes = [f.exception() for f in futures]
+        assert sum(e is None for e in outcomes) == 1
+        assert all(isinstance(e, CryptoError) for e in outcomes if e is not None)
 
 
 @pytest.mark.parametrize(("group", "private"), [

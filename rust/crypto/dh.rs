@@ -253,12 +253,14 @@ pub fn start_with_private(group: u16, private: &[u8]) -> Result<KeyPair, DhError
             modp_keypair(spec, c, Zeroizing::new(trimmed.to_vec()))
         }
         Ctx::Ecp(c) => {
-            let d = left_pad(trimmed, spec.size)
-                .ok_or(DhError::InvalidPrivateValue("longer than the group order"))?;
+            let d = Zeroizing::new(
+                left_pad(trimmed, spec.size)
+                    .ok_or(DhError::InvalidPrivateValue("longer than the group order"))?,
+            );
             if trimmed.is_empty() || !less_than(&d, &c.n_bytes) {
                 return Err(DhError::InvalidPrivateValue("not in [1, n-1]"));
             }
-            ecp_keypair(spec, c, Zeroizing::new(d))
+            ecp_keypair(spec, c, d)
         }
     }
 }
