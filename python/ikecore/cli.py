@@ -21,7 +21,7 @@ from ikecore import __version__, decode
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
+from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, Statistic, display_name
 from ikecore.transport import Gateway, local_address_towards
 
 __all__ = ["main", "build_parser", "format_table"]
@@ -222,6 +222,10 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     results = await asyncio.gather(*(one(i) for i in range(args.peers)))
     elapsed = time.perf_counter() - started
     ok = sum(1 for r in results if r.ok)
+    for _ in range(100):  # the gateway completes each Quick Mode when QM3 arrives
+        if responder_monitor.counters[Statistic.IKE_QUICK_MODE] >= ok:
+            break
+        await asyncio.sleep(0.01)
     now = gateway.loop.time()
     rows = sorted(responder.snapshot(now), key=lambda r: tuple(int(x) for x in r["peer"].split(".")))
     out.write(f"\nMain Mode security associations at the gateway ({len(rows)}):\n")

@@ -146,7 +146,9 @@ class Monitor:
         sas = engine.sas()
         values = dict(self.counters)
         values[Statistic.ISADB_LIST_SIZE] = len(sas)
-        values[Statistic.CONNECTION_LIST_SIZE] = sum(len(sa.quick_modes) + len(sa.ipsec_sas) for sa in sas)
+        values[Statistic.CONNECTION_LIST_SIZE] = sum(
+            len(sa.ipsec_sas) + sum(1 for qm in sa.quick_modes.values() if qm.state.value != "ESTABLISHED")
+            for sa in sas)
         values[Statistic.ACTIVE_ACQUIRE] = sum(1 for sa in sas if sa.role.value == "initiator"
                                                and sa.state.value.startswith("I_EXPECT"))
         values[Statistic.ACTIVE_RECEIVE] = self.active_receive
