@@ -37,6 +37,7 @@ from typing import Any
 
 from ikecore import policy
 from ikecore.errors import ConfigError
+from ikecore.flood import FloodLimits
 
 __all__ = ["Config", "Timing", "load_config", "config_from_flags", "parse_endpoint"]
 
@@ -63,6 +64,7 @@ class Config:
     filters: tuple[policy.GenericFilter, ...] = ()
     timing: Timing = Timing()
     keylog: str | None = None
+    flood: FloodLimits = FloodLimits()
 
     def filter_for(self, local: str, remote: str) -> policy.GenericFilter | None:
         """The first generic filter (by weight, then order) that matches the address pair."""
@@ -163,7 +165,7 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from parsed TOML; raises ConfigError naming the key."""
-    _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing"}, "config")
+    _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing", "flood"}, "config")
     gateway = _get(data, "gateway", dict, "config", {})
     _check_keys(gateway, {"listen", "my_id", "keylog"}, "gateway")
     listen_list = _get(gateway, "listen", list, "gateway", ["0.0.0.0:500", "0.0.0.0:4500"])
@@ -199,9 +201,15 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     timing_table = _get(data, "timing", dict, "config", {})
     _check_keys(timing_table, set(Timing.__dataclass_fields__), "timing")
     timing = Timing(**{k: float(v) if k != "retransmit_tries" else int(v) for k, v in timing_table.items()})
+    flood_table = _get(data, "flood", dict, "config", {})
+    _check_keys(flood_table, set(FloodLimits.__dataclass_fields__), "flood")
+    try:
+        flood = FloodLimits(**{k: float(v) if k == "cookie_epoch" else int(v) for k, v in flood_table.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("flood", f"{exc}; use positive numbers") from None
     return Config(listen=listen, my_id=_get(gateway, "my_id", str, "gateway"), ike_policies=ike,
                   esp_policies=esp, filters=filters, timing=timing,
-                  keylog=_get(gateway, "keylog", str, "gateway"))
+                  keylog=_get(gateway, "keylog", str, "gateway"), flood=flood)
 
 
 def load_config(path: str) -> Config:

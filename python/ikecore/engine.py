@@ -54,6 +54,7 @@ from ikecore.errors import (
     RemoteProtocolError,
 )
 from ikecore.events import Address
+from ikecore.flood import AdmissionControl
 from ikecore.policy import group_name
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
 
@@ -108,6 +109,9 @@ class Engine:
         self._timers: list[tuple[float, int, int, int, str]] = []
         self._timer_seq = 0
         self._now = 0.0
+        self._admission = AdmissionControl(config.flood, random)
+        for ike_policy in config.ike_policies.values():
+            self._admission.seed_offer(ike_policy.offer().body)
 
     # --- services lent to the state machines ------------------------------------------
 
@@ -254,6 +258,10 @@ class Engine:
     def half_open(self) -> int:
         return int(self._cookies.half_open)
 
+    def flood_stats(self) -> dict[str, int]:
+        """Responder half-open SAs, sources holding them, cached offers (ikecore.flood)."""
+        return self._admission.stats()
+
     # --- receive path ---------------------------------------------------------------------
 
     def _receive(self, data: bytes, remote: Address, local: Address, now: float) -> None:
@@ -269,7 +277,7 @@ class Engine:
         if handle is None:
             if data[8:16] == ZERO_COOKIE:
                 self._receive_first(data, remote, local, now, marker)
-            else:
+            elif not self._stateless_mm3(data, remote, local, now, marker):
                 self._emit(ev.InvalidCookieReceived(time=now, remote=remote))
             return
         sa = self._sas[handle]
@@ -324,8 +332,11 @@ class Engine:
                 message.initiator_cookie, cookie_r, informational.notify(wire.NotifyType.NO_PROPOSAL_CHOSEN)),
                 remote, local, marker)
             return
+        if self._admit_first(message, remote, local, flt, now, marker):
+            return
         sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, message.initiator_cookie, cookie_r,
                           local, remote, flt, now)
+        self._admission.opened(sa.handle, remote[0])
         sa.non_esp_marker = marker or _needs_marker(local, remote)
         self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
         try:
@@ -339,6 +350,90 @@ class Engine:
         sa.last_received = data
         assert reply is not None
         self._send_reply(sa, reply, MM, 2)
+
+    # --- flood gate (policy and design note in ikecore.flood) -----------------------------
+
+    def _admit_first(self, message: Any, remote: Address, local: Address, flt: Any, now: float,
+                     marker: bool) -> bool:
+        """True when message 1 was answered statelessly or refused; False: keep an SA."""
+        gate = self._admission
+        if gate.stateless():
+            self._stateless_mm2(message, remote, local, flt, now, marker)
+            return True
+        return not self._make_room(remote, now)
+
+    def _make_room(self, remote: Address, now: float) -> bool:
+        """Apply the half-open limits for one more SA from ``remote``; False: refused."""
+        gate = self._admission
+        if gate.source_full(remote[0]):
+            self._emit(ev.HalfOpenRefused(time=now, remote=remote, reason="per-source half-open limit"))
+            return False
+        for handle in gate.make_room():
+            gate.closed(handle)
+            victim = self._sas.get(handle)
+            if victim is not None:
+                self._emit(ev.HalfOpenDropped(time=now, handle=handle, remote=victim.remote))
+                self._fail(victim, "half-open limit: oldest dropped", None, now, answer=False)
+        return True
+
+    def _stateless_mm2(self, message: Any, remote: Address, local: Address, flt: Any, now: float,
+                       marker: bool) -> None:
+        offers = [p for p in message.payloads if p.payload_type == wire.PayloadType.SA]
+        if not offers:
+            raise wire_error("Main Mode message 1 without an SA payload", wire.NotifyType.INVALID_PAYLOAD_TYPE)
+        cky_r = self._admission.make_cookie(message.initiator_cookie, _endpoint_bytes(remote),
+                                            _endpoint_bytes(local), offers[0].body, now)
+        if cky_r is None:
+            self._emit(ev.HalfOpenRefused(time=now, remote=remote, reason="offer too large for a stateless reply"))
+            return
+        probe = IsakmpSa(0, Role.RESPONDER, Phase1State.R_EXPECT_MM1, message.initiator_cookie, cky_r, local,
+                         remote, flt, self.config.ike_policies[flt.ike_policy],
+                         self.config.esp_policies[flt.esp_policy], now)
+        marker = marker or _needs_marker(local, remote)
+        try:
+            reply = main_mode.receive(probe, message, self)
+        except RemoteProtocolError as exc:
+            self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote, reason=str(exc),
+                                       notify_type=exc.notify_type))
+            if exc.notify_type is not None:
+                self._send_raw(informational.build_unprotected(
+                    message.initiator_cookie, cky_r, informational.notify(exc.notify_type)), remote, local, marker)
+            return
+        assert reply is not None
+        self._emit(ev.StatelessCookieSent(time=now, remote=remote))
+        self._emit(ev.DatagramSent(time=now, exchange_type=MM, message_number=2, length=len(reply)))
+        self._send_raw(reply, remote, local, marker)
+
+    def _stateless_mm3(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> bool:
+        """Message 3 for a stateless message 2: verify the cookie, rebuild the SA, go on.
+
+        Returns False when the cookie pair is simply unknown (an invalid cookie)."""
+        if data[18] != MM or data[19] & wire.Flag.ENCRYPTION or data[20:24] != bytes(4):
+            return False
+        cky_i, cky_r = data[:8], data[8:16]
+        ok, offer = self._admission.verify_cookie(cky_i, cky_r, _endpoint_bytes(remote), _endpoint_bytes(local), now)
+        flt = self.config.filter_for(local[0], remote[0]) if ok else None
+        if offer is None or flt is None:
+            return False
+        message = wire.parse(data)
+        if not self._make_room(remote, now):
+            return True
+        header = b"\0\0" + (len(offer) + 4).to_bytes(2, "big")
+        first = wire.Message(cky_i, cky_r, MM, wire.parse_payloads(wire.PayloadType.SA, header + offer))
+        sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, cky_i, cky_r, local, remote, flt, now)
+        self._admission.opened(sa.handle, remote[0])
+        sa.non_esp_marker = marker or _needs_marker(local, remote)
+        self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self._emit(ev.StatelessCookieVerified(time=now, handle=sa.handle, remote=remote))
+        try:
+            sa.last_sent = main_mode.receive(sa, first, self) or b""
+        except RemoteProtocolError as exc:  # pragma: no cover - the same choice succeeded at message 1
+            self._fail(sa, str(exc), exc.notify_type, now)
+            return True
+        self._cookies.insert(cky_i, cky_r, sa.handle)
+        self._emit(ev.DatagramReceived(time=now, exchange_type=MM, message_number=3, length=len(data)))
+        self._main_mode(sa, message, data, now)
+        return True
 
     def _main_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
         state_before = sa.state
@@ -364,6 +459,7 @@ class Engine:
 
     def _established(self, sa: IsakmpSa, now: float) -> None:
         assert sa.chosen is not None
+        self._admission.closed(sa.handle)
         sa.established = now
         sa.expires = now + sa.chosen.lifetime
         self._push_timer(sa.expires, sa.handle, 0, "expire")
@@ -655,6 +751,7 @@ class Engine:
         self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=2, spi=ipsec.spi_in, reason=reason))
 
     def _forget(self, sa: IsakmpSa) -> None:
+        self._admission.closed(sa.handle)
         self._sas.pop(sa.handle, None)
         self._cookies.remove(sa.initiator_cookie, sa.responder_cookie)
         self._cookies.remove(sa.initiator_cookie, ZERO_COOKIE)

@@ -16,6 +16,8 @@ __all__ = [
     "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
+    "StatelessCookieSent", "StatelessCookieVerified", "HalfOpenRefused", "HalfOpenDropped",
+    "ReplayDropped", "SasRestored",
 ]
 
 
@@ -193,3 +195,51 @@ class SaDeleted(Event):
     phase: int
     spi: bytes | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatelessCookieSent(Event):
+    """Message 1 answered without state (the half-open threshold is passed; ikecore.flood)."""
+
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatelessCookieVerified(Event):
+    """Message 3 proved its source with a stateless cookie; the SA was created now."""
+
+    handle: int
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HalfOpenRefused(Event):
+    """Message 1 (or a stateless message 3) refused by a half-open limit; nothing kept."""
+
+    remote: Address
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HalfOpenDropped(Event):
+    """The oldest half-open SA was dropped to make room for a new one."""
+
+    handle: int
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayDropped(Event):
+    """A protected message with a Message ID already used and finished: no effect."""
+
+    handle: int
+    remote: Address
+    message_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SasRestored(Event):
+    """The SA store was loaded at start: ISAKMP and IPsec SAs back in the engine."""
+
+    isakmp: int
+    ipsec: int

@@ -134,6 +134,9 @@ class Monitor:
             x[f"notifies_sent:{_notify_name(event.notify_type)}"] += 1
         elif isinstance(event, ev.SaDeleted):
             x[f"deleted_phase{event.phase}"] += 1
+        elif isinstance(event, (ev.StatelessCookieSent, ev.StatelessCookieVerified, ev.HalfOpenRefused,
+                                ev.HalfOpenDropped, ev.ReplayDropped)):
+            x[_FLOOD_COUNTERS[type(event)]] += 1
 
     def send_failed(self) -> None:
         self.counters[Statistic.SEND_FAILURES] += 1
@@ -154,6 +157,15 @@ class Monitor:
         values[Statistic.ACTIVE_RECEIVE] = self.active_receive
         values[Statistic.RECEIVE_HEAP_SIZE] = self.receive_heap_size
         return {stat.key: int(values.get(stat, 0)) for stat in Statistic}
+
+
+_FLOOD_COUNTERS: dict[type, str] = {
+    ev.StatelessCookieSent: "flood:stateless_cookies_sent",
+    ev.StatelessCookieVerified: "flood:stateless_cookies_verified",
+    ev.HalfOpenRefused: "flood:half_open_refused",
+    ev.HalfOpenDropped: "flood:half_open_dropped",
+    ev.ReplayDropped: "replays_dropped",
+}
 
 
 def _exchange_name(exchange_type: int) -> str:

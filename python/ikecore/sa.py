@@ -146,6 +146,7 @@ class IsakmpSa:
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
     failure: str | None = None
+    spent_message_ids: dict[int, None] = field(default_factory=dict)  # finished M-IDs, oldest first
 
     @property
     def hash_name(self) -> str:

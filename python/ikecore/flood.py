@@ -1,0 +1,220 @@
+"""Flood resistance for the responder (layer L3): half-open limits and stateless cookies.
+
+Design note
+-----------
+A half-open ISAKMP SA is a responder SA that has answered message 1 but is not
+established. Spoofed message 1 floods create them for free, so the engine asks this
+module before it creates one:
+
+* **Limits.** At most ``max_half_open`` responder half-open SAs in total and
+  ``max_half_open_per_source`` per source address. Over the per-source limit a new
+  message 1 is refused (nothing is kept, nothing is sent). Over the total limit the
+  *oldest* half-open SAs are dropped first (:meth:`AdmissionControl.make_room`
+  returns them in age order), so a flood can only push out flood entries that are
+  older than the legitimate peer now arriving.
+
+* **Stateless cookies.** Once ``cookie_threshold`` half-open SAs exist, message 1 is
+  answered without keeping anything (the idea of RFC 2522 section 3.3 / Photuris and
+  the IKEv2 COOKIE, within IKEv1's fixed message set). Message 2 is a pure function
+  of message 1: the chosen transform is deterministic (the first offered transform our
+  policy accepts), and the responder cookie is a keyed hash::
+
+      CKY-R = tag(2) || HMAC-SHA256(secret[epoch], CKY-I | source | local | H(SAi_b))[:6]
+      tag   = H(SAi_b)[:2]
+
+  where source and local are address and port bytes and H is SHA-256. A
+  retransmitted message 1 gets the identical message 2. Only message 3 arriving from
+  the same source and local endpoint with a CKY-R that verifies under the current or
+  the previous secret proves the peer can receive at its address; only then is an SA
+  created and the first Diffie-Hellman computed. The engine rebuilds the responder
+  state from message 3 plus the offer: it re-runs the same deterministic choice on
+  SAi_b, so SAi_b (the bytes HASH_I and HASH_R cover) and the chosen transform are
+  exactly those of the message 2 the peer saw.
+
+  SAi_b does not fit in a cookie, so it is kept in a bounded offer cache keyed by its
+  digest: a *known* tier pre-seeded with the offers our own IKE policies make and
+  holding every offer that a proven peer used, and an LRU *recent* tier of at most
+  ``offer_cache_size`` unproven offers (each at most ``max_offer_size`` bytes; bigger
+  offers are refused in stateless mode). Peers with a common offer therefore cost
+  nothing per peer; a flood that varies its offers can only evict recent unproven
+  offers, after which the message 3 of a peer with a brand-new offer cannot be
+  rebuilt: it is counted (``StatelessOfferLost``) and dropped, and the peer recovers by
+  starting again. Vendor ID payloads of a stateless message 1 are not kept.
+
+  Secrets rotate every ``cookie_epoch`` seconds (engine time); a cookie made just
+  before a rotation still verifies for one more epoch. The cookie binds the source
+  address and port, so a message 3 replayed from another address does not verify.
+
+Memory bound: half-open SAs <= ``max_half_open``; offers <= (``offer_cache_size`` +
+``known`` tier cap) x ``max_offer_size`` bytes; two 32-byte secrets. Nothing here does
+I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["FloodLimits", "AdmissionControl", "OfferCache"]
+
+_KNOWN_OFFERS_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class FloodLimits:
+    """Responder limits against half-open floods (safe defaults; see the design note)."""
+
+    max_half_open: int = 4096            # responder half-open SAs in total; oldest dropped first
+    max_half_open_per_source: int = 32   # per source IP address; more are refused
+    cookie_threshold: int = 512          # from this many half-open SAs on, message 2 is stateless
+    offer_cache_size: int = 1024         # unproven SA offers remembered in stateless mode
+    max_offer_size: int = 2048           # bytes of one SA payload body accepted statelessly
+    cookie_epoch: float = 120.0          # seconds between cookie secret rotations
+
+    def __post_init__(self) -> None:
+        for name in ("max_half_open", "max_half_open_per_source", "cookie_threshold",
+                     "offer_cache_size", "max_offer_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"flood.{name} must be at least 1")
+        if self.cookie_epoch <= 0:
+            raise ValueError("flood.cookie_epoch must be positive")
+
+
+class OfferCache:
+    """SAi_b bodies by SHA-256 digest: a known tier and a bounded LRU of recent offers."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._known: OrderedDict[bytes, bytes] = OrderedDict()
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._known) + len(self._recent)
+
+    def add(self, body: bytes, *, known: bool = False) -> bytes:
+        """Remember an offer; returns its digest."""
+        digest = hashlib.sha256(body).digest()
+        if digest in self._known:
+            return digest
+        if known:
+            self._recent.pop(digest, None)
+            self._known[digest] = body
+            while len(self._known) > _KNOWN_OFFERS_MAX:
+                self._known.popitem(last=False)
+        else:
+            self._recent[digest] = body
+            self._recent.move_to_end(digest)
+            while len(self._recent) > self._size:
+                self._recent.popitem(last=False)
+        return digest
+
+    def candidates(self, tag: bytes) -> list[tuple[bytes, bytes]]:
+        """(digest, body) of every cached offer whose digest starts with ``tag``."""
+        return [(d, b) for tier in (self._known, self._recent) for d, b in tier.items() if d[:2] == tag]
+
+    def bytes_held(self) -> int:
+        return sum(len(b) + 32 for tier in (self._known, self._recent) for b in tier.values())
+
+
+class AdmissionControl:
+    """Half-open bookkeeping and stateless cookies for one engine.
+
+    Args:
+        limits: the configured limits.
+        random: byte source for the cookie secrets (the engine's).
+    """
+
+    def __init__(self, limits: FloodLimits, random: Callable[[int], bytes]) -> None:
+        self.limits = limits
+        self._random = random
+        self._half_open: OrderedDict[int, str] = OrderedDict()   # handle -> source IP, oldest first
+        self._per_source: Counter[str] = Counter()
+        self.offers = OfferCache(limits.offer_cache_size)
+        self._epoch = -1
+        self._secrets: tuple[bytes, bytes] = (b"", b"")
+
+    # --- half-open bookkeeping ------------------------------------------------------------
+
+    @property
+    def half_open(self) -> int:
+        return len(self._half_open)
+
+    def per_source(self, source: str) -> int:
+        return self._per_source.get(source, 0)
+
+    def stateless(self) -> bool:
+        """True when message 1 must be answered without keeping state."""
+        return len(self._half_open) >= self.limits.cookie_threshold
+
+    def source_full(self, source: str) -> bool:
+        return self._per_source.get(source, 0) >= self.limits.max_half_open_per_source
+
+    def make_room(self) -> list[int]:
+        """Handles of the oldest half-open SAs to drop so that one more fits."""
+        excess = len(self._half_open) + 1 - self.limits.max_half_open
+        return list(self._half_open)[:excess] if excess > 0 else []
+
+    def opened(self, handle: int, source: str) -> None:
+        if handle not in self._half_open:
+            self._half_open[handle] = source
+            self._per_source[source] += 1
+
+    def closed(self, handle: int) -> None:
+        """The SA was established, failed or dropped: it is no longer half-open."""
+        source = self._half_open.pop(handle, None)
+        if source is not None:
+            self._per_source[source] -= 1
+            if self._per_source[source] <= 0:
+                del self._per_source[source]
+
+    # --- stateless cookies ----------------------------------------------------------------
+
+    def _rotate(self, now: float) -> None:
+        epoch = int(now // self.limits.cookie_epoch)
+        if epoch == self._epoch:
+            return
+        if epoch == self._epoch + 1:
+            self._secrets = (self._random(32), self._secrets[0])
+        else:
+            self._secrets = (self._random(32), b"")
+        self._epoch = epoch
+
+    @staticmethod
+    def _mac(secret: bytes, cky_i: bytes, source: bytes, local: bytes, digest: bytes) -> bytes:
+        return hmac.new(secret, cky_i + source + local + digest, hashlib.sha256).digest()[:6]
+
+    def make_cookie(self, cky_i: bytes, source: bytes, local: bytes, offer: bytes, now: float) -> bytes | None:
+        """The stateless CKY-R for this message 1 (``offer`` = SAi_b), or None when the
+        offer is too large to keep. Remembers the offer in the bounded cache."""
+        if len(offer) > self.limits.max_offer_size:
+            return None
+        self._rotate(now)
+        digest = self.offers.add(offer)
+        return digest[:2] + self._mac(self._secrets[0], cky_i, source, local, digest)
+
+    def verify_cookie(self, cky_i: bytes, cky_r: bytes, source: bytes, local: bytes,
+                      now: float) -> tuple[bool, bytes | None]:
+        """(cookie verifies, SAi_b if still cached) for a message 3 with unknown cookies.
+
+        A cookie can verify with its offer evicted only if some cached offer shares the
+        tag; otherwise an evicted offer looks like a bad cookie. Both are counted.
+        """
+        self._rotate(now)
+        tag, mac = cky_r[:2], cky_r[2:]
+        for digest, body in self.offers.candidates(tag):
+            for secret in self._secrets:
+                if secret and hmac.compare_digest(mac, self._mac(secret, cky_i, source, local, digest)):
+                    self.offers.add(body, known=True)   # a proven peer used it
+                    return True, body
+        return False, None
+
+    def seed_offer(self, body: bytes) -> None:
+        """Pre-seed the known tier (the offers our own IKE policies make)."""
+        self.offers.add(body, known=True)
+
+    def stats(self) -> dict[str, int]:
+        return {"half_open": len(self._half_open), "sources": len(self._per_source),
+                "offers": len(self.offers), "offer_bytes": self.offers.bytes_held()}
