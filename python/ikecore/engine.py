@@ -65,6 +65,9 @@ MM = wire.ExchangeType.IDENTITY_PROTECTION
 QM = wire.ExchangeType.QUICK_MODE
 INFO = wire.ExchangeType.INFORMATIONAL
 KEEPALIVE = b"\xff"
+# Finished Message IDs remembered per ISAKMP SA to drop replays; an older replayed QM1
+# can at most start a Quick Mode that its sender cannot finish (it lacks our new nonce).
+SPENT_MESSAGE_IDS = 4096
 
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
@@ -487,6 +490,7 @@ class Engine:
             return
         new = qm is None
         if qm is None:
+            self._check_replay(sa, message.message_id, now)
             qm = QuickModeExchange(message.message_id, Role.RESPONDER, Phase2State.R_EXPECT_QM1, now, sa.esp_policy)
         state_before = qm.state
         try:
@@ -499,6 +503,7 @@ class Engine:
                                            role=qm.role.value, reason=str(exc), notify_type=exc.notify_type))
                 self._notify_protected(sa, exc.notify_type)
                 sa.quick_modes.pop(qm.message_id, None)
+                self._spend(sa, qm.message_id)
                 return
             raise
         if new:
@@ -515,6 +520,19 @@ class Engine:
                 self._send(sa, reply, QM, 3)
         if qm.state is Phase2State.ESTABLISHED:
             self._quick_mode_established(sa, qm, now)
+
+    def _check_replay(self, sa: IsakmpSa, message_id: int, now: float) -> None:
+        """A protected message whose Message ID is spent is a replay: counted, no effect."""
+        if message_id in sa.spent_message_ids:
+            self._emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=sa.remote, message_id=message_id))
+            raise wire_error(f"Message ID {message_id:#010x} was already used (replay)",
+                             wire.NotifyType.INVALID_MESSAGE_ID)
+
+    def _spend(self, sa: IsakmpSa, message_id: int) -> None:
+        """Remember a finished Message ID (the newest SPENT_MESSAGE_IDS per ISAKMP SA)."""
+        sa.spent_message_ids[message_id] = None
+        while len(sa.spent_message_ids) > SPENT_MESSAGE_IDS:
+            del sa.spent_message_ids[next(iter(sa.spent_message_ids))]
 
     def _quick_mode_established(self, sa: IsakmpSa, qm: QuickModeExchange, now: float) -> None:
         assert qm.chosen is not None
@@ -545,7 +563,10 @@ class Engine:
         if sa.crypto is None or sa.state is not Phase1State.ESTABLISHED:
             raise wire_error("protected informational before the ISAKMP SA is established",
                              wire.NotifyType.INVALID_FLAGS)
-        for payload in informational.receive_protected(sa, message):
+        self._check_replay(sa, message.message_id, now)
+        payloads = informational.receive_protected(sa, message)
+        self._spend(sa, message.message_id)
+        for payload in payloads:
             if payload.payload_type == wire.PayloadType.N:
                 self._on_notify(sa, payload, now)
             elif self._on_delete(sa, payload, now):
@@ -624,10 +645,12 @@ class Engine:
         elif kind == "qm-forget" and qm.state is Phase2State.ESTABLISHED:
             sa.quick_modes.pop(message_id, None)
             sa.crypto.forget(message_id)
+            self._spend(sa, message_id)
 
     def _quick_mode_failed(self, sa: IsakmpSa, qm: QuickModeExchange, reason: str, now: float) -> None:
         sa.quick_modes.pop(qm.message_id, None)
         sa.crypto.forget(qm.message_id)
+        self._spend(sa, qm.message_id)
         self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
                                    role=qm.role.value, reason=reason))
 
@@ -707,7 +730,8 @@ class Engine:
     def _message_id(self, sa: IsakmpSa) -> int:
         while True:
             message_id = int.from_bytes(self._random(4), "big")
-            if message_id and message_id not in sa.quick_modes:
+            if message_id and message_id not in sa.quick_modes and message_id not in sa.spent_message_ids:
+                self._spend(sa, message_id)  # ours: a reflected copy is a replay too
                 return message_id
 
     def _fail(self, sa: IsakmpSa, reason: str, notify_type: int | None, now: float, *, answer: bool = True) -> None:

@@ -206,6 +206,12 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
     if row is None:
         raise PayloadMalformed(f"unexpected Main Mode message in state {sa.state.value}",
                                notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
+    if row.encrypted and not message.encrypted:
+        # Not a wrong PSK: a plain message where an encrypted one belongs is dropped.
+        raise PayloadMalformed(f"message {row.message_number} must be encrypted",
+                               notify_type=wire.NotifyType.INVALID_FLAGS)
+    if row.encrypted and (sa.crypto is None or not message.body or len(message.body) % sa.crypto.block_size):
+        raise PayloadMalformed(f"message {row.message_number}: encrypted body is not whole cipher blocks")
     if row.encrypted:
         try:
             opened = open_encrypted(sa, message)
