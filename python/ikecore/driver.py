@@ -71,6 +71,11 @@ class MemoryDriver:
             raise DriverError(f"inbound SPI {sa.spi.hex()} was not allocated by get_spi")
         self.inbound[sa.spi] = sa
 
+    def restore(self, outbound: IpsecSaKeys, inbound: IpsecSaKeys) -> None:
+        """Take back both directions of an SA saved before a restart (SA store)."""
+        self.outbound[(outbound.spi, outbound.destination)] = outbound
+        self.inbound[inbound.spi] = inbound
+
     def delete(self, spi: bytes, destination: str, protocol_id: int) -> None:
         self.inbound.pop(spi, None)
         self.outbound.pop((spi, destination), None)

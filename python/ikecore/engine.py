@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import _core, informational, main_mode, quick_mode, wire
+from ikecore import _core, informational, main_mode, persist, quick_mode, wire
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -93,12 +93,15 @@ class Engine:
         keypair: DH key-pair factory ``(group) -> KeyPair`` (tests may inject one).
         keylog: called with a Wireshark IKEv1 decryption-table line per ISAKMP SA, when
             the user asked for a key log.
+        store: an ``ikecore.store.SaStore``: established SAs are loaded from it now and
+            written to it whenever they change (before any datagram or event leaves).
+        now: the engine time at start (restored lifetimes are rebased on it).
     """
 
     def __init__(self, config: Config, *, driver: IpsecDriver | None = None,
                  random: Callable[[int], bytes] = os.urandom,
                  keypair: Callable[[int], Any] | None = None,
-                 keylog: Callable[[str], None] | None = None) -> None:
+                 keylog: Callable[[str], None] | None = None, store: Any = None, now: float = 0.0) -> None:
         self.config = config
         self.driver: IpsecDriver = driver if driver is not None else MemoryDriver()
         self._random = random
@@ -115,6 +118,11 @@ class Engine:
         self._admission = AdmissionControl(config.flood, random)
         for ike_policy in config.ike_policies.values():
             self._admission.seed_offer(ike_policy.offer().body)
+        self._store = store
+        self._dirty: set[int] = set()
+        self._stored: set[int] = set()
+        if store is not None:
+            self._restore(now)
 
     # --- services lent to the state machines ------------------------------------------
 
@@ -148,6 +156,7 @@ class Engine:
                 self._emit(ev.DriverFailed(time=self._now, operation=operation, reason=str(exc)))
                 raise NoProposalChosen(f"IPsec driver refused {operation}: {exc}") from exc
             self._emit(done(time=self._now, spi=keys.spi))
+        qm.installed = (outbound, inbound)
 
     # --- public API -----------------------------------------------------------------------
 
@@ -210,10 +219,12 @@ class Engine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address, Address]]:
         """Drain the queue: (datagram, remote address, local address) triples."""
+        self._persist()
         out, self._outgoing = self._outgoing, []
         return out
 
     def next_event(self) -> ev.Event | None:
+        self._persist()
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
@@ -225,6 +236,7 @@ class Engine:
         self._now = now
         while self._timers and self._timers[0][0] <= now:
             deadline, _seq, handle, message_id, kind = heapq.heappop(self._timers)
+            self._dirty.add(handle)
             sa = self._sas.get(handle)
             if sa is not None:
                 self._fire(sa, message_id, kind, deadline, now)
@@ -284,6 +296,7 @@ class Engine:
                 self._emit(ev.InvalidCookieReceived(time=now, remote=remote))
             return
         sa = self._sas[handle]
+        self._dirty.add(handle)
         if remote[0] != sa.remote[0]:
             raise InvalidCookie(f"cookies of SA {handle} arrived from {remote[0]}, not {sa.remote[0]}")
         if exchange_type == MM and data == sa.last_received:
@@ -531,6 +544,7 @@ class Engine:
     def _spend(self, sa: IsakmpSa, message_id: int) -> None:
         """Remember a finished Message ID (the newest SPENT_MESSAGE_IDS per ISAKMP SA)."""
         sa.spent_message_ids[message_id] = None
+        self._dirty.add(sa.handle)
         while len(sa.spent_message_ids) > SPENT_MESSAGE_IDS:
             del sa.spent_message_ids[next(iter(sa.spent_message_ids))]
 
@@ -539,7 +553,7 @@ class Engine:
         mode = "transport" if qm.esp_policy.mode == "transport" else "tunnel"
         local_ts, remote_ts = quick_mode.traffic_selectors(sa)
         ipsec = IpsecSa(sa.handle, qm.message_id, qm.spi_in, qm.spi_out, qm.chosen, mode,
-                        str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime)
+                        str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime, qm.installed)
         sa.ipsec_sas.append(ipsec)
         self._push_timer(ipsec.expires, sa.handle, qm.message_id, "ipsec-expire")
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
@@ -776,6 +790,7 @@ class Engine:
 
     def _forget(self, sa: IsakmpSa) -> None:
         self._admission.closed(sa.handle)
+        self._dirty.add(sa.handle)
         self._sas.pop(sa.handle, None)
         self._cookies.remove(sa.initiator_cookie, sa.responder_cookie)
         self._cookies.remove(sa.initiator_cookie, ZERO_COOKIE)
@@ -783,6 +798,70 @@ class Engine:
             self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
         sa.dh = None
         sa.next_retransmit = None
+
+    # --- the SA store (design note in ikecore.store, record format in ikecore.persist) ------
+
+    def _restore(self, now: float) -> None:
+        self._now = now
+        isakmp = ipsec_count = 0
+        for handle, record, elapsed in self._store.load():
+            self._stored.add(handle)
+            self._next_handle = max(self._next_handle, handle + 1)
+            try:
+                sa = persist.load_sa(record, self.config, now, elapsed)
+            except (ValueError, KeyError, TypeError, IndexError, IkeError) as exc:
+                self._emit(ev.StoreFailed(time=now, operation="load", reason=f"record {handle} skipped: {exc}"))
+                continue
+            if sa.expires is not None and sa.expires <= now:
+                self._dirty.add(handle)  # expired while we were down: deleted at the next write
+                continue
+            self._sas[handle] = sa
+            self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
+            if sa.expires is not None:
+                self._push_timer(sa.expires, handle, 0, "expire")
+            isakmp += 1
+            for ipsec in list(sa.ipsec_sas):
+                if ipsec.expires <= now:
+                    sa.ipsec_sas.remove(ipsec)
+                    self._dirty.add(handle)
+                    continue
+                self._reinstall(ipsec)
+                self._push_timer(ipsec.expires, handle, ipsec.message_id, "ipsec-expire")
+                ipsec_count += 1
+        self._emit(ev.SasRestored(time=now, isakmp=isakmp, ipsec=ipsec_count))
+
+    def _reinstall(self, ipsec: IpsecSa) -> None:
+        """Hand a restored IPsec SA's keys to the driver again (a fresh driver lost them)."""
+        restore = getattr(self.driver, "restore", None)
+        try:
+            if restore is not None:
+                restore(*ipsec.keys)
+            else:
+                self.driver.add_outbound(ipsec.keys[0])
+                self.driver.update_inbound(ipsec.keys[1])
+        except (DriverError, IndexError) as exc:
+            self._emit(ev.DriverFailed(time=self._now, operation="restore", reason=str(exc)))
+
+    def _persist(self) -> None:
+        """Write every changed SA to the store in one transaction (no-op without a store)."""
+        if self._store is None or not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        upserts, deletes = [], []
+        for handle in dirty:
+            sa = self._sas.get(handle)
+            if sa is not None and sa.state is Phase1State.ESTABLISHED:
+                upserts.append((handle, persist.dump_sa(sa, self._now)))
+            elif sa is None and handle in self._stored:
+                deletes.append(handle)
+        try:
+            self._store.write(upserts, deletes)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop negotiation
+            self._dirty |= dirty
+            self._emit(ev.StoreFailed(time=self._now, operation="write", reason=str(exc)))
+            return
+        self._stored.update(handle for handle, _record in upserts)
+        self._stored.difference_update(deletes)
 
     # --- events ---------------------------------------------------------------------------
 

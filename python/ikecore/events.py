@@ -17,7 +17,7 @@ __all__ = [
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
     "StatelessCookieSent", "StatelessCookieVerified", "HalfOpenRefused", "HalfOpenDropped",
-    "ReplayDropped", "SasRestored",
+    "ReplayDropped", "SasRestored", "StoreFailed",
 ]
 
 
@@ -243,3 +243,11 @@ class SasRestored(Event):
 
     isakmp: int
     ipsec: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreFailed(Event):
+    """The SA store could not be written (retried at the next change) or a record loaded."""
+
+    operation: str  # "write" or "load"
+    reason: str

@@ -80,6 +80,7 @@ class IpsecSa:
     remote_ts: str
     created: float
     expires: float
+    keys: tuple[Any, ...] = ()     # (outbound, inbound) IpsecSaKeys, kept for the SA store
 
 
 @dataclass(slots=True)
@@ -105,6 +106,7 @@ class QuickModeExchange:
     last_sent: bytes = b""
     retransmits: int = 0
     next_retransmit: float | None = None
+    installed: tuple[Any, ...] = ()  # the IpsecSaKeys handed to the driver
 
 
 @dataclass(slots=True)
