@@ -555,6 +555,7 @@ class Engine:
         ipsec = IpsecSa(sa.handle, qm.message_id, qm.spi_in, qm.spi_out, qm.chosen, mode,
                         str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime, qm.installed)
         sa.ipsec_sas.append(ipsec)
+        self._spend(sa, qm.message_id)  # a restored engine must know it too
         self._push_timer(ipsec.expires, sa.handle, qm.message_id, "ipsec-expire")
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
         self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-forget")

@@ -1,0 +1,142 @@
+"""The SA store (ikecore.store, ikecore.persist): restart without loss."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import INITIATOR, RESPONDER, Link, make_config
+from ikecore import events as ev
+from ikecore.driver import MemoryDriver
+from ikecore.engine import Engine
+from ikecore.monitor import Monitor
+from ikecore.store import SaStore, StoreError
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _restart_responder(link: Link, store: SaStore, now: float) -> Engine:
+    link.responder_driver = MemoryDriver()
+    link.responder = Engine(link.responder_config, driver=link.responder_driver, store=store, now=now)
+    return link.responder
+
+
+def test_restored_responder_keeps_sas_and_a_new_quick_mode_succeeds(tmp_path: Path) -> None:
+    link = Link()
+    store = SaStore(tmp_path / "sa.db")
+    link.responder = Engine(link.responder_config, driver=link.responder_driver, store=store, now=link.now)
+    link.connect()
+    link.connect()
+    before = {sa.handle: (sa.initiator_cookie, sa.responder_cookie, sa.crypto.iv(0), sa.skeyid.skeyid_d,
+                          [(i.spi_in, i.spi_out) for i in sa.ipsec_sas]) for sa in link.responder.sas()}
+    assert len(store) == 2
+    store.close()
+    # "kill": drop the engine and its driver; start again from the file
+    restart = link.now + 5
+    engine = _restart_responder(link, SaStore(tmp_path / "sa.db"), restart)
+    restored = link.of("responder", ev.SasRestored)[-1]
+    assert (restored.isakmp, restored.ipsec) == (2, 2)
+    after = {sa.handle: (sa.initiator_cookie, sa.responder_cookie, sa.crypto.iv(0), sa.skeyid.skeyid_d,
+                         [(i.spi_in, i.spi_out) for i in sa.ipsec_sas]) for sa in engine.sas()}
+    assert after == before
+    assert len(link.responder_driver.inbound) == 2 and len(link.responder_driver.outbound) == 2
+    for sa in link.initiator.sas():
+        link.initiator.initiate_quick_mode(sa.handle, link.now)
+    link.pump()
+    assert all(len(sa.ipsec_sas) == 2 for sa in engine.sas())
+    # the lifetime left is kept, not reset: the new engine's clock is unrelated to the old
+    # one (here it reads 5 s more), the store's wall clock says how long it was down
+    sa = engine.sas()[0]
+    first = link.of("responder", ev.Phase1Established)[0]
+    left = sa.expires - restart
+    assert sa.chosen.lifetime - (restart - 5 - first.time) - 0.5 <= left < sa.chosen.lifetime
+
+
+def test_replay_protection_and_deletes_survive_a_restart(tmp_path: Path) -> None:
+    link = Link()
+    store = SaStore(tmp_path / "sa.db")
+    link.responder = Engine(link.responder_config, driver=link.responder_driver, store=store, now=link.now)
+    link.connect()
+    qm1 = next(d for s, d in link.sent if s == "initiator" and d[18] == 32)
+    engine = _restart_responder(link, SaStore(tmp_path / "sa.db"), link.now + 1)
+    engine.receive_datagram(qm1, INITIATOR, RESPONDER, link.now)
+    assert link.of("responder", ev.ReplayDropped)
+    link.initiator.delete(link.initiator.sas()[0].handle, link.now)
+    link.pump()
+    assert engine.sas() == []
+    assert len(SaStore(tmp_path / "sa.db").load()) == 0
+
+
+def test_store_files_are_private_and_key_file_encrypts(tmp_path: Path) -> None:
+    link = Link()
+    store = SaStore(tmp_path / "sa.db", key_file=tmp_path / "sa.key")
+    link.responder = Engine(link.responder_config, driver=link.responder_driver, store=store, now=link.now)
+    link.connect()
+    for name in ("sa.db", "sa.db-wal", "sa.key"):
+        path = tmp_path / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    secret = link.responder.sas()[0].skeyid.skeyid_d.hex().encode()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("sa.db"))
+    assert secret not in raw and b"skeyid" not in raw
+    # the right key restores; another key restores nothing (and says so)
+    assert len(SaStore(tmp_path / "sa.db", key_file=tmp_path / "sa.key").load()) == 1
+    other = SaStore(tmp_path / "sa.db", key_file=tmp_path / "other.key")
+    assert other.load() == [] and other.skipped == 1
+    # without a key the record is plain JSON: the file mode is the protection
+    plain = SaStore(tmp_path / "plain.db")
+    plain.write([(1, b'{"x": 1}')], [])
+    assert stat.S_IMODE((tmp_path / "plain.db").stat().st_mode) == 0o600
+    (tmp_path / "loose.key").write_bytes(os.urandom(32))
+    os.chmod(tmp_path / "loose.key", 0o644)
+    with pytest.raises(StoreError, match="chmod 600"):
+        SaStore(tmp_path / "x.db", key_file=tmp_path / "loose.key")
+
+
+class FailingStore:
+    """A store whose disk is full for the first ``failures`` writes."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.rows: dict[int, bytes] = {}
+
+    def load(self) -> list[Any]:
+        return []
+
+    def write(self, upserts: Any, deletes: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("disk full")
+        self.rows.update(upserts)
+        for handle in deletes:
+            self.rows.pop(handle, None)
+
+
+def test_store_write_failure_is_counted_and_retried_negotiation_continues() -> None:
+    link = Link()
+    store = FailingStore(failures=3)
+    link.responder = Engine(link.responder_config, driver=link.responder_driver, store=store, now=link.now)
+    link.connect()
+    assert link.of("initiator", ev.Phase2Established)
+    monitor = Monitor()
+    for event in link.events["responder"]:
+        monitor.observe(event)
+    assert monitor.extended["store_failures:write"] == 3
+    assert list(store.rows) == [link.responder.sas()[0].handle]
+
+
+def test_kill_minus_9_at_random_moments_loses_no_established_sa(tmp_path: Path) -> None:
+    """The make-test version of the documented 10,000 SAs x 20 kills run (README)."""
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "killsim.py"), "--sas", "300", "--kills", "4", "--max-interval", "1.5",
+         "--qm-sample", "0", "--workdir", str(tmp_path / "kill"), "--wall-limit", "120"],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS: 4 kills" in result.stdout
+    assert "'quick_modes_checked': 0" not in result.stdout.splitlines()[-2]
