@@ -146,8 +146,12 @@ def child(workdir: Path, target: int, qm_sample: int, synchronous: str, seed: in
     (workdir / "verified.json").write_text(json.dumps(report))
     os.write(1, (json.dumps(report) + "\n").encode())
     peer = len(pair.initiator.sas())
+    ready = False
     while True:
         established = len([sa for sa in pair.initiator.sas() if sa.state.value == "ESTABLISHED"])
+        if not ready and established >= target:
+            ready = True
+            os.write(1, f"ready {established}\n".encode())
         if established < target:
             for _ in range(min(50, target - established)):
                 peer += 1
@@ -199,8 +203,14 @@ def parent(args: argparse.Namespace) -> int:
             process.send_signal(signal.SIGKILL)
             process.wait()
             break
-        # kill at a random moment: while establishing, or while Quick Modes/DPD run
-        time.sleep(rng.uniform(0.2, args.max_interval))
+        # wait until the gateway holds --sas established SAs, then kill it at a random
+        # moment while it re-establishes deleted ones and runs Quick Modes and DPD
+        ready = process.stdout.readline()
+        if not ready.startswith(b"ready"):
+            process.wait(timeout=30)
+            print(f"restart {kill}: gateway died before it was ready")
+            return 1
+        time.sleep(rng.uniform(0.05, args.max_interval))
         if time.monotonic() > deadline:
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "dh": 2, "keymat": 2, "cookies": 2,
     "policy": 3, "events": 3, "sa": 3, "config": 3, "driver": 3, "flood": 3,
     "phase1": 3, "main_mode": 3, "quick_mode": 3, "informational": 3,
-    "engine": 4, "transport": 4,
+    "engine": 4, "transport": 4, "faults": 4,
     "persist": 3, "store": 4,
     "monitor": 5, "cli": 5, "loadtest": 5, "demo": 5, "exporters": 5, "decode": 5,
     "control": 5, "__main__": 5, "__init__": 5,

@@ -4,6 +4,12 @@
 named local ones for initiators), feeds every datagram to the engine with ``loop.time()``,
 sends what the engine queues, arms one timer from ``engine.get_timer()``, and hands each
 event to the listeners (the monitor, futures of ``connect``, the application).
+
+Received datagrams go through a bounded queue drained in batches on the event loop, so
+a burst cannot grow memory without bound: when ``receive_queue`` datagrams wait, more
+are dropped and counted (Receive Failures, ``receive_queue_full``). Socket send and
+receive errors, a full queue, driver and store failures are counted by the monitor and
+logged once per kind with rate limiting (``ikecore.faults``); negotiation goes on.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collections import deque
+
 from ikecore import events as ev
 from ikecore.engine import Engine
+from ikecore.faults import FaultLog
 from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
@@ -57,10 +66,11 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.local = (str(sockname[0]), int(sockname[1]))
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.gateway._on_datagram(self, data, (str(addr[0]), int(addr[1])))
+        self.gateway._enqueue(self, data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         self.gateway.monitor_receive_failed()
+        self.gateway.faults.report("socket receive error", str(exc), self.gateway.loop.time())
 
 
 class Gateway:
@@ -69,10 +79,13 @@ class Gateway:
     Args:
         engine: the sans-IO engine to drive.
         on_event: called with every engine event after the built-in listeners.
+        receive_queue: most datagrams waiting for the engine; more are dropped and counted.
+        faults: where local faults are logged (rate limited).
     """
 
     def __init__(self, engine: Engine, *, monitor: Any = None,
-                 on_event: Callable[[ev.Event], None] | None = None) -> None:
+                 on_event: Callable[[ev.Event], None] | None = None, receive_queue: int = 4096,
+                 faults: FaultLog | None = None) -> None:
         self.engine = engine
         self.monitor = monitor
         self.on_event = on_event
@@ -82,6 +95,10 @@ class Gateway:
         self._waiters: dict[int, tuple[asyncio.Future[ConnectResult], ConnectResult, bool]] = {}
         self._local_cache: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.faults = faults or FaultLog()
+        self._queue: deque[tuple[_Endpoint, bytes, Address]] = deque()
+        self._queue_limit = receive_queue
+        self._draining = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -140,6 +157,29 @@ class Gateway:
 
     # --- internals ------------------------------------------------------------------------
 
+    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
+        if len(self._queue) >= self._queue_limit:
+            if self.monitor is not None:
+                self.monitor.receive_failed()
+                self.monitor.extended["receive_queue_full"] += 1
+            self.faults.report("receive queue full", f"{self._queue_limit} datagrams waiting; dropped one from "
+                               f"{remote[0]}", self.loop.time())
+            return
+        self._queue.append((endpoint, data, remote))
+        if not self._draining:
+            self._draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self, batch: int = 256) -> None:
+        """Feed queued datagrams to the engine, a batch per loop iteration."""
+        for _ in range(min(batch, len(self._queue))):
+            endpoint, data, remote = self._queue.popleft()
+            self._on_datagram(endpoint, data, remote)
+        if self._queue:
+            self.loop.call_soon(self._drain)
+        else:
+            self._draining = False
+
     def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
         local = endpoint.local
         if _wildcard(local[0]):
@@ -165,9 +205,10 @@ class Gateway:
                 if endpoint is None or endpoint.transport is None:
                     raise OSError(f"no socket for {local}")
                 endpoint.transport.sendto(data, remote)
-            except OSError:
+            except OSError as exc:
                 if self.monitor is not None:
                     self.monitor.send_failed()
+                self.faults.report("socket send error", f"to {remote[0]}: {exc}", self.loop.time())
         while (event := self.engine.next_event()) is not None:
             self._dispatch(event)
         self._arm_timer()
@@ -175,6 +216,8 @@ class Gateway:
     def _dispatch(self, event: ev.Event) -> None:
         if self.monitor is not None:
             self.monitor.observe(event)
+        if isinstance(event, (ev.DriverFailed, ev.StoreFailed)):
+            self.faults.report(f"{type(event).__name__} {event.operation}", event.reason, self.loop.time())
         handle = getattr(event, "handle", None)
         waiter = self._waiters.get(handle) if handle is not None else None
         if waiter is not None:
