@@ -37,6 +37,9 @@ from ikecore.flood import FloodLimits  # noqa: E402
 from ikecore.monitor import Monitor  # noqa: E402
 
 GATEWAY = ("127.0.0.1", 500)
+# The stated bound: Python heap of the whole simulation (gateway, 1,000 peers' engine,
+# the flood generator) as traced by tracemalloc, with the default FloodLimits.
+MEMORY_BOUND = 128 * 2**20
 
 
 @dataclass
@@ -199,11 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     result = run_flood(rate=args.rate, seconds=args.seconds, peers=args.peers, seed=args.seed,
                        vary_offer=args.vary_offer)
     print(json.dumps(result.summary(), indent=1, sort_keys=True))
-    ok = result.quick_modes >= 0.99 * result.peers
+    acc = result.flood_accounting
+    limits = FloodLimits()
+    ok = (result.quick_modes >= 0.99 * result.peers and result.peak_half_open <= limits.max_half_open
+          and result.peak_traced_bytes < MEMORY_BOUND and acc["flood_received"] == result.flood_sent
+          and acc["mm1_outcomes"] == acc["mm1_received"])
     print(f"legitimate peers established: {result.established}/{result.peers} (Quick Mode {result.quick_modes}); "
           f"flood {result.flood_sent} datagrams in {result.sim_seconds:.1f} s engine time, "
           f"{result.wall_seconds:.1f} s wall; peak half-open {result.peak_half_open}; "
-          f"peak traced memory {result.peak_traced_bytes / 2**20:.1f} MiB; {'PASS' if ok else 'FAIL'}")
+          f"peak traced memory {result.peak_traced_bytes / 2**20:.1f} MiB (bound {MEMORY_BOUND // 2**20} MiB); "
+          f"flood accounted {acc['flood_received']}/{result.flood_sent}; {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 

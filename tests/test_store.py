@@ -140,3 +140,56 @@ def test_kill_minus_9_at_random_moments_loses_no_established_sa(tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS: 4 kills" in result.stdout
     assert "'quick_modes_checked': 0" not in result.stdout.splitlines()[-2]
+
+
+def test_serve_with_store_survives_kill_minus_9_over_real_sockets(tmp_path: Path) -> None:
+    """``ikecore serve --store``: SIGKILL the process, start it again on the same store; the
+    peer's ISAKMP SA still works (a Quick Mode on it succeeds) over loopback UDP."""
+    import asyncio
+    import signal
+    import socket
+    import time
+
+    from ikecore.transport import Gateway
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "ikecore", "serve", "--psk", "secret", "--listen", f"127.0.0.1:{port}",
+               "--ike", "aes128-sha256-modp2048", "--store", str(tmp_path / "gw.db"),
+               "--store-key", str(tmp_path / "gw.key")]
+
+    def start() -> subprocess.Popen[str]:
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "listening" in line, line
+        return process
+
+    async def scenario() -> tuple[bool, bool]:
+        gateway = Gateway(Engine(make_config()))
+        first = start()
+        try:
+            result = await gateway.connect(("127.0.0.1", port), local=("127.0.0.2", 0), timeout=20)
+            await asyncio.sleep(0.3)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        second = start()
+        try:
+            done = asyncio.get_running_loop().create_future()
+            gateway.on_event = lambda e: (isinstance(e, (ev.Phase2Established, ev.Phase2Failed))
+                                          and not done.done() and done.set_result(e))
+            gateway.engine.initiate_quick_mode(result.handle, gateway.loop.time())
+            gateway._flush()
+            event = await asyncio.wait_for(done, 20)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=10)
+            gateway.close()
+        return result.ok, isinstance(event, ev.Phase2Established)
+
+    started = time.monotonic()
+    first_ok, restored_qm_ok = asyncio.run(scenario())
+    assert first_ok and restored_qm_ok
+    assert time.monotonic() - started < 60

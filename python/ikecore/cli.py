@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="repeatable")
     serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.add_argument("--store", metavar="FILE", help="keep established SAs in this SQLite file (0600) "
+                       "and restore them at start; SAs are kept, not deleted, on exit")
+    serve.add_argument("--store-key", metavar="FILE", help="encrypt the store with the 32-byte key in FILE "
+                       "(created 0600 when missing)")
     _add_proposal_flags(serve)
 
     demo = sub.add_parser("demo", help="a gateway and simulated peers on loopback")
@@ -166,7 +170,16 @@ async def _serve(args: argparse.Namespace) -> int:
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
         print(f"{time.strftime('%H:%M:%S')} {name} {fields}", file=sys.stderr, flush=True)
 
-    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog))
+    store = None
+    if args.store:
+        from ikecore.store import SaStore, StoreError
+
+        try:
+            store = SaStore(args.store, key_file=args.store_key)
+        except StoreError as exc:
+            raise ConfigError("--store", str(exc)) from None
+    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog), store=store,
+                    now=asyncio.get_running_loop().time())
     gateway = Gateway(engine, monitor=Monitor(), on_event=log)
     try:
         bound = await gateway.listen(config.listen)
@@ -186,7 +199,8 @@ async def _serve(args: argparse.Namespace) -> int:
             await stop.wait()
     finally:
         for sa in engine.sas():
-            engine.delete(sa.handle, loop.time(), "gateway shutting down")
+            if store is None:  # with a store the tunnels outlive this process
+                engine.delete(sa.handle, loop.time(), "gateway shutting down")
         gateway._flush()
         gateway.close()
     return 0
