@@ -551,6 +551,9 @@ class GenericFilter:
     remote_ts: str | None = None
     mirrored: bool = True
     weight: int = 0
+    aggressive: bool = False       # allow (and initiate with) Aggressive Mode PSK; off by default
+    nat_traversal: str = "auto"    # "auto" (RFC 3947 + drafts), "force" (charon's encap=yes), "off"
+    dpd: bool = True               # announce RFC 3706 DPD and check the peer (Timing.dpd_delay)
 
     def matches(self, local: str, remote: str, local_addresses: Sequence[str] = ()) -> bool:
         """Does traffic between our ``local`` and the peer's ``remote`` address match?"""

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ikecore import keymat, policy, wire
+from ikecore import keymat, nat_traversal, policy, wire
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import (
     AuthenticationFailed,
@@ -92,6 +92,8 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     qm.nonce_i = services.random(NONCE_SIZE)
     qm.spi_in = services.get_spi(sa)
     mode = qm.esp_policy.encapsulation_mode
+    if sa.encapsulated and sa.nat_t is not None:
+        mode = nat_traversal.udp_mode(mode, sa.nat_t)  # RFC 3947 3/4, drafts 61443/61444
     transforms = [p.to_transform(i + 1, mode) for i, p in enumerate(qm.esp_policy.proposals)]
     payloads: list[Any] = [
         wire.SaPayload([wire.Proposal(1, wire.ProtocolId.IPSEC_ESP, transforms, spi=qm.spi_in)]),

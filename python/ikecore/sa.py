@@ -33,6 +33,9 @@ class Phase1State(enum.Enum):
     R_EXPECT_MM1 = "R_EXPECT_MM1"
     R_EXPECT_MM3 = "R_EXPECT_MM3"
     R_EXPECT_MM5 = "R_EXPECT_MM5"
+    I_EXPECT_AM2 = "I_EXPECT_AM2"  # Aggressive Mode (ikecore.aggressive_mode)
+    R_EXPECT_AM1 = "R_EXPECT_AM1"
+    R_EXPECT_AM3 = "R_EXPECT_AM3"
     ESTABLISHED = "ESTABLISHED"
     FAILED = "FAILED"
     DELETED = "DELETED"
@@ -146,6 +149,16 @@ class IsakmpSa:
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
     failure: str | None = None
+    aggressive: bool = False       # negotiated with Aggressive Mode instead of Main Mode
+    nat_t: Any = None              # ikecore.nat_traversal.Variant agreed in the vendor IDs
+    nat: str = "none"              # NAT-D outcome: none, local, remote or both
+    encapsulated: bool = False     # floated to the NAT-T port: IKE with marker, ESP in UDP
+    natt_port: int = 4500          # the peer's NAT-T port to float to (initiator)
+    dpd: bool = False              # the peer announced RFC 3706 DPD
+    dpd_sequence: int = 0          # our last R-U-THERE sequence number
+    dpd_pending: list[int] = field(default_factory=list)  # unanswered R-U-THERE numbers
+    dpd_since: float | None = None  # when the oldest unanswered R-U-THERE left
+    last_heard: float = 0.0        # the last authenticated message from the peer
 
     @property
     def hash_name(self) -> str:
@@ -173,4 +186,10 @@ class IsakmpSa:
             "created": self.established if self.established is not None else self.started,
             "lifetime_left": max(0.0, self.expires - now) if self.expires is not None else None,
             "quick_modes": len(self.ipsec_sas),
+            "exchange": "aggressive" if self.aggressive else "main",
+            "nat": self.nat,
+            "nat_t": self.nat_t.name if self.nat_t is not None else "",
+            "encapsulated": self.encapsulated,
+            "dpd": self.dpd,
+            "vendor_ids": [wire.vendor_id_name(v) or v.hex() for v in self.vendor_ids],
         }
