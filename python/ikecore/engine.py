@@ -290,14 +290,20 @@ class Engine:
             return
         message = wire.parse(data)
         self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, message_number=0, length=len(data)))
-        if message.encrypted or exchange_type == AM:
-            moved = nat_traversal.follow(sa, remote, local, marker)  # the peer floated (MM5/AM3 on)
+        if exchange_type == AM:
+            # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
+            self._dispatch(sa, message, data, now)
+            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED:
+                nat_traversal.follow(sa, remote, local, marker)
+            return
+        if message.encrypted:
+            moved = nat_traversal.follow(sa, remote, local, marker)  # the peer floated (MM5 on)
             try:
                 self._dispatch(sa, message, data, now)
             except Exception:
                 nat_traversal.restore(sa, moved)
                 raise
-            if sa.handle in self._sas and message.encrypted:
+            if sa.handle in self._sas:
                 dpd.on_traffic(sa, now)
             return
         self._dispatch(sa, message, data, now)

@@ -179,6 +179,11 @@ def _inside(network: str, allowed: str) -> bool:
     return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 
 
+def _is_host(network: str) -> bool:
+    net = ipaddress.ip_network(network)
+    return net.prefixlen == net.max_prefixlen
+
+
 def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
     """The initiator's IDci must be the peer's side and IDcr ours, per our filter."""
     local, remote = traffic_selectors(sa)
@@ -190,6 +195,8 @@ def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
         ci, cr = policy.TrafficSelector.from_id(ids[0]), policy.TrafficSelector.from_id(ids[1])
     except ValueError as exc:
         raise InvalidIdInformation(str(exc)) from exc
+    if sa.nat in ("remote", "both") and not sa.generic_filter.remote_ts and _is_host(ci.network):
+        remote = ci  # a peer behind a NAT names its private address (RFC 3947 section 5.2)
     if not (_inside(ci.network, remote.network) and _inside(cr.network, local.network)):
         raise InvalidIdInformation(f"traffic selectors {ci} <-> {cr} are outside {remote} <-> {local}")
 
