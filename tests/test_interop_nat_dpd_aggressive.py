@@ -102,8 +102,9 @@ def test_dpd_detects_a_charon_that_goes_silent(gateways: Any, ikecore_role: str)
         sa = gateway.call(lambda: gateway.engine.sas()[0])
         assert _wait(lambda: sa.dpd_sequence >= 2 and not sa.dpd_pending, 10)
         assert gateway.main_mode() and gateway.quick_mode()
-        charon.stop()
+        charon.freeze()  # silent, no Delete
         assert _wait(lambda: not gateway.main_mode(), 15)
+        charon.thaw()
         assert not gateway.quick_mode()
         extended = gateway.call(lambda: dict(gateway.monitor.extended))
         assert extended.get("dead_peers") == 1

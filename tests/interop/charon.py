@@ -773,6 +773,16 @@ secrets {{
     def running(self) -> bool:
         return not self._stopped and self._process.poll() is None and _is_charon(self.pid)
 
+    def freeze(self) -> None:
+        """Make charon go silent without a goodbye (SIGSTOP by its PID): a dead peer."""
+        if self.running():
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze` (SIGCONT)."""
+        if self._process.poll() is None and _is_charon(self.pid):
+            os.kill(self.pid, signal.SIGCONT)
+
     def stop(self, *, keep: bool = False, timeout: float = 10.0) -> None:
         """Stop charon (SIGTERM, then SIGKILL, by its PID) and remove the state dir."""
         if self._stopped:
@@ -780,6 +790,7 @@ secrets {{
         self._stopped = True
         _LIVE.discard(self)
         if self._process.poll() is None and _is_charon(self.pid):
+            os.kill(self.pid, signal.SIGCONT)  # in case it was frozen
             os.kill(self.pid, signal.SIGTERM)
             try:
                 self._process.wait(timeout=timeout)
