@@ -275,3 +275,30 @@ def test_vendor_ids_of_other_stacks_are_recognised_and_recorded() -> None:
     (mm2,) = link.responder.datagrams_to_send()
     vids = [p.data for p in wire.parse(mm2[0]).payloads if p.payload_type == wire.PayloadType.VID]
     assert vids == [wire.VID_NAT_T_RFC3947, wire.VID_DPD]  # the chosen variant only, and DPD
+
+
+def test_aggressive_mode_lost_message_3_is_recovered_by_the_responder_resending_message_2() -> None:
+    config = make_config(aggressive=True)
+    link = Link(config, config)
+    link.connect(drop=lambda side, index, data: index == 3)  # AM1, AM2, then AM3 is lost
+    _established(link)
+    assert link.of("responder", ev.RetransmitSent)
+    assert link.of("initiator", ev.DuplicateReceived)
+    assert not link.of("responder", ev.Phase1Failed)
+
+
+def test_toml_config_enables_aggressive_mode_nat_t_and_dpd_per_filter(tmp_path: object) -> None:
+    from ikecore.config import config_from_dict
+    from ikecore.errors import ConfigError
+
+    config = config_from_dict({
+        "filter": [{"name": "legacy", "psk": "x", "aggressive": True, "nat_traversal": "force", "dpd": False}],
+        "timing": {"dpd_delay": 30, "dpd_timeout": 120, "nat_keepalive": 15},
+    })
+    (flt,) = config.filters
+    assert (flt.aggressive, flt.nat_traversal, flt.dpd) == (True, "force", False)
+    assert (config.timing.dpd_delay, config.timing.dpd_timeout, config.timing.nat_keepalive) == (30.0, 120.0, 15.0)
+    default = config_from_dict({"filter": [{"psk": "x"}]}).filters[0]
+    assert (default.aggressive, default.nat_traversal, default.dpd) == (False, "auto", True)
+    with pytest.raises(ConfigError, match="nat_traversal"):
+        config_from_dict({"filter": [{"psk": "x", "nat_traversal": "sometimes"}]})

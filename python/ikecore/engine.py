@@ -287,6 +287,8 @@ class Engine:
             # repeated response ignores it (its own retransmission timer runs).
             if sa.role is Role.RESPONDER and sa.last_sent:
                 self._resend_reply(sa, sa.last_sent, MM)
+            elif sa.aggressive and sa.state is Phase1State.ESTABLISHED and sa.last_sent:
+                self._resend_reply(sa, sa.last_sent, AM)  # AM2 again: our AM3 was lost
             return
         message = wire.parse(data)
         self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, message_number=0, length=len(data)))
@@ -366,7 +368,10 @@ class Engine:
         sa.first_message = data
         sa.last_received = data
         assert reply is not None
-        self._send_reply(sa, reply, message.exchange_type, 2)
+        if aggressive:
+            self._send_request(sa, reply, now, AM, 2)  # AM2 is resent until AM3 arrives
+        else:
+            self._send_reply(sa, reply, message.exchange_type, 2)
 
     def _main_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
         state_before = sa.state
