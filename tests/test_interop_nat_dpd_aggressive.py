@@ -111,17 +111,22 @@ def test_dpd_detects_a_charon_that_goes_silent(gateways: Any, ikecore_role: str)
 
 
 @pytest.mark.interop("charon")
-def test_aggressive_mode_psk_ikecore_initiator_to_charon() -> None:
+@pytest.mark.parametrize("encap", [False, True])
+def test_aggressive_mode_psk_ikecore_initiator_to_charon(encap: bool) -> None:
     port, natt = free_udp_ports(2)
-    with Charon.start(addr=CHARON, port=port, natt_port=natt, psk=PSK, ike=IKE, esp=ESP, aggressive=True) as charon:
-        result = _ikecore_connect(port, IKE, ESP, "--keep", "--aggressive")
+    with Charon.start(addr=CHARON, port=port, natt_port=natt, psk=PSK, ike=IKE, esp=ESP, aggressive=True,
+                      encap=encap) as charon:
+        result = _ikecore_connect(port, IKE, ESP, "--keep", "--aggressive", "--natt-port", str(natt))
         main = result["main_mode"]
         assert main["exchange"] == "aggressive"
+        # With charon's encap = yes the float happens for AM3 (RFC 3947 section 4).
+        assert (main["encapsulated"], main["peer_port"]) == ((True, natt) if encap else (False, port))
         (sa,) = charon.wait_for(charon.established, 10)
         assert (_hex(sa["initiator-spi"]), _hex(sa["responder-spi"])) == (
             main["initiator_cookie"], main["responder_cookie"])
         assert main["peer_id"] == CHARON and sa["remote-id"] == IKECORE
         child = _installed_child(charon)
+        assert child.get("encap", "no") == ("yes" if encap else "no"), child
         (quick,) = result["quick_mode"]
         assert (_hex(child["spi-in"]), _hex(child["spi-out"])) == (quick["spi_out"], quick["spi_in"])
 
