@@ -64,6 +64,7 @@ MM = wire.ExchangeType.IDENTITY_PROTECTION
 QM = wire.ExchangeType.QUICK_MODE
 INFO = wire.ExchangeType.INFORMATIONAL
 KEEPALIVE = b"\xff"
+COOKIE_SECRET_LIFETIME = 300.0  # seconds between rotations of the responder-cookie secret
 
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
@@ -108,6 +109,7 @@ class Engine:
         self._timers: list[tuple[float, int, int, int, str]] = []
         self._timer_seq = 0
         self._now = 0.0
+        self._rotate_secret_at = float("-inf")
 
     # --- services lent to the state machines ------------------------------------------
 
@@ -316,6 +318,9 @@ class Engine:
         if message.message_id != 0:
             raise wire_error("Main Mode message 1 with a non-zero Message ID", wire.NotifyType.INVALID_MESSAGE_ID)
         flt = self.config.filter_for(local[0], remote[0])
+        if now >= self._rotate_secret_at:  # RFC 2408 2.5.3: change the local secret periodically
+            self._cookies.rotate_secret()
+            self._rotate_secret_at = now + COOKIE_SECRET_LIFETIME
         cookie_r = bytes(self._cookies.make_cookie(source, _endpoint_bytes(local)))
         if flt is None:
             self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote,

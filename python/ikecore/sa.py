@@ -58,9 +58,7 @@ def id_to_text(id_type: int, data: bytes) -> str:
         if id_type in (wire.IdType.FQDN, wire.IdType.USER_FQDN):
             return data.decode("utf-8", "replace")
         if id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
-            half = len(data) // 2
-            return str(ipaddress.ip_network(
-                f"{ipaddress.ip_address(data[:half])}/{ipaddress.ip_address(data[half:])}", strict=False))
+            return policy.subnet_text(data)
     except ValueError:
         pass
     return data.hex()
