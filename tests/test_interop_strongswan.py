@@ -232,8 +232,9 @@ def test_tshark_decrypts_main_mode_5_6_and_quick_mode_with_ikecore_keylog(tmp_pa
     layers = [tshark.isakmp_layers(p) for p in tshark.dissect(pcap, udpencap_ports=[port], keylog_lines=lines)]
     opaque = [tshark.isakmp_layers(p) for p in tshark.dissect(pcap, udpencap_ports=[port])]
     types = [_decrypted_payload_types(layer) for layer in layers]
-    # MM1-4 in clear; MM5 and MM6 carry ID (5) and HASH (8); QM1/QM2 HASH, SA, Nonce, IDs; QM3 HASH.
-    assert types[4] == ["5", "8"] and types[5] == ["5", "8"], types
+    # MM1-4 in clear; MM5 ID (5), HASH (8), INITIAL-CONTACT (11); MM6 ID, HASH;
+    # QM1/QM2 HASH, SA, Nonce, IDci, IDcr; QM3 HASH.
+    assert types[4] == ["5", "8", "11"] and types[5] == ["5", "8"], types
     assert types[6] == ["8", "1", "10", "5", "5"] and types[7] == ["8", "1", "10", "5", "5"], types
     assert types[8] == ["8"], types
     ident = layers[4]["isakmp.enc.data"]["isakmp.typepayload_tree"][0]  # type: ignore[index]

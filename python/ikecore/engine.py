@@ -157,6 +157,8 @@ class Engine:
         sa = self._new_sa(Role.INITIATOR, Phase1State.I_EXPECT_MM2, self._cookie(), ZERO_COOKIE,
                           local, remote, flt, now)
         sa.want_quick_mode = quick_mode
+        sa.initial_contact = not any(other.remote[0] == remote[0] for other in self._sas.values()
+                                     if other is not sa)
         sa.non_esp_marker = _needs_marker(local, remote)
         self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
         self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
@@ -372,6 +374,10 @@ class Engine:
         sa.established = now
         sa.expires = now + sa.chosen.lifetime
         self._push_timer(sa.expires, sa.handle, 0, "expire")
+        if sa.role is Role.RESPONDER and sa.initial_contact:
+            self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                         notify_type=wire.NotifyType.INITIAL_CONTACT, protected=True))
+            self._drop_stale_sas(sa)
         self._emit(ev.Phase1Established(
             time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
             initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
@@ -467,9 +473,13 @@ class Engine:
             ack = informational.notify(wire.NotifyType.R_U_THERE_ACK, spi=payload.spi, data=payload.data)
             self._send(sa, informational.build_protected(sa, [ack], self._message_id(sa)), INFO, 1)
         elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
-            for other in list(self._sas.values()):
-                if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
-                    self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
+            self._drop_stale_sas(sa)
+
+    def _drop_stale_sas(self, sa: IsakmpSa) -> None:
+        """INITIAL-CONTACT: the peer rebooted; its other SAs with us are stale (RFC 2407 4.6.3.3)."""
+        for other in list(self._sas.values()):
+            if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
+                self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
 
     def _on_delete(self, sa: IsakmpSa, payload: Any, now: float) -> bool:
         """Honour a Delete payload; True when the ISAKMP SA itself is gone."""

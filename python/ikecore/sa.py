@@ -143,6 +143,7 @@ class IsakmpSa:
     quick_modes: dict[int, QuickModeExchange] = field(default_factory=dict)
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
+    initial_contact: bool = False  # send / received INITIAL-CONTACT in MM5 (RFC 2407 4.6.3.3)
     failure: str | None = None
 
     @property
