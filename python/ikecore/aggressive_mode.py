@@ -7,7 +7,7 @@ Design note
     Initiator                                      Responder
     HDR, SA, KE, Ni, IDii [VID]       (AM1) -->            R_EXPECT_AM1 -> R_EXPECT_AM3
     I_EXPECT_AM2   <-- (AM2)  HDR, SA, KE, Nr, IDir, HASH_R [VID, NAT-D, NAT-D]
-    HDR*, HASH_I [NAT-D, NAT-D]       (AM3) -->            verify HASH_I -> ESTABLISHED
+    HDR*, HASH_I [N(INITIAL-CONTACT), NAT-D, NAT-D] (AM3) --> verify HASH_I -> ESTABLISHED
     ESTABLISHED (after verifying HASH_R and sending AM3)
 
 Three messages instead of six: the identities travel in the clear and the responder does
@@ -176,8 +176,12 @@ def _on_am2_send_am3(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     nat_d = _nat_d(sa, services)  # hashes of the addresses before the float
     hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)  # type: ignore[union-attr]
+    notify = []
+    if sa.initial_contact:  # we hold no other ISAKMP SA with this peer (RFC 2407 4.6.3.3)
+        notify.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
+                                         spi=sa.initiator_cookie + sa.responder_cookie))
     nat_traversal.float_initiator(sa)
-    return seal(sa, AGGRESSIVE_MODE, [wire.HashPayload(hash_i), *nat_d], 0)
+    return seal(sa, AGGRESSIVE_MODE, [wire.HashPayload(hash_i), *notify, *nat_d], 0)
 
 
 def _on_am3_established(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> None:
@@ -189,6 +193,8 @@ def _on_am3_established(sa: IsakmpSa, message: Any, payloads: list[Any], service
         raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")
     if sa.nat_t is not None:
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
+    sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
+                             for p in payloads)
     return None
 
 

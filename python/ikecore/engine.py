@@ -65,6 +65,7 @@ QM = wire.ExchangeType.QUICK_MODE
 INFO = wire.ExchangeType.INFORMATIONAL
 AM = wire.ExchangeType.AGGRESSIVE
 KEEPALIVE = b"\xff"
+COOKIE_SECRET_LIFETIME = 300.0  # seconds between rotations of the responder-cookie secret
 
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
@@ -109,6 +110,7 @@ class Engine:
         self._timers: list[tuple[float, int, int, int, str]] = []
         self._timer_seq = 0
         self._now = 0.0
+        self._rotate_secret_at = float("-inf")
 
     # --- services lent to the state machines ------------------------------------------
 
@@ -158,6 +160,8 @@ class Engine:
         sa = self._new_sa(Role.INITIATOR, Phase1State.I_EXPECT_MM2, self._cookie(), ZERO_COOKIE,
                           local, remote, flt, now)
         sa.want_quick_mode = quick_mode
+        sa.initial_contact = not any(other.remote[0] == remote[0] for other in self._sas.values()
+                                     if other is not sa)
         sa.non_esp_marker = _needs_marker(local, remote)
         sa.natt_port = natt_port or (nat_traversal.NAT_T_PORT if remote[1] == 500 else remote[1])
         self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
@@ -345,6 +349,9 @@ class Engine:
         if message.message_id != 0:
             raise wire_error("Main Mode message 1 with a non-zero Message ID", wire.NotifyType.INVALID_MESSAGE_ID)
         flt = self.config.filter_for(local[0], remote[0])
+        if now >= self._rotate_secret_at:  # RFC 2408 2.5.3: change the local secret periodically
+            self._cookies.rotate_secret()
+            self._rotate_secret_at = now + COOKIE_SECRET_LIFETIME
         cookie_r = bytes(self._cookies.make_cookie(source, _endpoint_bytes(local)))
         if flt is None:
             self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote,
@@ -407,6 +414,10 @@ class Engine:
             self._push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, "nat-keepalive")
         if dpd.enabled(sa, self.config.timing.dpd_delay):
             self._push_timer(now + self.config.timing.dpd_delay, sa.handle, 0, "dpd")
+        if sa.role is Role.RESPONDER and sa.initial_contact:
+            self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                         notify_type=wire.NotifyType.INITIAL_CONTACT, protected=True))
+            self._drop_stale_sas(sa)
         self._emit(ev.Phase1Established(
             time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
             initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
@@ -504,9 +515,13 @@ class Engine:
         elif payload.notify_type == wire.NotifyType.R_U_THERE_ACK:
             dpd.on_ack(sa, payload, now)
         elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
-            for other in list(self._sas.values()):
-                if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
-                    self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
+            self._drop_stale_sas(sa)
+
+    def _drop_stale_sas(self, sa: IsakmpSa) -> None:
+        """INITIAL-CONTACT: the peer rebooted; its other SAs with us are stale (RFC 2407 4.6.3.3)."""
+        for other in list(self._sas.values()):
+            if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
+                self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
 
     def _on_delete(self, sa: IsakmpSa, payload: Any, now: float) -> bool:
         """Honour a Delete payload; True when the ISAKMP SA itself is gone."""

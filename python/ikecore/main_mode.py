@@ -149,8 +149,12 @@ def _on_mm4_send_mm5(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     sa.my_id = my_identification(sa, sa.generic_filter.local_id)
     hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
+    payloads = [sa.my_id, wire.HashPayload(hash_i)]
+    if sa.initial_contact:  # we hold no other ISAKMP SA with this peer
+        payloads.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
+                                           spi=sa.initiator_cookie + sa.responder_cookie))
     nat_traversal.float_initiator(sa)  # MM5 goes to the NAT-T port when a NAT is in the way
-    return seal(sa, MAIN_MODE, [sa.my_id, wire.HashPayload(hash_i)], 0)
+    return seal(sa, MAIN_MODE, payloads, 0)
 
 
 def _exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
@@ -180,6 +184,8 @@ def _on_mm5_send_mm6(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
         raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")
     _check_peer_id(sa, peer_id)
     sa.peer_id = peer_id
+    sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
+                             for p in payloads)
     sa.my_id = my_identification(sa, sa.generic_filter.local_id)
     hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)

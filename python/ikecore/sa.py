@@ -61,9 +61,7 @@ def id_to_text(id_type: int, data: bytes) -> str:
         if id_type in (wire.IdType.FQDN, wire.IdType.USER_FQDN):
             return data.decode("utf-8", "replace")
         if id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
-            half = len(data) // 2
-            return str(ipaddress.ip_network(
-                f"{ipaddress.ip_address(data[:half])}/{ipaddress.ip_address(data[half:])}", strict=False))
+            return policy.subnet_text(data)
     except ValueError:
         pass
     return data.hex()
@@ -148,6 +146,7 @@ class IsakmpSa:
     quick_modes: dict[int, QuickModeExchange] = field(default_factory=dict)
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
+    initial_contact: bool = False  # send / received INITIAL-CONTACT in MM5 (RFC 2407 4.6.3.3)
     failure: str | None = None
     aggressive: bool = False       # negotiated with Aggressive Mode instead of Main Mode
     nat_t: Any = None              # ikecore.nat_traversal.Variant agreed in the vendor IDs
