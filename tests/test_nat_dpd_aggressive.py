@@ -302,3 +302,19 @@ def test_toml_config_enables_aggressive_mode_nat_t_and_dpd_per_filter(tmp_path: 
     assert (default.aggressive, default.nat_traversal, default.dpd) == (False, "auto", True)
     with pytest.raises(ConfigError, match="nat_traversal"):
         config_from_dict({"filter": [{"psk": "x", "nat_traversal": "sometimes"}]})
+
+
+def test_aggressive_mode_initial_contact_in_message_3_drops_stale_sas_of_a_rebooted_peer() -> None:
+    from helpers import seeded_random
+    from ikecore.driver import MemoryDriver
+    from ikecore.engine import Engine
+
+    config = make_config(aggressive=True)
+    link = Link(config, config)
+    link.connect()
+    (old,) = link.responder.sas()
+    link.initiator = Engine(config, driver=MemoryDriver(), random=seeded_random(99))  # the peer rebooted
+    link.connect()
+    (new,) = link.responder.sas()
+    assert new is not old and new.initial_contact
+    assert any("INITIAL-CONTACT" in e.reason for e in link.of("responder", ev.SaDeleted) if e.handle == old.handle)

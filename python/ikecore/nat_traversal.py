@@ -73,16 +73,10 @@ DRAFT_02 = Variant("draft-02", bytes.fromhex("cd60464335df21f87cfdb2fc68b6a448")
 VARIANTS = (RFC3947, DRAFT_03, DRAFT_02N, DRAFT_02)
 
 
-def vendor_ids(offered: list[bytes] | None = None) -> list[Any]:
-    """VID payloads announcing NAT-T.
-
-    The initiator (``offered`` None) announces every variant; a responder answers with
-    the one it chose from the initiator's ``offered`` IDs, or nothing.
-    """
-    if offered is None:
-        return [wire.VendorIdPayload(v.vendor_id) for v in VARIANTS]
-    chosen = choose(offered)
-    return [wire.VendorIdPayload(chosen.vendor_id)] if chosen is not None else []
+def vendor_ids() -> list[Any]:
+    """The initiator's VID payloads announcing every NAT-T variant (the responder answers
+    with the one ``choose`` picks)."""
+    return [wire.VendorIdPayload(v.vendor_id) for v in VARIANTS]
 
 
 def choose(received: list[bytes]) -> Variant | None:
