@@ -157,3 +157,23 @@ def test_config_default_limits_are_safe() -> None:
     limits = gateway_config(FloodLimits()).flood
     assert limits.cookie_threshold < limits.max_half_open
     assert limits.max_half_open_per_source < limits.cookie_threshold
+
+
+def test_aggressive_mode_is_refused_above_the_cookie_threshold_no_dh_for_unproven() -> None:
+    """AM1 is answered with a DH value: above the threshold it is refused, not computed."""
+    limits = FloodLimits(cookie_threshold=1)
+    computed: list[int] = []
+    link = Link(initiator_config=make_config(aggressive=True),
+                responder_config=_with_limits(make_config(aggressive=True), limits))
+    real_keypair = link.responder._keypair
+    link.responder._keypair = lambda group: (computed.append(group), real_keypair(group))[1]
+    link.responder.receive_datagram(_mm1(random.Random(4), link.responder_config), ("127.9.9.9", 500),
+                                    RESPONDER, link.now)
+    link.responder.datagrams_to_send()
+    link.initiator.initiate(RESPONDER, local=INITIATOR, now=link.now)
+    (am1, remote, local), = link.initiator.datagrams_to_send()
+    assert am1[18] == wire.ExchangeType.AGGRESSIVE
+    link.responder.receive_datagram(am1, local, remote, link.now)
+    assert link.responder.datagrams_to_send() == [] and computed == []
+    refused = _events(link.responder, ev.HalfOpenRefused)
+    assert refused and "Aggressive Mode" in refused[0].reason

@@ -19,10 +19,12 @@ module before it creates one:
   of message 1: the chosen transform is deterministic (the first offered transform our
   policy accepts), and the responder cookie is a keyed hash::
 
-      CKY-R = tag(2) || HMAC-SHA256(secret[epoch], CKY-I | source | local | H(SAi_b))[:6]
-      tag   = H(SAi_b)[:2]
+      CKY-R = tag(2) || HMAC-SHA256(secret[epoch], CKY-I | source | local | H(offer))[:6]
+      tag   = H(offer)[:2]
 
-  where source and local are address and port bytes and H is SHA-256. A
+  where offer is message 1's payload chain (its first payload type, then the SA payload
+  and the vendor IDs that announce NAT-T and DPD), source and local are address and
+  port bytes and H is SHA-256. A
   retransmitted message 1 gets the identical message 2. Only message 3 arriving from
   the same source and local endpoint with a CKY-R that verifies under the current or
   the previous secret proves the peer can receive at its address; only then is an SA
@@ -31,15 +33,15 @@ module before it creates one:
   SAi_b, so SAi_b (the bytes HASH_I and HASH_R cover) and the chosen transform are
   exactly those of the message 2 the peer saw.
 
-  SAi_b does not fit in a cookie, so it is kept in a bounded offer cache keyed by its
-  digest: a *known* tier pre-seeded with the offers our own IKE policies make and
-  holding every offer that a proven peer used, and an LRU *recent* tier of at most
+  The offer does not fit in a cookie, so it is kept in a bounded offer cache keyed by
+  its digest: a *known* tier holding every offer that a proven peer used (peers of one
+  kind send identical offers), and an LRU *recent* tier of at most
   ``offer_cache_size`` unproven offers (each at most ``max_offer_size`` bytes; bigger
   offers are refused in stateless mode). Peers with a common offer therefore cost
   nothing per peer; a flood that varies its offers can only evict recent unproven
   offers, after which the message 3 of a peer with a brand-new offer cannot be
-  rebuilt: it is counted (``StatelessOfferLost``) and dropped, and the peer recovers by
-  starting again. Vendor ID payloads of a stateless message 1 are not kept.
+  rebuilt: it looks like (and is counted as) an invalid cookie and is dropped, and the
+  peer recovers by starting again.
 
   Secrets rotate every ``cookie_epoch`` seconds (engine time); a cookie made just
   before a rotation still verifies for one more epoch. The cookie binds the source
@@ -84,7 +86,7 @@ class FloodLimits:
 
 
 class OfferCache:
-    """SAi_b bodies by SHA-256 digest: a known tier and a bounded LRU of recent offers."""
+    """Message 1 payload chains (offers) by SHA-256 digest: a known tier and a bounded LRU of recent offers."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -187,7 +189,7 @@ class AdmissionControl:
         return hmac.new(secret, cky_i + source + local + digest, hashlib.sha256).digest()[:6]
 
     def make_cookie(self, cky_i: bytes, source: bytes, local: bytes, offer: bytes, now: float) -> bytes | None:
-        """The stateless CKY-R for this message 1 (``offer`` = SAi_b), or None when the
+        """The stateless CKY-R for this message 1 (``offer``: its payload chain), or None when the
         offer is too large to keep. Remembers the offer in the bounded cache."""
         if len(offer) > self.limits.max_offer_size:
             return None
@@ -197,7 +199,7 @@ class AdmissionControl:
 
     def verify_cookie(self, cky_i: bytes, cky_r: bytes, source: bytes, local: bytes,
                       now: float) -> tuple[bool, bytes | None]:
-        """(cookie verifies, SAi_b if still cached) for a message 3 with unknown cookies.
+        """(cookie verifies, the offer if still cached) for a message 3 with unknown cookies.
 
         A cookie can verify with its offer evicted only if some cached offer shares the
         tag; otherwise an evicted offer looks like a bad cookie. Both are counted.
@@ -210,10 +212,6 @@ class AdmissionControl:
                     self.offers.add(body, known=True)   # a proven peer used it
                     return True, body
         return False, None
-
-    def seed_offer(self, body: bytes) -> None:
-        """Pre-seed the known tier (the offers our own IKE policies make)."""
-        self.offers.add(body, known=True)
 
     def stats(self) -> dict[str, int]:
         return {"half_open": len(self._half_open), "sources": len(self._per_source),

@@ -134,6 +134,8 @@ class Monitor:
             x[f"notifies_sent:{_notify_name(event.notify_type)}"] += 1
         elif isinstance(event, ev.SaDeleted):
             x[f"deleted_phase{event.phase}"] += 1
+        elif isinstance(event, ev.DeadPeerDetected):
+            x["dead_peers"] += 1
         elif isinstance(event, ev.StoreFailed):
             x[f"store_failures:{event.operation}"] += 1
         elif isinstance(event, (ev.StatelessCookieSent, ev.StatelessCookieVerified, ev.HalfOpenRefused,

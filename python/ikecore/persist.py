@@ -6,8 +6,8 @@ Only *established* ISAKMP SAs are persisted, with everything a restarted engine 
 to go on using them: cookies, addresses, the filter (by name; its policies and PSK come
 from the configuration again), the chosen suite, SKEYID_d/a/e, the phase 1 IV chain
 (Message ID 0; the start IV of every later Message ID derives from it), the spent
-Message IDs (replay protection survives a restart), IDs, vendor IDs, the NAT-T framing
-flag, the remaining lifetime, and each IPsec SA with both directions' keys (so the
+Message IDs (replay protection survives a restart), IDs, vendor IDs, the NAT-T state
+(variant, NAT-D outcome, floated port, marker), DPD, the remaining lifetime, and each IPsec SA with both directions' keys (so the
 driver can be given them again). In-flight Quick Modes and half-open SAs are not kept:
 a peer retransmits, and a half-open SA is cheap to negotiate again.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ikecore import keymat, policy, wire
+from ikecore import keymat, nat_traversal, policy, wire
 from ikecore.config import Config
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import ConfigError
@@ -71,6 +71,10 @@ def dump_sa(sa: IsakmpSa, now: float) -> bytes:
         "peer_id": [sa.peer_id.id_type, sa.peer_id.data.hex()] if sa.peer_id else None,
         "vendor_ids": [v.hex() for v in sa.vendor_ids],
         "marker": sa.non_esp_marker,
+        "aggressive": sa.aggressive,
+        "nat_t": sa.nat_t.name if sa.nat_t is not None else None,
+        "nat": sa.nat, "encapsulated": sa.encapsulated, "natt_port": sa.natt_port,
+        "dpd": sa.dpd, "dpd_sequence": sa.dpd_sequence,
         "age": now - (sa.established if sa.established is not None else sa.started),
         "left": (sa.expires - now) if sa.expires is not None else None,
         "ipsec": [{
@@ -117,6 +121,14 @@ def load_sa(data: bytes, config: Config, now: float, elapsed: float = 0.0) -> Is
         sa.peer_id = wire.IdPayload(record["peer_id"][0], bytes.fromhex(record["peer_id"][1]))
     sa.vendor_ids = [bytes.fromhex(v) for v in record["vendor_ids"]]
     sa.non_esp_marker = bool(record["marker"])
+    sa.aggressive = bool(record.get("aggressive", False))
+    sa.nat_t = next((v for v in nat_traversal.VARIANTS if v.name == record.get("nat_t")), None)
+    sa.nat = record.get("nat", "none")
+    sa.encapsulated = bool(record.get("encapsulated", False))
+    sa.natt_port = int(record.get("natt_port", nat_traversal.NAT_T_PORT))
+    sa.dpd = bool(record.get("dpd", False))
+    sa.dpd_sequence = int(record.get("dpd_sequence", 0))
+    sa.last_heard = now
     sa.established = now_base - record["age"]
     sa.expires = now_base + record["left"] if record["left"] is not None else None
     for item in record["ipsec"]:
