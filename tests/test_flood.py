@@ -13,7 +13,7 @@ from ikecore import wire
 from ikecore.config import Config, ConfigError, config_from_dict
 from ikecore.engine import Engine
 from ikecore.flood import AdmissionControl, FloodLimits
-from ikecore.monitor import Monitor
+from ikecore.monitor import Monitor, Statistic
 
 
 def _with_limits(config: Config, limits: FloodLimits) -> Config:
@@ -177,3 +177,62 @@ def test_aggressive_mode_is_refused_above_the_cookie_threshold_no_dh_for_unprove
     assert link.responder.datagrams_to_send() == [] and computed == []
     refused = _events(link.responder, ev.HalfOpenRefused)
     assert refused and "Aggressive Mode" in refused[0].reason
+
+
+def test_flood_over_loopback_udp_gateway_keeps_serving() -> None:
+    """Real sockets: 3,000 message 1 datagrams from 300 127.x addresses at a gateway while
+    20 peers negotiate through it; all establish and every datagram is accounted for."""
+    import asyncio
+    import socket
+
+    from ikecore.transport import Gateway
+
+    limits = FloodLimits(cookie_threshold=100, max_half_open=1000)
+    rng = random.Random(99)
+
+    async def scenario() -> tuple[int, Monitor, int, int]:
+        monitor = Monitor()
+        gateway = Gateway(Engine(_with_limits(make_config(), limits)), monitor=monitor, receive_queue=100000)
+        ((_, port),) = await gateway.listen([("127.0.0.1", 0)])
+        peers = Gateway(Engine(make_config()))
+        flooders = []
+        for i in range(300):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((f"127.{10 + i // 250}.{i % 250}.{1 + i % 7}", 0))
+            sock.setblocking(False)
+            flooders.append(sock)
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            for _round in range(10):
+                for sock in flooders:
+                    sock.sendto(_mm1(rng, gateway.engine.config), ("127.0.0.1", port))
+                    sent += 1
+                await asyncio.sleep(0.02)
+
+        async def legit(i: int) -> bool:
+            await asyncio.sleep(0.01 * i)
+            result = await peers.connect(("127.0.0.1", port), local=(f"127.3.0.{i + 1}", 0), timeout=20)
+            return result.ok
+
+        results = await asyncio.gather(flood(), *(legit(i) for i in range(20)))
+        await asyncio.sleep(0.2)
+        gateway.poll_faults()
+        for sock in flooders:
+            sock.close()
+        half_open = gateway.engine.flood_stats()["half_open"]
+        peers.close()
+        gateway.close()
+        return sum(1 for ok in results[1:] if ok), monitor, sent, half_open
+
+    established, monitor, sent, half_open = asyncio.run(scenario())
+    x = monitor.extended
+    assert established == 20
+    assert half_open <= limits.max_half_open
+    received = x["messages_received:identity_protection"]
+    # every flood datagram was processed, or dropped by the kernel or our queue and counted
+    drops = x["kernel_receive_drops"] + x["receive_queue_full"]
+    assert received + drops >= sent + 20
+    assert monitor.counters[Statistic.RECEIVE_FAILURES] == drops
+    assert x["flood:stateless_cookies_sent"] > 0

@@ -58,3 +58,25 @@ class FaultLog:
     def totals(self) -> dict[str, int]:
         """Faults reported so far, by kind (logged or not)."""
         return {kind: entry.total for kind, entry in self._kinds.items()}
+
+
+def udp_drops(ports: set[int], paths: tuple[str, ...] = ("/proc/net/udp", "/proc/net/udp6")) -> int | None:
+    """Datagrams the kernel dropped for UDP sockets bound to ``ports`` (their receive
+    queue was full), from the ``drops`` column of Linux ``/proc/net/udp``; None where
+    that file does not exist. Counts since each socket was opened."""
+    total, found = 0, False
+    for path in paths:
+        try:
+            with open(path) as table:
+                lines = table.read().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()
+            try:
+                if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                    total += int(fields[-1])
+            except (IndexError, ValueError):
+                continue
+    return total if found else None

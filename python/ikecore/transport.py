@@ -25,7 +25,7 @@ from collections import deque
 
 from ikecore import events as ev
 from ikecore.engine import Engine
-from ikecore.faults import FaultLog
+from ikecore.faults import FaultLog, udp_drops
 from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
@@ -99,6 +99,8 @@ class Gateway:
         self._queue: deque[tuple[_Endpoint, bytes, Address]] = deque()
         self._queue_limit = receive_queue
         self._draining = False
+        self._kernel_drops = 0
+        self._poller: asyncio.TimerHandle | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -113,6 +115,8 @@ class Gateway:
             lambda: _Endpoint(self), local_addr=local, family=family)
         endpoint = protocol
         self._endpoints[endpoint.local] = endpoint
+        if self._poller is None:
+            self._poller = self.loop.call_later(1.0, self.poll_faults)
         return endpoint.local
 
     async def listen(self, addresses: list[Address] | tuple[Address, ...]) -> list[Address]:
@@ -144,7 +148,29 @@ class Gateway:
         self.engine.delete(handle, self.loop.time())
         self._flush()
 
+    def poll_faults(self) -> int:
+        """Count datagrams the kernel dropped on our sockets (full receive queue) since the
+        last poll as Receive Failures; runs every second while sockets are open."""
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = self.loop.call_later(1.0, self.poll_faults) if self._endpoints else None
+        drops = udp_drops({port for _address, port in self._endpoints})
+        new = 0 if drops is None else max(0, drops - self._kernel_drops)
+        if drops is not None:
+            self._kernel_drops = drops
+        if new:
+            if self.monitor is not None:
+                for _ in range(new):
+                    self.monitor.receive_failed()
+                self.monitor.extended["kernel_receive_drops"] += new
+            self.faults.report("kernel receive queue full", f"{new} datagrams dropped by the kernel",
+                               self.loop.time())
+        return new
+
     def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         if self._timer is not None:
             self._timer.cancel()
         for endpoint in self._endpoints.values():
