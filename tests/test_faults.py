@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,21 @@ def test_send_failure_is_counted_logged_once_and_other_peers_go_on(caplog: pytes
     assert ok
     assert monitor.counters[Statistic.SEND_FAILURES] == 3
     assert sum("socket send error" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_udp_drops_reads_the_drops_column_of_proc_net_udp(tmp_path: Path) -> None:
+    from ikecore.faults import udp_drops
+
+    table = tmp_path / "udp"
+    table.write_text(
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref "
+        "pointer drops\n"
+        "  1: 0100007F:01F4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 "
+        "0000000000000000 17\n"
+        "  2: 0100007F:1194 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3 2 "
+        "0000000000000000 5\n"
+        "  3: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4 2 "
+        "0000000000000000 99\n")
+    assert udp_drops({500, 4500}, paths=(str(table),)) == 22
+    assert udp_drops({53}, paths=(str(table),)) == 99
+    assert udp_drops({500}, paths=(str(tmp_path / "missing"),)) is None

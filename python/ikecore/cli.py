@@ -181,6 +181,10 @@ async def _serve(args: argparse.Namespace) -> int:
         name = type(event).__name__
         if name in ("DatagramReceived", "DatagramSent", "SpiAllocated", "KeyAdded", "KeyUpdated"):
             return
+        if name in ("StatelessCookieSent", "HalfOpenRefused", "HalfOpenDropped", "ReplayDropped"):
+            # come in floods: counted by the monitor, logged rate-limited (ikecore.faults)
+            gateway.faults.report(name, str(vars_of(event).get("remote", "")), time.monotonic())
+            return
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
         print(f"{time.strftime('%H:%M:%S')} {name} {fields}", file=sys.stderr, flush=True)
 
