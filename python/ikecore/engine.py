@@ -932,6 +932,7 @@ class Engine:
     def _persist(self) -> None:
         """Write every changed SA to the store in one transaction (no-op without a store)."""
         if self._store is None or not self._dirty:
+            self._dirty.clear()
             return
         dirty, self._dirty = self._dirty, set()
         upserts, deletes = [], []
