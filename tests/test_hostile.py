@@ -8,13 +8,15 @@ negotiation still completing afterwards.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 import struct
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from helpers import INITIATOR, RESPONDER, Link
+from helpers import INITIATOR, RESPONDER, Link, make_config
 from ikecore import events as ev
 from ikecore import wire
 from ikecore.monitor import Monitor, Statistic
@@ -307,3 +309,52 @@ class EngineFuzz(RuleBasedStateMachine):
 TestEngineFuzz = EngineFuzz.TestCase
 TestEngineFuzz.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
                                    suppress_health_check=list(HealthCheck))
+
+
+# --- regressions found by tests/enginefuzz.py -------------------------------------------------
+
+
+def _bad_ke_reply(reply: bytes, group_size: int) -> bytes:
+    message = wire.parse(reply)
+    payloads = [wire.KePayload(bytes(group_size)) if p.payload_type == wire.PayloadType.KE else p
+                for p in message.payloads]
+    return wire.Message(message.initiator_cookie, message.responder_cookie, message.exchange_type,
+                        payloads).encode()
+
+
+@pytest.mark.parametrize("aggressive", [False, True])
+def test_invalid_ke_from_the_responder_ends_the_negotiation_cleanly(aggressive: bool) -> None:
+    """A bad KE in MM4/AM2 consumed the initiator's single-use DH value; the SA used to stay
+    waiting with no key pair and the real reply then hit an internal error."""
+    config = make_config(aggressive=aggressive)
+    link = Link(initiator_config=config, responder_config=config)
+    handle = link.initiator.initiate(RESPONDER, local=INITIATOR, now=link.now)
+    exchange = 4 if aggressive else 2
+    ke_reply = None
+    for _ in range(10):
+        for side, datagram in link.collect():
+            data = datagram[0]
+            if side == "responder" and wire.PayloadType.KE in [p.payload_type for p in wire.parse(data).payloads]:
+                ke_reply = datagram
+                break
+            link.deliver(side, datagram)
+        if ke_reply is not None:
+            break
+    assert ke_reply is not None and ke_reply[0][18] == exchange
+    data, remote, local = ke_reply
+    link.initiator.receive_datagram(_bad_ke_reply(data, 256), local, remote, link.now)
+    link.initiator.receive_datagram(data, local, remote, link.now)    # the real reply, too late
+    assert not _internal_errors(link)
+    failed = link.of("initiator", ev.Phase1Failed)
+    assert failed and failed[0].handle == handle
+    assert failed[0].notify_type == wire.NotifyType.INVALID_KEY_INFORMATION
+    assert link.initiator.sa(handle) is None
+
+
+def test_engine_mutation_fuzz_bounded_run(tmp_path: Path) -> None:
+    """The make-test version of ``tests/enginefuzz.py --datagrams 10000000`` (README)."""
+    from enginefuzz import run
+
+    injected, completed, findings = run(30000, seed=7, per_step=200, artifacts=tmp_path, wall_limit=120)
+    assert findings == []
+    assert injected >= 30000 and completed > 0

@@ -506,6 +506,13 @@ class Engine:
                 self._emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
             self._fail(sa, str(exc), exc.notify_type, now)
             return
+        except RemoteProtocolError as exc:
+            if sa.dh is None and state_before in (Phase1State.I_EXPECT_MM4, Phase1State.I_EXPECT_AM2):
+                # Our single-use DH private value went into a rejected message: this
+                # negotiation cannot finish (found by tests/enginefuzz.py); end it.
+                self._fail(sa, str(exc), exc.notify_type, now)
+                return
+            raise
         sa.last_received = data
         sa.next_retransmit = None
         if state_before in (Phase1State.I_EXPECT_MM2, Phase1State.I_EXPECT_AM2):
@@ -566,7 +573,9 @@ class Engine:
         except RemoteProtocolError as exc:
             if new:
                 sa.crypto.forget(message.message_id)
-            if isinstance(exc, _FATAL) and state_before is not Phase2State.ESTABLISHED:
+            spent_dh = qm.dh is None and state_before is Phase2State.I_EXPECT_QM2 \
+                and bool(qm.esp_policy.pfs_group)   # our PFS value is gone (tests/enginefuzz.py)
+            if (isinstance(exc, _FATAL) or spent_dh) and state_before is not Phase2State.ESTABLISHED:
                 self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
                                            role=qm.role.value, reason=str(exc), notify_type=exc.notify_type))
                 self._notify_protected(sa, exc.notify_type)
