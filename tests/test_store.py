@@ -193,3 +193,29 @@ def test_serve_with_store_survives_kill_minus_9_over_real_sockets(tmp_path: Path
     first_ok, restored_qm_ok = asyncio.run(scenario())
     assert first_ok and restored_qm_ok
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("kind", ["aggressive", "nat"])
+def test_aggressive_mode_and_nat_t_sas_are_restored_with_their_state(tmp_path: Path, kind: str) -> None:
+    if kind == "aggressive":
+        config = make_config(aggressive=True)
+        link = Link(initiator_config=config, responder_config=config)
+    else:
+        link = Link(nat="198.51.100.7")
+    link.responder = Engine(link.responder_config, driver=link.responder_driver,
+                            store=SaStore(tmp_path / "sa.db"), now=link.now)
+    link.connect()
+    (before,) = link.responder.snapshot(link.now)
+    engine = _restart_responder(link, SaStore(tmp_path / "sa.db"), link.now)
+    (after,) = engine.snapshot(link.now)
+    for key in ("initiator_cookie", "responder_cookie", "peer", "peer_port", "local_port", "state"):
+        assert after[key] == before[key], key
+    sa = engine.sas()[0]
+    assert sa.aggressive is (kind == "aggressive")
+    if kind == "nat":
+        assert sa.encapsulated and sa.nat == "remote" and sa.nat_t is not None
+    link.initiator.initiate_quick_mode(link.initiator.sas()[0].handle, link.now)
+    link.pump()
+    assert len(engine.sas()[0].ipsec_sas) == 2
+    if kind == "nat":
+        assert all(k.udp_encapsulation for k in link.responder_driver.outbound.values())
