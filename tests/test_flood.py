@@ -219,11 +219,11 @@ def test_flood_over_loopback_udp_gateway_keeps_serving() -> None:
         results = await asyncio.gather(flood(), *(legit(i) for i in range(20)))
         await asyncio.sleep(0.2)
         gateway.poll_faults()
+        half_open = gateway.engine.flood_stats()["half_open"]
+        gateway.close()      # first: no retransmission to a closed flooder socket (ICMP error)
+        peers.close()
         for sock in flooders:
             sock.close()
-        half_open = gateway.engine.flood_stats()["half_open"]
-        peers.close()
-        gateway.close()
         return sum(1 for ok in results[1:] if ok), monitor, sent, half_open
 
     established, monitor, sent, half_open = asyncio.run(scenario())
