@@ -15,7 +15,7 @@ __all__ = [
     "InvalidCookieReceived", "RetransmitSent", "DuplicateReceived", "Phase1Started",
     "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
-    "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
+    "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived", "DeleteSent",
 ]
 
 
@@ -193,3 +193,12 @@ class SaDeleted(Event):
     phase: int
     spi: bytes | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteSent(Event):
+    """We told the peer, in a protected Informational, that SAs are gone."""
+
+    handle: int
+    protocol_id: int
+    spis: tuple[bytes, ...]

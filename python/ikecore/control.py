@@ -1,0 +1,165 @@
+"""The gateway's control socket (layer L5): JSON requests over a unix socket.
+
+``ikecore serve --control PATH`` serves it; ``ikecore monitor`` asks it. The protocol is
+one JSON object per line each way (NDJSON), several requests per connection allowed:
+
+* ``{"op": "view", "mode": "main-mode", "view": "security-associations",
+  "columns": "me,peer,+state" | [...] | null, "sort": "peer:desc" | null, "all_columns": false}``
+  -> ``{"ok": true, "mode", "view", "columns", "rows", "time"}`` (rows: snake_case keys);
+* ``{"op": "views"}`` -> the modes, their views and every view's columns;
+* ``{"op": "ping"}`` -> ``{"ok": true}``.
+
+Errors answer ``{"ok": false, "error": "..."}`` and keep the connection. Each request is
+served on the gateway's event loop between two datagrams: a snapshot, never a wait on a
+negotiation. The socket is created mode 0600 (it shows who is connected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import stat
+import time
+from typing import Any
+
+from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
+
+__all__ = ["ControlServer", "request", "default_control_path", "ControlError"]
+
+MAX_REQUEST = 65536
+
+
+class ControlError(Exception):
+    """The control socket cannot be reached or answered with an error."""
+
+
+def default_control_path() -> str:
+    """``$IKECORE_CONTROL``, else ``$XDG_RUNTIME_DIR/ikecore.sock``, else ``/tmp/ikecore-UID.sock``."""
+    if os.environ.get("IKECORE_CONTROL"):
+        return os.environ["IKECORE_CONTROL"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ikecore.sock")
+    return f"/tmp/ikecore-{os.getuid()}.sock"
+
+
+class ControlServer:
+    """Serves ``views`` on a unix socket; ``await start(path)``, ``close()``."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.path: str | None = None
+        self.requests = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, path: str) -> None:
+        """Listen on ``path``; a stale socket file (no server behind it) is replaced."""
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(path)
+                except OSError:
+                    os.unlink(path)
+                else:
+                    raise OSError(f"another gateway is serving {path}")
+        old_mask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_REQUEST)
+        finally:
+            os.umask(old_mask)
+        self.path = path
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(b'{"ok": false, "error": "request longer than 65536 bytes"}\n')
+                    break
+                if not line:
+                    break
+                writer.write(self.answer(line))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    def answer(self, line: bytes) -> bytes:
+        """The response line for one request line (never raises)."""
+        self.requests += 1
+        try:
+            response = self.handle(json.loads(line))
+        except (ValueError, ViewError, TypeError) as exc:
+            response = {"ok": False, "error": str(exc)}
+        return json.dumps(response, default=str).encode() + b"\n"
+
+    def handle(self, req: Any) -> dict[str, Any]:
+        if not isinstance(req, dict):
+            raise ViewError("a request is a JSON object")
+        op = req.get("op", "view")
+        if op == "ping":
+            return {"ok": True}
+        if op == "views":
+            return {"ok": True, "views": {mode: {view: {"columns": list(COLUMNS[(mode, view)]),
+                                                        "default": list(DEFAULT_COLUMNS[(mode, view)])}
+                                                 for view in views} for mode, views in VIEWS.items()}}
+        if op != "view":
+            raise ViewError(f"unknown op {op!r}; use view, views or ping")
+        columns = req.get("columns")
+        if columns is not None and not isinstance(columns, (str, list)):
+            raise ViewError("columns must be a string or a list")
+        sort = req.get("sort")
+        if sort is not None and not isinstance(sort, str):
+            raise ViewError("sort must be a string COLUMN[:desc]")
+        result = self.views.query(str(req.get("mode")), str(req.get("view")), columns, sort,
+                                  all_columns=bool(req.get("all_columns", False)))
+        return {"ok": True, "time": time.time(), **result}
+
+
+def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to the control socket at ``path``; returns the response object.
+
+    Raises ControlError when nothing listens there or the gateway answers an error.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(payload).encode() + b"\n")
+            chunks = []
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ControlError(f"no gateway listens on {path} ({exc.strerror}); start one with "
+                           f"'ikecore serve --control {path}'") from None
+    except OSError as exc:
+        raise ControlError(f"control socket {path}: {exc}") from None
+    try:
+        response = json.loads(b"".join(chunks))
+    except ValueError:
+        raise ControlError(f"control socket {path} sent no JSON answer") from None
+    if not response.get("ok"):
+        raise ControlError(str(response.get("error", "request failed")))
+    return dict(response)
