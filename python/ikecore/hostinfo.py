@@ -117,17 +117,17 @@ def parse_ipv6_route(text: str) -> tuple[str, ...]:
 
 def parse_dhclient_leases(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(DHCP servers, WINS servers) from a dhclient lease file, the latest lease's first."""
-    dhcp: list[str] = []
-    wins: list[str] = []
+    dhcp: tuple[str, ...] = ()
+    wins: tuple[str, ...] = ()
     for line in text.splitlines():
         fields = line.strip().rstrip(";").split(None, 2)
         if len(fields) == 3 and fields[0] == "option":
-            values = [v.strip() for v in fields[2].split(",")]
+            values = tuple(v.strip() for v in fields[2].split(","))
             if fields[1] == "dhcp-server-identifier":
-                dhcp.extend(values)
+                dhcp = values  # a later lease replaces an earlier one
             elif fields[1] == "netbios-name-servers":
-                wins.extend(values)
-    return _unique(list(reversed(dhcp))), _unique(list(reversed(wins)))
+                wins = values
+    return dhcp, wins
 
 
 def parse_networkd_lease(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
