@@ -25,6 +25,8 @@ import stat
 import time
 from typing import Any
 
+import orjson
+
 from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
 
 __all__ = ["ControlServer", "request", "default_control_path", "ControlError"]
@@ -105,10 +107,10 @@ class ControlServer:
         """The response line for one request line (never raises)."""
         self.requests += 1
         try:
-            response = self.handle(json.loads(line))
-        except (ValueError, ViewError, TypeError) as exc:
+            response = self.handle(orjson.loads(line))
+        except (ValueError, ViewError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
             response = {"ok": False, "error": str(exc)}
-        return json.dumps(response, default=str).encode() + b"\n"
+        return orjson.dumps(response, default=str) + b"\n"
 
     def handle(self, req: Any) -> dict[str, Any]:
         if not isinstance(req, dict):
@@ -157,7 +159,7 @@ def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[s
     except OSError as exc:
         raise ControlError(f"control socket {path}: {exc}") from None
     try:
-        response = json.loads(b"".join(chunks))
+        response = orjson.loads(b"".join(chunks))
     except ValueError:
         raise ControlError(f"control socket {path} sent no JSON answer") from None
     if not response.get("ok"):

@@ -21,7 +21,6 @@ from typing import Any, TextIO
 from ikecore.config import parse_endpoint
 from ikecore.control import ControlError, ControlServer, default_control_path, request
 from ikecore.errors import ConfigError
-from ikecore.exporters import IkecoreCollector, MetricsServer, make_registry
 from ikecore.monitor import Statistic
 from ikecore.views import VIEWS, DnsNameCache, Views, ViewError, render
 
@@ -83,7 +82,7 @@ class Services:
 
     views: Views
     control: ControlServer | None = None
-    metrics: MetricsServer | None = None
+    metrics: Any = None  # ikecore.exporters.MetricsServer
     metrics_address: tuple[str, int] | None = None
 
     def close(self) -> None:
@@ -111,6 +110,8 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None)
             raise ConfigError("--control", f"cannot serve {path}: {exc}") from None
         print(f"ikecore serve: control socket {path}", file=sys.stderr, flush=True)
     if metrics is not None:
+        from ikecore.exporters import IkecoreCollector, MetricsServer, make_registry  # only when asked
+
         host, port = parse_endpoint(metrics, 9500, "--metrics")
         services.metrics = MetricsServer(make_registry(IkecoreCollector(monitor, gateway.engine,
                                                                         clock=gateway.loop.time)))

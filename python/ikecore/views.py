@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
-import json
+import operator
 import socket
 import threading
 import time
@@ -29,11 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 from ikecore import policy, wire
 from ikecore.hostinfo import HostConfig
 from ikecore.monitor import Monitor, Statistic, display_name
 
-__all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render",
+__all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render", "dumps",
            "parse_columns", "ViewError"]
 
 
@@ -243,6 +245,7 @@ class Views:
         self.clock = clock
         self.wall = wall
         self.dns = dns
+        self._sa_rows: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     @property
     def host(self) -> HostConfig:
@@ -317,16 +320,25 @@ class Views:
         return [{"statistic": key, "value": value} for key, value in stats.items()]
 
     def _main_mode_security_associations(self) -> list[dict[str, Any]]:
+        """One row per ISAKMP SA. Rows are cached per SA and rebuilt only when the SA moved
+        (state, keys, IPsec SAs, vendor IDs); a read then costs about a dict per SA."""
         now, wall = self.clock(), self.wall()
+        cache, fresh = self._sa_rows, {}
         rows = []
         for sa in self.engine.sas():
-            row = sa.snapshot(now)
-            row["created"] = _iso(wall - (now - row["created"]))
-            if row["lifetime_left"] is not None:
-                row["lifetime_left"] = int(row["lifetime_left"])
-            row["nat"] = "udp-encapsulated" if sa.non_esp_marker else "none"
-            row["vendor_ids"] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids)
+            key = (sa.state, sa.established, sa.expires, len(sa.ipsec_sas), len(sa.vendor_ids), sa.responder_cookie)
+            hit = cache.get(sa.handle)
+            if hit is None or hit[0] != key:
+                row = sa.snapshot(now)
+                row["created"] = _iso(wall - (now - row["created"]))
+                row["nat"] = "udp-encapsulated" if sa.non_esp_marker else "none"
+                row["vendor_ids"] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids)
+                hit = (key, row)
+            fresh[sa.handle] = hit
+            row = hit[1]
+            row["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
             rows.append(row)
+        self._sa_rows = fresh
         return rows
 
     def _main_mode_counters(self) -> list[dict[str, Any]]:
@@ -486,7 +498,21 @@ def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None 
         if rows and key not in rows[0]:
             raise ViewError(f"cannot sort by unknown column {key!r}")
         rows = sorted(rows, key=lambda row: _sort_key(row.get(key)), reverse=order == "desc")
-    return [{c: row.get(c) for c in columns} for row in rows]
+    if not columns:
+        return [{} for _row in rows]
+    pick = operator.itemgetter(*columns)
+    names = tuple(columns)
+    try:
+        if len(names) == 1:
+            return [{names[0]: pick(row)} for row in rows]
+        return [dict(zip(names, pick(row))) for row in rows]
+    except KeyError:  # a row without some column: show it empty
+        return [{c: row.get(c) for c in columns} for row in rows]
+
+
+def dumps(value: Any) -> str:
+    """JSON text (orjson: a 100,000-SA listing encodes in tens of milliseconds)."""
+    return orjson.dumps(value, default=str).decode()
 
 
 def render(result: dict[str, Any], fmt: str = "table") -> str:
@@ -498,8 +524,8 @@ def render(result: dict[str, Any], fmt: str = "table") -> str:
     columns, rows = result["columns"], result["rows"]
     if fmt == "json":
         if result["view"] == "statistics" and "statistic" in columns and "value" in columns:
-            return json.dumps({row["statistic"]: row["value"] for row in rows})
-        return json.dumps(rows, default=str)
+            return dumps({row["statistic"]: row["value"] for row in rows})
+        return dumps(rows)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
