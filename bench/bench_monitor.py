@@ -216,40 +216,73 @@ print(polls)
 """
 
 
-def rate_with_poller(work: Path, peers: int = 1200, rounds: int = 2) -> None:
-    """Step 3: alternate plain and polled runs of ``peers`` negotiations each."""
+def rate_with_poller(work: Path, peers: int = 1200, rounds: int = 3) -> None:
+    """Step 3: alternate plain and polled runs of ``peers`` negotiations each.
+
+    Besides the wall-clock rate (noisy on a shared machine) it reports the CPU seconds
+    this process (gateway and peers) spent per SA, and the time the gateway spent
+    answering the poller, as a share of the run.
+    """
+    from ikecore.control import ControlServer
+
     rates: dict[bool, list[float]] = {False: [], True: []}
-    polls = 0
-    for round_ in range(rounds):
-        for polled in (False, True) if round_ % 2 == 0 else (True, False):
-            loop = LoopThread()
-            engine = Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING))
-            gateway = Gateway(engine, monitor=Monitor())
-            path = str(work / f"rate{round_}{int(polled)}.sock")
-            services = loop.call(lambda: start_services(gateway, path, None))
-            (server,) = loop.call(lambda: gateway.listen([("127.0.0.1", 0)]))
-            peers_gw = Gateway(Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING)),
-                               monitor=Monitor())
-            poller = None
-            if polled:
-                poller = subprocess.Popen([sys.executable, "-c", POLLER, path, "120"], stdout=subprocess.PIPE,
-                                          text=True)
-                time.sleep(0.5)  # the poller's interpreter is up and polling
-            ok, seconds = loop.call(lambda: _negotiate(peers_gw, server, peers, first=round_ * 2 * peers
-                                                       + int(polled) * peers))
-            rates[polled].append(ok / seconds)
-            if poller is not None:
-                poller.terminate()
-                poller.wait(10)
-            stats = loop.call(lambda: gateway.monitor.statistics())
-            assert stats[Statistic.IKE_MAIN_MODE.key] == ok, stats
-            loop.call(services.close)
-            loop.call(peers_gw.close)
-            loop.call(gateway.close)
-            loop.close()
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    serving: list[float] = []
+    answer = ControlServer.answer
+    spent = [0.0]
+
+    def timed_answer(self: ControlServer, line: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            return answer(self, line)
+        finally:
+            spent[0] += time.perf_counter() - started
+    ControlServer.answer = timed_answer  # type: ignore[method-assign]
+    try:
+        for round_ in range(rounds):
+            for polled in (False, True) if round_ % 2 == 0 else (True, False):
+                loop = LoopThread()
+                engine = Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING))
+                gateway = Gateway(engine, monitor=Monitor())
+                path = str(work / f"rate{round_}{int(polled)}.sock")
+                services = loop.call(lambda: start_services(gateway, path, None))
+                (server,) = loop.call(lambda: gateway.listen([("127.0.0.1", 0)]))
+                peers_gw = Gateway(Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING)),
+                                   monitor=Monitor())
+                poller = None
+                if polled:
+                    poller = subprocess.Popen([sys.executable, "-c", POLLER, path, "120"], stdout=subprocess.PIPE,
+                                              text=True)
+                    time.sleep(0.5)  # the poller's interpreter is up and polling
+                spent[0] = 0.0
+                before = os.times()
+                ok, seconds = loop.call(lambda: _negotiate(peers_gw, server, peers, first=round_ * 2 * peers
+                                                           + int(polled) * peers))
+                after = os.times()
+                rates[polled].append(ok / seconds)
+                cpu[polled].append((after.user - before.user + after.system - before.system) / max(ok, 1))
+                if polled:
+                    serving.append(spent[0] / seconds)
+                if poller is not None:
+                    poller.terminate()
+                    poller.wait(10)
+                stats = loop.call(lambda: gateway.monitor.statistics())
+                assert stats[Statistic.IKE_MAIN_MODE.key] == ok, stats
+                loop.call(services.close)
+                loop.call(peers_gw.close)
+                loop.call(gateway.close)
+                loop.close()
+    finally:
+        ControlServer.answer = answer  # type: ignore[method-assign]
     plain, polled_rate = statistics.median(rates[False]), statistics.median(rates[True])
     _line("negotiation_rate_polled_sas_per_s", polled_rate, plain, polled_rate / plain,
-          f"(anchor = same runs without a poller; {peers} peers x {rounds} runs each)")
+          f"(anchor = same runs without a poller; {peers} peers x {rounds} runs each; "
+          f"runs: {', '.join(f'{r:.0f}' for r in rates[True])} vs {', '.join(f'{r:.0f}' for r in rates[False])})")
+    plain_cpu, polled_cpu = statistics.median(cpu[False]), statistics.median(cpu[True])
+    _line("negotiation_cpu_ms_per_sa_polled", polled_cpu * 1e3, plain_cpu * 1e3, plain_cpu / polled_cpu,
+          "(this process' CPU per SA; ratio = plain / polled)")
+    _line("poller_share_of_gateway_time", statistics.median(serving), None, None,
+          "(time answering the 100 ms poller / run time)")
 
 
 def main() -> None:
