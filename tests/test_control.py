@@ -285,3 +285,18 @@ def test_serve_rejects_a_control_path_in_use(tmp_path: Path) -> None:
     path = tmp_path / "busy.sock"
     path.write_text("not a socket")
     assert main(["serve", "--listen", "127.0.0.1:0", "--psk", "x", "--control", str(path), "--duration", "1"]) == 2
+
+
+def test_send_failures_are_counted_by_the_transport() -> None:
+    gateway = LoopGateway(_config(), None)
+    try:
+        async def initiate_without_a_socket() -> None:
+            # No socket is bound on 127.0.0.1:9, so the transport cannot send MM1.
+            gateway.engine.initiate(("127.0.0.2", 500), local=("127.0.0.1", 9), now=gateway.gateway.loop.time())
+            gateway.gateway._flush()
+        gateway.call(initiate_without_a_socket)
+        stats = gateway.call(gateway.monitor.statistics)
+        assert stats["send_failures"] == 1 and stats["receive_failures"] == 0
+        assert stats["active_acquire"] == 1
+    finally:
+        gateway.close()

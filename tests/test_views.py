@@ -292,3 +292,21 @@ def test_reads_never_wait_for_a_slow_resolver() -> None:
     gate.set()
     dns.wait(5)
     dns.close()
+
+
+def test_quick_mode_generic_filters_show_selectors_and_tunnel_endpoints() -> None:
+    config = config_from_dict({
+        "esp_policy": {"site": {"proposals": "aes256-sha256-modp2048", "mode": "tunnel"},
+                       "host": {"proposals": "aes128-sha256", "mode": "transport"}},
+        "filter": [
+            {"name": "branch", "source": "me", "destination": "203.0.113.0/24", "psk": "a", "esp_policy": "site",
+             "local_ts": "10.1.0.0/16", "remote_ts": "10.2.0.0/16"},
+            {"name": "admin", "source": "me", "destination": "dns", "psk": "a", "esp_policy": "host"}]})
+    rows = Views(Link(make_config(), config).responder, Monitor(), host=HostConfig()).query(  # type: ignore[arg-type]
+        "quick-mode", "generic-filters", "all")["rows"]
+    assert rows[0] == {"name": "branch", "source": "10.1.0.0/16", "destination": "10.2.0.0/16", "source_port": 0,
+                       "destination_port": 0, "source_tunnel_endpoint": "My IP Address",
+                       "destination_tunnel_endpoint": "203.0.113.0/24", "protocol": "any",
+                       "quick_mode_policy": "site", "mode": "tunnel"}
+    assert rows[1]["destination"] == "DNS Server" and rows[1]["source_tunnel_endpoint"] == ""
+    assert rows[1]["mode"] == "transport"

@@ -102,10 +102,10 @@ class IkecoreCollector:
             spec = _EXTENDED.get(prefix)
             if spec is None or len(labels) != len(spec[2]):
                 continue
-            family = families.get(prefix)
-            if family is None:
-                family = families[prefix] = CounterMetricFamily(spec[0], spec[1], labels=list(spec[2]))
-            family.add_metric(labels, value)
+            counter = families.get(prefix)
+            if counter is None:
+                counter = families[prefix] = CounterMetricFamily(spec[0], spec[1], labels=list(spec[2]))
+            counter.add_metric(labels, value)
         yield from families.values()
         hist = HistogramMetricFamily("ikecore_negotiation_duration_seconds",
                                      "time from first to last message of a negotiation", labels=["phase"])

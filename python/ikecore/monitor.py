@@ -297,7 +297,7 @@ def _protocol_name(protocol_id: int) -> str:
         return str(protocol_id)
 
 
-_DPD = {wire.NotifyType.R_U_THERE: "r_u_there", wire.NotifyType.R_U_THERE_ACK: "r_u_there_ack"}
+_DPD: dict[int, str] = {wire.NotifyType.R_U_THERE: "r_u_there", wire.NotifyType.R_U_THERE_ACK: "r_u_there_ack"}
 
 
 def failure_reason(reason: str, notify_type: int | None) -> str:
