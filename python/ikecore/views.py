@@ -81,6 +81,8 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (QM, "counters"): ("counter", "value"),
 }
 
+_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]
+
 DEFAULT_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (MM, "generic-filters"): COLUMNS[(MM, "generic-filters")][:6],
     (MM, "specific-filters"): COLUMNS[(MM, "specific-filters")][:7],
@@ -333,7 +335,7 @@ class Views:
                 row["created"] = _iso(wall - (now - row["created"]))
                 row["nat"] = "udp-encapsulated" if sa.non_esp_marker else "none"
                 row["vendor_ids"] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids)
-                hit = (key, row)
+                hit = (key, {c: row.get(c) for c in _MM_SA_COLUMNS})  # in column order: cheap copies
             fresh[sa.handle] = hit
             row = hit[1]
             row["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
@@ -500,6 +502,8 @@ def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None 
         rows = sorted(rows, key=lambda row: _sort_key(row.get(key)), reverse=order == "desc")
     if not columns:
         return [{} for _row in rows]
+    if rows and len(columns) == len(rows[0]) and list(rows[0]) == list(columns):
+        return [row.copy() for row in rows]  # every column, in order (rows of one view share keys)
     pick = operator.itemgetter(*columns)
     names = tuple(columns)
     try:
