@@ -247,7 +247,7 @@ class Views:
         self.clock = clock
         self.wall = wall
         self.dns = dns
-        self._sa_rows: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._sa_rows: dict[int, tuple[Any, int, dict[str, Any]]] = {}
 
     @property
     def host(self) -> HostConfig:
@@ -266,8 +266,12 @@ class Views:
             raise ViewError(f"unknown mode {mode!r}; use {' or '.join(VIEWS)}")
         if view not in VIEWS[mode]:
             raise ViewError(f"unknown {mode} view {view!r}; use one of {', '.join(VIEWS[mode])}")
-        rows = self.rows(mode, view)
         chosen = parse_columns(mode, view, columns, all_columns=all_columns)
+        if (mode, view) == (MM, "security-associations"):
+            needed = chosen + ([sort.partition(":")[0]] if sort else [])
+            rows = self._main_mode_security_associations(needed)
+        else:
+            rows = self.rows(mode, view)
         return {"mode": mode, "view": view, "columns": chosen, "rows": select(rows, chosen, sort)}
 
     def rows(self, mode: str, view: str) -> list[dict[str, Any]]:
@@ -321,24 +325,28 @@ class Views:
         stats = self.monitor.statistics()
         return [{"statistic": key, "value": value} for key, value in stats.items()]
 
-    def _main_mode_security_associations(self) -> list[dict[str, Any]]:
-        """One row per ISAKMP SA. Rows are cached per SA and rebuilt only when the SA moved
-        (state, keys, IPsec SAs, vendor IDs); a read then costs about a dict per SA."""
-        now, wall = self.clock(), self.wall()
+    def _main_mode_security_associations(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One row per ISAKMP SA. Rows are cached per SA and rebuilt only when the SA moved:
+        every field of a row is set on a state transition or with its IPsec SAs, so
+        (state, number of IPsec SAs) tells when. ``lifetime_left`` is refreshed only when
+        ``columns`` asks for it (None: always)."""
+        now = self.clock()
+        wall = self.wall()
         cache, fresh = self._sa_rows, {}
         rows = []
+        life = columns is None or "lifetime_left" in columns
         for sa in self.engine.sas():
-            key = (sa.state, sa.established, sa.expires, len(sa.ipsec_sas), len(sa.vendor_ids), sa.responder_cookie)
             hit = cache.get(sa.handle)
-            if hit is None or hit[0] != key:
+            if hit is None or hit[0] is not sa.state or hit[1] != len(sa.ipsec_sas):
                 row = sa.snapshot(now)
                 row["created"] = _iso(wall - (now - row["created"]))
                 row["nat"] = "udp-encapsulated" if sa.non_esp_marker else "none"
                 row["vendor_ids"] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids)
-                hit = (key, {c: row.get(c) for c in _MM_SA_COLUMNS})  # in column order: cheap copies
+                hit = (sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS})
             fresh[sa.handle] = hit
-            row = hit[1]
-            row["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
+            row = hit[2]
+            if life:
+                row["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
             rows.append(row)
         self._sa_rows = fresh
         return rows
