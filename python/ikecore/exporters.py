@@ -59,6 +59,8 @@ _EXTENDED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "phase2_established": ("ikecore_phase2_established", "Quick Mode negotiations established by role",
                            ("role",)),
     "sa_deleted": ("ikecore_sas_deleted", "SAs removed from the SA database by phase", ("phase",)),
+    "dead_peers": ("ikecore_dead_peers", "peers declared dead by DPD (RFC 3706)", ()),
+    "nat_keepalives": ("ikecore_nat_keepalives", "NAT keepalives sent (RFC 3948)", ("direction",)),
 }
 
 

@@ -223,6 +223,10 @@ class Monitor:
             elif self._qm_established.get(event.handle, 0) > 0:
                 self._qm_established[event.handle] -= 1
                 self._qm_established_total -= 1
+        elif isinstance(event, ev.DeadPeerDetected):
+            x["dead_peers"] += 1
+        elif isinstance(event, ev.NatKeepaliveSent):
+            x["nat_keepalives:out"] += 1
 
     @property
     def ipsec_sa_count(self) -> int:

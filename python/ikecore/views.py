@@ -64,7 +64,8 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (MM, "security-associations"): ("me", "my_id", "peer", "peer_id", "authentication", "encryption",
                                     "integrity", "diffie_hellman", "initiator_cookie", "responder_cookie",
                                     "state", "role", "created", "lifetime_left", "nat", "vendor_ids",
-                                    "quick_modes", "local_port", "peer_port"),
+                                    "quick_modes", "local_port", "peer_port", "exchange", "nat_t",
+                                    "encapsulated", "dpd"),
     (QM, "generic-filters"): ("name", "source", "destination", "source_port", "destination_port",
                               "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
                               "quick_mode_policy", "mode"),
@@ -106,6 +107,7 @@ _MORE_NAMES = {
     "source_tunnel_endpoint": "Source Tunnel Endpoint", "destination_tunnel_endpoint": "Destination Tunnel Endpoint",
     "protocol": "Protocol", "source_dns_name": "Source DNS Name", "destination_dns_name": "Destination DNS Name",
     "counter": "Counter", "lifetime_kilobytes": "Lifetime (KB)", "quick_modes": "Quick Modes",
+    "exchange": "Exchange", "nat_t": "NAT-T", "encapsulated": "UDP Encapsulated", "dpd": "DPD",
 }
 
 #: The gauges among the Quick Mode statistics and the counters they come from.
@@ -340,7 +342,7 @@ class Views:
             if hit is None or hit[0] is not sa.state or hit[1] != len(sa.ipsec_sas):
                 row = sa.snapshot(now)
                 row["created"] = _iso(wall - (now - row["created"]))
-                row["nat"] = "udp-encapsulated" if sa.non_esp_marker else "none"
+                row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
                 row["vendor_ids"] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids)
                 hit = (sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS})
             fresh[sa.handle] = hit
