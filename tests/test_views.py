@@ -310,3 +310,31 @@ def test_quick_mode_generic_filters_show_selectors_and_tunnel_endpoints() -> Non
                        "quick_mode_policy": "site", "mode": "tunnel"}
     assert rows[1]["destination"] == "DNS Server" and rows[1]["source_tunnel_endpoint"] == ""
     assert rows[1]["mode"] == "transport"
+
+
+def test_json_fast_path_equals_the_rows_and_follows_changes() -> None:
+    link, views = _established_views(3)
+    for columns, sort in ((None, None), ("peer,state", "peer:desc"), ("all", None), ("peer,lifetime_left", "peer"),
+                          ("peer,state", None)):
+        for _ in range(2):  # second time from the per-row JSON cache
+            chosen, data = views.query_json("main-mode", "security-associations", columns, sort)
+            expected = views.query("main-mode", "security-associations", columns, sort)
+            assert chosen == expected["columns"] and json.loads(data) == expected["rows"]
+    link.now += 100
+    rows = json.loads(views.query_json("main-mode", "security-associations", "peer,lifetime_left")[1])
+    assert {r["lifetime_left"] for r in rows} == {int(sa.expires - link.now) for sa in link.responder.sas()}
+    victim = link.responder.sas()[0]
+    link.responder.delete(victim.handle, link.now)
+    rows = json.loads(views.query_json("main-mode", "security-associations", "initiator_cookie,state")[1])
+    assert victim.initiator_cookie.hex() not in {r["initiator_cookie"] for r in rows} and len(rows) == 2
+    assert len(views._sa_rows) == 2  # the deleted SA's cached row is gone
+    other = link.responder.sas()[0]
+    other.ipsec_sas.clear()  # an IPsec SA left: the row is rebuilt
+    rows = json.loads(views.query_json("main-mode", "security-associations", "initiator_cookie,quick_modes")[1])
+    assert {r["initiator_cookie"]: r["quick_modes"] for r in rows}[other.initiator_cookie.hex()] == 0
+    _cols, stats = views.query_json("main-mode", "statistics")
+    assert json.loads(stats)[0] == {"statistic": "active_acquire", "value": 0}
+    with pytest.raises(ViewError):
+        views.query_json("main-mode", "security-associations", "peer", "nope")
+    with pytest.raises(ViewError):
+        views.query_json("main-mode", "security-associations", "peer", "peer:up")

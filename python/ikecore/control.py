@@ -110,7 +110,11 @@ class ControlServer:
             response = self.handle(orjson.loads(line))
         except (ValueError, ViewError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
             response = {"ok": False, "error": str(exc)}
-        return orjson.dumps(response, default=str) + b"\n"
+        rows = response.pop("rows_json", None)
+        if rows is None:
+            return orjson.dumps(response, default=str) + b"\n"
+        # Splice the rows, encoded by the views (with cached per-row JSON), into the answer.
+        return orjson.dumps(response, default=str)[:-1] + b',"rows":' + rows + b"}\n"
 
     def handle(self, req: Any) -> dict[str, Any]:
         if not isinstance(req, dict):
@@ -130,9 +134,15 @@ class ControlServer:
         sort = req.get("sort")
         if sort is not None and not isinstance(sort, str):
             raise ViewError("sort must be a string COLUMN[:desc]")
-        result = self.views.query(str(req.get("mode")), str(req.get("view")), columns, sort,
-                                  all_columns=bool(req.get("all_columns", False)))
-        return {"ok": True, "time": time.time(), **result}
+        mode, view = str(req.get("mode")), str(req.get("view"))
+        if mode not in VIEWS:
+            raise ViewError(f"unknown mode {mode!r}; use {' or '.join(VIEWS)}")
+        if view not in VIEWS[mode]:
+            raise ViewError(f"unknown {mode} view {view!r}; use one of {', '.join(VIEWS[mode])}")
+        chosen, rows = self.views.query_json(mode, view, columns, sort,
+                                             all_columns=bool(req.get("all_columns", False)))
+        return {"ok": True, "time": time.time(), "mode": mode, "view": view, "columns": chosen,
+                "rows_json": rows}
 
 
 def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
