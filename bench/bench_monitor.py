@@ -213,14 +213,15 @@ def json_100k(config: Any, real: list[Any]) -> None:
 
 POLLER = r"""
 import sys, time
-from ikecore.control import request
+from ikecore.control import ControlClient
 path, stop = sys.argv[1], time.monotonic() + float(sys.argv[2])
 polls = 0
-while time.monotonic() < stop:
-    request(path, {"op": "view", "mode": "main-mode", "view": "statistics"})
-    request(path, {"op": "view", "mode": "main-mode", "view": "security-associations"})
-    polls += 1
-    time.sleep(0.1)
+with ControlClient(path) as client:  # one connection, as a monitoring agent keeps it
+    while time.monotonic() < stop:
+        client.request({"op": "view", "mode": "main-mode", "view": "statistics"})
+        client.request({"op": "view", "mode": "main-mode", "view": "security-associations"})
+        polls += 1
+        time.sleep(0.1)
 print(polls)
 """
 

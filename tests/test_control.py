@@ -300,3 +300,17 @@ def test_send_failures_are_counted_by_the_transport() -> None:
         assert stats["active_acquire"] == 1
     finally:
         gateway.close()
+
+
+def test_one_connection_serves_many_requests(live: LoopGateway, tmp_path: Path) -> None:
+    from ikecore.control import ControlClient
+
+    before = live.services.control.requests
+    with ControlClient(str(tmp_path / "control.sock")) as client:
+        for _ in range(5):
+            stats = client.request({"op": "view", "mode": "main-mode", "view": "statistics", "columns": "statistic,value"})
+            assert {r["statistic"]: r["value"] for r in stats["rows"]}["ike_main_mode"] == 3
+        with pytest.raises(ControlError, match="unknown op"):
+            client.request({"op": "nope"})
+        assert client.request({"op": "ping"}) == {"ok": True}
+    assert live.services.control.requests == before + 7

@@ -1,6 +1,7 @@
 """The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only.
 
-Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``demo`` (the
+Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``monitor`` (views of a
+running gateway, ``ikecore.monitor_cli``), ``demo`` (the
 self-contained main job of ``make run``) and ``decode`` (ISAKMP dissector).
 User errors print one line naming the flag and the fix, and exit 2.
 """
@@ -17,14 +18,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode
-from ikecore import monitor_cli
-from ikecore.views import Views
+from ikecore import __version__, decode, monitor_cli
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
 from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, Statistic, display_name
 from ikecore.transport import Gateway, local_address_towards
+from ikecore.views import Views
 
 __all__ = ["main", "build_parser", "format_table"]
 

@@ -29,7 +29,7 @@ import orjson
 
 from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
 
-__all__ = ["ControlServer", "request", "default_control_path", "ControlError"]
+__all__ = ["ControlServer", "ControlClient", "request", "default_control_path", "ControlError"]
 
 MAX_REQUEST = 65536
 
@@ -145,33 +145,63 @@ class ControlServer:
                 "rows_json": rows}
 
 
-def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request to the control socket at ``path``; returns the response object.
+class ControlClient:
+    """A connection to a gateway's control socket, kept open for many requests (``--watch``,
+    pollers); ``close()`` or ``with`` ends it.
 
-    Raises ControlError when nothing listens there or the gateway answers an error.
+    Raises ControlError when nothing listens at ``path`` or the gateway answers an error.
     """
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(json.dumps(payload).encode() + b"\n")
-            chunks = []
-            while True:
-                chunk = sock.recv(1 << 20)
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._buffer = b""
+        try:
+            self._sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self._sock.close()
+            raise ControlError(f"no gateway listens on {path} ({exc.strerror}); start one with "
+                               f"'ikecore serve --control {path}'") from None
+        except OSError as exc:
+            self._sock.close()
+            raise ControlError(f"control socket {path}: {exc}") from None
+
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and wait for its answer."""
+        try:
+            self._sock.sendall(json.dumps(payload).encode() + b"\n")
+            chunks = [self._buffer]
+            while not chunks[-1].endswith(b"\n"):
+                chunk = self._sock.recv(1 << 20)
                 if not chunk:
-                    break
+                    raise ControlError(f"control socket {self.path} closed the connection")
                 chunks.append(chunk)
-                if chunk.endswith(b"\n"):
-                    break
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise ControlError(f"no gateway listens on {path} ({exc.strerror}); start one with "
-                           f"'ikecore serve --control {path}'") from None
-    except OSError as exc:
-        raise ControlError(f"control socket {path}: {exc}") from None
-    try:
-        response = orjson.loads(b"".join(chunks))
-    except ValueError:
-        raise ControlError(f"control socket {path} sent no JSON answer") from None
-    if not response.get("ok"):
-        raise ControlError(str(response.get("error", "request failed")))
-    return dict(response)
+        except OSError as exc:
+            raise ControlError(f"control socket {self.path}: {exc}") from None
+        line, _, self._buffer = b"".join(chunks).partition(b"\n")
+        try:
+            response = orjson.loads(line)
+        except ValueError:
+            raise ControlError(f"control socket {self.path} sent no JSON answer") from None
+        if not isinstance(response, dict) or not response.get("ok"):
+            raise ControlError(str(response.get("error", "request failed") if isinstance(response, dict)
+                                   else "request failed"))
+        return response
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to the control socket at ``path`` on a new connection; returns the
+    response object. Raises ControlError when nothing listens there or the gateway answers
+    an error."""
+    with ControlClient(path, timeout) as client:
+        return client.request(payload)

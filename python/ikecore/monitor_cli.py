@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ikecore.config import parse_endpoint
-from ikecore.control import ControlError, ControlServer, default_control_path, request
+from ikecore.control import ControlClient, ControlError, ControlServer, default_control_path
 from ikecore.errors import ConfigError
 from ikecore.monitor import Statistic
 from ikecore.views import VIEWS, DnsNameCache, Views, ViewError, render
@@ -54,12 +54,17 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     payload = {"op": "view", "mode": args.mode, "view": args.view, "columns": args.columns, "sort": args.sort,
                "all_columns": args.format == "json" and args.columns is None}
     shown = 0
+    client: ControlClient | None = None
     while True:
         try:
-            result = request(path, payload)
+            if client is None:
+                client = ControlClient(path)
+            result = client.request(payload)
         except ControlError as exc:
             message = str(exc)
             print(f"ikecore monitor: {message}", file=sys.stderr)
+            if client is not None:
+                client.close()
             return 2 if "column" in message or "sort" in message or "view" in message else 1
         text = render(result, args.format)
         if args.watch:
@@ -69,10 +74,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.flush()
         shown += 1
         if not args.watch or (args.count is not None and shown >= args.count):
+            client.close()
             return 0
         try:
             time.sleep(args.interval)
         except KeyboardInterrupt:
+            client.close()
             return 0
 
 
