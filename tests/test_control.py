@@ -195,6 +195,8 @@ def test_prometheus_endpoint_parses_with_the_official_client(live: LoopGateway) 
     messages = {(s.labels["exchange"], s.labels["number"], s.labels["direction"]): s.value
                 for s in families["ikecore_messages"].samples}
     assert messages[("identity_protection", "1", "in")] == 3 and messages[("quick_mode", "3", "in")] == 3
+    assert families["ikecore_udp_receive_queue_bytes"].type == "gauge"
+    assert samples["ikecore_udp_receive_drops_total"] == 0
     hist = families["ikecore_negotiation_duration_seconds"]
     counts = {s.labels["phase"]: s.value for s in hist.samples if s.name.endswith("_count")}
     assert counts == {"main_mode": 3, "quick_mode": 3}
@@ -314,3 +316,24 @@ def test_one_connection_serves_many_requests(live: LoopGateway, tmp_path: Path) 
             client.request({"op": "nope"})
         assert client.request({"op": "ping"}) == {"ok": True}
     assert live.services.control.requests == before + 7
+
+
+def test_kernel_receive_queue_and_drops_are_read_from_the_sockets() -> None:
+    from ikecore.exporters import udp_receive_queues
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind(("127.0.0.1", 0))
+        assert udp_receive_queues([receiver]) == (0, 0)
+        for _ in range(200):  # far more than a 4 KiB buffer holds: the kernel drops the rest
+            sender.sendto(b"x" * 500, receiver.getsockname())
+        queued, drops = udp_receive_queues([receiver])
+        assert queued > 0 and drops > 0
+        while True:  # drain: the queue empties, the drop count stays
+            receiver.setblocking(False)
+            try:
+                receiver.recv(600)
+            except BlockingIOError:
+                break
+        assert udp_receive_queues([receiver]) == (0, drops)

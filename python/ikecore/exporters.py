@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,7 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ikecore.monitor import Monitor, Statistic
 
-__all__ = ["IkecoreCollector", "MetricsServer", "GAUGE_STATISTICS", "make_registry"]
+__all__ = ["IkecoreCollector", "MetricsServer", "GAUGE_STATISTICS", "make_registry", "udp_receive_queues"]
 
 #: Statistics of the seed that are gauges (the others only grow).
 GAUGE_STATISTICS = frozenset({
@@ -73,11 +75,15 @@ class IkecoreCollector:
         clock: the engine's clock (``loop.time``); times are converted to Unix time.
         wall: Unix time.
         per_sa_limit: at most this many SAs get per-SA series (protects Prometheus).
+        sockets: the gateway's UDP sockets (``Gateway.sockets``), for the kernel's receive
+            queue bytes and drops (Linux ``SO_MEMINFO``).
     """
 
     def __init__(self, monitor: Monitor, engine: Any = None, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, per_sa_limit: int = 10000) -> None:
+                 wall: Callable[[], float] = time.time, per_sa_limit: int = 10000,
+                 sockets: Callable[[], list[Any]] | None = None) -> None:
         self.monitor = monitor
+        self.sockets = sockets
         self.engine = engine
         self.clock = clock
         self.wall = wall
@@ -116,6 +122,12 @@ class IkecoreCollector:
         yield hist
         yield GaugeMetricFamily("ikecore_ipsec_sas", "IPsec SA pairs installed", value=self.monitor.ipsec_sa_count)
         yield GaugeMetricFamily("ikecore_start_time_seconds", "Unix time the exporter started", value=self.started)
+        if self.sockets is not None:
+            queued, drops = udp_receive_queues(self.sockets())
+            yield GaugeMetricFamily("ikecore_udp_receive_queue_bytes",
+                                    "bytes waiting in the gateway's UDP receive buffers (kernel)", value=queued)
+            yield CounterMetricFamily("ikecore_udp_receive_drops",
+                                      "datagrams the kernel dropped because a receive buffer was full", value=drops)
         if self.engine is not None:
             yield from self._per_sa()
 
@@ -145,6 +157,25 @@ class IkecoreCollector:
         yield established
         yield expiry
         yield ipsec_expiry
+
+
+SO_MEMINFO = 55           # Linux: getsockopt(SOL_SOCKET, SO_MEMINFO) -> u32[SK_MEMINFO_VARS]
+_MEMINFO_RMEM_ALLOC, _MEMINFO_DROPS, _MEMINFO_VARS = 0, 8, 9
+
+
+def udp_receive_queues(sockets: list[Any]) -> tuple[int, int]:
+    """(bytes queued, datagrams dropped) summed over ``sockets``; (0, 0) where unsupported."""
+    queued = drops = 0
+    for sock in sockets:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _MEMINFO_VARS)
+        except (OSError, AttributeError):
+            continue
+        values = struct.unpack(f"={len(raw) // 4}I", raw[:len(raw) // 4 * 4])
+        if len(values) > _MEMINFO_DROPS:
+            queued += values[_MEMINFO_RMEM_ALLOC]
+            drops += values[_MEMINFO_DROPS]
+    return queued, drops
 
 
 def make_registry(collector: IkecoreCollector) -> CollectorRegistry:

@@ -120,8 +120,8 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None)
         from ikecore.exporters import IkecoreCollector, MetricsServer, make_registry  # only when asked
 
         host, port = parse_endpoint(metrics, 9500, "--metrics")
-        services.metrics = MetricsServer(make_registry(IkecoreCollector(monitor, gateway.engine,
-                                                                        clock=gateway.loop.time)))
+        services.metrics = MetricsServer(make_registry(IkecoreCollector(
+            monitor, gateway.engine, clock=gateway.loop.time, sockets=gateway.sockets)))
         try:
             services.metrics_address = await services.metrics.start(host, port)
         except OSError as exc:

@@ -150,6 +150,11 @@ class Gateway:
 
         return SaEventStream(self, maxsize=maxsize)
 
+    def sockets(self) -> list[Any]:
+        """The gateway's UDP sockets (for kernel queue statistics; do not read from them)."""
+        return [ep.transport.get_extra_info("socket") for ep in self._endpoints.values()
+                if ep.transport is not None]
+
     @property
     def pending_connects(self) -> int:
         """``connect`` calls waiting for their outcome (the monitor's Acquire Heap Size)."""
