@@ -190,6 +190,7 @@ def test_prometheus_endpoint_parses_with_the_official_client(live: LoopGateway) 
     assert families["ikecore_ike_main_mode"].type == "counter"
     samples = {s.name: s.value for f in families.values() for s in f.samples if not s.labels}
     assert samples["ikecore_ike_main_mode_total"] == 3
+    assert samples["ikecore_acquire_total"] == 9 and samples["ikecore_get_spi_total"] == 3  # no "_total_total"
     assert samples["ikecore_ike_quick_mode_total"] == 3
     assert samples["ikecore_isadb_list_size"] == 3 and families["ikecore_isadb_list_size"].type == "gauge"
     messages = {(s.labels["exchange"], s.labels["number"], s.labels["direction"]): s.value

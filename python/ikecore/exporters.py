@@ -2,7 +2,8 @@
 
 ``IkecoreCollector`` turns a gateway's ``Monitor`` and ``Engine`` into metric families at
 scrape time: the 23 statistics (counters as ``ikecore_<statistic>_total``, gauges as
-``ikecore_<statistic>``), the extended counters with labels (messages by exchange, number
+``ikecore_<statistic>``; Total Acquire and Total Get SPI as ``ikecore_acquire_total`` and
+``ikecore_get_spi_total``), the extended counters with labels (messages by exchange, number
 and direction; retransmissions; notifies by type; DPD; deletes; failures by phase and
 reason; invalid packets; driver failures), the negotiation-time histograms per phase and,
 per SA, timestamps rather than ages (``..._established_timestamp_seconds``,
@@ -96,7 +97,7 @@ class IkecoreCollector:
     def collect(self) -> Iterator[Metric]:
         stats = self.monitor.statistics()
         for stat in Statistic:
-            name = f"ikecore_{stat.key}"
+            name = f"ikecore_{stat.key.removeprefix('total_')}"  # Total Acquire -> ikecore_acquire_total
             doc = f"{_SEED_HELP}: {stat.value}"
             family: Metric
             if stat in GAUGE_STATISTICS:
