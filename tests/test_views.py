@@ -338,3 +338,14 @@ def test_json_fast_path_equals_the_rows_and_follows_changes() -> None:
         views.query_json("main-mode", "security-associations", "peer", "nope")
     with pytest.raises(ViewError):
         views.query_json("main-mode", "security-associations", "peer", "peer:up")
+
+
+def test_dns_cache_is_bounded() -> None:
+    dns = DnsNameCache(lambda a: "n", max_entries=50, workers=2)
+    for i in range(400):
+        dns.name(f"10.0.{i // 250}.{i % 250}")
+        if i % 100 == 99:
+            dns.wait(5)
+    dns.wait(5)
+    assert len(dns._entries) <= 50 and len(dns._futures) <= 256
+    dns.close()

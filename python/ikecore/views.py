@@ -190,6 +190,8 @@ class DnsNameCache:
             if address not in self._pending and len(self._pending) < self.max_entries:
                 self._pending.add(address)
                 self.lookups += 1
+                if len(self._futures) >= 256:  # keep only lookups still running (for ``wait``)
+                    self._futures = [f for f in self._futures if not f.done()]
                 self._futures.append(self._pool.submit(self._lookup, address))
         return entry[0] if entry is not None else None
 
