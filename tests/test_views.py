@@ -349,3 +349,16 @@ def test_dns_cache_is_bounded() -> None:
     dns.wait(5)
     assert len(dns._entries) <= 50 and len(dns._futures) <= 256
     dns.close()
+
+
+def test_the_hosts_configuration_is_read_again_after_its_ttl() -> None:
+    views = Views(Link().responder, Monitor())
+    first = views.host
+    assert views.host is first
+    views.HOST_TTL = 0.0
+    time.sleep(0.01)
+    assert views.host is not first and views.host.dns_servers == first.dns_servers
+    injected = HostConfig(dns_servers=("192.0.2.53",))
+    fixed = Views(Link().responder, Monitor(), host=injected)
+    fixed.HOST_TTL = 0.0
+    assert fixed.host is injected

@@ -252,13 +252,20 @@ class Views:
         self.wall = wall
         self.dns = dns
         self._sa_rows: dict[int, list[Any]] = {}
+        self._host_read_at: float | None = None  # None: injected (never re-read) or not read yet
+
+    #: How long (seconds) the host's configuration read for keyword expansion is reused.
+    HOST_TTL = 60.0
 
     @property
     def host(self) -> HostConfig:
-        if self._host is None:
+        """The injected host configuration, or this host's, re-read every ``HOST_TTL`` seconds."""
+        if self._host is None or (self._host_read_at is not None and
+                                  time.monotonic() - self._host_read_at > self.HOST_TTL):
             config = self.engine.config
             self._host = HostConfig.read(dhcp_servers=getattr(config, "dhcp_servers", ()),
                                          wins_servers=getattr(config, "wins_servers", ()))
+            self._host_read_at = time.monotonic()
         return self._host
 
     # --- the request entry point ------------------------------------------------------
