@@ -11,7 +11,10 @@ one JSON object per line each way (NDJSON), several requests per connection allo
 
 Errors answer ``{"ok": false, "error": "..."}`` and keep the connection. Each request is
 served on the gateway's event loop between two datagrams: a snapshot, never a wait on a
-negotiation. The socket is created mode 0600 (it shows who is connected).
+negotiation (a listing of 100,000 SAs holds the loop for a few tenths of a second; the
+Main Mode SA list reuses each unchanged row's JSON, ``Views.query_json``). The socket is
+created mode 0600 (it shows who is connected). Clients: ``request`` (one connection per
+request) and ``ControlClient`` (one connection for many, as ``--watch`` and pollers use).
 """
 
 from __future__ import annotations
