@@ -268,3 +268,26 @@ def test_failure_reasons_are_a_bounded_vocabulary() -> None:
     assert failure_reason("negotiation timed out", None) == "timeout"
     assert failure_reason("peer sent INVALID-ID-INFORMATION", None) == "peer_notify"
     assert failure_reason("something new", None) == "other"
+
+
+def test_aggressive_mode_and_dead_peers_keep_the_gauges_true() -> None:
+    from ikecore.config import Timing
+
+    timing = Timing(retransmit_timeout=1.0, retransmit_tries=3, negotiation_timeout=30.0,
+                    dpd_delay=10.0, dpd_timeout=30.0)
+    link = Link(make_config(aggressive=True, timing=timing), make_config(aggressive=True, timing=timing))
+    link.connect()
+    initiator, responder = _observed("initiator", link), _observed("responder", link)
+    assert responder.extended["messages:aggressive:1:in"] == 1
+    assert responder.extended["messages:aggressive:2:out"] == 1
+    assert responder.extended["messages:aggressive:3:in"] == 1
+    for monitor in (initiator, responder):
+        stats = monitor.statistics()
+        assert stats["ike_main_mode"] == 1 and stats["isadb_list_size"] == 1 and stats["connection_list_size"] == 1
+    link.silent.add("responder")
+    link.advance(60.0)
+    initiator = _observed("initiator", link)
+    assert initiator.extended["dead_peers"] == 1
+    assert initiator.extended["dpd:r_u_there:out"] >= 30
+    stats = initiator.statistics()
+    assert stats["isadb_list_size"] == 0 == len(link.initiator.sas()) and stats["connection_list_size"] == 0
