@@ -1,9 +1,22 @@
 """The monitor (layer L5): the IP Security Monitor's statistics and views.
 
 Counters are an enum updated in one place, ``Monitor.observe(event)``, from the engine's
-events (never incremented inside handlers). Gauges (list sizes, heaps) are read from the
-engine at snapshot time. Views are lists of dicts with snake_case keys; tables show the
-seed's display names as column headers.
+events (never incremented inside handlers); the transport adds Send/Receive Failures. The
+gauges follow the same events, so ``statistics()`` is constant time:
+
+* ISADB List Size: ISAKMP SAs started and not yet failed or deleted;
+* Connection List Size: Quick Mode exchanges in progress plus installed IPsec SA pairs;
+* Active Acquire: our own negotiations (Main/Aggressive and Quick Mode) in progress;
+  Acquire Heap Size: the gateway's ``connect`` calls waiting (the same set without one);
+* Active Receive, Receive Heap Size: ikecore handles each datagram as the event loop reads
+  it and keeps no receive queue of its own, so both are 0; the kernel's queue in front of
+  the sockets is exported as bytes and drops (``ikecore.exporters``);
+* Soft Associations: 0, ikecore never falls back to cleartext.
+
+Beyond the seed, ``extended`` counts ``prefix:label...`` keys: messages by exchange, number
+and direction, retransmissions, notifies by type, DPD, deletes, failures by phase and
+reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
+histograms of negotiation times. The views (``ikecore.views``) read all of it.
 """
 
 from __future__ import annotations
