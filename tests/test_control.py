@@ -171,7 +171,7 @@ def test_reads_do_not_wait_for_a_negotiation_in_progress(live: LoopGateway, tmp_
         started = time.perf_counter()
         answer = request(str(tmp_path / "control.sock"), {"op": "view", "mode": "main-mode",
                                                           "view": "security-associations", "columns": "peer,state"})
-        assert time.perf_counter() - started < 0.5
+        assert time.perf_counter() - started < 2.0  # a wait on the negotiation would last its 10 s timeout
         assert {"peer": "127.0.0.1", "state": "I_EXPECT_MM2"} in answer["rows"]
         stats = request(str(tmp_path / "control.sock"), {"op": "view", "mode": "main-mode", "view": "statistics"})
         values = {r["statistic"]: r["value"] for r in stats["rows"]}

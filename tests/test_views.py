@@ -288,7 +288,7 @@ def test_reads_never_wait_for_a_slow_resolver() -> None:
     views = Views(link.responder, Monitor(), host=HostConfig(), dns=dns)
     started = time.perf_counter()
     views.query("quick-mode", "specific-filters", "all")
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2.0  # the resolver blocks for 5 s
     gate.set()
     dns.wait(5)
     dns.close()
