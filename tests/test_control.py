@@ -311,7 +311,8 @@ def test_one_connection_serves_many_requests(live: LoopGateway, tmp_path: Path) 
     before = live.services.control.requests
     with ControlClient(str(tmp_path / "control.sock")) as client:
         for _ in range(5):
-            stats = client.request({"op": "view", "mode": "main-mode", "view": "statistics", "columns": "statistic,value"})
+            stats = client.request({"op": "view", "mode": "main-mode", "view": "statistics",
+                                    "columns": "statistic,value"})
             assert {r["statistic"]: r["value"] for r in stats["rows"]}["ike_main_mode"] == 3
         with pytest.raises(ControlError, match="unknown op"):
             client.request({"op": "nope"})

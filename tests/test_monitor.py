@@ -70,7 +70,8 @@ SINGLE_EVENTS: list[tuple[ev.Event, dict[str, int]]] = [
 ]
 
 
-@pytest.mark.parametrize("event,expected", SINGLE_EVENTS, ids=lambda v: type(v).__name__ if isinstance(v, ev.Event) else "")
+@pytest.mark.parametrize("event,expected", SINGLE_EVENTS,
+                         ids=lambda v: type(v).__name__ if isinstance(v, ev.Event) else "")
 def test_each_event_moves_exactly_its_statistics(event: ev.Event, expected: dict[str, int]) -> None:
     monitor = Monitor()
     before = monitor.statistics()

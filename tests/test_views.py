@@ -113,7 +113,8 @@ def _keyword_config() -> object:
 def test_generic_filters_show_keywords_and_specific_filters_expand_them(host_files: dict[str, str]) -> None:
     config = _keyword_config()
     link = Link(make_config(), config)  # type: ignore[arg-type]
-    host = _host(host_files, dhcp_servers=config.dhcp_servers, wins_servers=config.wins_servers)  # type: ignore[attr-defined]
+    host = _host(host_files, dhcp_servers=config.dhcp_servers,  # type: ignore[attr-defined]
+                 wins_servers=config.wins_servers)  # type: ignore[attr-defined]
     views = Views(link.responder, Monitor(), host=host)
     generic = views.query("main-mode", "generic-filters")["rows"]
     assert [(r["name"], r["source"], r["destination"]) for r in generic] == [

@@ -30,7 +30,8 @@ from typing import Any
 from ikecore import events as ev
 from ikecore import wire
 
-__all__ = ["Statistic", "Monitor", "Histogram", "failure_reason", "DURATION_BUCKETS", "MAIN_MODE_SA_COLUMNS", "QUICK_MODE_SA_COLUMNS", "display_name"]
+__all__ = ["Statistic", "Monitor", "Histogram", "failure_reason", "DURATION_BUCKETS", "MAIN_MODE_SA_COLUMNS",
+           "QUICK_MODE_SA_COLUMNS", "display_name"]
 
 
 class Statistic(enum.Enum):
