@@ -253,6 +253,7 @@ class Views:
         self.dns = dns
         self._sa_rows: dict[int, list[Any]] = {}
         self._host_read_at: float | None = None  # None: injected (never re-read) or not read yet
+        self._fragment_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     #: How long (seconds) the host's configuration read for keyword expansion is reused.
     HOST_TTL = 60.0
@@ -378,6 +379,7 @@ class Views:
             result = self.query(mode, view, columns, sort, all_columns=all_columns)
             return result["columns"], orjson.dumps(result["rows"], default=str)
         key = tuple(chosen)
+        key = self._fragment_keys.setdefault(key, key)  # one object per column set: compared by identity
         entries = self._mm_sa_entries(chosen + ([sort.partition(":")[0]] if sort else []))
         if sort:
             name, _, direction = sort.partition(":")
@@ -387,13 +389,11 @@ class Views:
                 raise ViewError(f"cannot sort by unknown column {name!r}")
             entries = sorted(entries, key=lambda e: _sort_key(e[2].get(name)), reverse=direction == "desc")
         dynamic = "lifetime_left" in key
-        parts = []
-        for entry in entries:
-            if dynamic or entry[3] != key:
-                row = entry[2]
-                entry[4] = orjson.dumps({c: row.get(c) for c in key}, default=str)
-                entry[3] = None if dynamic else key
-            parts.append(entry[4])
+        for entry in entries if dynamic else [e for e in entries if e[3] is not key]:
+            row = entry[2]
+            entry[4] = orjson.dumps({c: row.get(c) for c in key}, default=str)
+            entry[3] = None if dynamic else key
+        parts = [entry[4] for entry in entries]
         return chosen, b"[" + b",".join(parts) + b"]"
 
     def _main_mode_counters(self) -> list[dict[str, Any]]:
