@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -131,7 +130,8 @@ def _methods(methods: Iterable[policy.AuthenticationMethod]) -> str:
 
 
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """UTC ISO 8601 to the second: ``2026-11-26T23:30:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 def _selector_parts(text: str) -> tuple[str, int, int]:
@@ -357,7 +357,9 @@ class Views:
                 row = sa.snapshot(now)
                 row["created"] = _iso(wall - (now - row["created"]))
                 row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
-                row["vendor_ids"] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids)
+                names = row.get("vendor_ids")
+                row["vendor_ids"] = ", ".join(names if isinstance(names, list) else
+                                              (wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids))
                 entry = cache[sa.handle] = [sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS},
                                             None, b""]
             if life:
