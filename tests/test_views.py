@@ -363,3 +363,16 @@ def test_the_hosts_configuration_is_read_again_after_its_ttl() -> None:
     fixed = Views(Link().responder, Monitor(), host=injected)
     fixed.HOST_TTL = 0.0
     assert fixed.host is injected
+
+
+def test_ipv4_identities_read_as_ipaddress_does() -> None:
+    import ipaddress
+    import random as random_module
+
+    from ikecore import wire
+    from ikecore.sa import id_to_text
+
+    rng = random_module.Random(7)
+    for data in [bytes(4), b"\xff" * 4] + [rng.randbytes(4) for _ in range(500)]:
+        assert id_to_text(wire.IdType.IPV4_ADDR, data) == str(ipaddress.ip_address(data))
+    assert id_to_text(wire.IdType.IPV4_ADDR, b"\x01\x02\x03") == "010203"  # malformed: hex, as before
