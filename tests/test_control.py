@@ -339,3 +339,41 @@ def test_kernel_receive_queue_and_drops_are_read_from_the_sockets() -> None:
             except BlockingIOError:
                 break
         assert udp_receive_queues([receiver]) == (0, drops)
+
+
+def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) -> None:
+    """Stale rows are built in slices with the loop turning in between (negotiations go on)."""
+    from ikecore.control import ControlServer
+    from ikecore.views import Views
+    from tests.helpers import RESPONDER, Link
+
+    link = Link()
+    for i in range(40):
+        link.initiator.initiate(RESPONDER, local=(f"127.0.4.{i + 1}", 500), now=link.now)
+    link.pump(rounds=100)
+    views = Views(link.responder, Monitor(), clock=lambda: link.now)
+    assert len(views.stale_rows()) == 40
+
+    async def scenario() -> tuple[int, list[Any]]:
+        server = ControlServer(views)
+        server.WARM_SLICE = 4
+        await server.start(str(tmp_path / "warm.sock"))
+        ticks = 0
+        done = False
+
+        def tick() -> None:
+            nonlocal ticks
+            ticks += 1
+            if not done:
+                asyncio.get_running_loop().call_soon(tick)
+        asyncio.get_running_loop().call_soon(tick)
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "warm.sock"))
+        writer.write(b'{"op": "view", "mode": "main-mode", "view": "security-associations"}\n')
+        answer = json.loads(await reader.readline())
+        done = True
+        writer.close()
+        server.close()
+        return ticks, answer["rows"]
+    ticks, rows = asyncio.run(scenario())
+    assert len(rows) == 40 and not views.stale_rows()
+    assert ticks >= 10  # at least one turn of the loop per slice of 4 rows

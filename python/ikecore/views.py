@@ -354,14 +354,7 @@ class Views:
         for sa in sas:
             entry = cache.get(sa.handle)
             if entry is None or entry[0] is not sa.state or entry[1] != len(sa.ipsec_sas):
-                row = sa.snapshot(now)
-                row["created"] = _iso(wall - (now - row["created"]))
-                row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
-                names = row.get("vendor_ids")
-                row["vendor_ids"] = ", ".join(names if isinstance(names, list) else
-                                              (wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids))
-                entry = cache[sa.handle] = [sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS},
-                                            None, b""]
+                entry = self._build_entry(sa, now, wall)
             if life:
                 entry[2]["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
             entries.append(entry)
@@ -369,6 +362,32 @@ class Views:
             live = {sa.handle for sa in sas}
             self._sa_rows = {h: e for h, e in cache.items() if h in live}
         return entries
+
+    def _build_entry(self, sa: Any, now: float, wall: float) -> list[Any]:
+        row = sa.snapshot(now)
+        row["created"] = _iso(wall - (now - row["created"]))
+        row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
+        names = row.get("vendor_ids")
+        row["vendor_ids"] = ", ".join(names if isinstance(names, list) else
+                                      (wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids))
+        entry = [sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS}, None, b""]
+        self._sa_rows[sa.handle] = entry
+        return entry
+
+    def stale_rows(self) -> list[Any]:
+        """The SAs whose Main Mode row must be (re)built before the next listing."""
+        cache = self._sa_rows
+        return [sa for sa in self.engine.sas()
+                if (entry := cache.get(sa.handle)) is None or entry[0] is not sa.state
+                or entry[1] != len(sa.ipsec_sas)]
+
+    def build_rows(self, sas: Sequence[Any]) -> None:
+        """Build the rows of ``sas`` now (the control socket does it in slices between
+        datagrams, so a first listing of many SAs does not hold the event loop)."""
+        now, wall = self.clock(), self.wall()
+        for sa in sas:
+            if self.engine.sa(sa.handle) is sa:  # still in the SA database
+                self._build_entry(sa, now, wall)
 
     def query_json(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
                    sort: str | None = None, *, all_columns: bool = False) -> tuple[list[str], bytes]:
