@@ -1,7 +1,9 @@
 """Benchmark: the monitor at scale.
 
 1. ``mm_json_100k``: list 100,000 Main Mode SAs as JSON in the gateway (``Views.query`` of
-   every column + ``ikecore.views.dumps``, orjson): seconds and peak traced memory (MB). The SA records are
+   every column + ``ikecore.views.dumps``, orjson): seconds and peak traced memory (MB);
+   the first listing (rows not yet built), also through the control socket, with the
+   longest time the event loop was held meanwhile. The SA records are
    copies (fresh handles, cookies and peer addresses) of SAs really negotiated in step 2:
    negotiating 100,000 would only time the DH. No anchor.
 2. ``mm_list_5k``: an ikecore initiator negotiates 5,000 SAs (Main Mode + Quick Mode) with
@@ -213,6 +215,40 @@ def json_100k(config: Any, real: list[Any]) -> None:
     _line("mm_json_100k_seed_columns_seconds", default, None, None)
     stats = _median(lambda: views.query("main-mode", "statistics"), 50)
     _line("statistics_read_100k_seconds", stats, None, None, "(constant time)")
+    total, hold = asyncio.run(_cold_control_listing(engine))
+    _line("mm_json_100k_first_via_control_s", total, None, None, "(cold rows, built in slices between turns)")
+    _line("mm_json_100k_first_longest_hold_s", hold, None, None, "(longest the event loop was held meanwhile)")
+
+
+async def _cold_control_listing(engine: Engine) -> tuple[float, float]:
+    """A first listing through the control socket (every row cold), and the longest gap
+    between two turns of the event loop while it was served (what a negotiation waits)."""
+    from ikecore.control import ControlServer
+
+    with tempfile.TemporaryDirectory(prefix="ikecore-bench-cold-") as tmp:
+        server = ControlServer(Views(engine, Monitor()))
+        await server.start(f"{tmp}/cold.sock")
+        loop = asyncio.get_running_loop()
+        gaps = [0.0]
+        last = [loop.time()]
+        running = [True]
+
+        def tick() -> None:
+            now = loop.time()
+            gaps[0] = max(gaps[0], now - last[0])
+            last[0] = now
+            if running[0]:
+                loop.call_soon(tick)
+        reader, writer = await asyncio.open_unix_connection(f"{tmp}/cold.sock", limit=1 << 30)
+        started = time.perf_counter()
+        loop.call_soon(tick)
+        writer.write(b'{"op": "view", "mode": "main-mode", "view": "security-associations", "all_columns": true}\n')
+        await reader.readline()
+        total = time.perf_counter() - started
+        running[0] = False
+        writer.close()
+        server.close()
+    return total, gaps[0]
 
 
 POLLER = r"""

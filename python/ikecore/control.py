@@ -103,10 +103,13 @@ class ControlServer:
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:  # the gateway is shutting down with this client connected
+            writer.close()
+            return
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+        with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
+            await writer.wait_closed()
 
     async def _warm_rows(self) -> None:
         """Build stale Main Mode rows in slices of ``WARM_SLICE``, yielding to the event loop

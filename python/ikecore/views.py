@@ -81,7 +81,7 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (QM, "counters"): ("counter", "value"),
 }
 
-_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]
+_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]  # cached rows hold exactly these, in order
 
 DEFAULT_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (MM, "generic-filters"): COLUMNS[(MM, "generic-filters")][:6],
@@ -409,11 +409,15 @@ class Views:
             if name not in _MM_SA_COLUMNS:
                 raise ViewError(f"cannot sort by unknown column {name!r}")
             entries = sorted(entries, key=lambda e: _sort_key(e[2].get(name)), reverse=direction == "desc")
-        dynamic = "lifetime_left" in key
-        for entry in entries if dynamic else [e for e in entries if e[3] is not key]:
+        if "lifetime_left" in key:  # changes every second: encode the rows in one call
+            rows = [entry[2] for entry in entries]
+            if key != _MM_SA_COLUMNS:
+                rows = select(rows, key)
+            return chosen, orjson.dumps(rows, default=str)
+        for entry in [e for e in entries if e[3] is not key]:
             row = entry[2]
             entry[4] = orjson.dumps({c: row.get(c) for c in key}, default=str)
-            entry[3] = None if dynamic else key
+            entry[3] = key
         parts = [entry[4] for entry in entries]
         return chosen, b"[" + b",".join(parts) + b"]"
 
