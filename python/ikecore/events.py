@@ -16,7 +16,7 @@ __all__ = [
     "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
-    "DeadPeerDetected", "NatKeepaliveSent",
+    "DeadPeerDetected", "NatKeepaliveSent", "DeleteSent",
     "StatelessCookieSent", "StatelessCookieVerified", "HalfOpenRefused", "HalfOpenDropped",
     "ReplayDropped", "SasRestored", "StoreFailed",
 ]
@@ -215,6 +215,15 @@ class NatKeepaliveSent(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteSent(Event):
+    """We told the peer, in a protected Informational, that SAs are gone."""
+
+    handle: int
+    protocol_id: int
+    spis: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatelessCookieSent(Event):
     """Message 1 answered without state (the half-open threshold is passed; ikecore.flood)."""
 
@@ -260,6 +269,7 @@ class SasRestored(Event):
 
     isakmp: int
     ipsec: int
+    sas: tuple[tuple[int, int], ...] = ()  # (handle, IPsec SA pairs) of each restored ISAKMP SA
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

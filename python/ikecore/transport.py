@@ -95,6 +95,7 @@ class Gateway:
         self._waiters: dict[int, tuple[asyncio.Future[ConnectResult], ConnectResult, bool]] = {}
         self._local_cache: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[ev.Event], None]] = []
         self.faults = faults or FaultLog()
         self._queue: deque[tuple[_Endpoint, bytes, Address]] = deque()
         self._queue_limit = receive_queue
@@ -178,6 +179,30 @@ class Gateway:
                 endpoint.transport.close()
         self._endpoints.clear()
 
+    def add_listener(self, listener: Callable[[ev.Event], None]) -> None:
+        """Call ``listener`` with every engine event (after the monitor); it must not block."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[ev.Event], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def sa_events(self, *, maxsize: int = 10000) -> Any:
+        """An async iterator of this gateway's SA events (``ikecore.stream.SaEventStream``)."""
+        from ikecore.stream import SaEventStream
+
+        return SaEventStream(self, maxsize=maxsize)
+
+    def sockets(self) -> list[Any]:
+        """The gateway's UDP sockets (for kernel queue statistics; do not read from them)."""
+        return [ep.transport.get_extra_info("socket") for ep in self._endpoints.values()
+                if ep.transport is not None]
+
+    @property
+    def pending_connects(self) -> int:
+        """``connect`` calls waiting for their outcome (the monitor's Acquire Heap Size)."""
+        return len(self._waiters)
+
     def monitor_receive_failed(self) -> None:
         if self.monitor is not None:
             self.monitor.receive_failed()
@@ -193,6 +218,8 @@ class Gateway:
                                f"{remote[0]}", self.loop.time())
             return
         self._queue.append((endpoint, data, remote))
+        if self.monitor is not None:
+            self.monitor.receive_heap_size = len(self._queue)
         if not self._draining:
             self._draining = True
             self.loop.call_soon(self._drain)
@@ -202,6 +229,8 @@ class Gateway:
         for _ in range(min(batch, len(self._queue))):
             endpoint, data, remote = self._queue.popleft()
             self._on_datagram(endpoint, data, remote)
+        if self.monitor is not None:
+            self.monitor.receive_heap_size = len(self._queue)
         if self._queue:
             self.loop.call_soon(self._drain)
         else:
@@ -267,6 +296,8 @@ class Gateway:
                 self._waiters.pop(handle, None)  # type: ignore[arg-type]
                 if not future.done():
                     future.set_result(result)
+        for listener in list(self._listeners):
+            listener(event)
         if self.on_event is not None:
             self.on_event(event)
 
