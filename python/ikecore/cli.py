@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode
+from ikecore import __version__, decode, dh, loadtest
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="repeatable")
     serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.add_argument("--quiet", action="store_true", help="do not log every event (load tests)")
+    serve.add_argument("--dh-threads", type=int, default=1,
+                       help="threads pre-computing DH key pairs (0: compute them inline)")
     _add_proposal_flags(serve)
 
     demo = sub.add_parser("demo", help="a gateway and simulated peers on loopback")
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--esp", default="aes128-sha256")
 
     decode.add_parser(sub)
+    loadtest.add_parser(sub)
     return parser
 
 
@@ -166,8 +170,10 @@ async def _serve(args: argparse.Namespace) -> int:
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
         print(f"{time.strftime('%H:%M:%S')} {name} {fields}", file=sys.stderr, flush=True)
 
-    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog))
-    gateway = Gateway(engine, monitor=Monitor(), on_event=log)
+    pool = dh.DhPool(args.dh_threads) if args.dh_threads > 0 else None
+    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog),
+                    keypair=dh.KeypairReserve(pool) if pool is not None else None)
+    gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
     try:
         bound = await gateway.listen(config.listen)
     except OSError as exc:
@@ -189,6 +195,8 @@ async def _serve(args: argparse.Namespace) -> int:
             engine.delete(sa.handle, loop.time(), "gateway shutting down")
         gateway._flush()
         gateway.close()
+        if pool is not None:
+            pool.close()
     return 0
 
 
@@ -261,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_demo(args, sys.stdout))
         if args.command == "decode":
             return int(args.handler(args))
+        if args.command == "loadtest":
+            return loadtest.command(args, sys.stdout)
     except ConfigError as exc:
         print(f"ikecore {args.command}: {exc}", file=sys.stderr)
         return 2
