@@ -294,9 +294,9 @@ class LoadTest:
             return self._next + max(0, limit - self._in_flight)
         if spec.ramp > 0:
             if elapsed < spec.ramp:
-                return int(spec.rate * elapsed * elapsed / (2 * spec.ramp)) + 1
-            return int(spec.rate * (spec.ramp / 2 + elapsed - spec.ramp)) + 1
-        return int(spec.rate * elapsed) + 1
+                return int(spec.rate * elapsed * elapsed / (2 * spec.ramp) + 1e-9) + 1
+            return int(spec.rate * (elapsed - spec.ramp / 2) + 1e-9) + 1
+        return int(spec.rate * elapsed + 1e-9) + 1
 
     def _next_start_time(self) -> float | None:
         """When the open-loop schedule next allows a start (None: closed loop or done)."""

@@ -1,0 +1,207 @@
+"""Load generator: peers, schedules, fault injection and reports, in memory and over UDP.
+
+The truth is the responder engine on the other side of the link (what it established,
+which peers it saw, which authentications it refused) and the schedule's arithmetic;
+the UDP test runs the real ``ikecore serve`` and ``ikecore loadtest`` commands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ikecore import dh
+from ikecore import events as ev
+from ikecore.cli import main
+from ikecore.engine import Engine
+from ikecore.errors import ConfigError
+from ikecore.loadtest import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory
+from ikecore.sa import Phase1State
+
+from helpers import make_config, seeded_random
+
+TARGET = ("127.0.0.1", 500)
+
+
+class Recording(Engine):
+    """A responder engine that keeps every event it emits."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.seen: list[ev.Event] = []
+
+    def next_event(self) -> ev.Event | None:
+        event = super().next_event()
+        if event is not None:
+            self.seen.append(event)
+        return event
+
+    def count(self, kind: type) -> int:
+        return sum(1 for e in self.seen if isinstance(e, kind))
+
+
+def _run(peers: int, seed: int = 3, **kwargs: object) -> tuple[LoadTest, Recording, object]:
+    spec = LoadSpec(target=TARGET, peers=peers, psk="secret", seed=seed, **kwargs)  # type: ignore[arg-type]
+    load = LoadTest(spec, random_bytes=seeded_random(seed))
+    responder = Recording(make_config(psk="secret"), random=seeded_random(seed + 100))
+    report, _now = run_in_memory(load, responder)
+    return load, responder, report
+
+
+def test_peer_addresses_are_distinct_loopback_and_skip_network_and_broadcast() -> None:
+    assert peer_address("127.1.0.1", 0) == "127.1.0.1"
+    assert peer_address("127.1.0.1", 253) == "127.1.0.254"
+    assert peer_address("127.1.0.1", 254) == "127.1.1.1"
+    assert peer_address("127.1.0.200", 100) == "127.1.1.46"  # 54 steps to .254, one to 1.1, 45 more
+    addresses = [peer_address("127.1.0.1", i) for i in range(10_000)]
+    assert len(set(addresses)) == 10_000
+    assert all(ipaddress.ip_address(a).is_loopback and a.split(".")[3] not in ("0", "255") for a in addresses)
+    with pytest.raises(ConfigError):
+        peer_address("127.255.255.1", 600)
+    with pytest.raises(ConfigError):
+        LoadSpec(target=TARGET, peers=10, psk="x", first_address="10.0.0.1")
+    with pytest.raises(ConfigError):
+        LoadSpec(target=TARGET, peers=10, psk="x", rate=5, concurrency=5)
+    with pytest.raises(ConfigError):
+        Faults(drop=1.5)
+
+
+def test_every_peer_establishes_main_and_quick_mode_with_its_own_address_and_identity() -> None:
+    load, responder, report = _run(60, concurrency=16)
+    assert (report.established, report.failed, report.unfinished) == (60, 0, 0)
+    assert report.quick_modes == 60 and report.retransmissions == 0
+    sas = [sa for sa in responder.sas() if sa.state is Phase1State.ESTABLISHED]
+    assert len(sas) == 60
+    peers = {sa.remote[0] for sa in sas}
+    assert peers == {peer_address("127.1.0.1", i) for i in range(60)}
+    ids = {sa.snapshot(0)["peer_id"] for sa in sas}
+    assert ids == peers  # each peer's identity is its own address
+    assert sum(len(sa.ipsec_sas) for sa in sas) == 60
+    assert responder.count(ev.Phase2Established) == 60
+    as_json = report.as_dict()
+    for key in ("established", "failed", "sas_per_second", "latency_ms", "failures", "retransmissions"):
+        assert key in as_json
+    assert set(as_json["latency_ms"]["main_mode"]) == {"count", "p50", "p90", "p99", "max"}
+
+
+def test_main_mode_only_and_several_quick_modes_per_peer() -> None:
+    _load, responder, report = _run(10, quick_modes=0, concurrency=4)
+    assert report.established == 10 and report.quick_modes == 0
+    assert responder.count(ev.Phase2Established) == 0
+    _load, responder, report = _run(10, quick_modes=3, concurrency=4)
+    assert report.established == 10 and report.quick_modes == 30
+    assert responder.count(ev.Phase2Established) == 30
+
+
+def test_dropped_duplicated_and_delayed_datagrams_are_recovered_by_retransmission() -> None:
+    faults = Faults(drop=0.15, duplicate=0.1, delay=0.1, delay_seconds=0.3)
+    # 15% loss each way loses a request or its answer 28% of the time: 8 retransmissions
+    # (with backoff) leave a failure chance of 0.28^9 per message pair.
+    load, responder, report = _run(40, seed=7, concurrency=10, faults=faults, retransmit_tries=8,
+                                   timeout=900.0, max_seconds=3600.0)
+    assert report.failed == 0 and report.established == 40
+    assert report.faults["dropped"] > 0 and report.faults["duplicated"] > 0 and report.faults["delayed"] > 0
+    assert report.retransmissions > 0
+    assert responder.count(ev.DuplicateReceived) > 0  # the gateway saw repeats and answered them
+    assert report.latency_ms["main_mode"]["max"] >= 300  # a delayed datagram or a retransmission shows
+
+
+def test_wrong_psk_share_fails_with_the_gateways_authentication_failed() -> None:
+    load, responder, report = _run(40, seed=11, concurrency=10, faults=Faults(wrong_psk=0.25))
+    wrong = {p.address for p in load.peers if p.wrong_psk}
+    assert len(wrong) == 10 and report.wrong_psk_peers == 10
+    assert report.established == 30 and report.failed == 10
+    assert report.failures == {"AUTHENTICATION-FAILED": 10}
+    refused = {e.remote[0] for e in responder.seen if isinstance(e, ev.AuthenticationFailed)}
+    assert refused == wrong
+    assert all(p.state is PeerState.FAILED for p in load.peers if p.wrong_psk)
+
+
+def test_corrupted_datagrams_never_escape_and_every_peer_ends() -> None:
+    load, responder, report = _run(40, seed=5, concurrency=10, faults=Faults(corrupt=0.1))
+    assert report.faults["corrupted"] > 0
+    assert report.established + report.failed == 40 and report.unfinished == 0
+    assert report.established > 20
+    assert responder.count(ev.InvalidPacketReceived) + report.failed > 0
+
+
+def test_closed_loop_keeps_concurrency_and_times_out_a_silent_gateway() -> None:
+    spec = LoadSpec(target=TARGET, peers=12, psk="secret", concurrency=5, timeout=10.0, retransmit_tries=2)
+    load = LoadTest(spec, random_bytes=seeded_random(1))
+    load.start(0.0)
+    assert load.started == 5 and load.in_flight == 5
+    sent = load.datagrams_to_send()
+    assert len(sent) == 5 and {d[2][0] for d in sent} == {peer_address("127.1.0.1", i) for i in range(5)}
+    now = 0.0
+    for _ in range(200):  # nobody answers: only timers move things
+        deadline = load.get_timer()
+        if load.finished or deadline is None:
+            break
+        now = deadline
+        load.handle_timer(now)
+        assert load.in_flight <= 5
+        load.datagrams_to_send()
+    assert load.finished and load.failed == 12
+    report = load.report(now)
+    assert report.failures == {"timeout": 12}
+
+
+def test_open_loop_rate_ramp_and_duration() -> None:
+    spec = LoadSpec(target=TARGET, peers=100, psk="secret", rate=10.0, duration=2.05)
+    load = LoadTest(spec, random_bytes=seeded_random(2))
+    responder = Engine(make_config(psk="secret"), random=seeded_random(3))
+    report, _now = run_in_memory(load, responder, now=0.0)
+    starts = [p.started for p in load.peers if p.state is not PeerState.WAITING]
+    assert len(starts) == 21  # t = 0.0, 0.1, ... 2.0
+    assert starts == pytest.approx([i / 10 for i in range(21)])
+    assert report.established == 21
+    ramp = LoadSpec(target=TARGET, peers=100, psk="secret", rate=10.0, ramp=2.0, duration=3.0)
+    load = LoadTest(ramp, random_bytes=seeded_random(4))
+    run_in_memory(load, Engine(make_config(psk="secret"), random=seeded_random(5)), now=0.0)
+    starts = [p.started for p in load.peers if p.state is not PeerState.WAITING]
+    # allowed(t) = 10 t^2 / 4 during the ramp, then 10 + 10 (t - 2): 21 starts by t = 3
+    assert len(starts) == 21
+    assert starts[:4] == pytest.approx([0.0, (4 / 10) ** 0.5, (8 / 10) ** 0.5, (12 / 10) ** 0.5])
+
+
+def test_keypair_reserve_hands_out_valid_distinct_pairs() -> None:
+    with dh.DhPool(2) as pool:
+        reserve = dh.KeypairReserve(pool, depth=4)
+        first = reserve(14)
+        time.sleep(0.2)  # the pool fills the reserve meanwhile
+        pairs = [first] + [reserve(14) for _ in range(6)]
+        assert reserve.hits >= 1 and reserve.misses >= 1
+        assert len({p.public for p in pairs}) == 7
+        a, b = pairs[1], pairs[2]
+        assert a.exchange(b.public) == b.exchange(a.public)
+        with pytest.raises(ValueError):
+            reserve(99)
+
+
+def test_loadtest_command_against_a_real_gateway_over_udp(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = subprocess.Popen([sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}",
+                                "--psk", "udp-secret", "--quiet", "--duration", "60"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stderr is not None
+        assert "listening" in gateway.stderr.readline()
+        code = main(["loadtest", f"127.0.0.1:{port}", "--peers", "40", "--psk", "udp-secret",
+                     "--concurrency", "8", "--wrong-psk", "0.1", "--seed", "9", "--json", "--max-seconds", "60"])
+        result = json.loads(capsys.readouterr().out)
+        assert code == 1  # four peers were told to use a wrong key
+        assert result["established"] == 36 and result["failed"] == 4
+        assert result["failures"] == {"AUTHENTICATION-FAILED": 4}
+        assert result["sas_per_second"] > 0 and result["latency_ms"]["total"]["count"] == 36
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
