@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode, dh, loadtest
+from ikecore import __version__, decode, demo, dh, loadtest
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
@@ -90,11 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads pre-computing DH key pairs (0: compute them inline)")
     _add_proposal_flags(serve)
 
-    demo = sub.add_parser("demo", help="a gateway and simulated peers on loopback")
-    demo.add_argument("--peers", type=int, default=200)
-    demo.add_argument("--concurrency", type=int, default=64)
-    demo.add_argument("--ike", default="aes128-sha256-modp2048")
-    demo.add_argument("--esp", default="aes128-sha256")
+    demo_parser = sub.add_parser("demo", help="a gateway and a load test of simulated peers on loopback")
+    demo.add_arguments(demo_parser)
 
     decode.add_parser(sub)
     loadtest.add_parser(sub)
@@ -204,56 +201,6 @@ def vars_of(event: Any) -> dict[str, Any]:
     return {name: getattr(event, name) for name in event.__dataclass_fields__}
 
 
-async def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    """A responder gateway on 127.0.0.1 and ``--peers`` initiators from 127.0.1.x/127.0.2.x."""
-    if not 1 <= args.peers <= 60000:
-        raise ConfigError("--peers", "must be between 1 and 60000")
-    psk = "ikecore-demo-secret"
-    responder_config = config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=(("127.0.0.1", 0),))
-    responder = Engine(responder_config)
-    responder_monitor = Monitor()
-    gateway = Gateway(responder, monitor=responder_monitor)
-    (server,) = await gateway.listen(responder_config.listen)
-    out.write(f"ikecore demo: gateway listening on {server[0]}:{server[1]}; "
-              f"{args.peers} peers negotiating {args.ike} / ESP {args.esp}\n")
-    initiator = Engine(config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=()))
-    peers = Gateway(initiator, monitor=Monitor())
-    semaphore = asyncio.Semaphore(max(1, args.concurrency))
-
-    async def one(index: int) -> Any:
-        address = f"127.0.{1 + index // 250}.{1 + index % 250}"
-        async with semaphore:
-            local = await peers.open((address, 0))
-            return await peers.connect(server, local=local)
-
-    started = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(args.peers)))
-    elapsed = time.perf_counter() - started
-    ok = sum(1 for r in results if r.ok)
-    for _ in range(100):  # the gateway completes each Quick Mode when QM3 arrives
-        if responder_monitor.counters[Statistic.IKE_QUICK_MODE] >= ok:
-            break
-        await asyncio.sleep(0.01)
-    now = gateway.loop.time()
-    rows = sorted(responder.snapshot(now), key=lambda r: tuple(int(x) for x in r["peer"].split(".")))
-    out.write(f"\nMain Mode security associations at the gateway ({len(rows)}):\n")
-    shown = rows if len(rows) <= 12 else rows[:6] + [{c: "..." for c in MAIN_MODE_SA_COLUMNS}] + rows[-5:]
-    out.write(format_table(shown, MAIN_MODE_SA_COLUMNS) + "\n")
-    stats = responder_monitor.statistics(responder)
-    out.write("\nMain Mode statistics at the gateway:\n")
-    out.write(format_table([{"statistic": display_name(k), "value": v} for k, v in stats.items()],
-                           ["statistic", "value"]).replace("statistic", "Statistic", 1).replace(
-                               "value", "Value", 1) + "\n")
-    out.write(f"\n{ok}/{args.peers} peers established Main Mode + Quick Mode in {elapsed:.2f} s "
-              f"({ok / elapsed if elapsed else 0:.0f} SAs per second)\n")
-    for sa in initiator.sas():
-        peers.delete(sa.handle)
-    await asyncio.sleep(0.2)
-    peers.close()
-    gateway.close()
-    return 0 if ok == args.peers else 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -266,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(args))
         if args.command == "demo":
-            return asyncio.run(_demo(args, sys.stdout))
+            return demo.run(args, sys.stdout, format_table)
         if args.command == "decode":
             return int(args.handler(args))
         if args.command == "loadtest":

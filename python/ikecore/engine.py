@@ -366,6 +366,10 @@ class Engine:
         assert sa.chosen is not None
         sa.established = now
         sa.expires = now + sa.chosen.lifetime
+        if sa.first_message:  # message 1 can no longer be a retransmission worth answering
+            self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
+            sa.first_message = b""
+        sa.forget_negotiation()
         self._push_timer(sa.expires, sa.handle, 0, "expire")
         self._emit(ev.Phase1Established(
             time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,

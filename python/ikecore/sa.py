@@ -152,6 +152,13 @@ class IsakmpSa:
         assert self.chosen is not None
         return self.chosen.prf_hash
 
+    def forget_negotiation(self) -> None:
+        """Drop what only Main Mode needed, once the SA is established: the DH pair and
+        public values, the nonces and SAi_b (about 0.7 KiB per SA with MODP-2048; a
+        gateway holding 100,000 SAs keeps only keys, IDs and the last message pair)."""
+        self.dh = None
+        self.sa_b = self.g_xi = self.g_xr = self.nonce_i = self.nonce_r = b""
+
     def snapshot(self, now: float) -> dict[str, Any]:
         """An immutable view for the monitor: the seed's columns plus cookies and state."""
         chosen = self.chosen
