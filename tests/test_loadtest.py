@@ -205,3 +205,14 @@ def test_loadtest_command_against_a_real_gateway_over_udp(capsys: pytest.Capture
     finally:
         gateway.terminate()
         gateway.wait(10)
+
+
+def test_gateway_flag_identity_is_what_the_peers_see() -> None:
+    """``serve --my-id`` (charon's load tester checks IDir against its responder_id)."""
+    spec = LoadSpec(target=TARGET, peers=3, psk="secret", concurrency=3)
+    load = LoadTest(spec, random_bytes=seeded_random(8))
+    responder = Engine(make_config(psk="secret", my_id="responder.lt.test"), random=seeded_random(9))
+    report, _now = run_in_memory(load, responder)
+    assert report.established == 3
+    assert {sa.snapshot(0)["peer_id"] for sa in load.right.sas()} == {"responder.lt.test"}
+    assert {sa.snapshot(0)["my_id"] for sa in responder.sas()} == {"responder.lt.test"}

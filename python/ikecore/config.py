@@ -229,7 +229,7 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
     generic = policy.GenericFilter(
         name="default", source="me", destination=remote, ike_policy="default",
         authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
-        local_ts=local_ts, remote_ts=remote_ts)
+        local_ts=local_ts, remote_ts=remote_ts, local_id=my_id)
     return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},
                   esp_policies={"default": esp_policy}, filters=(generic,),
                   timing=timing or Timing(), keylog=keylog)
