@@ -51,16 +51,48 @@ PSK = "bench-handshakes-psk"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _family(pid: int) -> list[int]:
+    """``pid`` and its live descendants (gateway worker processes)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    family, changed = {pid}, True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                changed = True
+    return sorted(family)
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU of ``pid`` and its live descendants (all threads)."""
+    total = 0.0
+    for member in _family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident set of ``pid`` and its live descendants."""
+    total = 0
+    for member in _family(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
 
 
 def free_port() -> int:
@@ -72,9 +104,10 @@ def free_port() -> int:
 class IkecoreGateway:
     """``ikecore serve`` in its own process (optionally inside a network namespace)."""
 
-    def __init__(self, listen: str, *, netns: str | None = None, my_id: str | None = None) -> None:
+    def __init__(self, listen: str, *, netns: str | None = None, my_id: str | None = None,
+                 workers: int = 1) -> None:
         argv = [sys.executable, "-m", "ikecore", "serve", "--listen", listen, "--psk", PSK, "--ike", IKE,
-                "--esp", ESP, "--quiet", "--duration", "1800"]
+                "--esp", ESP, "--quiet", "--duration", "1800", "--workers", str(workers)]
         if my_id:
             argv += ["--my-id", my_id]
         if netns:
@@ -86,6 +119,7 @@ class IkecoreGateway:
             self.stop()
             raise RuntimeError(f"ikecore serve did not start: {line}")
         self.pid = self.process.pid
+        time.sleep(0.3)  # the other workers bind too
         self.cpu0 = cpu_seconds(self.pid)
         self.rss0 = rss_bytes(self.pid)
 
@@ -106,10 +140,10 @@ class IkecoreGateway:
 
 
 def ikecore_loadtest(target: str, peers: int, *, concurrency: int, quick_modes: int = 1,
-                     max_seconds: float = 900.0) -> dict[str, Any]:
+                     max_seconds: float = 900.0, workers: int = 1) -> dict[str, Any]:
     argv = [sys.executable, "-m", "ikecore", "loadtest", target, "--peers", str(peers), "--psk", PSK,
             "--ike", IKE, "--esp", ESP, "--concurrency", str(concurrency), "--quick-modes", str(quick_modes),
-            "--json", "--no-progress", "--max-seconds", str(max_seconds)]
+            "--json", "--no-progress", "--max-seconds", str(max_seconds), "--workers", str(workers)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 60, check=False)
     try:
         return json.loads(out.stdout)
@@ -117,11 +151,12 @@ def ikecore_loadtest(target: str, peers: int, *, concurrency: int, quick_modes: 
         raise RuntimeError(f"ikecore loadtest failed: {out.stderr[-2000:]}") from None
 
 
-def ikecore_pair(peers: int, concurrency: int, quick_modes: int = 1) -> dict[str, Any]:
+def ikecore_pair(peers: int, concurrency: int, quick_modes: int = 1, workers: int = 2) -> dict[str, Any]:
     port = free_port()
-    gateway = IkecoreGateway(f"127.0.0.1:{port}")
+    gateway = IkecoreGateway(f"127.0.0.1:{port}", workers=workers)
     try:
-        result = ikecore_loadtest(f"127.0.0.1:{port}", peers, concurrency=concurrency, quick_modes=quick_modes)
+        result = ikecore_loadtest(f"127.0.0.1:{port}", peers, concurrency=concurrency, quick_modes=quick_modes,
+                                  workers=workers)
         time.sleep(0.3)  # the last QM3s reach the gateway
         result["gateway_cpu_seconds"] = gateway.cpu()
         result["gateway_rss_growth"] = gateway.rss_growth()
@@ -320,13 +355,14 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="add 10,000 peers and 100,000 SAs in one gateway")
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2, help="ikecore gateway and generator processes")
     parser.add_argument("--no-strongswan", action="store_true")
     args = parser.parse_args()
     n, c = args.peers, args.concurrency
     print(f"{'name':<40} {'ikecore':>10} {'anchor':>10} {'ratio':>6}")
     failures = 0
 
-    ours = ikecore_pair(n, c)
+    ours = ikecore_pair(n, c, workers=args.workers)
     failures += ours["failed"] + ours["unfinished"]
     reason = None if not args.no_strongswan else "--no-strongswan"
     if reason is None:
@@ -362,11 +398,11 @@ def main() -> int:
         note(f"strongSwan cases skipped: {reason}")
 
     if args.long:
-        big = ikecore_pair(10 * n, c)
+        big = ikecore_pair(10 * n, c, workers=args.workers)
         failures += big["failed"] + big["unfinished"]
         line(f"handshakes_mm_qm_{10 * n}_vs_{n}_sas_per_s", big["sas_per_second"], ours["sas_per_second"])
         for quick_modes in (0, 1):
-            huge = ikecore_pair(100_000, c, quick_modes=quick_modes)
+            huge = ikecore_pair(100_000, c, quick_modes=quick_modes, workers=1)
             failures += huge["failed"] + huge["unfinished"]
             kind = "mm" if quick_modes == 0 else "mm_qm"
             line(f"gateway_100000_{kind}_rss_kib_per_sa", huge["gateway_rss_growth"] / 1024 / max(1, huge["established"]),

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode, demo, dh, loadtest
+from ikecore import __version__, decode, demo, dh, loadtest, workers
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     serve.add_argument("--quiet", action="store_true", help="do not log every event (load tests)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="gateway processes sharing the ports (SO_REUSEPORT); each holds its own SAs")
     serve.add_argument("--dh-threads", type=int, default=1,
                        help="threads pre-computing DH key pairs (0: compute them inline)")
     _add_proposal_flags(serve)
@@ -172,7 +174,7 @@ async def _serve(args: argparse.Namespace) -> int:
                     keypair=dh.KeypairReserve(pool) if pool is not None else None)
     gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
     try:
-        bound = await gateway.listen(config.listen)
+        bound = await gateway.listen(config.listen, reuse_port=args.workers > 1)
     except OSError as exc:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
     print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
@@ -211,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "connect":
             return asyncio.run(_connect(args, sys.stdout))
         if args.command == "serve":
+            if args.workers > 1:
+                return workers.run(args.workers, lambda: asyncio.run(_serve(args)))
             return asyncio.run(_serve(args))
         if args.command == "demo":
             return demo.run(args, sys.stdout, format_table)

@@ -654,6 +654,161 @@ def _send_all(sock: socket.socket, load: LoadTest) -> None:
             load.fault_counts["send_errors"] += 1
 
 
+# --- several generator processes ---------------------------------------------------------
+
+
+class _PipeProgress:
+    """Stands in for a ProgressBar inside a worker: sends counts to the parent."""
+
+    def __init__(self, conn: Any, interval: float = 0.25) -> None:
+        self.conn = conn
+        self.interval = interval
+        self._last = 0.0
+
+    def update(self, load: LoadTest, now: float, force: bool = False) -> None:
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.conn.send(("progress", load.established, load.failed, load.in_flight, load.retransmissions,
+                            load.elapsed(now)))
+
+    def close(self) -> None:
+        pass
+
+
+def _worker(conn: Any, spec: LoadSpec, dh_threads: int, local_port: int) -> None:
+    from ikecore import dh
+
+    pool = dh.DhPool(dh_threads) if dh_threads else None
+    try:
+        load = LoadTest(spec, keypair=dh.KeypairReserve(pool) if pool is not None else None, local_port=local_port)
+        report = run_udp(load, progress=_PipeProgress(conn))
+        conn.send(("done", report, load.latency, load._begin, load._last_done))
+    finally:
+        if pool is not None:
+            pool.close()
+        conn.close()
+
+
+def _split(spec: LoadSpec, workers: int) -> list[LoadSpec]:
+    """Consecutive peer ranges; rate and concurrency shared out; one seed each."""
+    from dataclasses import replace
+
+    specs, first = [], 0
+    for index in range(workers):
+        count = spec.peers // workers + (1 if index < spec.peers % workers else 0)
+        if count == 0:
+            continue
+        specs.append(replace(
+            spec, peers=count, first_address=peer_address(spec.first_address, first),
+            rate=spec.rate / workers if spec.rate is not None else None,
+            concurrency=max(1, spec.closed_loop // workers) if spec.rate is None else None,
+            seed=None if spec.seed is None else spec.seed * 1000 + index))
+        first += count
+    return specs
+
+
+def run_processes(spec: LoadSpec, workers: int, *, dh_threads: int = 1, local_port: int = 0,
+                  progress: ProgressBar | None = None) -> Report:
+    """Run the load test in ``workers`` forked processes, each with its own socket, a
+    share of the peers (consecutive addresses) and of the rate or concurrency; one
+    merged report (rate over the union of the workers' busy spans)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    parts = _split(spec, workers)
+    pipes, processes = [], []
+    for index, part in enumerate(parts):
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker, args=(child, part, dh_threads,
+                                                        local_port + index if local_port else 0), daemon=True)
+        process.start()
+        child.close()
+        pipes.append(parent)
+        processes.append(process)
+    status: dict[int, tuple[int, int, int, int, float]] = {}
+    results: dict[int, tuple[Any, ...]] = {}
+    deadline = time.monotonic() + spec.max_seconds + 60
+    view = _ProgressView(spec)
+    try:
+        while len(results) < len(pipes) and time.monotonic() < deadline:
+            ready = [i for i, p in enumerate(pipes) if i not in results and p.poll(0.05)]
+            for i in ready:
+                try:
+                    message = pipes[i].recv()
+                except EOFError:
+                    results[i] = ("lost",)
+                    continue
+                if message[0] == "progress":
+                    status[i] = message[1:]
+                else:
+                    results[i] = message
+            if progress is not None and status:
+                view.set(status)
+                progress.update(view, time.monotonic())  # type: ignore[arg-type]
+    finally:
+        for process in processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+    if progress is not None:
+        view.set(status)
+        progress.update(view, time.monotonic(), force=True)  # type: ignore[arg-type]
+        progress.close()
+    return _merge(spec, [results.get(i, ("lost",)) for i in range(len(pipes))])
+
+
+class _ProgressView:
+    """The few LoadTest attributes ProgressBar reads, summed over workers."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.established = self.failed = self.in_flight = self.retransmissions = 0
+        self._elapsed = 0.0
+
+    def set(self, status: dict[int, tuple[int, int, int, int, float]]) -> None:
+        rows = list(status.values())
+        self.established = sum(r[0] for r in rows)
+        self.failed = sum(r[1] for r in rows)
+        self.in_flight = sum(r[2] for r in rows)
+        self.retransmissions = sum(r[3] for r in rows)
+        self._elapsed = max((r[4] for r in rows), default=0.0)
+
+    def elapsed(self, now: float) -> float:
+        return self._elapsed
+
+
+def _merge(spec: LoadSpec, results: list[tuple[Any, ...]]) -> Report:
+    done = [r for r in results if r[0] == "done"]
+    reports: list[Report] = [r[1] for r in done]
+    latency: dict[str, list[float]] = {"main_mode": [], "quick_mode": [], "total": []}
+    for r in done:
+        for phase, samples in r[2].items():
+            latency[phase].extend(samples)
+    begins = [r[3] for r in done if r[3] is not None]
+    ends = [r[4] for r in done if r[4] is not None]
+    seconds = max(ends) - min(begins) if begins and ends else 0.0
+    failures: Counter[str] = Counter()
+    faults: Counter[str] = Counter()
+    for report in reports:
+        failures.update(report.failures)
+        faults.update(report.faults)
+    lost = len(results) - len(done)
+    if lost:
+        failures["generator process lost"] += lost
+    established = sum(r.established for r in reports)
+    started = sum(r.started for r in reports)
+    return Report(
+        peers=spec.peers, started=started, established=established, failed=sum(r.failed for r in reports),
+        unfinished=spec.peers - established - sum(r.failed for r in reports) if lost else
+        sum(r.unfinished for r in reports), seconds=seconds,
+        sas_per_second=established / seconds if seconds > 0 else 0.0,
+        quick_modes=sum(r.quick_modes for r in reports), retransmissions=sum(r.retransmissions for r in reports),
+        failures=dict(failures.most_common()),
+        latency_ms={phase: _percentiles(samples) for phase, samples in latency.items()},
+        faults=dict(faults), wrong_psk_peers=sum(r.wrong_psk_peers for r in reports),
+        cpu_seconds=sum(r.cpu_seconds for r in reports), target=f"{spec.target[0]}:{spec.target[1]}",
+        ike=spec.ike, esp=spec.esp)
+
+
 # --- formatting ---------------------------------------------------------------------------
 
 
@@ -710,6 +865,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--retransmit-timeout", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--first-address", default="127.1.0.1", help="first peer address (127.x.y.z)")
     parser.add_argument("--local-port", type=int, default=0, help="UDP port of every peer (default ephemeral)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="generator processes, each with a share of the peers and its own socket")
     parser.add_argument("--dh-threads", type=int, default=1,
                         help="threads pre-computing DH key pairs (0: compute them inline)")
     for name, text in (("drop", "drop"), ("duplicate", "duplicate"), ("corrupt", "corrupt one byte of"),
@@ -744,6 +901,14 @@ def command(args: Any, out: TextIO) -> int:
     spec = spec_from_args(args)
     if args.dh_threads < 0:
         raise ConfigError("--dh-threads", "must be 0 or more")
+    if not 1 <= args.workers <= 64:
+        raise ConfigError("--workers", "must be between 1 and 64")
+    if args.workers > 1:
+        progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers)
+        report = run_processes(spec, args.workers, dh_threads=args.dh_threads, local_port=args.local_port,
+                               progress=progress)
+        out.write((report_json(report) if args.json else format_report(report)) + "\n")
+        return 0 if report.established == spec.peers else 1
     pool = dh.DhPool(args.dh_threads) if args.dh_threads else None
     try:
         keypair = dh.KeypairReserve(pool) if pool is not None else None
