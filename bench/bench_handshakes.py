@@ -151,9 +151,10 @@ def ikecore_loadtest(target: str, peers: int, *, concurrency: int, quick_modes: 
         raise RuntimeError(f"ikecore loadtest failed: {out.stderr[-2000:]}") from None
 
 
-def ikecore_pair(peers: int, concurrency: int, quick_modes: int = 1, workers: int = 2) -> dict[str, Any]:
+def ikecore_pair(peers: int, concurrency: int, quick_modes: int = 1, workers: int = 2,
+                 gateway_workers: int | None = None) -> dict[str, Any]:
     port = free_port()
-    gateway = IkecoreGateway(f"127.0.0.1:{port}", workers=workers)
+    gateway = IkecoreGateway(f"127.0.0.1:{port}", workers=workers if gateway_workers is None else gateway_workers)
     try:
         result = ikecore_loadtest(f"127.0.0.1:{port}", peers, concurrency=concurrency, quick_modes=quick_modes,
                                   workers=workers)
@@ -402,7 +403,7 @@ def main() -> int:
         failures += big["failed"] + big["unfinished"]
         line(f"handshakes_mm_qm_{10 * n}_vs_{n}_sas_per_s", big["sas_per_second"], ours["sas_per_second"])
         for quick_modes in (0, 1):
-            huge = ikecore_pair(100_000, c, quick_modes=quick_modes, workers=1)
+            huge = ikecore_pair(100_000, c, quick_modes=quick_modes, workers=args.workers, gateway_workers=1)
             failures += huge["failed"] + huge["unfinished"]
             kind = "mm" if quick_modes == 0 else "mm_qm"
             line(f"gateway_100000_{kind}_rss_kib_per_sa", huge["gateway_rss_growth"] / 1024 / max(1, huge["established"]),
