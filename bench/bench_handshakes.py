@@ -324,13 +324,13 @@ def strongswan_to_ikecore(count: int) -> dict[str, Any]:
 def ikecore_to_strongswan(count: int, concurrency: int) -> dict[str, Any]:
     from interop import charon
 
-    port = free_port()
+    port, natt_port = charon.free_udp_ports(2)
     extra = "  dos_protection = no\n  threads = 16\n  ikesa_table_size = 4096\n  ikesa_table_segments = 16\n"
-    responder = charon.Charon.start(addr="127.0.0.1", port=port, natt_port=free_port(), psk=PSK, ike=IKE, esp=ESP,
+    responder = charon.Charon.start(addr="127.0.0.1", port=port, natt_port=natt_port, psk=PSK, ike=IKE, esp=ESP,
                                     kernel="fake", log_level=0, extra_conf=extra)
     try:
         cpu0 = cpu_seconds(responder.pid)
-        result = ikecore_loadtest(f"127.0.0.1:{port}", count, concurrency=concurrency)
+        result = ikecore_loadtest(f"127.0.0.1:{port}", count, concurrency=concurrency, max_seconds=180.0)
         result["responder_cpu_seconds"] = cpu_seconds(responder.pid) - cpu0
         return result
     finally:
