@@ -20,7 +20,7 @@ from ikecore import events as ev
 from ikecore.cli import main
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
-from ikecore.loadtest import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory
+from ikecore.loadtest import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory, run_udp
 from ikecore.sa import Phase1State
 
 from helpers import make_config, seeded_random
@@ -216,3 +216,33 @@ def test_gateway_flag_identity_is_what_the_peers_see() -> None:
     assert report.established == 3
     assert {sa.snapshot(0)["peer_id"] for sa in load.right.sas()} == {"responder.lt.test"}
     assert {sa.snapshot(0)["my_id"] for sa in responder.sas()} == {"responder.lt.test"}
+
+
+@pytest.mark.interop("charon")
+def test_load_generator_against_a_charon_responder() -> None:
+    """60 simulated peers (each its own 127.x address and identity) against real charon,
+    6 of them with a wrong key: charon must hold exactly the 54 others, each with its
+    CHILD_SA, and none of the 6."""
+    from interop import charon
+
+    port, natt_port = charon.free_udp_ports(2)
+    extra = "  dos_protection = no\n"
+    with charon.Charon.start(addr="127.0.0.1", port=port, natt_port=natt_port, psk="lt-charon-psk",
+                             kernel="fake", log_level=1, extra_conf=extra) as peer:
+        spec = LoadSpec(target=("127.0.0.1", port), peers=60, psk="lt-charon-psk", concurrency=20, seed=4,
+                        first_address="127.3.0.1", faults=Faults(wrong_psk=0.1), max_seconds=60, timeout=6.0)
+        load = LoadTest(spec)
+        report = run_udp(load)
+        assert report.established == 54 and report.failed == 6 and report.unfinished == 0
+        # charon drops a message 5 it cannot decrypt without a Notify: the peers time out
+        assert report.failures == {"timeout": 6}
+        wrong = {p.address for p in load.peers if p.wrong_psk}
+
+        def with_children() -> list[dict[str, object]]:
+            rows = [s for s in peer.list_sas() if s.get("state") == "ESTABLISHED" and s.get("child-sas")]
+            return rows if len(rows) >= 54 else []
+
+        established = peer.wait_for(with_children, 20)
+        assert len(established) == 54
+        assert {s["remote-host"] for s in established} == {p.address for p in load.peers} - wrong
+        assert {s["remote-id"] for s in established} == {s["remote-host"] for s in established}
