@@ -246,3 +246,30 @@ def test_load_generator_against_a_charon_responder() -> None:
         assert len(established) == 54
         assert {s["remote-host"] for s in established} == {p.address for p in load.peers} - wrong
         assert {s["remote-id"] for s in established} == {s["remote-host"] for s in established}
+
+
+def test_established_sas_keep_only_what_later_exchanges_need() -> None:
+    """Memory per held SA: DH values, nonces, SAi_b, SKEYID and SKEYID_e are dropped once
+    Main Mode ends, and a later Quick Mode and Delete still work with what is left."""
+    load, responder, report = _run(4, quick_modes=0, concurrency=4)
+    assert report.established == 4
+    for sa in responder.sas() + load.right.sas():
+        assert (sa.dh, sa.g_xi, sa.g_xr, sa.nonce_i, sa.nonce_r, sa.sa_b, sa.first_message) == (
+            None, b"", b"", b"", b"", b"", b"")
+        assert sa.skeyid.skeyid == b"" and sa.skeyid.skeyid_e == b"" and len(sa.skeyid.skeyid_d) == 32
+    engine = load.right
+    handle = engine.sas()[0].handle
+    engine.initiate_quick_mode(handle, 2000.0)
+    for _ in range(4):
+        for data, remote, local in engine.datagrams_to_send():
+            responder.receive_datagram(data, local, remote, 2000.0)
+        for data, remote, local in responder.datagrams_to_send():
+            engine.receive_datagram(data, local, remote, 2000.0)
+    while responder.next_event() is not None:
+        pass
+    assert responder.count(ev.Phase2Established) == 1
+    assert len(engine.sa(handle).ipsec_sas) == 1
+    engine.delete(handle, 2001.0)
+    for data, remote, local in engine.datagrams_to_send():
+        responder.receive_datagram(data, local, remote, 2001.0)
+    assert len(responder.sas()) == 3
