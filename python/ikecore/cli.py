@@ -21,7 +21,7 @@ from ikecore import __version__, decode, demo, dh, loadtest, workers
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, Statistic, display_name
+from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
 from ikecore.transport import Gateway, local_address_towards
 
 __all__ = ["main", "build_parser", "format_table"]

@@ -51,7 +51,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from ikecore import events as ev
 from ikecore.config import Config, Timing, config_from_flags
@@ -539,7 +539,8 @@ class ProgressBar:
         self.out = out
         self.total = total
         self.width = width
-        self.interval = interval
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.interval = interval if self.tty else max(interval, 1.0)  # a log gets one line a second
         self._last = 0.0
         self._samples: list[tuple[float, int]] = []
 
@@ -554,21 +555,33 @@ class ProgressBar:
         live = (load.established - first[1]) / (now - first[0]) if now > first[0] else 0.0
         filled = int(self.width * done / self.total) if self.total else self.width
         bar = "#" * filled + "-" * (self.width - filled)
-        self.out.write(f"\r[{bar}] {done}/{self.total}  {live:7.0f} SAs/s  "
+        start, end = ("\r", "") if self.tty else ("", "\n")
+        self.out.write(f"{start}[{bar}] {done}/{self.total}  {live:7.0f} SAs/s  "
                        f"failed {load.failed}  in flight {load.in_flight}  "
-                       f"retransmits {load.retransmissions}  {load.elapsed(now):6.1f} s ")
+                       f"retransmits {load.retransmissions}  {load.elapsed(now):6.1f} s {end}")
         self.out.flush()
 
     def close(self) -> None:
-        self.out.write("\n")
+        if self.tty:
+            self.out.write("\n")
         self.out.flush()
+
+
+class Progress(Protocol):
+    """What ``run_udp`` reports progress to (a ProgressBar, or a worker's pipe)."""
+
+    interval: float
+
+    def update(self, load: LoadTest, now: float, force: bool = False) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _pktinfo(source: str) -> list[tuple[int, int, bytes]]:
     return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4)))]
 
 
-def run_udp(load: LoadTest, *, progress: ProgressBar | None = None, bind: str = "0.0.0.0") -> Report:
+def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.0.0.0") -> Report:
     """Run ``load`` over real UDP: one socket, each peer's source address set per datagram.
 
     The socket binds ``bind:load.local_port`` (0: ephemeral, then every peer uses that
