@@ -273,3 +273,32 @@ def test_established_sas_keep_only_what_later_exchanges_need() -> None:
     for data, remote, local in engine.datagrams_to_send():
         responder.receive_datagram(data, local, remote, 2001.0)
     assert len(responder.sas()) == 3
+
+
+def _handshake(initiator: Engine, responder: Engine, local: tuple[str, int], now: float) -> int:
+    handle = initiator.initiate(("127.0.0.1", 500), local=local, now=now, quick_mode=False)
+    for _ in range(6):
+        for data, remote, src in initiator.datagrams_to_send():
+            responder.receive_datagram(data, src, remote, now)
+        for data, remote, src in responder.datagrams_to_send():
+            initiator.receive_datagram(data, src, remote, now)
+    return handle
+
+
+def test_initial_contact_from_one_address_with_many_identities_keeps_the_others() -> None:
+    """charon's load tester: one address, a new identity per SA, INITIAL-CONTACT in each
+    MM5. Each identity is a different peer (as strongSwan reads RFC 2407 4.6.3.3), so the
+    gateway keeps them all; a real reboot (same identity again) still replaces the old SA."""
+    responder = Engine(make_config(psk="secret"), random=seeded_random(20))
+    local = ("127.0.0.9", 500)
+    for n in range(3):
+        initiator = Engine(make_config(psk="secret", my_id=f"init{n}.lt.test"), random=seeded_random(30 + n))
+        _handshake(initiator, responder, local, 10.0 + n)
+        assert initiator.sas()[0].initial_contact
+    assert sorted(sa.snapshot(0)["peer_id"] for sa in responder.sas()) == [
+        "init0.lt.test", "init1.lt.test", "init2.lt.test"]
+    rebooted = Engine(make_config(psk="secret", my_id="init1.lt.test"), random=seeded_random(40))
+    _handshake(rebooted, responder, local, 20.0)
+    ids = sorted(sa.snapshot(0)["peer_id"] for sa in responder.sas())
+    assert ids == ["init0.lt.test", "init1.lt.test", "init2.lt.test"]
+    assert min(sa.started for sa in responder.sas() if sa.snapshot(0)["peer_id"] == "init1.lt.test") == 20.0

@@ -16,6 +16,7 @@ __all__ = [
     "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
+    "DeadPeerDetected", "NatKeepaliveSent",
 ]
 
 
@@ -193,3 +194,19 @@ class SaDeleted(Event):
     phase: int
     spi: bytes | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadPeerDetected(Event):
+    """RFC 3706: no R-U-THERE-ACK within the DPD timeout; the peer's SAs are deleted."""
+
+    handle: int
+    remote: Address
+    unanswered: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatKeepaliveSent(Event):
+    """A NAT keepalive (RFC 3948 section 2.3) left for the peer of ISAKMP SA ``handle``."""
+
+    handle: int

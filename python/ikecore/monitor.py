@@ -134,6 +134,8 @@ class Monitor:
             x[f"notifies_sent:{_notify_name(event.notify_type)}"] += 1
         elif isinstance(event, ev.SaDeleted):
             x[f"deleted_phase{event.phase}"] += 1
+        elif isinstance(event, ev.DeadPeerDetected):
+            x["dead_peers"] += 1
 
     def send_failed(self) -> None:
         self.counters[Statistic.SEND_FAILURES] += 1

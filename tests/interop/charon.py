@@ -413,6 +413,7 @@ class Charon:
         log_level: int = 2,
         extra_conf: str = "",
         start_timeout: float = 15.0,
+        encap: bool = False,
     ) -> Charon:
         """Start charon and load one IKEv1 PSK connection ``ikev1`` with child ``net``.
 
@@ -428,7 +429,8 @@ class Charon:
         events; use :meth:`rekey` to force one). ``dpd_delay``: seconds between DPD
         R-U-THERE checks (None: no DPD). ``log_keys``: log keys (ike/chd level 4)
         for :meth:`keys`. ``extra_conf``: text appended inside the ``charon {}``
-        section of strongswan.conf.
+        section of strongswan.conf. ``encap``: force UDP encapsulation (charon fakes
+        its NAT-D so the peer floats to NAT-T too).
         """
         if kernel == "libipsec" and netns is None:
             raise ValueError("kernel='libipsec' creates a TUN device: pass netns=")
@@ -473,7 +475,7 @@ class Charon:
                 rekey=rekey, dpd_delay=dpd_delay, dpd_action=dpd_action,
                 ike_lifetime=ike_lifetime, child_lifetime=child_lifetime,
                 retransmit_tries=retransmit_tries, log_level=log_level,
-                extra_conf=extra_conf, prefix=prefix,
+                extra_conf=extra_conf, prefix=prefix, encap=encap,
             )
             process, pid = cls._launch(directory, charon_bin, netns, start_timeout)
         except BaseException:
@@ -503,7 +505,7 @@ class Charon:
                        log_keys: bool, netns: str | None, rekey: bool,
                        dpd_delay: int | None, dpd_action: str, ike_lifetime: int | None,
                        child_lifetime: int | None, retransmit_tries: int, log_level: int,
-                       extra_conf: str, prefix: Path | None) -> None:
+                       extra_conf: str, prefix: Path | None, encap: bool = False) -> None:
         d = str(directory)
         plugins = BASE_PLUGINS
         plugin_conf = ""
@@ -600,6 +602,7 @@ connections {{
     remote_port = {remote_port if remote_port is not None else 500}
     proposals = {_check_token(ike, "ike")}
     fragmentation = yes
+    encap = {"yes" if encap else "no"}
     {dpd}
     keyingtries = 1
     {ike_times}
@@ -770,6 +773,16 @@ secrets {{
     def running(self) -> bool:
         return not self._stopped and self._process.poll() is None and _is_charon(self.pid)
 
+    def freeze(self) -> None:
+        """Make charon go silent without a goodbye (SIGSTOP by its PID): a dead peer."""
+        if self.running():
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze` (SIGCONT)."""
+        if self._process.poll() is None and _is_charon(self.pid):
+            os.kill(self.pid, signal.SIGCONT)
+
     def stop(self, *, keep: bool = False, timeout: float = 10.0) -> None:
         """Stop charon (SIGTERM, then SIGKILL, by its PID) and remove the state dir."""
         if self._stopped:
@@ -777,6 +790,7 @@ secrets {{
         self._stopped = True
         _LIVE.discard(self)
         if self._process.poll() is None and _is_charon(self.pid):
+            os.kill(self.pid, signal.SIGCONT)  # in case it was frozen
             os.kill(self.pid, signal.SIGTERM)
             try:
                 self._process.wait(timeout=timeout)
