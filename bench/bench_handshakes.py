@@ -357,27 +357,44 @@ def main() -> int:
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="ikecore gateway and generator processes")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the 1,000-SA pairs (best kept)")
     parser.add_argument("--no-strongswan", action="store_true")
     args = parser.parse_args()
     n, c = args.peers, args.concurrency
     print(f"{'name':<40} {'ikecore':>10} {'anchor':>10} {'ratio':>6}")
     failures = 0
 
-    ours = ikecore_pair(n, c, workers=args.workers)
-    failures += ours["failed"] + ours["unfinished"]
     reason = None if not args.no_strongswan else "--no-strongswan"
     if reason is None:
         reason = strongswan_reason()
-    theirs = None
-    if reason is None:
-        theirs = strongswan_pair(n)
-        failures += theirs["failed"]
+    # Best of --repeats runs each, alternating, so that a noisy neighbour hurts both alike;
+    # CPU per SA is the lowest seen on each side.
+    ours_runs, theirs_runs = [], []
+    for _ in range(args.repeats):
+        ours_runs.append(ikecore_pair(n, c, workers=args.workers))
+        failures += ours_runs[-1]["failed"] + ours_runs[-1]["unfinished"]
+        if reason is None:
+            theirs_runs.append(strongswan_pair(n))
+            failures += theirs_runs[-1]["failed"]
+    ours = max(ours_runs, key=lambda r: r["sas_per_second"])
+    ours["cpu_seconds"] = min(r["cpu_seconds"] for r in ours_runs)
+    ours["gateway_cpu_seconds"] = min(r["gateway_cpu_seconds"] for r in ours_runs)
+    theirs = max(theirs_runs, key=lambda r: r["sas_per_second"]) if theirs_runs else None
+    if theirs:
+        theirs["initiator_cpu_seconds"] = min(r["initiator_cpu_seconds"] for r in theirs_runs)
+        theirs["responder_cpu_seconds"] = min(r["responder_cpu_seconds"] for r in theirs_runs)
+        note("runs (SAs/s): ikecore " + ", ".join(f"{r['sas_per_second']:.0f}" for r in ours_runs) +
+             "; strongSwan " + ", ".join(f"{r['sas_per_second']:.0f}" for r in theirs_runs))
     anchor = theirs["sas_per_second"] if theirs else None
     line(f"handshakes_mm_qm_{n}_sas_per_s", ours["sas_per_second"], anchor)
     line(f"cpu_ms_per_sa_initiator_{n}", 1000 * ours["cpu_seconds"] / max(1, ours["established"]),
          1000 * theirs["initiator_cpu_seconds"] / max(1, theirs["established"]) if theirs else None, ".2f")
     line(f"cpu_ms_per_sa_responder_{n}", 1000 * ours["gateway_cpu_seconds"] / max(1, ours["established"]),
          1000 * theirs["responder_cpu_seconds"] / max(1, theirs["established"]) if theirs else None, ".2f")
+    if theirs:
+        mine = (ours["cpu_seconds"] + ours["gateway_cpu_seconds"]) / max(1, ours["established"])
+        other = (theirs["initiator_cpu_seconds"] + theirs["responder_cpu_seconds"]) / max(1, theirs["established"])
+        line(f"sas_per_cpu_second_both_sides_{n}", 1 / mine, 1 / other)
     note(f"ikecore -> ikecore (issue 4 line): {ours['established']}/{n} established, failed {ours['failed']}, "
          f"{ours['sas_per_second']:.0f} SAs/s, retransmissions {ours['retransmissions']}, "
          f"latency p50/p99 {ours['latency_ms']['total'].get('p50')}/{ours['latency_ms']['total'].get('p99')} ms, "

@@ -183,6 +183,7 @@ async def _serve(args: argparse.Namespace) -> int:
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
         print(f"{time.strftime('%H:%M:%S')} {name} {fields}", file=sys.stderr, flush=True)
 
+    loadtest.tune_gc()
     pool = dh.DhPool(args.dh_threads) if args.dh_threads > 0 else None
     engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog),
                     keypair=dh.KeypairReserve(pool) if pool is not None else None)

@@ -894,6 +894,16 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
+def tune_gc() -> None:
+    """For a process that handles many SAs (load generator, gateway): what exists at
+    start lives for the whole run, and every datagram allocates short-lived objects, so
+    freeze the former and collect the young generation less often (about 5% of the CPU)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
+
+
 def spec_from_args(args: Any) -> LoadSpec:
     from ikecore.config import parse_endpoint
 
@@ -910,6 +920,8 @@ def spec_from_args(args: Any) -> LoadSpec:
 def command(args: Any, out: TextIO) -> int:
     """``ikecore loadtest``: exit 0 when every peer established, 1 otherwise."""
     from ikecore import dh
+
+    tune_gc()
 
     spec = spec_from_args(args)
     if args.dh_threads < 0:
