@@ -894,14 +894,22 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
-def tune_gc() -> None:
+def tune_gc() -> Callable[[], None]:
     """For a process that handles many SAs (load generator, gateway): what exists at
     start lives for the whole run, and every datagram allocates short-lived objects, so
-    freeze the former and collect the young generation less often (about 5% of the CPU)."""
+    freeze the former and collect the young generation less often (about 5% of the CPU).
+    Returns a function that restores the previous settings."""
     import gc
 
+    previous = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(20_000, 50, 50)
+
+    def restore() -> None:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+
+    return restore
 
 
 def spec_from_args(args: Any) -> LoadSpec:
@@ -919,9 +927,16 @@ def spec_from_args(args: Any) -> LoadSpec:
 
 def command(args: Any, out: TextIO) -> int:
     """``ikecore loadtest``: exit 0 when every peer established, 1 otherwise."""
+    restore_gc = tune_gc()
+    try:
+        return _command(args, out)
+    finally:
+        restore_gc()
+
+
+def _command(args: Any, out: TextIO) -> int:
     from ikecore import dh
 
-    tune_gc()
 
     spec = spec_from_args(args)
     if args.dh_threads < 0:
