@@ -273,6 +273,9 @@ def test_established_sas_keep_only_what_later_exchanges_need() -> None:
     for data, remote, local in engine.datagrams_to_send():
         responder.receive_datagram(data, local, remote, 2001.0)
     assert len(responder.sas()) == 3
+    # the (local, peer) address index follows the SAs: nothing left behind
+    assert sorted(h for hs in responder._pairs.values() for h in hs) == sorted(sa.handle for sa in responder.sas())
+    assert sorted(h for hs in engine._pairs.values() for h in hs) == sorted(sa.handle for sa in engine.sas())
 
 
 def _handshake(initiator: Engine, responder: Engine, local: tuple[str, int], now: float) -> int:

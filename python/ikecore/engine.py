@@ -105,8 +105,7 @@ class Engine:
         self._sas: dict[int, IsakmpSa] = {}
         # (local IP, peer IP) -> handles, as created: INITIAL-CONTACT decisions without a
         # scan of every SA (a load generator holds 100,000 SAs towards one gateway)
-        self._pairs: dict[tuple[str, str], set[int]] = {}
-        self._pair_of: dict[int, tuple[str, str]] = {}
+        self._pairs: dict[tuple[str, str], list[int]] = {}
         self._cookies = _core.CookieTable()
         self._next_handle = 1
         self._outgoing: list[tuple[bytes, Address, Address]] = []
@@ -529,7 +528,7 @@ class Engine:
 
         "The peer" is its address and its identity, as strongSwan reads it: one address may
         front many identities (charon's load tester), which are not each other's reboot."""
-        candidates = self._pairs.get((sa.local[0], sa.remote[0]), set())
+        candidates = self._pairs.get((sa.local[0], sa.remote[0]), [])
         for other in [self._sas[h] for h in list(candidates) if h in self._sas]:
             if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED \
                     and _same_id(other.peer_id, sa.peer_id):
@@ -689,8 +688,7 @@ class Engine:
         sa = IsakmpSa(handle, role, state, cookie_i, cookie_r, local, remote, flt,
                       self.config.ike_policies[flt.ike_policy], self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
-        self._pairs.setdefault((local[0], remote[0]), set()).add(handle)
-        self._pair_of[handle] = (local[0], remote[0])
+        self._pairs.setdefault((local[0], remote[0]), []).append(handle)
         self._push_timer(now + self.config.timing.negotiation_timeout, handle, 0, "timeout")
         return sa
 
@@ -747,13 +745,15 @@ class Engine:
         self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=2, spi=ipsec.spi_in, reason=reason))
 
     def _forget(self, sa: IsakmpSa) -> None:
-        self._sas.pop(sa.handle, None)
-        key = self._pair_of.pop(sa.handle, None)
-        if key is not None:
-            handles = self._pairs[key]
-            handles.discard(sa.handle)
-            if not handles:
-                del self._pairs[key]
+        if self._sas.pop(sa.handle, None) is not None:
+            key = (sa.local[0], sa.remote[0])
+            handles = self._pairs.get(key)
+            if handles is None or sa.handle not in handles:  # the peer's address changed (NAT)
+                key, handles = next(((k, h) for k, h in self._pairs.items() if sa.handle in h), (key, None))
+            if handles is not None:
+                handles.remove(sa.handle)
+                if not handles:
+                    del self._pairs[key]
         self._cookies.remove(sa.initiator_cookie, sa.responder_cookie)
         self._cookies.remove(sa.initiator_cookie, ZERO_COOKIE)
         if sa.first_message:
