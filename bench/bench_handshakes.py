@@ -419,6 +419,11 @@ def main() -> int:
         big = ikecore_pair(10 * n, c, workers=args.workers)
         failures += big["failed"] + big["unfinished"]
         line(f"handshakes_mm_qm_{10 * n}_vs_{n}_sas_per_s", big["sas_per_second"], ours["sas_per_second"])
+        tenths = big["rate_by_tenth"]
+        if tenths:
+            # same run, same neighbours: the last tenth of the SAs against the first
+            line(f"handshakes_{10 * n}_last_tenth_vs_first_sas_per_s", tenths[-1], tenths[0])
+            note("SAs/s by tenth of the 10x run: " + " ".join(f"{r:.0f}" for r in tenths))
         for quick_modes in (0, 1):
             huge = ikecore_pair(100_000, c, quick_modes=quick_modes, workers=args.workers, gateway_workers=1)
             failures += huge["failed"] + huge["unfinished"]

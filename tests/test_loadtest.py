@@ -305,3 +305,13 @@ def test_initial_contact_from_one_address_with_many_identities_keeps_the_others(
     ids = sorted(sa.snapshot(0)["peer_id"] for sa in responder.sas())
     assert ids == ["init0.lt.test", "init1.lt.test", "init2.lt.test"]
     assert min(sa.started for sa in responder.sas() if sa.snapshot(0)["peer_id"] == "init1.lt.test") == 20.0
+
+
+def test_rate_by_tenth_shows_a_slowdown() -> None:
+    from ikecore.loadtest import rate_by_tenth
+
+    steady = [0.1 * (i + 1) for i in range(100)]  # 10 SAs per second throughout
+    assert rate_by_tenth(0.0, steady) == pytest.approx([10.0] * 10)
+    slowing = [t if t <= 5.0 else 5.0 + 2 * (t - 5.0) for t in steady]  # half speed after 5 s
+    assert rate_by_tenth(0.0, slowing) == pytest.approx([10.0] * 5 + [5.0] * 5)
+    assert rate_by_tenth(0.0, steady[:9]) == []

@@ -201,6 +201,7 @@ class Report:
     faults: dict[str, int]
     wrong_psk_peers: int
     cpu_seconds: float = 0.0
+    rate_by_tenth: list[float] = field(default_factory=list)
     target: str = ""
     ike: str = ""
     esp: str = ""
@@ -214,6 +215,7 @@ class Report:
             "retransmissions": self.retransmissions, "failures": dict(self.failures),
             "latency_ms": self.latency_ms, "faults": dict(self.faults),
             "wrong_psk_peers": self.wrong_psk_peers, "cpu_seconds": round(self.cpu_seconds, 3),
+            "rate_by_tenth": [round(r, 1) for r in self.rate_by_tenth],
         }
 
 
@@ -227,6 +229,21 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
     return {"count": len(ordered), "p50": at(0.50), "p90": at(0.90), "p99": at(0.99),
             "max": round(ordered[-1] * 1000, 3)}
+
+
+def rate_by_tenth(begin: float, done_times: list[float]) -> list[float]:
+    """SAs per second in each tenth of the completions, in order (from ``begin``): a
+    generator or gateway that slows as SAs accumulate shows a falling series."""
+    times = sorted(done_times)
+    if len(times) < 10:
+        return []
+    rates, previous = [], begin
+    for tenth in range(10):
+        group = times[len(times) * tenth // 10:len(times) * (tenth + 1) // 10]
+        span = group[-1] - previous
+        rates.append(len(group) / span if span > 0 else 0.0)
+        previous = group[-1]
+    return rates
 
 
 def _reason(text: str) -> str:
@@ -275,6 +292,7 @@ class LoadTest:
         self.established = 0
         self.failed = 0
         self.quick_modes_done = 0
+        self.done_times: list[float] = []
 
     def _config(self, psk: str, timing: Timing) -> Config:
         return config_from_flags(psk=psk, ike=self.spec.ike, esp=self.spec.esp, listen=(),
@@ -459,6 +477,7 @@ class LoadTest:
         self._in_flight -= 1
         self.established += 1
         self.latency["total"].append(now - peer.started)
+        self.done_times.append(now)
         self._last_done = now
 
     def _fail(self, peer: _Peer, reason: str, now: float) -> None:
@@ -493,8 +512,8 @@ class LoadTest:
             failures=dict(self.failures.most_common()),
             latency_ms={phase: _percentiles(samples) for phase, samples in self.latency.items()},
             faults=dict(self.fault_counts), wrong_psk_peers=sum(1 for p in self.peers if p.wrong_psk),
-            cpu_seconds=cpu_seconds, target=f"{self.spec.target[0]}:{self.spec.target[1]}",
-            ike=self.spec.ike, esp=self.spec.esp)
+            cpu_seconds=cpu_seconds, rate_by_tenth=rate_by_tenth(self._begin or 0.0, self.done_times),
+            target=f"{self.spec.target[0]}:{self.spec.target[1]}", ike=self.spec.ike, esp=self.spec.esp)
 
 
 # --- runners ----------------------------------------------------------------------------
@@ -695,7 +714,7 @@ def _worker(conn: Any, spec: LoadSpec, dh_threads: int, local_port: int) -> None
     try:
         load = LoadTest(spec, keypair=dh.KeypairReserve(pool) if pool is not None else None, local_port=local_port)
         report = run_udp(load, progress=_PipeProgress(conn))
-        conn.send(("done", report, load.latency, load._begin, load._last_done))
+        conn.send(("done", report, load.latency, load._begin, load._last_done, load.done_times))
     finally:
         if pool is not None:
             pool.close()
@@ -797,6 +816,7 @@ def _merge(spec: LoadSpec, results: list[tuple[Any, ...]]) -> Report:
         for phase, samples in r[2].items():
             latency[phase].extend(samples)
     begins = [r[3] for r in done if r[3] is not None]
+    done_times = [t for r in done for t in r[5]]
     ends = [r[4] for r in done if r[4] is not None]
     seconds = max(ends) - min(begins) if begins and ends else 0.0
     failures: Counter[str] = Counter()
@@ -818,8 +838,9 @@ def _merge(spec: LoadSpec, results: list[tuple[Any, ...]]) -> Report:
         failures=dict(failures.most_common()),
         latency_ms={phase: _percentiles(samples) for phase, samples in latency.items()},
         faults=dict(faults), wrong_psk_peers=sum(r.wrong_psk_peers for r in reports),
-        cpu_seconds=sum(r.cpu_seconds for r in reports), target=f"{spec.target[0]}:{spec.target[1]}",
-        ike=spec.ike, esp=spec.esp)
+        cpu_seconds=sum(r.cpu_seconds for r in reports),
+        rate_by_tenth=rate_by_tenth(min(begins), done_times) if begins else [],
+        target=f"{spec.target[0]}:{spec.target[1]}", ike=spec.ike, esp=spec.esp)
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -840,6 +861,8 @@ def format_report(report: Report) -> str:
         if stats.get("count"):
             lines.append(f"    {phase:<14} {stats['count']:>7} {stats['p50']:>8.1f} {stats['p90']:>8.1f} "
                          f"{stats['p99']:>8.1f} {stats['max']:>8.1f}")
+    if report.rate_by_tenth:
+        lines.append("  SAs/s by tenth of the run: " + " ".join(f"{r:.0f}" for r in report.rate_by_tenth))
     if report.failures:
         lines.append("  failures by reason:")
         lines += [f"    {count:>7}  {reason}" for reason, count in report.failures.items()]
