@@ -139,7 +139,8 @@ def run(args: Any, out: TextIO, format_table: Callable[[list[dict[str, Any]], Se
         sas = max(1, views["sas"])
         out.write(f"\nQuick Mode SAs at the gateway: {views['quick_mode']}; gateway RSS growth "
                   f"{views['rss_growth'] / 1024:.0f} KiB for {views['sas']} ISAKMP SAs "
-                  f"({views['rss_growth'] / sas / 1024:.2f} KiB per SA)\n")
+                  f"({views['rss_growth'] / sas / 1024:.2f} KiB per SA, with its IPsec SAs and the "
+                  f"Quick Mode exchanges kept a while for retransmissions)\n")
         out.write(f"\n{report.established}/{report.peers} peers established Main Mode + Quick Mode: "
                   f"{report.sas_per_second:.0f} SAs per second\n")
         return 0 if report.established == args.peers else 1
