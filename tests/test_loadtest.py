@@ -257,6 +257,9 @@ def test_established_sas_keep_only_what_later_exchanges_need() -> None:
         assert (sa.dh, sa.g_xi, sa.g_xr, sa.nonce_i, sa.nonce_r, sa.sa_b, sa.first_message) == (
             None, b"", b"", b"", b"", b"", b"")
         assert sa.skeyid.skeyid == b"" and sa.skeyid.skeyid_e == b"" and len(sa.skeyid.skeyid_d) == 32
+    assert all(sa.last_received for sa in responder.sas())  # MM5 kept: a repeat gets MM6 again
+    responder.handle_timer(1000.0 + 31.0)  # past the negotiation timeout (30 s)
+    assert all(sa.last_received == sa.last_sent == b"" for sa in responder.sas())
     engine = load.right
     handle = engine.sas()[0].handle
     engine.initiate_quick_mode(handle, 2000.0)

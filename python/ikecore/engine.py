@@ -567,6 +567,8 @@ class Engine:
             self._push_timer(sa.next_retransmit, sa.handle, 0, "retransmit")
         elif kind == "timeout" and sa.state is not Phase1State.ESTABLISHED:
             self._fail(sa, "negotiation timed out", None, now, answer=False)
+        elif kind == "timeout":  # established long enough that no MM5/AM3 repeat is coming
+            sa.last_sent = sa.last_received = b""
         elif kind == "expire" and sa.expires == deadline:
             self._remove_sa(sa, "lifetime expired", notify_peer=True)
         elif kind == "nat-keepalive" and sa.state is Phase1State.ESTABLISHED:
