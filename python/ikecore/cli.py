@@ -1,6 +1,7 @@
 """The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only.
 
-Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``demo`` (the
+Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``monitor`` (views of a
+running gateway, ``ikecore.monitor_cli``), ``demo`` (the
 self-contained main job of ``make run``) and ``decode`` (ISAKMP dissector).
 User errors print one line naming the flag and the fix, and exit 2.
 """
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode, demo, dh, loadtest, workers
+from ikecore import __version__, decode, demo, dh, loadtest, monitor_cli, workers
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
@@ -100,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gateway processes sharing the ports (SO_REUSEPORT); each holds its own SAs")
     serve.add_argument("--dh-threads", type=int, default=1,
                        help="threads pre-computing DH key pairs (0: compute them inline)")
+    serve.add_argument("--control", nargs="?", const="", metavar="PATH",
+                       help="serve the monitor's control socket (default path: $IKECORE_CONTROL, "
+                            "$XDG_RUNTIME_DIR/ikecore.sock or /tmp/ikecore-UID.sock)")
+    serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics at /metrics")
     _add_proposal_flags(serve)
+
+    monitor_cli.add_parser(sub)
 
     demo_parser = sub.add_parser("demo", help="a gateway and a load test of simulated peers on loopback")
     demo.add_arguments(demo_parser)
@@ -193,6 +200,7 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
     print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
+    services = await monitor_cli.start_services(gateway, args.control, args.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,6 +216,7 @@ async def _serve(args: argparse.Namespace) -> int:
         for sa in engine.sas():
             engine.delete(sa.handle, loop.time(), "gateway shutting down")
         gateway._flush()
+        services.close()
         gateway.close()
         if pool is not None:
             pool.close()
@@ -232,11 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return workers.run(args.workers, lambda: asyncio.run(_serve(args)))
             return asyncio.run(_serve(args))
         if args.command == "demo":
-            return demo.run(args, sys.stdout, format_table)
+            return demo.run(args, sys.stdout)
         if args.command == "decode":
             return int(args.handler(args))
         if args.command == "loadtest":
             return loadtest.command(args, sys.stdout)
+        if args.command == "monitor":
+            return int(args.handler(args))
     except ConfigError as exc:
         print(f"ikecore {args.command}: {exc}", file=sys.stderr)
         return 2

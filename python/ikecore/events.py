@@ -16,7 +16,7 @@ __all__ = [
     "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
-    "DeadPeerDetected", "NatKeepaliveSent",
+    "DeadPeerDetected", "NatKeepaliveSent", "DeleteSent",
 ]
 
 
@@ -210,3 +210,12 @@ class NatKeepaliveSent(Event):
     """A NAT keepalive (RFC 3948 section 2.3) left for the peer of ISAKMP SA ``handle``."""
 
     handle: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteSent(Event):
+    """We told the peer, in a protected Informational, that SAs are gone."""
+
+    handle: int
+    protocol_id: int
+    spis: tuple[bytes, ...]
