@@ -318,3 +318,44 @@ def test_rate_by_tenth_shows_a_slowdown() -> None:
     slowing = [t if t <= 5.0 else 5.0 + 2 * (t - 5.0) for t in steady]  # half speed after 5 s
     assert rate_by_tenth(0.0, slowing) == pytest.approx([10.0] * 5 + [5.0] * 5)
     assert rate_by_tenth(0.0, steady[:9]) == []
+
+
+def test_gateway_workers_and_generator_workers_share_the_load(capsys: pytest.CaptureFixture[str]) -> None:
+    """``serve --workers 2`` (SO_REUSEPORT) and ``loadtest --workers 2`` (forked generators,
+    one merged report): every peer establishes exactly once across the gateway workers."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = subprocess.Popen([sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}",
+                                "--psk", "w-secret", "--workers", "2", "--duration", "60"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stderr is not None
+        listening = 0
+        for _ in range(20):  # one line per worker (other lines may come between)
+            listening += "listening" in gateway.stderr.readline()
+            if listening == 2:
+                break
+        assert listening == 2
+        code = main(["loadtest", f"127.0.0.1:{port}", "--peers", "60", "--psk", "w-secret", "--workers", "2",
+                     "--concurrency", "10", "--json", "--no-progress", "--first-address", "127.4.0.1"])
+        result = json.loads(capsys.readouterr().out)
+        assert code == 0 and result["established"] == 60 and result["failed"] == 0
+        assert result["latency_ms"]["total"]["count"] == 60 and len(result["rate_by_tenth"]) == 10
+        time.sleep(0.5)
+        gateway.terminate()
+        _out, err = gateway.communicate(timeout=30)
+        # the workers logged one Phase1Established per peer between them, each peer once
+        established = [line for line in err.splitlines() if "Phase1Established" in line]
+        assert len(established) == 60
+        assert len({line.split("'remote': ('")[1].split("'")[0] for line in established}) == 60
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(10)
+
+
+def test_gateway_workers_refuse_a_shared_control_socket() -> None:
+    assert main(["serve", "--psk", "x", "--workers", "2", "--control", "/nonexistent/c.sock"]) == 2

@@ -238,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_connect(args, sys.stdout))
         if args.command == "serve":
             if args.workers > 1:
+                if args.control is not None or args.metrics:
+                    raise ConfigError("--workers", "each worker holds its own SAs: --control and --metrics "
+                                                   "need --workers 1")
                 return workers.run(args.workers, lambda: asyncio.run(_serve(args)))
             return asyncio.run(_serve(args))
         if args.command == "demo":
