@@ -330,8 +330,12 @@ def test_aggressive_mode_forced_float_on_high_ports_stays_on_the_natt_port() -> 
     # ports), so AM2 arriving from the peer's IKE port must not pull the initiator back.
     link = Link(make_config(aggressive=True, nat_traversal="force"), make_config(aggressive=True))
     link.initiator.initiate(("127.0.0.1", 15500), local=("127.0.0.2", 15600), now=link.now, natt_port=15501)
-    link.pump()
+    for _ in range(2):  # AM1 to the responder, then AM2 back (the initiator answers AM3 + QM1)
+        for side, datagram in link.collect():
+            link.deliver(side, datagram)
     (sa,) = link.initiator.sas()
+    assert sa.state is Phase1State.ESTABLISHED and sa.remote == ("127.0.0.1", 15501)
+    link.pump()
     (peer,) = link.responder.sas()
     assert sa.state is Phase1State.ESTABLISHED and sa.encapsulated
     assert sa.remote == ("127.0.0.1", 15501) and peer.local == ("127.0.0.1", 15501)
