@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "phase1": 3, "main_mode": 3, "quick_mode": 3, "informational": 3,
     "nat_traversal": 3, "vendor_ids": 3, "dpd": 3, "aggressive_mode": 3, "persist": 3,
     "engine": 4, "transport": 4, "faults": 4, "store": 4,
-    "monitor": 5, "cli": 5, "loadtest": 5, "demo": 5, "exporters": 5, "decode": 5,
+    "monitor": 5, "cli": 5, "loadtest": 5, "demo": 5, "workers": 5, "exporters": 5, "decode": 5,
     "control": 5, "__main__": 5, "__init__": 5,
     "hostinfo": 5, "views": 5, "stream": 4, "monitor_cli": 5,
 }

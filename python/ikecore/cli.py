@@ -18,13 +18,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode, monitor_cli
+from ikecore import __version__, decode, demo, dh, loadtest, monitor_cli, workers
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, Statistic, display_name
+from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
 from ikecore.transport import Gateway, local_address_towards
-from ikecore.views import Views
 
 __all__ = ["main", "build_parser", "format_table"]
 
@@ -97,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="repeatable")
     serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.add_argument("--quiet", action="store_true", help="do not log every event (load tests)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="gateway processes sharing the ports (SO_REUSEPORT); each holds its own SAs")
+    serve.add_argument("--dh-threads", type=int, default=1,
+                       help="threads pre-computing DH key pairs (0: compute them inline)")
     serve.add_argument("--control", nargs="?", const="", metavar="PATH",
                        help="serve the monitor's control socket (default path: $IKECORE_CONTROL, "
                             "$XDG_RUNTIME_DIR/ikecore.sock or /tmp/ikecore-UID.sock)")
@@ -109,13 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     monitor_cli.add_parser(sub)
 
-    demo = sub.add_parser("demo", help="a gateway and simulated peers on loopback")
-    demo.add_argument("--peers", type=int, default=200)
-    demo.add_argument("--concurrency", type=int, default=64)
-    demo.add_argument("--ike", default="aes128-sha256-modp2048")
-    demo.add_argument("--esp", default="aes128-sha256")
+    demo_parser = sub.add_parser("demo", help="a gateway and a load test of simulated peers on loopback")
+    demo.add_arguments(demo_parser)
 
     decode.add_parser(sub)
+    loadtest.add_parser(sub)
     return parser
 
 
@@ -204,11 +206,14 @@ async def _serve(args: argparse.Namespace) -> int:
             store = SaStore(args.store, key_file=args.store_key)
         except StoreError as exc:
             raise ConfigError("--store", str(exc)) from None
-    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog), store=store,
+    loadtest.tune_gc()
+    pool = dh.DhPool(args.dh_threads) if args.dh_threads > 0 else None
+    engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog),
+                    keypair=dh.KeypairReserve(pool) if pool is not None else None, store=store,
                     now=asyncio.get_running_loop().time())
-    gateway = Gateway(engine, monitor=Monitor(), on_event=log)
+    gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
     try:
-        bound = await gateway.listen(config.listen)
+        bound = await gateway.listen(config.listen, reuse_port=args.workers > 1)
     except OSError as exc:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
     print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
@@ -231,52 +236,13 @@ async def _serve(args: argparse.Namespace) -> int:
         gateway._flush()
         services.close()
         gateway.close()
+        if pool is not None:
+            pool.close()
     return 0
 
 
 def vars_of(event: Any) -> dict[str, Any]:
     return {name: getattr(event, name) for name in event.__dataclass_fields__}
-
-
-async def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    """A responder gateway on 127.0.0.1 and ``--peers`` initiators from 127.0.1.x/127.0.2.x."""
-    if not 1 <= args.peers <= 60000:
-        raise ConfigError("--peers", "must be between 1 and 60000")
-    psk = "ikecore-demo-secret"
-    responder_config = config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=(("127.0.0.1", 0),))
-    responder = Engine(responder_config)
-    responder_monitor = Monitor()
-    gateway = Gateway(responder, monitor=responder_monitor)
-    (server,) = await gateway.listen(responder_config.listen)
-    out.write(f"ikecore demo: gateway listening on {server[0]}:{server[1]}; "
-              f"{args.peers} peers negotiating {args.ike} / ESP {args.esp}\n")
-    initiator = Engine(config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=()))
-    peers = Gateway(initiator, monitor=Monitor())
-    semaphore = asyncio.Semaphore(max(1, args.concurrency))
-
-    async def one(index: int) -> Any:
-        address = f"127.0.{1 + index // 250}.{1 + index % 250}"
-        async with semaphore:
-            local = await peers.open((address, 0))
-            return await peers.connect(server, local=local)
-
-    started = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(args.peers)))
-    elapsed = time.perf_counter() - started
-    ok = sum(1 for r in results if r.ok)
-    for _ in range(100):  # the gateway completes each Quick Mode when QM3 arrives
-        if responder_monitor.counters[Statistic.IKE_QUICK_MODE] >= ok:
-            break
-        await asyncio.sleep(0.01)
-    monitor_cli.demo_report(out, Views(responder, responder_monitor, clock=gateway.loop.time))
-    out.write(f"\n{ok}/{args.peers} peers established Main Mode + Quick Mode in {elapsed:.2f} s "
-              f"({ok / elapsed if elapsed else 0:.0f} SAs per second)\n")
-    for sa in initiator.sas():
-        peers.delete(sa.handle)
-    await asyncio.sleep(0.2)
-    peers.close()
-    gateway.close()
-    return 0 if ok == args.peers else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,11 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "connect":
             return asyncio.run(_connect(args, sys.stdout))
         if args.command == "serve":
+            if args.workers > 1:
+                if args.control is not None or args.metrics:
+                    raise ConfigError("--workers", "each worker holds its own SAs: --control and --metrics "
+                                                   "need --workers 1")
+                return workers.run(args.workers, lambda: asyncio.run(_serve(args)))
             return asyncio.run(_serve(args))
         if args.command == "demo":
-            return asyncio.run(_demo(args, sys.stdout))
+            return demo.run(args, sys.stdout)
         if args.command == "decode":
             return int(args.handler(args))
+        if args.command == "loadtest":
+            return loadtest.command(args, sys.stdout)
         if args.command == "monitor":
             return int(args.handler(args))
     except ConfigError as exc:

@@ -255,7 +255,7 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
         name="default", source="me", destination=remote, ike_policy="default",
         authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
         local_ts=local_ts, remote_ts=remote_ts, aggressive=aggressive,
-        nat_traversal=_nat_traversal(nat_traversal, "--nat-t"))
+        nat_traversal=_nat_traversal(nat_traversal, "--nat-t"), local_id=my_id)
     return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},
                   esp_policies={"default": esp_policy}, filters=(generic,),
                   timing=timing or Timing(), keylog=keylog)

@@ -19,6 +19,7 @@ raises a plain :class:`ValueError` naming it.
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
@@ -28,6 +29,7 @@ __all__ = [
     "SUPPORTED_GROUPS",
     "KeyPair",
     "DhPool",
+    "KeypairReserve",
     "keypair",
     "public_size",
     "secret_size",
@@ -123,3 +125,42 @@ class DhPool:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class KeypairReserve:
+    """A key-pair provider for ``Engine(keypair=...)`` that makes key pairs ahead of use.
+
+    Key generation (one modular exponentiation, about half of a side's DH cost) runs on
+    ``pool`` threads, which release the GIL, while the engine's thread parses and
+    answers messages. Up to ``depth`` pairs per group are kept in flight. A call takes
+    the oldest finished pair; when none is finished yet it makes one inline rather than
+    wait, so the reserve never slows the caller down. Each pair is handed out once.
+    """
+
+    def __init__(self, pool: DhPool, depth: int | None = None) -> None:
+        self.pool = pool
+        self.depth = depth if depth is not None else 16 * pool.threads
+        if self.depth < 1:
+            raise ValueError(f"depth must be at least 1, got {self.depth}")
+        self._queues: dict[int, deque[Future[KeyPair]]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, group: int) -> KeyPair:
+        queue = self._queues.get(group)
+        if queue is None:
+            if group not in SUPPORTED_GROUPS:
+                raise ValueError(f"unsupported Diffie-Hellman group {group}")
+            queue = self._queues[group] = deque()
+        pair: KeyPair | None = None
+        if queue and queue[0].done():
+            future = queue.popleft()
+            if future.exception() is None:
+                pair = future.result()
+        while len(queue) < self.depth:
+            queue.append(self.pool.keypair(group))
+        if pair is None:
+            self.misses += 1
+            return _core.dh_keypair(group, None)
+        self.hits += 1
+        return pair

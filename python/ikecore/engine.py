@@ -110,6 +110,9 @@ class Engine:
         self._keypair = keypair or dh_module.keypair
         self._keylog = keylog
         self._sas: dict[int, IsakmpSa] = {}
+        # (local IP, peer IP) -> handles, as created: INITIAL-CONTACT decisions without a
+        # scan of every SA (a load generator holds 100,000 SAs towards one gateway)
+        self._pairs: dict[tuple[str, str], list[int]] = {}
         self._cookies = _core.CookieTable()
         self._next_handle = 1
         self._outgoing: list[tuple[bytes, Address, Address]] = []
@@ -174,8 +177,7 @@ class Engine:
         sa = self._new_sa(Role.INITIATOR, Phase1State.I_EXPECT_MM2, self._cookie(), ZERO_COOKIE,
                           local, remote, flt, now)
         sa.want_quick_mode = quick_mode
-        sa.initial_contact = not any(other.remote[0] == remote[0] for other in self._sas.values()
-                                     if other is not sa)
+        sa.initial_contact = len(self._pairs.get((local[0], remote[0]), ())) <= 1  # only this SA
         sa.non_esp_marker = _needs_marker(local, remote)
         sa.natt_port = natt_port or (nat_traversal.NAT_T_PORT if remote[1] == 500 else remote[1])
         self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
@@ -322,7 +324,9 @@ class Engine:
         if exchange_type == AM:
             # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
             self._dispatch(sa, message, data, now)
-            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED:
+            # Only the responder follows (AM3 may arrive from the initiator's NAT-T port); the
+            # initiator floated itself for AM3 and must not move back to where AM2 came from.
+            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED and sa.role is Role.RESPONDER:
                 nat_traversal.follow(sa, remote, local, marker)
             return
         if message.encrypted:
@@ -532,6 +536,10 @@ class Engine:
         self._admission.closed(sa.handle)
         sa.established = now
         sa.expires = now + sa.chosen.lifetime
+        if sa.first_message:  # message 1 can no longer be a retransmission worth answering
+            self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
+            sa.first_message = b""
+        sa.forget_negotiation()
         self._push_timer(sa.expires, sa.handle, 0, "expire")
         sa.last_heard = now
         if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
@@ -666,9 +674,14 @@ class Engine:
             self._drop_stale_sas(sa)
 
     def _drop_stale_sas(self, sa: IsakmpSa) -> None:
-        """INITIAL-CONTACT: the peer rebooted; its other SAs with us are stale (RFC 2407 4.6.3.3)."""
-        for other in list(self._sas.values()):
-            if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
+        """INITIAL-CONTACT: the peer rebooted; its other SAs with us are stale (RFC 2407 4.6.3.3).
+
+        "The peer" is its address and its identity, as strongSwan reads it: one address may
+        front many identities (charon's load tester), which are not each other's reboot."""
+        candidates = self._pairs.get((sa.local[0], sa.remote[0]), [])
+        for other in [self._sas[h] for h in list(candidates) if h in self._sas]:
+            if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED \
+                    and _same_id(other.peer_id, sa.peer_id):
                 self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
 
     def _on_delete(self, sa: IsakmpSa, payload: Any, now: float) -> bool:
@@ -704,6 +717,8 @@ class Engine:
             self._push_timer(sa.next_retransmit, sa.handle, 0, "retransmit")
         elif kind == "timeout" and sa.state is not Phase1State.ESTABLISHED:
             self._fail(sa, "negotiation timed out", None, now, answer=False)
+        elif kind == "timeout":  # established long enough that no MM5/AM3 repeat is coming
+            sa.last_sent = sa.last_received = b""
         elif kind == "expire" and sa.expires == deadline:
             self._remove_sa(sa, "lifetime expired", notify_peer=True)
         elif kind == "nat-keepalive" and sa.state is Phase1State.ESTABLISHED:
@@ -827,6 +842,7 @@ class Engine:
         sa = IsakmpSa(handle, role, state, cookie_i, cookie_r, local, remote, flt,
                       self.config.ike_policies[flt.ike_policy], self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
+        self._pairs.setdefault((local[0], remote[0]), []).append(handle)
         self._push_timer(now + self.config.timing.negotiation_timeout, handle, 0, "timeout")
         return sa
 
@@ -890,7 +906,15 @@ class Engine:
     def _forget(self, sa: IsakmpSa) -> None:
         self._admission.closed(sa.handle)
         self._dirty.add(sa.handle)
-        self._sas.pop(sa.handle, None)
+        if self._sas.pop(sa.handle, None) is not None:
+            key = (sa.local[0], sa.remote[0])
+            handles = self._pairs.get(key)
+            if handles is None or sa.handle not in handles:  # the peer's address changed (NAT)
+                key, handles = next(((k, h) for k, h in self._pairs.items() if sa.handle in h), (key, None))
+            if handles is not None:
+                handles.remove(sa.handle)
+                if not handles:
+                    del self._pairs[key]
         self._cookies.remove(sa.initiator_cookie, sa.responder_cookie)
         self._cookies.remove(sa.initiator_cookie, ZERO_COOKIE)
         if sa.first_message:
@@ -916,6 +940,7 @@ class Engine:
                 self._dirty.add(handle)  # expired while we were down: deleted at the next write
                 continue
             self._sas[handle] = sa
+            self._pairs.setdefault((sa.local[0], sa.remote[0]), []).append(handle)
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
             if sa.expires is not None:
                 self._push_timer(sa.expires, handle, 0, "expire")
@@ -983,6 +1008,10 @@ def wire_error(reason: str, notify_type: int | None = None) -> RemoteProtocolErr
     from ikecore.errors import PayloadMalformed
 
     return PayloadMalformed(reason, notify_type=notify_type)
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    return a is None or b is None or (a.id_type, bytes(a.data)) == (b.id_type, bytes(b.data))
 
 
 def _message_number(sa: IsakmpSa, exchange_type: int, message_id: int) -> int:

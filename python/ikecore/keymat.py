@@ -393,11 +393,12 @@ class CryptoState:
     re-encrypted.
     """
 
-    __slots__ = ("_cipher", "_hash_name", "_block_size", "_ivs")
+    __slots__ = ("_cipher", "_hash_name", "_block_size", "_ivs", "_key")
 
     def __init__(self, cipher_name: str, key: bytes, hash_name: str, phase1_iv: bytes) -> None:
         _check_hash(hash_name)
         self._cipher = Cipher(cipher_name, key)
+        self._key = bytes(key)  # kept only for export_state (the SA store); never in a repr
         self._hash_name = hash_name
         self._block_size = self._cipher.block_size
         if len(phase1_iv) != self._block_size:
@@ -461,6 +462,11 @@ class CryptoState:
         if len(next_iv) != self._block_size:
             raise CryptoError(f"IV must be {self._block_size} bytes")
         self._ivs[message_id] = bytes(next_iv)
+
+    def export_state(self) -> tuple[str, bytes, bytes]:
+        """(cipher name, key, phase 1 IV chain) for the SA store (``ikecore.persist``): what
+        rebuilds this state after a restart. Contains the key: handle as a secret."""
+        return self._cipher.name, self._key, self._ivs[0]
 
     def forget(self, message_id: int) -> None:
         """Drops the chain of a finished phase 2 or informational exchange."""

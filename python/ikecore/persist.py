@@ -4,7 +4,9 @@ Design note
 -----------
 Only *established* ISAKMP SAs are persisted, with everything a restarted engine needs
 to go on using them: cookies, addresses, the filter (by name; its policies and PSK come
-from the configuration again), the chosen suite, SKEYID_d/a/e, the phase 1 IV chain
+from the configuration again), the chosen suite, SKEYID_d and SKEYID_a (SKEYID and
+SKEYID_e are dropped at establishment, ``IsakmpSa.forget_negotiation``), the payload
+cipher and its key, the phase 1 IV chain
 (Message ID 0; the start IV of every later Message ID derives from it), the spent
 Message IDs (replay protection survives a restart), IDs, vendor IDs, the NAT-T state
 (variant, NAT-D outcome, floated port, marker), DPD, the remaining lifetime, and each IPsec SA with both directions' keys (so the
@@ -64,7 +66,7 @@ def dump_sa(sa: IsakmpSa, now: float) -> bytes:
                    chosen.lifetime],
         "skeyid": [sa.skeyid.skeyid.hex(), sa.skeyid.skeyid_d.hex(), sa.skeyid.skeyid_a.hex(),
                    sa.skeyid.skeyid_e.hex()],
-        "iv0": sa.crypto.iv(0).hex(),
+        "crypto": [sa.crypto.export_state()[0], sa.crypto.export_state()[1].hex(), sa.crypto.iv(0).hex()],
         "sa_b": sa.sa_b.hex(),
         "spent": list(sa.spent_message_ids),
         "my_id": [sa.my_id.id_type, sa.my_id.data.hex()] if sa.my_id else None,
@@ -110,9 +112,8 @@ def load_sa(data: bytes, config: Config, now: float, elapsed: float = 0.0) -> Is
     encryption, key_length, hash_id, group, auth_method, lifetime = record["chosen"]
     sa.chosen = policy.IkeProposal(encryption, key_length, hash_id, group, auth_method, lifetime)
     sa.skeyid = keymat.Skeyid(*(bytes.fromhex(k) for k in record["skeyid"]))
-    cipher_name, key_size, _block = keymat.cipher_for(sa.chosen.encryption, sa.chosen.key_length)
-    key = keymat.encryption_key(sa.chosen.prf_hash, sa.skeyid.skeyid_e, key_size)
-    sa.crypto = keymat.CryptoState(cipher_name, key, sa.chosen.prf_hash, bytes.fromhex(record["iv0"]))
+    cipher_name, key, iv0 = record["crypto"]
+    sa.crypto = keymat.CryptoState(cipher_name, bytes.fromhex(key), sa.chosen.prf_hash, bytes.fromhex(iv0))
     sa.sa_b = bytes.fromhex(record["sa_b"])
     sa.spent_message_ids = dict.fromkeys(int(m) for m in record["spent"])
     if record["my_id"]:

@@ -18,6 +18,7 @@ policy they use, their authentication methods in order of preference and the con
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -477,9 +478,15 @@ def _address_matches(pattern: str, address: str, local_addresses: Iterable[str])
     if pattern in KEYWORDS:
         return False  # server keywords only match once expanded into specific filters
     try:
-        return ipaddress.ip_address(address) in ipaddress.ip_network(pattern, strict=False)
+        return ipaddress.ip_address(address) in _network(pattern)
     except ValueError:
         return False
+
+
+@functools.lru_cache(maxsize=65536)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parsed (immutable) network, cached: selectors repeat for every Quick Mode."""
+    return ipaddress.ip_network(text, strict=False)
 
 
 def subnet_text(data: bytes) -> str:
@@ -507,7 +514,7 @@ class TrafficSelector:
     port: int = 0
 
     def to_id(self) -> wire.IdPayload:
-        net = ipaddress.ip_network(self.network, strict=False)
+        net = _network(self.network)
         v6 = net.version == 6
         if net.prefixlen == net.max_prefixlen:
             id_type = wire.IdType.IPV6_ADDR if v6 else wire.IdType.IPV4_ADDR

@@ -24,6 +24,7 @@ installation go through ``QuickModeServices`` (the engine, which talks to the IP
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Row:
     message_number: int
 
 
+@functools.lru_cache(maxsize=65536)  # pure; parsing addresses was 15% of a load test's CPU
 def _host(address: str) -> str:
     return str(ipaddress.ip_network(address))
 
@@ -174,6 +176,7 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[I
     return inbound, outbound
 
 
+@functools.lru_cache(maxsize=65536)
 def _inside(network: str, allowed: str) -> bool:
     inner, outer = ipaddress.ip_network(network), ipaddress.ip_network(allowed)
     return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]

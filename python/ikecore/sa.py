@@ -9,7 +9,7 @@ inside the Rust cipher) and ``skeyid``; snapshots never contain them.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ikecore import policy, wire
@@ -168,6 +168,17 @@ class IsakmpSa:
     def hash_name(self) -> str:
         assert self.chosen is not None
         return self.chosen.prf_hash
+
+    def forget_negotiation(self) -> None:
+        """Drop what only Main Mode needed, once the SA is established: the DH pair and
+        public values, the nonces and SAi_b (about 0.7 KiB per SA with MODP-2048; a
+        gateway holding 100,000 SAs keeps only keys, IDs and the last message pair).
+        SKEYID itself and SKEYID_e (already expanded into the cipher) go too; Quick Mode
+        and Informational exchanges need only SKEYID_d and SKEYID_a."""
+        self.dh = None
+        self.sa_b = self.g_xi = self.g_xr = self.nonce_i = self.nonce_r = b""
+        if self.skeyid is not None:
+            self.skeyid = replace(self.skeyid, skeyid=b"", skeyid_e=b"")
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """An immutable view for the monitor: the seed's columns plus cookies and state."""

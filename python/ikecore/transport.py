@@ -109,19 +109,23 @@ class Gateway:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def open(self, local: Address) -> Address:
-        """Bind a UDP socket on ``local`` (port 0: ephemeral); returns the bound address."""
+    async def open(self, local: Address, *, reuse_port: bool = False) -> Address:
+        """Bind a UDP socket on ``local`` (port 0: ephemeral); returns the bound address.
+
+        ``reuse_port``: SO_REUSEPORT, so that worker processes share the port (the kernel
+        spreads peers over them by address and port)."""
         family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
         transport, protocol = await self.loop.create_datagram_endpoint(
-            lambda: _Endpoint(self), local_addr=local, family=family)
+            lambda: _Endpoint(self), local_addr=local, family=family, reuse_port=reuse_port or None)
         endpoint = protocol
         self._endpoints[endpoint.local] = endpoint
         if self._poller is None:
             self._poller = self.loop.call_later(1.0, self.poll_faults)
         return endpoint.local
 
-    async def listen(self, addresses: list[Address] | tuple[Address, ...]) -> list[Address]:
-        return [await self.open(address) for address in addresses]
+    async def listen(self, addresses: list[Address] | tuple[Address, ...], *,
+                     reuse_port: bool = False) -> list[Address]:
+        return [await self.open(address, reuse_port=reuse_port) for address in addresses]
 
     def addresses(self) -> list[Address]:
         return list(self._endpoints)

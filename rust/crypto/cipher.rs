@@ -87,12 +87,15 @@ impl CipherKind {
 }
 
 /// The expanded key schedule of one cipher (zeroized on drop by the crates).
+///
+/// Boxed: the enum would otherwise be as large as its largest variant (AES-256 with
+/// the software fallback, about 1 KiB) for every ISAKMP SA a gateway holds.
 enum Schedule {
-    Des(des::Des),
-    TripleDes(des::TdesEde3),
-    Aes128(aes::Aes128),
-    Aes192(aes::Aes192),
-    Aes256(aes::Aes256),
+    Des(Box<des::Des>),
+    TripleDes(Box<des::TdesEde3>),
+    Aes128(Box<aes::Aes128>),
+    Aes192(Box<aes::Aes192>),
+    Aes256(Box<aes::Aes256>),
 }
 
 /// A keyed CBC cipher. Immutable after construction, so one instance can be
@@ -157,11 +160,11 @@ impl Cipher {
             return Err(CipherError::KeySize("key length does not match the cipher"));
         }
         let schedule = match kind {
-            CipherKind::Des => Schedule::Des(schedule(key)?),
-            CipherKind::TripleDes => Schedule::TripleDes(schedule(key)?),
-            CipherKind::Aes128 => Schedule::Aes128(schedule(key)?),
-            CipherKind::Aes192 => Schedule::Aes192(schedule(key)?),
-            CipherKind::Aes256 => Schedule::Aes256(schedule(key)?),
+            CipherKind::Des => Schedule::Des(Box::new(schedule(key)?)),
+            CipherKind::TripleDes => Schedule::TripleDes(Box::new(schedule(key)?)),
+            CipherKind::Aes128 => Schedule::Aes128(Box::new(schedule(key)?)),
+            CipherKind::Aes192 => Schedule::Aes192(Box::new(schedule(key)?)),
+            CipherKind::Aes256 => Schedule::Aes256(Box::new(schedule(key)?)),
         };
         Ok(Cipher { kind, schedule })
     }
@@ -189,11 +192,11 @@ impl Cipher {
         }
         let mut out = data.to_vec();
         match &self.schedule {
-            Schedule::Des(c) => cbc_encrypt(c, iv, &mut out),
-            Schedule::TripleDes(c) => cbc_encrypt(c, iv, &mut out),
-            Schedule::Aes128(c) => cbc_encrypt(c, iv, &mut out),
-            Schedule::Aes192(c) => cbc_encrypt(c, iv, &mut out),
-            Schedule::Aes256(c) => cbc_encrypt(c, iv, &mut out),
+            Schedule::Des(c) => cbc_encrypt(&**c, iv, &mut out),
+            Schedule::TripleDes(c) => cbc_encrypt(&**c, iv, &mut out),
+            Schedule::Aes128(c) => cbc_encrypt(&**c, iv, &mut out),
+            Schedule::Aes192(c) => cbc_encrypt(&**c, iv, &mut out),
+            Schedule::Aes256(c) => cbc_encrypt(&**c, iv, &mut out),
         }
         Ok(out)
     }
@@ -211,11 +214,11 @@ impl Cipher {
         }
         let mut out = data.to_vec();
         match &self.schedule {
-            Schedule::Des(c) => cbc_decrypt(c, iv, &mut out),
-            Schedule::TripleDes(c) => cbc_decrypt(c, iv, &mut out),
-            Schedule::Aes128(c) => cbc_decrypt(c, iv, &mut out),
-            Schedule::Aes192(c) => cbc_decrypt(c, iv, &mut out),
-            Schedule::Aes256(c) => cbc_decrypt(c, iv, &mut out),
+            Schedule::Des(c) => cbc_decrypt(&**c, iv, &mut out),
+            Schedule::TripleDes(c) => cbc_decrypt(&**c, iv, &mut out),
+            Schedule::Aes128(c) => cbc_decrypt(&**c, iv, &mut out),
+            Schedule::Aes192(c) => cbc_decrypt(&**c, iv, &mut out),
+            Schedule::Aes256(c) => cbc_decrypt(&**c, iv, &mut out),
         }
         Ok(out)
     }
