@@ -24,6 +24,8 @@ A TOML file says everything::
     esp_policy = "default"
     psk = "secret"
     connection_type = "all"
+    # RSA signatures instead of (or before) the PSK: all three keys together
+    # certificate = "gw.pem"; private_key = "gw.key"; ca = ["ca.pem"]
 
 Every error is a ``ConfigError`` whose message names the key and the fix.
 """
@@ -35,7 +37,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ikecore import policy
+from ikecore import policy, wire
 from ikecore.errors import ConfigError
 
 __all__ = ["Config", "Timing", "load_config", "config_from_flags", "parse_endpoint"]
@@ -128,7 +130,7 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     where = f"filter[{index}]"
     _check_keys(table, {"name", "source", "destination", "ike_policy", "esp_policy", "psk",
                         "connection_type", "local_id", "remote_id", "local_ts", "remote_ts",
-                        "mirrored", "weight"}, where)
+                        "mirrored", "weight", "certificate", "private_key", "ca"}, where)
     name = _get(table, "name", str, where, f"filter {index + 1}")
     source = _get(table, "source", str, where, "me")
     destination = _get(table, "destination", str, where, "any")
@@ -145,20 +147,42 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     esp_name = _get(table, "esp_policy", str, where, "default")
     if esp_name not in esp:
         raise ConfigError(f"{where}.esp_policy", f"no [esp_policy.{esp_name}] table is defined")
-    psk = _get(table, "psk", str, where, ...)
-    if not psk:
+    credentials = _credentials(table, where)
+    psk = _get(table, "psk", str, where, ... if credentials is None else "")
+    if not psk and credentials is None:
         raise ConfigError(f"{where}.psk", "must not be empty")
+    methods = ((policy.AuthenticationMethod(wire.AuthMethod.RSA_SIG),) if credentials is not None else ()) + (
+        (policy.AuthenticationMethod(secret=psk.encode()),) if psk else ())
     connection_type = _get(table, "connection_type", str, where, "all")
     if connection_type not in ("all", "lan", "remote-access"):
         raise ConfigError(f"{where}.connection_type", "must be all, lan or remote-access")
     return policy.GenericFilter(
         name=name, source=source, destination=destination, ike_policy=ike_name,
-        authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
-        connection_type=connection_type, esp_policy=esp_name,
+        authentication_methods=methods,
+        connection_type=connection_type, esp_policy=esp_name, credentials=credentials,
         local_id=_get(table, "local_id", str, where), remote_id=_get(table, "remote_id", str, where),
         local_ts=_get(table, "local_ts", str, where), remote_ts=_get(table, "remote_ts", str, where),
         mirrored=_get(table, "mirrored", bool, where, True), weight=_get(table, "weight", int, where, 0),
     )
+
+
+def _credentials(table: dict[str, Any], where: str) -> Any:
+    """certificate + private_key + ca (a path or a list): RSA signatures for this filter."""
+    given = [key for key in ("certificate", "private_key", "ca") if key in table]
+    if not given:
+        return None
+    if len(given) != 3:
+        missing = sorted({"certificate", "private_key", "ca"} - set(given))
+        raise ConfigError(f"{where}.{missing[0]}", "certificate, private_key and ca go together")
+    cas = table["ca"]
+    if isinstance(cas, str):
+        cas = [cas]
+    if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
+        raise ConfigError(f"{where}.ca", "must be a file path or a list of them")
+    from ikecore.auth import Credentials
+
+    return Credentials.load(_get(table, "certificate", str, where), _get(table, "private_key", str, where),
+                            cas, where)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -31,6 +31,7 @@ error class pins, sent unprotected before keys exist and protected after.
 
 from __future__ import annotations
 
+import datetime
 import heapq
 import ipaddress
 import os
@@ -38,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import _core, informational, main_mode, quick_mode, wire
+from ikecore import _core, auth, informational, main_mode, quick_mode, wire
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -89,17 +90,20 @@ class Engine:
         keypair: DH key-pair factory ``(group) -> KeyPair`` (tests may inject one).
         keylog: called with a Wireshark IKEv1 decryption-table line per ISAKMP SA, when
             the user asked for a key log.
+        wall_clock: the UTC time for certificate validity (default: the system clock).
     """
 
     def __init__(self, config: Config, *, driver: IpsecDriver | None = None,
                  random: Callable[[int], bytes] = os.urandom,
                  keypair: Callable[[int], Any] | None = None,
-                 keylog: Callable[[str], None] | None = None) -> None:
+                 keylog: Callable[[str], None] | None = None,
+                 wall_clock: Callable[[], datetime.datetime] | None = None) -> None:
         self.config = config
         self.driver: IpsecDriver = driver if driver is not None else MemoryDriver()
         self._random = random
         self._keypair = keypair or dh_module.keypair
         self._keylog = keylog
+        self._wall_clock = wall_clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self._sas: dict[int, IsakmpSa] = {}
         self._cookies = _core.CookieTable()
         self._next_handle = 1
@@ -116,6 +120,9 @@ class Engine:
 
     def keypair(self, group: int) -> Any:
         return self._keypair(group)
+
+    def wall_clock(self) -> datetime.datetime:
+        return self._wall_clock()
 
     def keylog(self, line: str) -> None:
         if self._keylog is not None:
@@ -597,7 +604,8 @@ class Engine:
         handle = self._next_handle
         self._next_handle += 1
         sa = IsakmpSa(handle, role, state, cookie_i, cookie_r, local, remote, flt,
-                      self.config.ike_policies[flt.ike_policy], self.config.esp_policies[flt.esp_policy], now)
+                      auth.ike_policy_for(flt, self.config.ike_policies[flt.ike_policy]),
+                      self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
         self._push_timer(now + self.config.timing.negotiation_timeout, handle, 0, "timeout")
         return sa

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ikecore import wire
 from ikecore.errors import ConfigError, NoProposalChosen
@@ -551,6 +552,7 @@ class GenericFilter:
     remote_ts: str | None = None
     mirrored: bool = True
     weight: int = 0
+    credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.auth.Credentials
 
     def matches(self, local: str, remote: str, local_addresses: Sequence[str] = ()) -> bool:
         """Does traffic between our ``local`` and the peer's ``remote`` address match?"""

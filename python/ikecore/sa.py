@@ -146,6 +146,7 @@ class IsakmpSa:
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
     failure: str | None = None
+    peer_certificate: Any = None   # the peer's validated X.509 certificate (signatures)
 
     @property
     def hash_name(self) -> str:
