@@ -51,7 +51,7 @@ class Timing:
     retransmit_backoff: float = 1.8     # multiplied each time (strongSwan's factor)
     retransmit_tries: int = 5           # retransmissions before giving up
     negotiation_timeout: float = 60.0   # a negotiation that is not done by then fails
-    rekey_margin: float = 0.0           # reserved for rekeying (issue: complete IKEv1)
+    rekey_margin: float = 0.0           # rekey this long before expiry (+ jitter); 0 = never rekey
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,8 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     where = f"filter[{index}]"
     _check_keys(table, {"name", "source", "destination", "ike_policy", "esp_policy", "psk",
                         "connection_type", "local_id", "remote_id", "local_ts", "remote_ts",
-                        "mirrored", "weight", "certificate", "private_key", "ca"}, where)
+                        "mirrored", "weight", "certificate", "private_key", "ca",
+                        "fallback_to_clear", "soft_sa_lifetime"}, where)
     name = _get(table, "name", str, where, f"filter {index + 1}")
     source = _get(table, "source", str, where, "me")
     destination = _get(table, "destination", str, where, "any")
@@ -163,6 +164,8 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
         local_id=_get(table, "local_id", str, where), remote_id=_get(table, "remote_id", str, where),
         local_ts=_get(table, "local_ts", str, where), remote_ts=_get(table, "remote_ts", str, where),
         mirrored=_get(table, "mirrored", bool, where, True), weight=_get(table, "weight", int, where, 0),
+        fallback_to_clear=_get(table, "fallback_to_clear", bool, where, False),
+        soft_sa_lifetime=_get(table, "soft_sa_lifetime", int, where, 300),
     )
 
 

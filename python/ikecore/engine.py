@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import _core, auth, informational, main_mode, quick_mode, wire
+from ikecore import _core, acquire, auth, informational, main_mode, quick_mode, rekey, wire
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -112,6 +112,7 @@ class Engine:
         self._timers: list[tuple[float, int, int, int, str]] = []
         self._timer_seq = 0
         self._now = 0.0
+        self._acquires = acquire.AcquireHeap()
 
     # --- services lent to the state machines ------------------------------------------
 
@@ -168,14 +169,18 @@ class Engine:
         self._send_request(sa, main_mode.start_initiator(sa, self), now, MM, 1)
         return sa.handle
 
-    def initiate_quick_mode(self, handle: int, now: float) -> int:
-        """Start one more Quick Mode on an established ISAKMP SA; returns its Message ID."""
+    def initiate_quick_mode(self, handle: int, now: float, *, rekey_of: bytes | None = None) -> int:
+        """Start one more Quick Mode on an established ISAKMP SA; returns its Message ID.
+
+        ``rekey_of``: the spi_in of the IPsec SA this one replaces (see ``rekey``).
+        """
         self._now = now
         sa = self._sas.get(handle)
         if sa is None or sa.state is not Phase1State.ESTABLISHED:
             raise LocalProtocolError(f"ISAKMP SA {handle} is not established")
         message_id = self._message_id(sa)
         qm = QuickModeExchange(message_id, Role.INITIATOR, Phase2State.I_EXPECT_QM2, now, sa.esp_policy)
+        qm.rekey_of = rekey_of
         sa.quick_modes[message_id] = qm
         self._emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
         try:
@@ -195,6 +200,41 @@ class Engine:
         sa = self._sas.get(handle)
         if sa is not None:
             self._remove_sa(sa, reason, notify_peer=True)
+
+    def rekey(self, handle: int, now: float, spi_in: bytes | None = None) -> None:
+        """Rekey now: the ISAKMP SA (new Main Mode), or its IPsec SA ``spi_in`` (new Quick Mode)."""
+        self._now = now
+        sa = self._sas.get(handle)
+        if sa is None or sa.state is not Phase1State.ESTABLISHED:
+            raise LocalProtocolError(f"ISAKMP SA {handle} is not established")
+        if spi_in is None:
+            rekey.fire_isakmp_rekey(self, sa, now)
+            return
+        ipsec = next((s for s in sa.ipsec_sas if s.spi_in == spi_in), None)
+        if ipsec is None:
+            raise LocalProtocolError(f"ISAKMP SA {handle} has no IPsec SA with SPI {spi_in.hex()}")
+        rekey.rekey_ipsec(self, sa, ipsec, now)
+
+    def ipsec_lifetime_expired(self, spi_in: bytes, now: float, *, hard: bool) -> bool:
+        """The driver reports a kilobyte limit of inbound SA ``spi_in``: soft rekeys, hard deletes."""
+        self._now = now
+        return rekey.lifetime_expired(self, spi_in, hard, now)
+
+    def acquire(self, remote: Address, *, local: Address, now: float, filter_name: str | None = None) -> int:
+        """The IPsec driver asks for SAs for traffic to ``remote``: see ``ikecore.acquire``.
+
+        Returns the acquire id that the AcquireSucceeded / AcquireFailed event will carry.
+        """
+        self._now = now
+        return self._acquires.start(self, remote, local, now, filter_name)
+
+    def acquire_counts(self) -> tuple[int, int]:
+        """(active acquires, acquire heap size) for the monitor."""
+        return self._acquires.counts()
+
+    def soft_sas(self, now: float) -> list[dict[str, Any]]:
+        """Soft associations (clear text after an unanswered Main Mode) still in force."""
+        return self._acquires.soft_snapshot(now)
 
     def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
         """Process one UDP datagram received on ``local`` from ``remote``. Never raises."""
@@ -374,6 +414,7 @@ class Engine:
         sa.established = now
         sa.expires = now + sa.chosen.lifetime
         self._push_timer(sa.expires, sa.handle, 0, "expire")
+        rekey.isakmp_established(self, sa, now)
         self._emit(ev.Phase1Established(
             time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
             initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
@@ -435,6 +476,7 @@ class Engine:
                         str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime)
         sa.ipsec_sas.append(ipsec)
         self._push_timer(ipsec.expires, sa.handle, qm.message_id, "ipsec-expire")
+        rekey.ipsec_established(self, sa, ipsec, qm, now)
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
         self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-forget")
         self._emit(ev.Phase2Established(time=now, handle=sa.handle, message_id=qm.message_id,
@@ -508,6 +550,8 @@ class Engine:
             self._fail(sa, "negotiation timed out", None, now, answer=False)
         elif kind == "expire" and sa.expires == deadline:
             self._remove_sa(sa, "lifetime expired", notify_peer=True)
+        elif kind == "rekey":
+            rekey.fire_isakmp_rekey(self, sa, now)
         else:
             self._fire_quick_mode(sa, message_id, kind, deadline, now)
 
@@ -518,6 +562,9 @@ class Engine:
             for ipsec in list(sa.ipsec_sas):
                 if ipsec.message_id == message_id and ipsec.expires == deadline:
                     self._remove_ipsec(sa, ipsec, "lifetime expired", notify_peer=True)
+            return
+        if kind == "ipsec-rekey":
+            rekey.fire_ipsec_rekey(self, sa, message_id, now)
             return
         if qm is None:
             return
@@ -675,6 +722,8 @@ class Engine:
 
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
+        if self._acquires.waiting:
+            self._acquires.observe(self, event)
 
     def _invalid(self, remote: Address, reason: str, notify_type: int | None) -> None:
         self._emit(ev.InvalidPacketReceived(time=self._now, remote=remote, reason=reason, notify_type=notify_type))

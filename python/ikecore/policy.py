@@ -448,7 +448,8 @@ def choose_esp_transform(sa: wire.SaPayload, policy: EspPolicy) -> tuple[wire.Pr
             for mine in policy.proposals:
                 if mine.matches(offered):
                     lifetime = min(offered.lifetime, mine.lifetime)
-                    kilobytes = offered.lifetime_kilobytes or mine.lifetime_kilobytes
+                    limits = [k for k in (offered.lifetime_kilobytes, mine.lifetime_kilobytes) if k]
+                    kilobytes = min(limits) if limits else None
                     chosen = EspProposal(offered.transform_id, offered.key_length, offered.auth_algorithm,
                                          offered.pfs_group, lifetime, kilobytes)
                     return proposal, transform, chosen, mode
@@ -553,6 +554,8 @@ class GenericFilter:
     mirrored: bool = True
     weight: int = 0
     credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.auth.Credentials
+    fallback_to_clear: bool = False  # unanswered Main Mode -> soft SA (clear text)
+    soft_sa_lifetime: int = 300      # seconds a soft SA lasts (Windows' default)
 
     def matches(self, local: str, remote: str, local_addresses: Sequence[str] = ()) -> bool:
         """Does traffic between our ``local`` and the peer's ``remote`` address match?"""

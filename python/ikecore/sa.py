@@ -80,6 +80,11 @@ class IpsecSa:
     remote_ts: str
     created: float
     expires: float
+    started: float = 0.0               # when its Quick Mode began (rekey collision window)
+    initiated: bool = False            # we sent its QM1
+    rekey_of: bytes | None = None      # spi_in of the SA this one replaces (our rekey)
+    tiebreak: bytes = b""              # Ni_b | Nr_b: both peers order colliding rekeys alike
+    superseded: bool = False           # a newer SA with the same selectors is in place
 
 
 @dataclass(slots=True)
@@ -105,6 +110,8 @@ class QuickModeExchange:
     last_sent: bytes = b""
     retransmits: int = 0
     next_retransmit: float | None = None
+    rekey_of: bytes | None = None  # spi_in of the IPsec SA this exchange rekeys
+    lifetime_notify: tuple[int | None, int | None] | None = None  # RESPONDER-LIFETIME sent/honoured
 
 
 @dataclass(slots=True)
@@ -147,6 +154,8 @@ class IsakmpSa:
     want_quick_mode: bool = False
     failure: str | None = None
     peer_certificate: Any = None   # the peer's validated X.509 certificate (signatures)
+    rekey_of: int | None = None    # handle of the ISAKMP SA this one replaces
+    superseded: bool = False       # a rekeyed ISAKMP SA took over its IPsec SAs
 
     @property
     def hash_name(self) -> str:
