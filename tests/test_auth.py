@@ -14,8 +14,8 @@ from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.errors import AuthenticationFailed, ConfigError
 from ikecore.sa import Phase1State
-from tests.helpers import Link
-from tests.pki import NOW, Issued, issue, make_ca
+from helpers import Link
+from pki import NOW, Issued, issue, make_ca
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_intermediate_ca_sent_with_the_certificate(ca: Issued) -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from tests.pki import name
+    from pki import name
 
     key = rsa.generate_private_key(65537, 2048)
     intermediate_cert = (x509.CertificateBuilder().subject_name(name("intermediate")).issuer_name(

@@ -92,8 +92,6 @@ class Monitor:
         elif isinstance(event, ev.Phase1Failed):
             c[Statistic.NEGOTIATION_FAILURES] += 1
             x[f"phase1_failures:{event.reason.split(';')[0][:60]}"] += 1
-            if event.role == "initiator":
-                c[Statistic.ACQUIRE_FAILURES] += 1
         elif isinstance(event, ev.Phase2Failed):
             c[Statistic.NEGOTIATION_FAILURES] += 1
             x["phase2_failures"] += 1
@@ -134,6 +132,18 @@ class Monitor:
             x[f"notifies_sent:{_notify_name(event.notify_type)}"] += 1
         elif isinstance(event, ev.SaDeleted):
             x[f"deleted_phase{event.phase}"] += 1
+        elif isinstance(event, ev.AcquireFailed):
+            c[Statistic.ACQUIRE_FAILURES] += 1
+        elif isinstance(event, ev.SoftSaCreated):
+            c[Statistic.SOFT_ASSOCIATIONS] += 1
+        elif isinstance(event, ev.AcquireStarted):
+            x["acquires"] += 1
+        elif isinstance(event, ev.Rekeyed):
+            x[f"rekeys:phase{event.phase}"] += 1
+        elif isinstance(event, ev.RekeyCollision):
+            x["rekey_collisions"] += 1
+        elif isinstance(event, ev.ResponderLifetime):
+            x["responder_lifetime:" + ("sent" if event.sent else "honoured")] += 1
 
     def send_failed(self) -> None:
         self.counters[Statistic.SEND_FAILURES] += 1
@@ -149,8 +159,7 @@ class Monitor:
         values[Statistic.CONNECTION_LIST_SIZE] = sum(
             len(sa.ipsec_sas) + sum(1 for qm in sa.quick_modes.values() if qm.state.value != "ESTABLISHED")
             for sa in sas)
-        values[Statistic.ACTIVE_ACQUIRE] = sum(1 for sa in sas if sa.role.value == "initiator"
-                                               and sa.state.value.startswith("I_EXPECT"))
+        values[Statistic.ACTIVE_ACQUIRE], values[Statistic.ACQUIRE_HEAP_SIZE] = engine.acquire_counts()
         values[Statistic.ACTIVE_RECEIVE] = self.active_receive
         values[Statistic.RECEIVE_HEAP_SIZE] = self.receive_heap_size
         return {stat.key: int(values.get(stat, 0)) for stat in Statistic}

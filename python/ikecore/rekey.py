@@ -21,7 +21,9 @@ Timers (``Timing.rekey_margin`` seconds, 0 = never rekey, only expire):
   with ``Engine.ipsec_lifetime_expired(spi_in, hard=...)``: soft rekeys, hard deletes.
 
 Collisions (both peers rekey the same SA at once): two new SAs with the same selectors
-whose Quick Modes overlapped in time, at least one of them a rekey. Both peers keep the one
+whose Quick Modes overlapped in time, one our rekey and one started by the peer (IKEv1
+does not say what a peer's Quick Mode replaces, so that is the evidence; many SAs of our
+own rekeyed at once never collide with each other). Both peers keep the one
 whose ``Ni_b | Nr_b`` is smaller (both know both nonces, so they agree without talking) and
 delete the other; only the side that initiated the loser sends the Delete. Nothing is lost
 (the winner is installed on both sides) and nothing is duplicated.
@@ -75,7 +77,9 @@ def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickMod
         if other is ipsec or other.superseded or not _same_selectors(other, ipsec):
             continue
         overlapped = other.started <= ipsec.created and ipsec.started <= other.created
-        if overlapped and (other.rekey_of is not None or ipsec.rekey_of is not None):
+        ours = [s for s in (ipsec, other) if s.initiated and s.rekey_of is not None]
+        theirs = [s for s in (ipsec, other) if not s.initiated]
+        if overlapped and len(ours) == 1 and len(theirs) == 1:
             winner, loser = sorted((ipsec, other), key=lambda s: s.tiebreak)
             loser.superseded = True
             engine._emit(ev.RekeyCollision(time=now, handle=sa.handle, winner_spi=winner.spi_in,
