@@ -147,6 +147,11 @@ class Engine:
                 getattr(self.driver, operation)(keys)
             except DriverError as exc:
                 self._emit(ev.DriverFailed(time=self._now, operation=operation, reason=str(exc)))
+                if operation == "update_inbound":  # no half-installed pair left behind
+                    try:
+                        self.driver.delete(outbound.spi, outbound.destination, outbound.protocol_id)
+                    except DriverError:
+                        pass
                 raise NoProposalChosen(f"IPsec driver refused {operation}: {exc}") from exc
             self._emit(done(time=self._now, spi=keys.spi))
 
