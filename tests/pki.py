@@ -29,7 +29,7 @@ class Issued:
         cert = directory / f"{stem}.pem"
         key = directory / f"{stem}.key"
         cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
-        key.write_bytes(self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        key.write_bytes(self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                                serialization.NoEncryption()))
         return str(cert), str(key)
 

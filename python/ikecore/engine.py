@@ -298,7 +298,7 @@ class Engine:
                     "initiator_cookie": main["initiator_cookie"], "responder_cookie": main["responder_cookie"],
                     "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
                     "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
-                    "lifetime_left": max(0.0, ipsec.expires - now),
+                    "lifetime_left": max(0.0, ipsec.expires - now), "rekeyed": ipsec.superseded,
                 })
         return rows
 

@@ -12,7 +12,10 @@ Timers (``Timing.rekey_margin`` seconds, 0 = never rekey, only expire):
   A rekey is a new Quick Mode with the same selectors (``QuickModeExchange.rekey_of``).
   Make before break: when it is installed, the old SA is marked superseded and deleted
   (Delete payload to the peer); traffic always has an SA. The hard ``ipsec-expire``
-  timer stays as a backstop.
+  timer stays as a backstop. A Quick Mode the *peer* starts supersedes our older SAs
+  with the same selectors (no more rekeys of them; they go when the peer deletes them or
+  expire), which is how charon reads a peer's rekey too. Snapshots show superseded SAs
+  with ``rekeyed = True``.
 * Phase 1 (initiator of the ISAKMP SA only, so phase 1 rekeys never collide): at
   ``expires - margin - jitter`` a new Main Mode to the same peer and filter starts; once
   established it adopts the old SA's IPsec SAs (IKEv1 IPsec SAs outlive the ISAKMP SA
@@ -87,7 +90,16 @@ def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickMod
             engine._remove_ipsec(sa, loser, "rekey collision", notify_peer=loser.initiated)
             if loser is ipsec:
                 return
-    if ipsec.rekey_of is not None:
+    if not ipsec.initiated:
+        # The peer's Quick Mode: IKEv1 does not say what it replaces; like charon, take
+        # it as the rekey of older SAs with the same selectors. They stay installed until
+        # the peer deletes them or they expire, but we no longer rekey them.
+        for old in sa.ipsec_sas:
+            if old is not ipsec and not old.superseded and _same_selectors(old, ipsec) and old.created < ipsec.started:
+                old.superseded = True
+                engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
+                                        old_spi=old.spi_in, new_spi=ipsec.spi_in))
+    elif ipsec.rekey_of is not None:
         old = next((s for s in sa.ipsec_sas if s.spi_in == ipsec.rekey_of), None)
         if old is not None:
             old.superseded = True

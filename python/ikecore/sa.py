@@ -183,4 +183,5 @@ class IsakmpSa:
             "created": self.established if self.established is not None else self.started,
             "lifetime_left": max(0.0, self.expires - now) if self.expires is not None else None,
             "quick_modes": len(self.ipsec_sas),
+            "rekeyed": self.superseded,
         }
