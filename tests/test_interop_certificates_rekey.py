@@ -230,3 +230,31 @@ def test_phase1_rekey_by_ikecore_keeps_the_ipsec_sa(gateways: Any) -> None:
         gateway.call(lambda: (gateway.engine.rekey(result.handle, gateway.loop.time()), gateway.gateway._flush()))
         new_cookies, new_children = views_match(charon, gateway, 1, timeout=20)
         assert new_cookies != cookies and new_children == children
+
+
+@pytest.mark.interop("charon")
+def test_charon_reauthenticates_on_its_own_with_a_short_ike_lifetime(gateways: Any) -> None:
+    """charon (rekey=True, IKE lifetime 20 s) starts a new Main Mode at 18 s by itself."""
+    port, natt, gw_port = free_udp_ports(3)
+    gateway = gateways(gateway_config(gw_port))
+    with Charon.start(addr=CHARON, port=port, natt_port=natt, psk=PSK, remote=IKECORE, remote_port=gw_port,
+                      rekey=True, ike_lifetime=20, child_lifetime=600) as charon:
+        assert charon.initiate(timeout=20).returncode == 0
+        cookies, children = views_match(charon, gateway, 1)
+        charon.wait_for(lambda: (now := charon_view(charon)[0]) and now != cookies, 30, 0.5)
+        new_cookies, new_children = views_match(charon, gateway, 1, timeout=20)
+        assert new_cookies != cookies and new_children == children
+
+
+@pytest.mark.interop("charon")
+def test_ikecore_rekeys_main_mode_on_its_own_with_a_short_ike_lifetime(gateways: Any) -> None:
+    """IKE lifetime 24 s, margin 8 s: ikecore starts a new Main Mode at 14-16 s."""
+    port, natt, gw_port = free_udp_ports(3)
+    gateway = gateways(gateway_config(gw_port, ike_lifetime=24, margin=8.0))
+    with Charon.start(addr=CHARON, port=port, natt_port=natt, psk=PSK, child_lifetime=600) as charon:
+        result = gateway.call(lambda: gateway.gateway.connect((CHARON, port), local=(IKECORE, gw_port)))
+        assert result.ok, result.reason
+        cookies, children = views_match(charon, gateway, 1)
+        time.sleep(17)
+        new_cookies, new_children = views_match(charon, gateway, 1)
+        assert new_cookies != cookies and new_children == children

@@ -128,7 +128,7 @@ def verify_signature(certificate: x509.Certificate, digest: bytes, signature: by
     if not isinstance(key, rsa.RSAPublicKey):
         raise AuthenticationFailed("peer certificate does not hold an RSA key")
     try:
-        key.verify(signature, digest, padding.PKCS1v15(), NoDigestInfo())
+        key.verify(signature, digest, padding.PKCS1v15(), NoDigestInfo())  # type: ignore[arg-type]
     except InvalidSignature:
         raise AuthenticationFailed("SIG payload does not verify with the peer's certificate") from None
 

@@ -100,12 +100,12 @@ def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickMod
                 engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
                                         old_spi=old.spi_in, new_spi=ipsec.spi_in))
     elif ipsec.rekey_of is not None:
-        old = next((s for s in sa.ipsec_sas if s.spi_in == ipsec.rekey_of), None)
-        if old is not None:
-            old.superseded = True
-            engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle, old_spi=old.spi_in,
-                                    new_spi=ipsec.spi_in))
-            engine._remove_ipsec(sa, old, "rekeyed", notify_peer=True)
+        replaced = next((s for s in sa.ipsec_sas if s.spi_in == ipsec.rekey_of), None)
+        if replaced is not None:
+            replaced.superseded = True
+            engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
+                                    old_spi=replaced.spi_in, new_spi=ipsec.spi_in))
+            engine._remove_ipsec(sa, replaced, "rekeyed", notify_peer=True)
     _schedule_ipsec(engine, sa, ipsec)
 
 
@@ -161,12 +161,13 @@ def isakmp_established(engine: Engine, sa: IsakmpSa, now: float) -> None:
                 engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=old.handle,
                                         old_spi=None, new_spi=None))
         return
-    old = engine.sa(sa.rekey_of) if sa.rekey_of is not None else None
-    if old is None or old.state is not Phase1State.ESTABLISHED:
+    previous = engine.sa(sa.rekey_of) if sa.rekey_of is not None else None
+    if previous is None or previous.state is not Phase1State.ESTABLISHED:
         return
-    _adopt(engine, sa, old)
-    engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=old.handle, old_spi=None, new_spi=None))
-    engine._remove_sa(old, "rekeyed", notify_peer=True)
+    _adopt(engine, sa, previous)
+    engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=previous.handle, old_spi=None,
+                            new_spi=None))
+    engine._remove_sa(previous, "rekeyed", notify_peer=True)
 
 
 def _adopt(engine: Engine, sa: IsakmpSa, old: IsakmpSa) -> None:
