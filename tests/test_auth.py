@@ -80,6 +80,8 @@ def test_main_mode_and_quick_mode_with_certificates(tmp_path: Path, ca: Issued, 
     assert sa is not None and sa.state is Phase1State.ESTABLISHED
     row = link.initiator.snapshot(link.now)[0]
     assert row["authentication"] == "RSA signature"
+    assert row["peer_id"] == "CN=responder.test,O=ikecore test,C=CH"
+    assert row["my_id"] == "CN=initiator.test,O=ikecore test,C=CH"
     assert sa.peer_id.id_type == wire.IdType.DER_ASN1_DN
     assert sa.peer_id.data == peers["responder"].certificate.subject.public_bytes()
     assert sa.peer_certificate == peers["responder"].certificate
@@ -186,3 +188,25 @@ def test_credentials_config_errors(tmp_path: Path, ca: Issued, peers: dict[str, 
         config_from_dict({"filter": [{"certificate": cert, "ca": ca_path}]})
     credentials = auth.Credentials.load(cert, _key, [ca_path])
     assert "PRIVATE" not in repr(credentials) and "private_key" not in repr(credentials)
+
+
+@pytest.mark.parametrize("garbage", ["certificate", "signature", "no certificate"])
+def test_garbage_proof_is_an_authentication_failure(tmp_path: Path, ca: Issued, peers: dict[str, Issued],
+                                                    monkeypatch: pytest.MonkeyPatch, garbage: str) -> None:
+    real = auth.proof_payloads
+
+    def broken(credentials: auth.Credentials, digest: bytes) -> list[Any]:
+        cert, sig = real(credentials, digest)
+        if garbage == "certificate":
+            return [wire.CertPayload(4, b"\x30\x03\x02\x01\x00"), sig]
+        if garbage == "signature":
+            return [cert, wire.SigPayload(sig.data[:-1] + bytes([sig.data[-1] ^ 1]))]
+        return [sig]
+
+    monkeypatch.setattr(auth, "proof_payloads", broken)
+    link = cert_link(tmp_path, ca, peers["initiator"], peers["responder"])
+    link.connect(quick_mode=False)
+    (failure,) = link.of("responder", ev.AuthenticationFailed)
+    assert link.of("responder", ev.Phase1Failed)[0].notify_type == wire.NotifyType.AUTHENTICATION_FAILED
+    assert not link.of("responder", ev.InvalidPacketReceived)  # handled, not an internal error
+    assert not link.responder.sas()

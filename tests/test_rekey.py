@@ -64,6 +64,14 @@ def test_encode_life_known_answer() -> None:
     assert lifetime.decode_life(bytes.fromhex("800100018002012c" "80010002" "00020004000186a0")) == (300, 100000)
 
 
+def test_malformed_life_attributes_are_payload_malformed() -> None:
+    from ikecore.errors import PayloadMalformed
+
+    for data in (b"\x80\x01\x00", bytes.fromhex("0002000000"), bytes.fromhex("00020009") + bytes(9)):
+        with pytest.raises(PayloadMalformed):
+            lifetime.decode_life(data)
+
+
 def test_phase2_rekeys_before_expiry_with_jitter_and_make_before_break() -> None:
     link = Link(config(), config())
     start = link.now

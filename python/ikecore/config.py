@@ -199,11 +199,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     ike: dict[str, policy.IkePolicy] = {}
     for name, table in _get(data, "ike_policy", dict, "config", {}).items():
         where = f"ike_policy.{name}"
-        _check_keys(table, {"proposals", "lifetime"}, where)
+        _check_keys(table, {"proposals", "lifetime", "lifetime_kilobytes"}, where)
         lifetime = _get(table, "lifetime", int, where, policy.DEFAULT_IKE_LIFETIME)
         text = _proposal_text(table.get("proposals", "aes128-sha256-modp2048"), f"{where}.proposals")
-        ike[name] = policy.IkePolicy(name, policy.parse_ike_proposals(text, lifetime=lifetime,
-                                                                      field_name=f"{where}.proposals"))
+        ike[name] = policy.IkePolicy(name, policy.parse_ike_proposals(
+            text, lifetime=lifetime, lifetime_kilobytes=_get(table, "lifetime_kilobytes", int, where, None),
+            field_name=f"{where}.proposals"))
     ike.setdefault("default", policy.IkePolicy("default", policy.parse_ike_proposals("aes128-sha256-modp2048")))
 
     esp: dict[str, policy.EspPolicy] = {}

@@ -344,6 +344,7 @@ class Engine:
         else:
             raise wire_error(f"exchange type {exchange_type} is not supported",
                              wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
+        rekey.count_octets(self, sa, len(data), now)
 
     def _receive_first(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> None:
         source = _endpoint_bytes(remote)
@@ -606,6 +607,7 @@ class Engine:
         self._emit(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
                                    length=len(datagram)))
         self._transmit(sa, datagram)
+        rekey.count_octets(self, sa, len(datagram), self._now)
 
     def _send_request(self, sa: IsakmpSa, datagram: bytes, now: float, exchange_type: int, number: int) -> None:
         sa.last_sent = datagram

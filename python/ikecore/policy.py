@@ -154,6 +154,7 @@ class IkeProposal:
     group: int
     auth_method: int = wire.AuthMethod.PRE_SHARED_KEY
     lifetime: int = DEFAULT_IKE_LIFETIME
+    lifetime_kilobytes: int | None = None  # of ISAKMP traffic; the engine counts it
 
     @property
     def name(self) -> str:
@@ -187,6 +188,9 @@ class IkeProposal:
             wire.Attribute(wire.OakleyAttribute.LIFE_TYPE, wire.LifeType.SECONDS),
             wire.Attribute(wire.OakleyAttribute.LIFE_DURATION, _duration_value(self.lifetime)),
         ]
+        if self.lifetime_kilobytes:
+            attrs += [wire.Attribute(wire.OakleyAttribute.LIFE_TYPE, wire.LifeType.KILOBYTES),
+                      wire.Attribute(wire.OakleyAttribute.LIFE_DURATION, _duration_value(self.lifetime_kilobytes))]
         return wire.Transform(number, wire.TRANSFORM_KEY_IKE, attrs)
 
     @classmethod
@@ -194,6 +198,7 @@ class IkeProposal:
         """Read a phase 1 Transform; raises NoProposalChosen for what we cannot use."""
         values: dict[int, int] = {}
         lifetime = DEFAULT_IKE_LIFETIME
+        kilobytes = None
         life_type = None
         for attr in transform.attributes:
             if attr.type == wire.OakleyAttribute.LIFE_TYPE:
@@ -201,6 +206,8 @@ class IkeProposal:
             elif attr.type == wire.OakleyAttribute.LIFE_DURATION:
                 if life_type == wire.LifeType.SECONDS:
                     lifetime = attr.int_value
+                elif life_type == wire.LifeType.KILOBYTES:
+                    kilobytes = attr.int_value
             else:
                 values[attr.type] = attr.int_value
         try:
@@ -213,7 +220,7 @@ class IkeProposal:
         key_length = values.get(wire.OakleyAttribute.KEY_LENGTH)
         if encryption == wire.EncryptionAlgorithm.AES_CBC and key_length is None:
             key_length = 128  # missing AES key length: 128, as strongSwan assumes
-        return cls(encryption, key_length, hash_, group, auth, lifetime)
+        return cls(encryption, key_length, hash_, group, auth, lifetime, kilobytes)
 
     def matches(self, other: IkeProposal) -> bool:
         """Same suite; lifetimes may differ (the responder keeps the shorter one)."""
@@ -336,7 +343,7 @@ def _lookup_group(name: str, field_name: str) -> int:
     return GROUP_NAMES[name]
 
 
-def parse_ike_proposals(text: str, *, lifetime: int = DEFAULT_IKE_LIFETIME,
+def parse_ike_proposals(text: str, *, lifetime: int = DEFAULT_IKE_LIFETIME, lifetime_kilobytes: int | None = None,
                         auth_method: int = wire.AuthMethod.PRE_SHARED_KEY,
                         field_name: str = "ike") -> tuple[IkeProposal, ...]:
     """Parse ``aes128-sha256-modp2048[,3des-sha1-modp1024...]`` into IKE proposals.
@@ -353,7 +360,8 @@ def parse_ike_proposals(text: str, *, lifetime: int = DEFAULT_IKE_LIFETIME,
         encryption, _esp, key_length = _lookup_encryption(parts[0], field_name)
         hash_, _auth, _name = _lookup_integrity(parts[1], field_name)
         group = _lookup_group(parts[2], field_name)
-        proposals.append(IkeProposal(encryption, key_length, hash_, group, auth_method, lifetime))
+        proposals.append(IkeProposal(encryption, key_length, hash_, group, auth_method, lifetime,
+                                     lifetime_kilobytes or None))
     return tuple(proposals)
 
 
@@ -425,9 +433,10 @@ def choose_ike_transform(sa: wire.SaPayload, policy: IkePolicy) -> tuple[wire.Pr
             for mine in policy.proposals:
                 if mine.matches(offered):
                     lifetime = min(offered.lifetime, mine.lifetime) if offered.lifetime else mine.lifetime
+                    limits = [k for k in (offered.lifetime_kilobytes, mine.lifetime_kilobytes) if k]
                     return proposal, transform, IkeProposal(
                         offered.encryption, offered.key_length, offered.hash, offered.group,
-                        offered.auth_method, lifetime)
+                        offered.auth_method, lifetime, min(limits) if limits else None)
     raise NoProposalChosen(f"no offered transform matches IKE policy '{policy.name}'")
 
 

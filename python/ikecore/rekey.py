@@ -22,6 +22,9 @@ Timers (``Timing.rekey_margin`` seconds, 0 = never rekey, only expire):
   that made them) and the old ISAKMP SA is deleted.
 * Kilobytes: the engine sees no ESP traffic; the driver reports soft/hard byte limits
   with ``Engine.ipsec_lifetime_expired(spi_in, hard=...)``: soft rekeys, hard deletes.
+  An ISAKMP SA's kilobytes count the ISAKMP messages it carries once established
+  (``count_octets``): at 90 % its initiator rekeys it (when rekeying is on), at 100 % it
+  is deleted like an SA whose seconds ran out.
 
 Collisions (both peers rekey the same SA at once): two new SAs with the same selectors
 whose Quick Modes overlapped in time, one our rekey and one started by the peer (IKEv1
@@ -142,6 +145,25 @@ def lifetime_expired(engine: Engine, spi_in: bytes, hard: bool, now: float) -> b
                     rekey_ipsec(engine, sa, ipsec, now)
                 return True
     return False
+
+
+SOFT_FRACTION = 0.9
+
+
+def count_octets(engine: Engine, sa: IsakmpSa, octets: int, now: float) -> None:
+    """Account ISAKMP traffic against the ISAKMP SA's kilobyte lifetime, if it has one."""
+    chosen = sa.chosen
+    if sa.state is not Phase1State.ESTABLISHED or chosen is None or not chosen.lifetime_kilobytes:
+        return
+    before = sa.octets
+    sa.octets += octets
+    limit = chosen.lifetime_kilobytes * 1024
+    if sa.octets >= limit:
+        if engine.sa(sa.handle) is sa:
+            engine._remove_sa(sa, "kilobyte lifetime expired", notify_peer=False)
+    elif (before < SOFT_FRACTION * limit <= sa.octets and sa.role is Role.INITIATOR
+          and engine.config.timing.rekey_margin > 0):
+        fire_isakmp_rekey(engine, sa, now)
 
 
 def isakmp_established(engine: Engine, sa: IsakmpSa, now: float) -> None:

@@ -156,20 +156,31 @@ class IsakmpSa:
     peer_certificate: Any = None   # the peer's validated X.509 certificate (signatures)
     rekey_of: int | None = None    # handle of the ISAKMP SA this one replaces
     superseded: bool = False       # a rekeyed ISAKMP SA took over its IPsec SAs
+    octets: int = 0                # ISAKMP bytes sent and received once established
 
     @property
     def hash_name(self) -> str:
         assert self.chosen is not None
         return self.chosen.prf_hash
 
+    @staticmethod
+    def _id_text(payload: wire.IdPayload | None, certificate: Any) -> str:
+        """An ID as text; a DER_ASN1_DN as the certificate subject's RFC 4514 string."""
+        if payload is None:
+            return ""
+        if (payload.id_type == wire.IdType.DER_ASN1_DN and certificate is not None
+                and certificate.subject.public_bytes() == payload.data):
+            return str(certificate.subject.rfc4514_string())
+        return id_to_text(payload.id_type, payload.data)
+
     def snapshot(self, now: float) -> dict[str, Any]:
         """An immutable view for the monitor: the seed's columns plus cookies and state."""
         chosen = self.chosen
         return {
             "me": self.local[0],
-            "my_id": id_to_text(self.my_id.id_type, self.my_id.data) if self.my_id else "",
+            "my_id": self._id_text(self.my_id, getattr(self.generic_filter.credentials, "certificate", None)),
             "peer": self.remote[0],
-            "peer_id": id_to_text(self.peer_id.id_type, self.peer_id.data) if self.peer_id else "",
+            "peer_id": self._id_text(self.peer_id, self.peer_certificate),
             "authentication": chosen.auth_method_name if chosen else "",
             "encryption": chosen.encryption_name if chosen else "",
             "integrity": chosen.hash_name if chosen else "",
