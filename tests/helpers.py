@@ -41,6 +41,12 @@ class Link:
     responder_config: Config = field(default_factory=make_config)
     seed: int = 1
     now: float = 1000.0
+    #: Public address of a NAT in front of the initiator: its source address and port are
+    #: rewritten in transit (a port-preserving mapping per private port, like a home router
+    #: that moves port 500 and 4500 to high ports) and replies are mapped back.
+    nat: str | None = None
+    #: Sides whose datagrams vanish (a peer that went silent).
+    silent: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.initiator_driver = MemoryDriver()
@@ -51,6 +57,7 @@ class Link:
                                 random=seeded_random(self.seed + 1000))
         self.events: dict[str, list[ev.Event]] = {"initiator": [], "responder": []}
         self.sent: list[tuple[str, bytes]] = []
+        self.nat_mappings: dict[tuple[str, int], tuple[str, int]] = {}
 
     def engine(self, side: str) -> Engine:
         return self.initiator if side == "initiator" else self.responder
@@ -75,6 +82,15 @@ class Link:
 
     def deliver(self, side: str, datagram: Datagram) -> None:
         data, remote, local = datagram
+        if side in self.silent:
+            return
+        if self.nat is not None and side == "initiator":
+            local = self.nat_mappings.setdefault(local, (self.nat, 40000 + len(self.nat_mappings)))
+        elif self.nat is not None:
+            private = {public: inside for inside, public in self.nat_mappings.items()}.get(remote)
+            if private is None:
+                return  # no mapping: the NAT drops unsolicited traffic
+            remote = private
         target = self.responder if side == "initiator" else self.initiator
         target.receive_datagram(data, local, remote, self.now)
 

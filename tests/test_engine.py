@@ -239,3 +239,23 @@ def test_responder_is_stateless_about_dh_before_message_3() -> None:
         link.deliver(side, datagram)  # MM1 only
     assert calls == []
     assert link.responder.sas()[0].state is Phase1State.R_EXPECT_MM3
+
+
+def test_initial_contact_replaces_the_stale_sa_of_a_rebooted_peer() -> None:
+    link = Link()
+    link.connect()
+    (old,) = link.responder.sas()
+    # The initiator "reboots": a fresh engine with no SAs initiates again.
+    rebooted = Link(seed=7)
+    rebooted.responder = link.responder
+    rebooted.responder_driver = link.responder_driver
+    rebooted.connect()
+    (sa,) = link.responder.sas()
+    assert sa is not old and sa.state is Phase1State.ESTABLISHED
+    notified = [e for e in rebooted.of("responder", ev.NotifyReceived)
+                if e.notify_type == wire.NotifyType.INITIAL_CONTACT]
+    assert notified
+    # A second SA from a peer that still has one does not send INITIAL-CONTACT.
+    rebooted.initiator.initiate(RESPONDER, local=INITIATOR, now=rebooted.now)
+    rebooted.pump()
+    assert len(link.responder.sas()) == 2

@@ -64,6 +64,14 @@ def _add_proposal_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retransmit-timeout", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="negotiation timeout")
+    parser.add_argument("--aggressive", action="store_true",
+                        help="allow (and initiate with) Aggressive Mode PSK; identities travel in the clear")
+    parser.add_argument("--nat-t", choices=("auto", "force", "off"), default="auto",
+                        help="NAT traversal: detect (auto), always encapsulate (force), or off")
+    parser.add_argument("--dpd-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="send R-U-THERE after this long without traffic (0: no DPD checks)")
+    parser.add_argument("--dpd-timeout", type=float, default=150.0, metavar="SECONDS",
+                        help="delete the SAs of a peer that does not acknowledge for this long")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--no-quick-mode", action="store_true", help="stop after Main Mode")
     connect.add_argument("--keep", action="store_true", help="do not delete the SAs on exit")
     connect.add_argument("--json", action="store_true", help="print one JSON object")
+    connect.add_argument("--natt-port", type=int, metavar="PORT",
+                         help="the peer's NAT-T port (default 4500 when the peer is on 500)")
     _add_proposal_flags(connect)
 
     serve = sub.add_parser("serve", help="run a gateway (responder and initiator)")
@@ -102,7 +112,8 @@ def _timing(args: argparse.Namespace) -> Timing:
         raise ConfigError("--retransmit-timeout", "must be a positive number of seconds")
     if args.timeout <= 0:
         raise ConfigError("--timeout", "must be a positive number of seconds")
-    return Timing(retransmit_timeout=args.retransmit_timeout, negotiation_timeout=args.timeout)
+    return Timing(retransmit_timeout=args.retransmit_timeout, negotiation_timeout=args.timeout,
+                  dpd_delay=args.dpd_delay, dpd_timeout=args.dpd_timeout)
 
 
 async def _connect(args: argparse.Namespace, out: TextIO) -> int:
@@ -113,12 +124,14 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
         local = (local_address_towards(remote[0]), 0)
     config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=(), remote=remote[0],
                                mode=args.mode, local_ts=args.local_ts, remote_ts=args.remote_ts,
-                               my_id=args.my_id, keylog=args.keylog, timing=_timing(args))
+                               my_id=args.my_id, keylog=args.keylog, timing=_timing(args),
+                               aggressive=args.aggressive, nat_traversal=args.nat_t)
     engine = Engine(config, keylog=_KeyLog(args.keylog))
     gateway = Gateway(engine, monitor=Monitor())
     try:
         bound = await gateway.open(local)
-        result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode)
+        result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode,
+                                       natt_port=args.natt_port)
         sa = engine.sa(result.handle)
         now = gateway.loop.time()
         main = sa.snapshot(now) if sa is not None else None
@@ -154,7 +167,8 @@ async def _serve(args: argparse.Namespace) -> int:
                                                                                           "0.0.0.0:4500"]))
         config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=listen, mode=args.mode,
                                    local_ts=args.local_ts, remote_ts=args.remote_ts, my_id=args.my_id,
-                                   keylog=args.keylog, timing=_timing(args))
+                                   keylog=args.keylog, timing=_timing(args), aggressive=args.aggressive,
+                                   nat_traversal=args.nat_t)
     if args.listen and args.config:
         config = Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
                            "listen": tuple(parse_endpoint(i, 500, "--listen") for i in args.listen)})

@@ -52,6 +52,9 @@ class Timing:
     retransmit_tries: int = 5           # retransmissions before giving up
     negotiation_timeout: float = 60.0   # a negotiation that is not done by then fails
     rekey_margin: float = 0.0           # rekey this long before expiry (+ jitter); 0 = never rekey
+    nat_keepalive: float = 20.0         # NAT keepalive interval behind a NAT (RFC 3948 2.3)
+    dpd_delay: float = 0.0              # idle seconds before an R-U-THERE; 0: no DPD checks
+    dpd_timeout: float = 150.0          # no R-U-THERE-ACK for this long: the peer is dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     _check_keys(table, {"name", "source", "destination", "ike_policy", "esp_policy", "psk",
                         "connection_type", "local_id", "remote_id", "local_ts", "remote_ts",
                         "mirrored", "weight", "certificate", "private_key", "ca",
-                        "fallback_to_clear", "soft_sa_lifetime"}, where)
+                        "fallback_to_clear", "soft_sa_lifetime", "aggressive", "nat_traversal", "dpd"}, where)
     name = _get(table, "name", str, where, f"filter {index + 1}")
     source = _get(table, "source", str, where, "me")
     destination = _get(table, "destination", str, where, "any")
@@ -166,6 +169,8 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
         mirrored=_get(table, "mirrored", bool, where, True), weight=_get(table, "weight", int, where, 0),
         fallback_to_clear=_get(table, "fallback_to_clear", bool, where, False),
         soft_sa_lifetime=_get(table, "soft_sa_lifetime", int, where, 300),
+        aggressive=_get(table, "aggressive", bool, where, False), dpd=_get(table, "dpd", bool, where, True),
+        nat_traversal=_nat_traversal(_get(table, "nat_traversal", str, where, "auto"), f"{where}.nat_traversal"),
     )
 
 
@@ -186,6 +191,12 @@ def _credentials(table: dict[str, Any], where: str) -> Any:
 
     return Credentials.load(_get(table, "certificate", str, where), _get(table, "private_key", str, where),
                             cas, where)
+
+
+def _nat_traversal(value: str, where: str) -> str:
+    if value not in ("auto", "force", "off"):
+        raise ConfigError(where, "must be auto, force or off")
+    return value
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -248,7 +259,8 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
                       listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 500), ("0.0.0.0", 4500)),
                       remote: str = "any", mode: str = "tunnel", local_ts: str | None = None,
                       remote_ts: str | None = None, my_id: str | None = None,
-                      keylog: str | None = None, timing: Timing | None = None) -> Config:
+                      keylog: str | None = None, timing: Timing | None = None,
+                      aggressive: bool = False, nat_traversal: str = "auto") -> Config:
     """The one-filter config that ``serve``/``connect`` flags describe."""
     if not psk:
         raise ConfigError("--psk", "a pre-shared key is required")
@@ -257,7 +269,8 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
     generic = policy.GenericFilter(
         name="default", source="me", destination=remote, ike_policy="default",
         authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
-        local_ts=local_ts, remote_ts=remote_ts)
+        local_ts=local_ts, remote_ts=remote_ts, aggressive=aggressive,
+        nat_traversal=_nat_traversal(nat_traversal, "--nat-t"))
     return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},
                   esp_policies={"default": esp_policy}, filters=(generic,),
                   timing=timing or Timing(), keylog=keylog)

@@ -39,7 +39,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import _core, acquire, auth, informational, main_mode, quick_mode, rekey, wire
+from ikecore import (_core, acquire, aggressive_mode, auth, dpd, informational, main_mode, nat_traversal,
+                     quick_mode, rekey, wire)
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -64,7 +65,9 @@ ZERO_COOKIE = bytes(8)
 MM = wire.ExchangeType.IDENTITY_PROTECTION
 QM = wire.ExchangeType.QUICK_MODE
 INFO = wire.ExchangeType.INFORMATIONAL
+AM = wire.ExchangeType.AGGRESSIVE
 KEEPALIVE = b"\xff"
+COOKIE_SECRET_LIFETIME = 300.0  # seconds between rotations of the responder-cookie secret
 
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
@@ -113,6 +116,7 @@ class Engine:
         self._timer_seq = 0
         self._now = 0.0
         self._acquires = acquire.AcquireHeap()
+        self._rotate_secret_at = float("-inf")
 
     # --- services lent to the state machines ------------------------------------------
 
@@ -158,9 +162,11 @@ class Engine:
     # --- public API -----------------------------------------------------------------------
 
     def initiate(self, remote: Address, *, local: Address, now: float, quick_mode: bool = True,
-                 filter_name: str | None = None) -> int:
+                 filter_name: str | None = None, natt_port: int | None = None) -> int:
         """Start Main Mode (then Quick Mode unless told not to) with ``remote``.
 
+        Aggressive Mode instead when the filter allows it. ``natt_port``: the peer's NAT-T
+        port to float to (default 4500 when ``remote`` is on port 500, else its port).
         Returns the SA handle. Raises ConfigError when no filter covers the address pair.
         """
         self._now = now
@@ -168,9 +174,15 @@ class Engine:
         sa = self._new_sa(Role.INITIATOR, Phase1State.I_EXPECT_MM2, self._cookie(), ZERO_COOKIE,
                           local, remote, flt, now)
         sa.want_quick_mode = quick_mode
+        sa.initial_contact = not any(other.remote[0] == remote[0] for other in self._sas.values()
+                                     if other is not sa)
         sa.non_esp_marker = _needs_marker(local, remote)
+        sa.natt_port = natt_port or (nat_traversal.NAT_T_PORT if remote[1] == 500 else remote[1])
         self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
         self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        if flt.aggressive:
+            self._send_request(sa, aggressive_mode.start_initiator(sa, self), now, AM, 1)
+            return sa.handle
         self._send_request(sa, main_mode.start_initiator(sa, self), now, MM, 1)
         return sa.handle
 
@@ -327,15 +339,37 @@ class Engine:
         sa = self._sas[handle]
         if remote[0] != sa.remote[0]:
             raise InvalidCookie(f"cookies of SA {handle} arrived from {remote[0]}, not {sa.remote[0]}")
-        if exchange_type == MM and data == sa.last_received:
+        if exchange_type in (MM, AM) and data == sa.last_received:
             # Only a responder answers a repeated request; an initiator that sees a
             # repeated response ignores it (its own retransmission timer runs).
             if sa.role is Role.RESPONDER and sa.last_sent:
                 self._resend_reply(sa, sa.last_sent, MM)
+            elif sa.aggressive and sa.state is Phase1State.ESTABLISHED and sa.last_sent:
+                self._resend_reply(sa, sa.last_sent, AM)  # AM2 again: our AM3 was lost
             return
         message = wire.parse(data)
         self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, message_number=0, length=len(data)))
-        if exchange_type == MM:
+        if exchange_type == AM:
+            # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
+            self._dispatch(sa, message, data, now)
+            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED:
+                nat_traversal.follow(sa, remote, local, marker)
+            return
+        if message.encrypted:
+            moved = nat_traversal.follow(sa, remote, local, marker)  # the peer floated (MM5 on)
+            try:
+                self._dispatch(sa, message, data, now)
+            except Exception:
+                nat_traversal.restore(sa, moved)
+                raise
+            if sa.handle in self._sas:
+                dpd.on_traffic(sa, now)
+            return
+        self._dispatch(sa, message, data, now)
+
+    def _dispatch(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
+        exchange_type = message.exchange_type
+        if exchange_type in (MM, AM):
             self._main_mode(sa, message, data, now)
         elif exchange_type == QM:
             self._quick_mode(sa, message, data, now)
@@ -363,12 +397,15 @@ class Engine:
                     self._emit(ev.NotifyReceived(time=now, handle=None, remote=remote,
                                                  notify_type=payload.notify_type, protected=False))
             return
-        if message.exchange_type != MM:
+        if message.exchange_type not in (MM, AM):
             raise wire_error(f"exchange type {message.exchange_type} cannot start a negotiation",
                              wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
         if message.message_id != 0:
             raise wire_error("Main Mode message 1 with a non-zero Message ID", wire.NotifyType.INVALID_MESSAGE_ID)
         flt = self.config.filter_for(local[0], remote[0])
+        if now >= self._rotate_secret_at:  # RFC 2408 2.5.3: change the local secret periodically
+            self._cookies.rotate_secret()
+            self._rotate_secret_at = now + COOKIE_SECRET_LIFETIME
         cookie_r = bytes(self._cookies.make_cookie(source, _endpoint_bytes(local)))
         if flt is None:
             self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote,
@@ -377,12 +414,13 @@ class Engine:
                 message.initiator_cookie, cookie_r, informational.notify(wire.NotifyType.NO_PROPOSAL_CHOSEN)),
                 remote, local, marker)
             return
-        sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, message.initiator_cookie, cookie_r,
-                          local, remote, flt, now)
+        aggressive = message.exchange_type == AM
+        sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_AM1 if aggressive else Phase1State.R_EXPECT_MM1,
+                          message.initiator_cookie, cookie_r, local, remote, flt, now)
         sa.non_esp_marker = marker or _needs_marker(local, remote)
         self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
         try:
-            reply = main_mode.receive(sa, message, self)
+            reply = (aggressive_mode if aggressive else main_mode).receive(sa, message, self)
         except RemoteProtocolError as exc:
             self._fail(sa, str(exc), exc.notify_type, now)
             return
@@ -391,12 +429,17 @@ class Engine:
         sa.first_message = data
         sa.last_received = data
         assert reply is not None
-        self._send_reply(sa, reply, MM, 2)
+        if aggressive:
+            self._send_request(sa, reply, now, AM, 2)  # AM2 is resent until AM3 arrives
+        else:
+            self._send_reply(sa, reply, message.exchange_type, 2)
 
     def _main_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
         state_before = sa.state
+        exchange = message.exchange_type
+        module: Any = aggressive_mode if exchange == AM else main_mode
         try:
-            reply = main_mode.receive(sa, message, self)
+            reply = module.receive(sa, message, self)
         except _FATAL as exc:
             if isinstance(exc, AuthenticationFailed):
                 self._emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
@@ -404,14 +447,14 @@ class Engine:
             return
         sa.last_received = data
         sa.next_retransmit = None
-        if state_before is Phase1State.I_EXPECT_MM2:
+        if state_before in (Phase1State.I_EXPECT_MM2, Phase1State.I_EXPECT_AM2):
             self._cookies.promote(sa.initiator_cookie, sa.responder_cookie, sa.handle)
-        number = main_mode.TRANSITIONS[(state_before, MM)].message_number + 1
+        number = module.TRANSITIONS[(state_before, exchange)].message_number + 1
         if reply is not None:
-            if sa.role is Role.INITIATOR:
-                self._send_request(sa, reply, now, MM, number)
+            if sa.role is Role.INITIATOR and sa.state is not Phase1State.ESTABLISHED:
+                self._send_request(sa, reply, now, exchange, number)
             else:
-                self._send_reply(sa, reply, MM, number)
+                self._send_reply(sa, reply, exchange, number)
         if sa.state is Phase1State.ESTABLISHED:
             self._established(sa, now)
 
@@ -421,6 +464,15 @@ class Engine:
         sa.expires = now + sa.chosen.lifetime
         self._push_timer(sa.expires, sa.handle, 0, "expire")
         rekey.isakmp_established(self, sa, now)
+        sa.last_heard = now
+        if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
+            self._push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, "nat-keepalive")
+        if dpd.enabled(sa, self.config.timing.dpd_delay):
+            self._push_timer(now + self.config.timing.dpd_delay, sa.handle, 0, "dpd")
+        if sa.role is Role.RESPONDER and sa.initial_contact:
+            self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                         notify_type=wire.NotifyType.INITIAL_CONTACT, protected=True))
+            self._drop_stale_sas(sa)
         self._emit(ev.Phase1Established(
             time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
             initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
@@ -516,10 +568,16 @@ class Engine:
         if payload.notify_type == wire.NotifyType.R_U_THERE:
             ack = informational.notify(wire.NotifyType.R_U_THERE_ACK, spi=payload.spi, data=payload.data)
             self._send(sa, informational.build_protected(sa, [ack], self._message_id(sa)), INFO, 1)
+        elif payload.notify_type == wire.NotifyType.R_U_THERE_ACK:
+            dpd.on_ack(sa, payload, now)
         elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
-            for other in list(self._sas.values()):
-                if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
-                    self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
+            self._drop_stale_sas(sa)
+
+    def _drop_stale_sas(self, sa: IsakmpSa) -> None:
+        """INITIAL-CONTACT: the peer rebooted; its other SAs with us are stale (RFC 2407 4.6.3.3)."""
+        for other in list(self._sas.values()):
+            if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED:
+                self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
 
     def _on_delete(self, sa: IsakmpSa, payload: Any, now: float) -> bool:
         """Honour a Delete payload; True when the ISAKMP SA itself is gone."""
@@ -558,8 +616,29 @@ class Engine:
             self._remove_sa(sa, "lifetime expired", notify_peer=True)
         elif kind == "rekey":
             rekey.fire_isakmp_rekey(self, sa, now)
+        elif kind == "nat-keepalive" and sa.state is Phase1State.ESTABLISHED:
+            self._send_raw(KEEPALIVE, sa.remote, sa.local, False)  # RFC 3948 2.3: one 0xFF, no marker
+            self._emit(ev.NatKeepaliveSent(time=now, handle=sa.handle))
+            self._push_timer(now + timing.nat_keepalive, sa.handle, 0, "nat-keepalive")
+        elif kind == "dpd" and sa.state is Phase1State.ESTABLISHED:
+            self._fire_dpd(sa, now)
         else:
             self._fire_quick_mode(sa, message_id, kind, deadline, now)
+
+    def _fire_dpd(self, sa: IsakmpSa, now: float) -> None:
+        timing = self.config.timing
+        action = dpd.on_timer(sa, now, timing.dpd_delay, timing.dpd_timeout, timing.retransmit_timeout)
+        if action.kind == "dead":
+            self._emit(ev.DeadPeerDetected(time=now, handle=sa.handle, remote=sa.remote,
+                                           unanswered=len(sa.dpd_pending)))
+            self._remove_sa(sa, "dead peer (no R-U-THERE-ACK)", notify_peer=False)
+            return
+        if action.kind == "probe":
+            self._send(sa, informational.build_protected(sa, [action.payload], self._message_id(sa)), INFO, 1)
+            self._emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
+                                     notify_type=wire.NotifyType.R_U_THERE, protected=True))
+        if action.next_check is not None:
+            self._push_timer(action.next_check, sa.handle, 0, "dpd")
 
     def _fire_quick_mode(self, sa: IsakmpSa, message_id: int, kind: str, deadline: float, now: float) -> None:
         timing = self.config.timing

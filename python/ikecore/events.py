@@ -18,6 +18,7 @@ __all__ = [
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
     "RekeyStarted", "Rekeyed", "RekeyCollision", "ResponderLifetime", "AcquireStarted",
     "AcquireSucceeded", "AcquireFailed", "SoftSaCreated",
+    "DeadPeerDetected", "NatKeepaliveSent",
 ]
 
 
@@ -271,3 +272,19 @@ class SoftSaCreated(Event):
     local: Address
     remote: Address
     expires: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadPeerDetected(Event):
+    """RFC 3706: no R-U-THERE-ACK within the DPD timeout; the peer's SAs are deleted."""
+
+    handle: int
+    remote: Address
+    unanswered: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatKeepaliveSent(Event):
+    """A NAT keepalive (RFC 3948 section 2.3) left for the peer of ISAKMP SA ``handle``."""
+
+    handle: int

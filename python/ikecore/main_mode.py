@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ikecore import auth, keymat, policy, wire
+from ikecore import auth, keymat, nat_traversal, policy, vendor_ids, wire
 from ikecore.errors import (
     AuthenticationFailed,
     InvalidIdInformation,
@@ -77,7 +77,7 @@ def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
     offer = sa.ike_policy.offer()
     sa.sa_b = offer.body
     sa.state = Phase1State.I_EXPECT_MM2
-    return build_plain(sa, MAIN_MODE, [offer])
+    return build_plain(sa, MAIN_MODE, [offer, *vendor_ids.initiator_vendor_ids(sa)])
 
 
 def _on_mm1_send_mm2(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
@@ -87,11 +87,11 @@ def _on_mm1_send_mm2(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
         raise NoProposalChosen(f"authentication method {chosen.auth_method_name} is not configured")
     sa.chosen = chosen
     sa.sa_b = sa_payload.body
-    sa.vendor_ids = [p.data for p in payloads if p.payload_type == P.VID]
+    vendor_ids.record(sa, payloads)
     reply = wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform],
                                           spi=proposal.spi)],
                            doi=sa_payload.doi, situation=sa_payload.situation)
-    return build_plain(sa, MAIN_MODE, [reply])
+    return build_plain(sa, MAIN_MODE, [reply, *vendor_ids.responder_vendor_ids(sa)])
 
 
 def _on_mm2_send_mm3(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
@@ -103,12 +103,12 @@ def _on_mm2_send_mm3(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
         raise NoProposalChosen(f"responder chose {chosen.name}, which we did not offer")
     sa.chosen = chosen
     sa.responder_cookie = message.responder_cookie
-    sa.vendor_ids = [p.data for p in payloads if p.payload_type == P.VID]
+    vendor_ids.record(sa, payloads)
     sa.dh = services.keypair(chosen.group)
     sa.g_xi = sa.dh.public
     sa.nonce_i = services.random(NONCE_SIZE)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xi), wire.NoncePayload(sa.nonce_i),
-                                       *_cert_requests(sa)])
+                                       *_nat_d(sa, services), *_cert_requests(sa)])
 
 
 def _signatures(sa: IsakmpSa) -> bool:
@@ -156,6 +156,14 @@ def _verify(sa: IsakmpSa, payloads: list[Any], peer_id: Any, expected: bytes, se
     _check_peer_id(sa, peer_id)
 
 
+def _nat_d(sa: IsakmpSa, services: Services) -> list[Any]:
+    """Our NAT-D payloads when NAT-T was agreed (random own hash when forced)."""
+    if sa.nat_t is None:
+        return []
+    forced = sa.generic_filter.nat_traversal == "force"
+    return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None)
+
+
 def _take_ke_nonce(sa: IsakmpSa, payloads: list[Any]) -> tuple[bytes, bytes]:
     found = required(payloads, P.KE, P.NONCE)
     nonce = found[P.NONCE].data
@@ -167,23 +175,32 @@ def _take_ke_nonce(sa: IsakmpSa, payloads: list[Any]) -> tuple[bytes, bytes]:
 def _on_mm3_send_mm4(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
     assert sa.chosen is not None
     g_xi, sa.nonce_i = _take_ke_nonce(sa, payloads)
+    if sa.nat_t is not None:
+        sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
     sa.dh = services.keypair(sa.chosen.group)
     sa.g_xi, sa.g_xr = g_xi, sa.dh.public
     g_xy = _exchange(sa, g_xi)
     sa.nonce_r = services.random(NONCE_SIZE)
     phase1_keys(sa, services, g_xy)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r),
-                                       *_cert_requests(sa)])
+                                       *_nat_d(sa, services), *_cert_requests(sa)])
 
 
 def _on_mm4_send_mm5(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
     sa.g_xr, sa.nonce_r = _take_ke_nonce(sa, payloads)
+    if sa.nat_t is not None:
+        sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
     g_xy = _exchange(sa, sa.g_xr)
     phase1_keys(sa, services, g_xy)
     sa.my_id = _my_id(sa)
     hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
-    return seal(sa, MAIN_MODE, [sa.my_id, *_proof(sa, hash_i)], 0)
+    payloads = [sa.my_id, *_proof(sa, hash_i)]
+    if sa.initial_contact:  # we hold no other ISAKMP SA with this peer
+        payloads.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
+                                           spi=sa.initiator_cookie + sa.responder_cookie))
+    nat_traversal.float_initiator(sa)  # MM5 goes to the NAT-T port when a NAT is in the way
+    return seal(sa, MAIN_MODE, payloads, 0)
 
 
 def _exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
@@ -210,6 +227,8 @@ def _on_mm5_send_mm6(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
                              sa.responder_cookie, sa.sa_b, peer_id.body)
     _verify(sa, payloads, peer_id, expected, services, "HASH_I")
     sa.peer_id = peer_id
+    sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
+                             for p in payloads)
     sa.my_id = _my_id(sa)
     hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)

@@ -144,6 +144,8 @@ class Monitor:
             x["rekey_collisions"] += 1
         elif isinstance(event, ev.ResponderLifetime):
             x["responder_lifetime:" + ("sent" if event.sent else "honoured")] += 1
+        elif isinstance(event, ev.DeadPeerDetected):
+            x["dead_peers"] += 1
 
     def send_failed(self) -> None:
         self.counters[Statistic.SEND_FAILURES] += 1

@@ -493,6 +493,22 @@ def _address_matches(pattern: str, address: str, local_addresses: Iterable[str])
         return False
 
 
+def subnet_text(data: bytes) -> str:
+    """An ID_IPV4/IPV6_ADDR_SUBNET body (address then mask) as CIDR text.
+
+    Raises:
+        ValueError: odd length or a mask that is not contiguous ones.
+    """
+    half = len(data) // 2
+    if len(data) not in (8, 32):
+        raise ValueError(f"subnet ID of {len(data)} bytes")
+    mask = int.from_bytes(data[half:], "big")
+    prefix = bin(mask).count("1")
+    if mask != ((1 << (half * 8)) - 1) ^ ((1 << (half * 8 - prefix)) - 1):
+        raise ValueError("subnet mask is not contiguous")
+    return str(ipaddress.ip_network((ipaddress.ip_address(data[:half]), prefix), strict=False))
+
+
 @dataclass(frozen=True, slots=True)
 class TrafficSelector:
     """A Quick Mode client ID (IDci/IDcr): a subnet, with protocol and port (0 = any)."""
@@ -517,12 +533,9 @@ class TrafficSelector:
         """Read an IDci/IDcr; raises ValueError for types that are not address selectors."""
         data, id_type = payload.data, payload.id_type
         if id_type in (wire.IdType.IPV4_ADDR, wire.IdType.IPV6_ADDR):
-            network = str(ipaddress.ip_address(data))
+            network = str(ipaddress.ip_network(ipaddress.ip_address(data)))
         elif id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
-            half = len(data) // 2
-            address = ipaddress.ip_address(data[:half])
-            mask = ipaddress.ip_address(data[half:])
-            network = str(ipaddress.ip_network(f"{address}/{mask}", strict=False))
+            network = subnet_text(data)
         elif id_type in (wire.IdType.IPV4_ADDR_RANGE, wire.IdType.IPV6_ADDR_RANGE):
             half = len(data) // 2
             first, last = ipaddress.ip_address(data[:half]), ipaddress.ip_address(data[half:])
@@ -565,6 +578,9 @@ class GenericFilter:
     credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.auth.Credentials
     fallback_to_clear: bool = False  # unanswered Main Mode -> soft SA (clear text)
     soft_sa_lifetime: int = 300      # seconds a soft SA lasts (Windows' default)
+    aggressive: bool = False       # allow (and initiate with) Aggressive Mode PSK; off by default
+    nat_traversal: str = "auto"    # "auto" (RFC 3947 + drafts), "force" (charon's encap=yes), "off"
+    dpd: bool = True               # announce RFC 3706 DPD and check the peer (Timing.dpd_delay)
 
     def matches(self, local: str, remote: str, local_addresses: Sequence[str] = ()) -> bool:
         """Does traffic between our ``local`` and the peer's ``remote`` address match?"""

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ikecore import keymat, lifetime, policy, wire
+from ikecore import keymat, lifetime, nat_traversal, policy, wire
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import (
     AuthenticationFailed,
@@ -92,6 +92,8 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     qm.nonce_i = services.random(NONCE_SIZE)
     qm.spi_in = services.get_spi(sa)
     mode = qm.esp_policy.encapsulation_mode
+    if sa.encapsulated and sa.nat_t is not None:
+        mode = nat_traversal.udp_mode(mode, sa.nat_t)  # RFC 3947 3/4, drafts 61443/61444
     transforms = [p.to_transform(i + 1, mode) for i, p in enumerate(qm.esp_policy.proposals)]
     payloads: list[Any] = [
         wire.SaPayload([wire.Proposal(1, wire.ProtocolId.IPSEC_ESP, transforms, spi=qm.spi_in)]),
@@ -177,6 +179,11 @@ def _inside(network: str, allowed: str) -> bool:
     return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 
 
+def _is_host(network: str) -> bool:
+    net = ipaddress.ip_network(network)
+    return net.prefixlen == net.max_prefixlen
+
+
 def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
     """The initiator's IDci must be the peer's side and IDcr ours, per our filter."""
     local, remote = traffic_selectors(sa)
@@ -188,6 +195,8 @@ def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
         ci, cr = policy.TrafficSelector.from_id(ids[0]), policy.TrafficSelector.from_id(ids[1])
     except ValueError as exc:
         raise InvalidIdInformation(str(exc)) from exc
+    if sa.nat in ("remote", "both") and not sa.generic_filter.remote_ts and _is_host(ci.network):
+        remote = ci  # a peer behind a NAT names its private address (RFC 3947 section 5.2)
     if not (_inside(ci.network, remote.network) and _inside(cr.network, local.network)):
         raise InvalidIdInformation(f"traffic selectors {ci} <-> {cr} are outside {remote} <-> {local}")
 

@@ -33,6 +33,9 @@ class Phase1State(enum.Enum):
     R_EXPECT_MM1 = "R_EXPECT_MM1"
     R_EXPECT_MM3 = "R_EXPECT_MM3"
     R_EXPECT_MM5 = "R_EXPECT_MM5"
+    I_EXPECT_AM2 = "I_EXPECT_AM2"  # Aggressive Mode (ikecore.aggressive_mode)
+    R_EXPECT_AM1 = "R_EXPECT_AM1"
+    R_EXPECT_AM3 = "R_EXPECT_AM3"
     ESTABLISHED = "ESTABLISHED"
     FAILED = "FAILED"
     DELETED = "DELETED"
@@ -58,9 +61,7 @@ def id_to_text(id_type: int, data: bytes) -> str:
         if id_type in (wire.IdType.FQDN, wire.IdType.USER_FQDN):
             return data.decode("utf-8", "replace")
         if id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
-            half = len(data) // 2
-            return str(ipaddress.ip_network(
-                f"{ipaddress.ip_address(data[:half])}/{ipaddress.ip_address(data[half:])}", strict=False))
+            return policy.subnet_text(data)
     except ValueError:
         pass
     return data.hex()
@@ -152,11 +153,22 @@ class IsakmpSa:
     quick_modes: dict[int, QuickModeExchange] = field(default_factory=dict)
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
+    initial_contact: bool = False  # send / received INITIAL-CONTACT in MM5 (RFC 2407 4.6.3.3)
     failure: str | None = None
     peer_certificate: Any = None   # the peer's validated X.509 certificate (signatures)
     rekey_of: int | None = None    # handle of the ISAKMP SA this one replaces
     superseded: bool = False       # a rekeyed ISAKMP SA took over its IPsec SAs
     octets: int = 0                # ISAKMP bytes sent and received once established
+    aggressive: bool = False       # negotiated with Aggressive Mode instead of Main Mode
+    nat_t: Any = None              # ikecore.nat_traversal.Variant agreed in the vendor IDs
+    nat: str = "none"              # NAT-D outcome: none, local, remote or both
+    encapsulated: bool = False     # floated to the NAT-T port: IKE with marker, ESP in UDP
+    natt_port: int = 4500          # the peer's NAT-T port to float to (initiator)
+    dpd: bool = False              # the peer announced RFC 3706 DPD
+    dpd_sequence: int = 0          # our last R-U-THERE sequence number
+    dpd_pending: list[int] = field(default_factory=list)  # unanswered R-U-THERE numbers
+    dpd_since: float | None = None  # when the oldest unanswered R-U-THERE left
+    last_heard: float = 0.0        # the last authenticated message from the peer
 
     @property
     def hash_name(self) -> str:
@@ -195,4 +207,10 @@ class IsakmpSa:
             "lifetime_left": max(0.0, self.expires - now) if self.expires is not None else None,
             "quick_modes": len(self.ipsec_sas),
             "rekeyed": self.superseded,
+            "exchange": "aggressive" if self.aggressive else "main",
+            "nat": self.nat,
+            "nat_t": self.nat_t.name if self.nat_t is not None else "",
+            "encapsulated": self.encapsulated,
+            "dpd": self.dpd,
+            "vendor_ids": [wire.vendor_id_name(v) or v.hex() for v in self.vendor_ids],
         }

@@ -105,13 +105,14 @@ class Gateway:
         return list(self._endpoints)
 
     async def connect(self, remote: Address, *, local: Address | None = None, quick_mode: bool = True,
-                      timeout: float | None = None) -> ConnectResult:
+                      timeout: float | None = None, natt_port: int | None = None) -> ConnectResult:
         """Negotiate Main Mode (and one Quick Mode) with ``remote``; wait for the outcome."""
         if local is None:
             local = (local_address_towards(remote[0]), 0)
         if local not in self._endpoints:
             local = await self.open(local)
-        handle = self.engine.initiate(remote, local=local, now=self.loop.time(), quick_mode=quick_mode)
+        handle = self.engine.initiate(remote, local=local, now=self.loop.time(), quick_mode=quick_mode,
+                                      natt_port=natt_port)
         future: asyncio.Future[ConnectResult] = self.loop.create_future()
         self._waiters[handle] = (future, ConnectResult(handle, False), quick_mode)
         self._flush()

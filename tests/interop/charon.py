@@ -420,6 +420,7 @@ class Charon:
         cert: str | None = None,
         key: str | None = None,
         cacert: str | None = None,
+        encap: bool = False,
     ) -> Charon:
         """Start charon and load one IKEv1 PSK connection ``ikev1`` with child ``net``.
 
@@ -439,6 +440,8 @@ class Charon:
         files ``cert`` (ours), ``key`` (its private key) and ``cacert`` (the CA that
         must have issued the peer's certificate), absolute paths (swanctl loads them
         from there, not from /etc/swanctl).
+        ``encap``: force UDP encapsulation (charon fakes its NAT-D so the peer
+        floats to NAT-T too).
         """
         if auth not in ("psk", "pubkey"):
             raise ValueError("auth must be 'psk' or 'pubkey'")
@@ -487,7 +490,8 @@ class Charon:
                 rekey=rekey, dpd_delay=dpd_delay, dpd_action=dpd_action,
                 ike_lifetime=ike_lifetime, child_lifetime=child_lifetime,
                 retransmit_tries=retransmit_tries, log_level=log_level,
-                extra_conf=extra_conf, prefix=prefix, auth=auth, cert=cert, key=key, cacert=cacert,
+                extra_conf=extra_conf, prefix=prefix, encap=encap, auth=auth, cert=cert, key=key,
+                cacert=cacert,
             )
             process, pid = cls._launch(directory, charon_bin, netns, start_timeout)
         except BaseException:
@@ -517,8 +521,8 @@ class Charon:
                        log_keys: bool, netns: str | None, rekey: bool,
                        dpd_delay: int | None, dpd_action: str, ike_lifetime: int | None,
                        child_lifetime: int | None, retransmit_tries: int, log_level: int,
-                       extra_conf: str, prefix: Path | None, auth: str = "psk",
-                       cert: str | None = None, key: str | None = None,
+                       extra_conf: str, prefix: Path | None, encap: bool = False,
+                       auth: str = "psk", cert: str | None = None, key: str | None = None,
                        cacert: str | None = None) -> None:
         d = str(directory)
         plugins = BASE_PLUGINS
@@ -624,6 +628,7 @@ connections {{
     remote_port = {remote_port if remote_port is not None else 500}
     proposals = {_check_token(ike, "ike")}
     fragmentation = yes
+    encap = {"yes" if encap else "no"}
     {dpd}
     keyingtries = 1
     {ike_times}
@@ -795,6 +800,16 @@ secrets {{
     def running(self) -> bool:
         return not self._stopped and self._process.poll() is None and _is_charon(self.pid)
 
+    def freeze(self) -> None:
+        """Make charon go silent without a goodbye (SIGSTOP by its PID): a dead peer."""
+        if self.running():
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze` (SIGCONT)."""
+        if self._process.poll() is None and _is_charon(self.pid):
+            os.kill(self.pid, signal.SIGCONT)
+
     def stop(self, *, keep: bool = False, timeout: float = 10.0) -> None:
         """Stop charon (SIGTERM, then SIGKILL, by its PID) and remove the state dir."""
         if self._stopped:
@@ -802,6 +817,7 @@ secrets {{
         self._stopped = True
         _LIVE.discard(self)
         if self._process.poll() is None and _is_charon(self.pid):
+            os.kill(self.pid, signal.SIGCONT)  # in case it was frozen
             os.kill(self.pid, signal.SIGTERM)
             try:
                 self._process.wait(timeout=timeout)

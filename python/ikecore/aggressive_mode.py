@@ -1,0 +1,249 @@
+"""Aggressive Mode with pre-shared keys: RFC 2409 sections 5 and 5.4, both roles.
+
+Design note
+-----------
+::
+
+    Initiator                                      Responder
+    HDR, SA, KE, Ni, IDii [VID]       (AM1) -->            R_EXPECT_AM1 -> R_EXPECT_AM3
+    I_EXPECT_AM2   <-- (AM2)  HDR, SA, KE, Nr, IDir, HASH_R [VID, NAT-D, NAT-D]
+    HDR*, HASH_I [N(INITIAL-CONTACT), NAT-D, NAT-D] (AM3) --> verify HASH_I -> ESTABLISHED
+    ESTABLISHED (after verifying HASH_R and sending AM3)
+
+Three messages instead of six: the identities travel in the clear and the responder does
+its Diffie-Hellman work (and proves knowledge of the PSK) on the very first message, which
+is why Aggressive Mode is off by default and allowed only per filter
+(``GenericFilter.aggressive``); it exists for load tests against legacy concentrators.
+One IKE suite only: the DH group must be known before the responder answers, so the
+initiator offers the suites of its IKE policy that share the first suite's group.
+
+``TRANSITIONS`` maps (state, exchange type) to a row like Main Mode's; handlers are named
+``_on_amN_send_amM``. NAT-T: vendor IDs in AM1/AM2, NAT-D in AM2 and AM3, and the
+initiator floats to the NAT-T port for AM3 (RFC 3947 section 4). AM3 is sent encrypted
+(as charon and Libreswan do) and accepted either way. HASH_I and HASH_R are the Main
+Mode formulas over SAi_b and the ID bodies as sent. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ikecore import keymat, nat_traversal, policy, vendor_ids, wire
+from ikecore.errors import (
+    AuthenticationFailed,
+    InvalidIdInformation,
+    InvalidKeyInformation,
+    NoProposalChosen,
+    PayloadMalformed,
+    RemoteProtocolError,
+)
+from ikecore.phase1 import (
+    NONCE_SIZE,
+    Services,
+    build_plain,
+    constant_time_equal,
+    my_identification,
+    nonce_ok,
+    open_encrypted,
+    phase1_keys,
+    required,
+    seal,
+)
+from ikecore.sa import IsakmpSa, Phase1State, id_to_text
+
+__all__ = ["TRANSITIONS", "Row", "start_initiator", "receive", "AGGRESSIVE_MODE"]
+
+AGGRESSIVE_MODE = wire.ExchangeType.AGGRESSIVE
+P = wire.PayloadType
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    handler: Callable[[IsakmpSa, Any, list[Any], Services], bytes | None]
+    next_state: Phase1State
+    required: tuple[int, ...]
+    message_number: int
+
+
+def _offer(sa: IsakmpSa) -> wire.SaPayload:
+    """The suites of the policy that use the first suite's DH group (KE is sent now)."""
+    group = sa.ike_policy.proposals[0].group
+    suites = [p for p in sa.ike_policy.proposals if p.group == group]
+    transforms = [p.to_transform(i + 1) for i, p in enumerate(suites)]
+    return wire.SaPayload([wire.Proposal(1, wire.ProtocolId.ISAKMP, transforms)])
+
+
+def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
+    """AM1: HDR, SA, KE, Ni, IDii plus our vendor IDs."""
+    offer = _offer(sa)
+    sa.sa_b = offer.body
+    sa.aggressive = True
+    sa.dh = services.keypair(sa.ike_policy.proposals[0].group)
+    sa.g_xi = sa.dh.public
+    sa.nonce_i = services.random(NONCE_SIZE)
+    sa.my_id = my_identification(sa, sa.generic_filter.local_id)
+    sa.state = Phase1State.I_EXPECT_AM2
+    return build_plain(sa, AGGRESSIVE_MODE, [offer, wire.KePayload(sa.g_xi), wire.NoncePayload(sa.nonce_i),
+                                             sa.my_id, *vendor_ids.initiator_vendor_ids(sa)])
+
+
+def _take_ke_nonce(payloads: list[Any]) -> tuple[bytes, bytes]:
+    found = required(payloads, P.KE, P.NONCE)
+    nonce = found[P.NONCE].data
+    if not nonce_ok(nonce):
+        raise PayloadMalformed(f"nonce of {len(nonce)} bytes (RFC 2409 allows 8-256)")
+    return found[P.KE].data, nonce
+
+
+def _exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
+    try:
+        return bytes(sa.dh.exchange(peer_public))
+    finally:
+        sa.dh = None
+
+
+def _check_peer_id(sa: IsakmpSa, peer_id: Any) -> None:
+    expected = sa.generic_filter.remote_id
+    if expected is not None and id_to_text(peer_id.id_type, peer_id.data) != expected:
+        raise InvalidIdInformation(f"peer ID {id_to_text(peer_id.id_type, peer_id.data)!r} "
+                                   f"is not the configured {expected!r}")
+
+
+def _nat_d(sa: IsakmpSa, services: Services) -> list[Any]:
+    if sa.nat_t is None:
+        return []
+    forced = sa.generic_filter.nat_traversal == "force"
+    return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None)
+
+
+def _on_am1_send_am2(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    if not sa.generic_filter.aggressive:
+        raise NoProposalChosen(f"Aggressive Mode is not enabled in filter {sa.generic_filter.name!r}")
+    found = required(payloads, P.SA, P.KE, P.NONCE, P.ID)
+    sa_payload = found[P.SA]
+    proposal, transform, chosen = policy.choose_ike_transform(sa_payload, sa.ike_policy)
+    if chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY or sa.generic_filter.psk() is None:
+        raise NoProposalChosen("only pre-shared key authentication is configured")
+    peer_id = found[P.ID]
+    _check_peer_id(sa, peer_id)
+    sa.aggressive = True
+    sa.chosen = chosen
+    sa.sa_b = sa_payload.body
+    sa.peer_id = peer_id
+    vendor_ids.record(sa, payloads)
+    sa.g_xi, sa.nonce_i = _take_ke_nonce(payloads)
+    sa.dh = services.keypair(chosen.group)
+    sa.g_xr = sa.dh.public
+    g_xy = _exchange(sa, sa.g_xi)
+    sa.nonce_r = services.random(NONCE_SIZE)
+    phase1_keys(sa, services, g_xy)
+    sa.my_id = my_identification(sa, sa.generic_filter.local_id)
+    hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                           sa.responder_cookie, sa.sa_b, sa.my_id.body)
+    reply = wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform], spi=proposal.spi)],
+                           doi=sa_payload.doi, situation=sa_payload.situation)
+    return build_plain(sa, AGGRESSIVE_MODE, [reply, wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r),
+                                             sa.my_id, wire.HashPayload(hash_r),
+                                             *vendor_ids.responder_vendor_ids(sa), *_nat_d(sa, services)])
+
+
+def _on_am2_send_am3(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+    found = required(payloads, P.SA, P.KE, P.NONCE, P.ID, P.HASH)
+    sa_payload = found[P.SA]
+    if len(sa_payload.proposals) != 1 or len(sa_payload.proposals[0].transforms) != 1:
+        raise NoProposalChosen("responder must choose exactly one proposal and transform")
+    chosen = policy.IkeProposal.from_transform(sa_payload.proposals[0].transforms[0])
+    if not any(mine.matches(chosen) for mine in sa.ike_policy.proposals) or \
+            chosen.group != sa.ike_policy.proposals[0].group:
+        raise NoProposalChosen(f"responder chose {chosen.name}, which we did not offer")
+    sa.chosen = chosen
+    sa.responder_cookie = message.responder_cookie
+    vendor_ids.record(sa, payloads)
+    sa.g_xr, sa.nonce_r = _take_ke_nonce(payloads)
+    g_xy = _exchange(sa, sa.g_xr)
+    phase1_keys(sa, services, g_xy)
+    peer_id = found[P.ID]
+    expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                             sa.responder_cookie, sa.sa_b, peer_id.body)
+    if not constant_time_equal(found[P.HASH].data, expected):
+        raise AuthenticationFailed("HASH_R does not verify (pre-shared keys differ?)")
+    _check_peer_id(sa, peer_id)
+    sa.peer_id = peer_id
+    if sa.nat_t is not None:
+        sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
+    nat_d = _nat_d(sa, services)  # hashes of the addresses before the float
+    hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                           sa.responder_cookie, sa.sa_b, sa.my_id.body)  # type: ignore[union-attr]
+    notify = []
+    if sa.initial_contact:  # we hold no other ISAKMP SA with this peer (RFC 2407 4.6.3.3)
+        notify.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
+                                         spi=sa.initiator_cookie + sa.responder_cookie))
+    nat_traversal.float_initiator(sa)
+    return seal(sa, AGGRESSIVE_MODE, [wire.HashPayload(hash_i), *notify, *nat_d], 0)
+
+
+def _on_am3_established(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> None:
+    found = required(payloads, P.HASH)
+    assert sa.peer_id is not None
+    expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+                             sa.responder_cookie, sa.sa_b, sa.peer_id.body)
+    if not constant_time_equal(found[P.HASH].data, expected):
+        raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")
+    if sa.nat_t is not None:
+        sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
+    sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
+                             for p in payloads)
+    return None
+
+
+TRANSITIONS: dict[tuple[Phase1State, int], Row] = {
+    (Phase1State.R_EXPECT_AM1, AGGRESSIVE_MODE): Row(_on_am1_send_am2, Phase1State.R_EXPECT_AM3,
+                                                     (P.SA, P.KE, P.NONCE, P.ID), 1),
+    (Phase1State.I_EXPECT_AM2, AGGRESSIVE_MODE): Row(_on_am2_send_am3, Phase1State.ESTABLISHED,
+                                                     (P.SA, P.KE, P.NONCE, P.ID, P.HASH), 2),
+    (Phase1State.R_EXPECT_AM3, AGGRESSIVE_MODE): Row(_on_am3_established, Phase1State.ESTABLISHED, (P.HASH,), 3),
+}
+
+
+def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
+    """Process one Aggressive Mode message for ``sa``; return the reply datagram, if any.
+
+    AM1 and AM2 must be plain; AM3 may be encrypted (committing the IV only when the
+    message is accepted) or plain. On any error the SA is unchanged.
+
+    Raises:
+        RemoteProtocolError: the message is not acceptable now (the engine counts it).
+    """
+    row = TRANSITIONS.get((sa.state, message.exchange_type))
+    if row is None:
+        raise PayloadMalformed(f"unexpected Aggressive Mode message in state {sa.state.value}",
+                               notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
+    previous_iv = None
+    if message.encrypted:
+        if row.message_number != 3:
+            raise PayloadMalformed(f"message {row.message_number} must not be encrypted",
+                                   notify_type=wire.NotifyType.INVALID_FLAGS)
+        try:
+            opened = open_encrypted(sa, message)
+            payloads = opened.payloads
+            required(payloads, *row.required)
+        except RemoteProtocolError as exc:
+            raise AuthenticationFailed(f"message 3 does not decrypt to a valid payload chain ({exc}); "
+                                       "pre-shared keys differ?") from exc
+        previous_iv = sa.crypto.iv(0)
+        sa.crypto.commit(0, opened.next_iv)
+    else:
+        payloads = list(message.payloads)
+        required(payloads, *row.required)
+    try:
+        reply = row.handler(sa, message, payloads, services)
+    except Exception as exc:
+        if previous_iv is not None:
+            sa.crypto.commit(0, previous_iv)
+        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
+            raise InvalidKeyInformation(str(exc)) from exc
+        raise
+    sa.state = row.next_state
+    return reply

@@ -1,0 +1,175 @@
+"""NAT traversal for IKEv1 (layer L3): RFC 3947 and the draft vendor IDs 02, 02n and 03.
+
+Design note
+-----------
+NAT-T rides on Main Mode (and Aggressive Mode) in three steps, all decided here and
+carried out by the exchanges and the engine::
+
+    MM1/MM2   vendor IDs: the initiator sends the RFC 3947 ID and the drafts (as charon
+              does); the responder answers with the best one it also knows. Both sides
+              then hold the same ``Variant`` in ``sa.nat_t``.
+    MM3/MM4   two NAT-D payloads each: hash(CKY-I | CKY-R | IP | port) of the
+              destination as the sender addressed it, then of the sender's own source.
+              Payload number 20 for RFC 3947, 130 for the drafts. The receiver compares
+              the first with its own address (mismatch: *we* are behind a NAT, "local")
+              and the others with the sender's address as seen here (mismatch: the peer
+              is behind a NAT, "remote").
+    MM5 on    when a NAT was detected (or the filter forces encapsulation) the initiator
+              floats to the NAT-T port and prefixes every IKE datagram with the 4-byte
+              non-ESP marker (RFC 3948 section 2.2); the responder follows the address and
+              port the authenticated message came from.
+
+Quick Mode then asks for the UDP-encapsulated modes (3/4 with RFC 3947, 61443/61444 with
+the drafts), and the engine sends a NAT keepalive (one 0xFF byte, RFC 3948 section 2.3)
+every ``Timing.nat_keepalive`` seconds while we are the side behind the NAT.
+
+Forcing (``GenericFilter.nat_traversal = "force"``) works like charon's ``encap = yes``:
+the NAT-D hash of our own address is replaced by a random value so that the peer also
+sees a NAT and floats. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ikecore import keymat, wire
+from ikecore.errors import PayloadMalformed
+
+__all__ = ["Variant", "RFC3947", "DRAFT_03", "DRAFT_02", "DRAFT_02N", "VARIANTS", "NAT_T_PORT",
+           "vendor_ids", "choose", "nat_d_payloads", "detect", "udp_mode", "plain_mode", "NAT_STATES",
+           "should_float", "float_initiator", "follow", "restore"]
+
+#: The NAT-T port (RFC 3947 section 4).
+NAT_T_PORT = 4500
+#: What ``sa.snapshot()["nat"]`` can say.
+NAT_STATES = ("none", "local", "remote", "both")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One flavour of NAT-T: its vendor ID and its payload and mode numbers."""
+
+    name: str
+    vendor_id: bytes
+    nat_d: int
+    nat_oa: int
+    udp_tunnel: int
+    udp_transport: int
+
+
+RFC3947 = Variant("RFC 3947", wire.VID_NAT_T_RFC3947, wire.PayloadType.NAT_D, wire.PayloadType.NAT_OA,
+                  wire.EncapsulationMode.UDP_TUNNEL, wire.EncapsulationMode.UDP_TRANSPORT)
+DRAFT_03 = Variant("draft-03", bytes.fromhex("7d9419a65310ca6f2c179d9215529d56"), wire.PayloadType.NAT_D_DRAFT,
+                   wire.PayloadType.NAT_OA_DRAFT, wire.EncapsulationMode.UDP_TUNNEL_DRAFT,
+                   wire.EncapsulationMode.UDP_TRANSPORT_DRAFT)
+DRAFT_02N = Variant("draft-02n", bytes.fromhex("90cb80913ebb696e086381b5ec427b1f"), wire.PayloadType.NAT_D_DRAFT,
+                    wire.PayloadType.NAT_OA_DRAFT, wire.EncapsulationMode.UDP_TUNNEL_DRAFT,
+                    wire.EncapsulationMode.UDP_TRANSPORT_DRAFT)
+DRAFT_02 = Variant("draft-02", bytes.fromhex("cd60464335df21f87cfdb2fc68b6a448"), wire.PayloadType.NAT_D_DRAFT,
+                   wire.PayloadType.NAT_OA_DRAFT, wire.EncapsulationMode.UDP_TUNNEL_DRAFT,
+                   wire.EncapsulationMode.UDP_TRANSPORT_DRAFT)
+#: In order of preference (the RFC first, then the newest draft).
+VARIANTS = (RFC3947, DRAFT_03, DRAFT_02N, DRAFT_02)
+
+
+def vendor_ids() -> list[Any]:
+    """The initiator's VID payloads announcing every NAT-T variant (the responder answers
+    with the one ``choose`` picks)."""
+    return [wire.VendorIdPayload(v.vendor_id) for v in VARIANTS]
+
+
+def choose(received: list[bytes]) -> Variant | None:
+    """The preferred variant among the received vendor IDs, or None without NAT-T."""
+    for variant in VARIANTS:
+        if variant.vendor_id in received:
+            return variant
+    return None
+
+
+def _hash(hash_name: str, sa: Any, address: tuple[str, int]) -> bytes:
+    return keymat.nat_d(hash_name, sa.initiator_cookie, sa.responder_cookie, address[0], address[1])
+
+
+def nat_d_payloads(sa: Any, variant: Variant, random: Any = None) -> list[Any]:
+    """The two NAT-D payloads of MM3/MM4 (AM1 has none; AM2/AM3 carry them).
+
+    The first hashes the peer's address as we send to it, the second our own. With
+    ``random`` (forced encapsulation) our own hash is random bytes of the same size.
+    """
+    peer = _hash(sa.hash_name, sa, sa.remote)
+    mine = _hash(sa.hash_name, sa, sa.local)
+    if random is not None:
+        mine = random(len(mine))
+    return [wire.NatDPayload(peer, payload_type=variant.nat_d),
+            wire.NatDPayload(mine, payload_type=variant.nat_d)]
+
+
+def detect(sa: Any, variant: Variant, payloads: list[Any]) -> str:
+    """Compare the peer's NAT-D payloads with our view of the two addresses.
+
+    Returns one of ``NAT_STATES``. Raises PayloadMalformed when the peer negotiated NAT-T
+    but sent fewer than two NAT-D payloads.
+    """
+    hashes = [bytes(p.data) for p in payloads if p.payload_type == variant.nat_d]
+    if len(hashes) < 2:
+        raise PayloadMalformed(f"NAT-T negotiated ({variant.name}) but {len(hashes)} NAT-D payloads received")
+    local_nat = hashes[0] != _hash(sa.hash_name, sa, sa.local)
+    remote_nat = _hash(sa.hash_name, sa, sa.remote) not in hashes[1:]
+    return NAT_STATES[int(local_nat) + 2 * int(remote_nat)]
+
+
+def udp_mode(mode: int, variant: Variant) -> int:
+    """The UDP-encapsulated encapsulation mode for plain ``mode`` under ``variant``."""
+    transport = mode in (wire.EncapsulationMode.TRANSPORT, wire.EncapsulationMode.UDP_TRANSPORT,
+                         wire.EncapsulationMode.UDP_TRANSPORT_DRAFT)
+    return variant.udp_transport if transport else variant.udp_tunnel
+
+
+def plain_mode(mode: int) -> int:
+    """Tunnel or transport, whatever the encapsulation."""
+    if mode in (wire.EncapsulationMode.TRANSPORT, wire.EncapsulationMode.UDP_TRANSPORT,
+                wire.EncapsulationMode.UDP_TRANSPORT_DRAFT):
+        return wire.EncapsulationMode.TRANSPORT
+    return wire.EncapsulationMode.TUNNEL
+
+
+def should_float(sa: Any) -> bool:
+    """NAT-T agreed and either a NAT seen by NAT-D or encapsulation forced by the filter."""
+    return sa.nat_t is not None and (sa.nat != "none" or sa.generic_filter.nat_traversal == "force")
+
+
+def float_initiator(sa: Any) -> None:
+    """Move the initiator to the NAT-T ports (before MM5 or AM3) when ``should_float``.
+
+    Our port moves to 4500 only from 500 (an ephemeral or custom port stays, as charon
+    does); the peer's becomes ``sa.natt_port``. From now on IKE datagrams carry the
+    non-ESP marker and Quick Mode asks for UDP-encapsulated ESP.
+    """
+    if not should_float(sa) or sa.encapsulated:
+        return
+    if sa.local[1] == 500:
+        sa.local = (sa.local[0], NAT_T_PORT)
+    sa.remote = (sa.remote[0], sa.natt_port)
+    sa.encapsulated = True
+    sa.non_esp_marker = True
+
+
+def follow(sa: Any, remote: tuple[str, int], local: tuple[str, int], marker: bool) -> Any:
+    """Responder side: an authenticated message came with the non-ESP marker, possibly from a
+    new port (the peer floated, or its NAT mapping changed): answer there from now on.
+
+    Returns what ``restore`` needs to undo the move, or None when nothing moved."""
+    if not marker or sa.nat_t is None or (remote == sa.remote and not should_float(sa)):
+        return None
+    before = (sa.remote, sa.local, sa.non_esp_marker, sa.encapsulated)
+    sa.remote, sa.local = remote, local
+    sa.non_esp_marker = True
+    sa.encapsulated = True
+    return before
+
+
+def restore(sa: Any, before: Any) -> None:
+    """Undo ``follow`` when the message turned out to be unacceptable."""
+    if before is not None:
+        sa.remote, sa.local, sa.non_esp_marker, sa.encapsulated = before
