@@ -36,8 +36,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def gateway_config(port: int, *, pki: dict[str, str] | None = None, esp_lifetime: int = 3600,
-                   ike_lifetime: int = 28800, margin: float = 0.0, local_id: str | None = None) -> Any:
-    flt: dict[str, Any] = {"name": "charon", "destination": CHARON}
+                   ike_lifetime: int = 28800, margin: float = 0.0, local_id: str | None = None,
+                   quick_mode_window: int = 0) -> Any:
+    flt: dict[str, Any] = {"name": "charon", "destination": CHARON, "quick_mode_window": quick_mode_window}
     if pki is not None:
         flt.update(certificate=pki["ikecore_cert"], private_key=pki["ikecore_key"], ca=pki["ca"])
     else:
@@ -258,3 +259,50 @@ def test_ikecore_rekeys_main_mode_on_its_own_with_a_short_ike_lifetime(gateways:
         time.sleep(17)
         new_cookies, new_children = views_match(charon, gateway, 1)
         assert new_cookies != cookies and new_children == children
+
+
+@pytest.mark.interop("charon")
+def test_six_quick_modes_at_once_and_their_rekey_at_once_with_charon(gateways: Any) -> None:
+    """charon 5.9.8 keeps the CBC IVs of only a few Message IDs per IKEv1 SA: with several
+    Quick Modes in flight, plus the Informational Deletes of rekeyed SAs (each a new
+    Message ID), it evicts the IV of an exchange still in flight, fails to decrypt its
+    QM3 ("invalid HASH_V1 payload length, decryption failed?") and finally drops the
+    IKE_SA (observed here: 5 at once, 3 at once, and 2 at once while rekeying). ikecore's
+    ``quick_mode_window = 1`` holds its Quick Modes back and starts each as the previous
+    ends: six Quick Modes asked for at once, then the rekey of all six at once, nothing
+    lost. charon reads Quick Modes with equal selectors as rekeys (marks older ones
+    REKEYED), so the full sets of SAs are compared."""
+    port, natt, gw_port = free_udp_ports(3)
+    gateway = gateways(gateway_config(gw_port, quick_mode_window=1))
+    with Charon.start(addr=CHARON, port=port, natt_port=natt, psk=PSK) as charon:
+        result = gateway.call(lambda: gateway.gateway.connect((CHARON, port), local=(IKECORE, gw_port)))
+        assert result.ok, result.reason
+
+        def more() -> None:
+            for _ in range(5):
+                gateway.engine.initiate_quick_mode(result.handle, gateway.loop.time())
+            gateway.gateway._flush()
+
+        def all_sas(count: int) -> set[tuple[str, str]]:
+            deadline = time.monotonic() + 40
+            while True:
+                theirs, ours = charon_view(charon), ikecore_view(gateway)
+                if theirs[2:] == ours[2:] and len(ours[3]) == count and len(ours[2]) == 1:
+                    return ours[3]
+                if time.monotonic() > deadline:
+                    Path("/tmp/ike5b-charon.log").write_text(charon.log_text())
+                    pytest.fail(f"charon {theirs} != ikecore {ours}")
+                time.sleep(0.2)
+
+        gateway.call(more)
+        first = all_sas(6)
+
+        def rekey_all() -> None:
+            for ipsec in list(gateway.engine.sa(result.handle).ipsec_sas):
+                gateway.engine.rekey(result.handle, gateway.loop.time(), ipsec.spi_in)
+            gateway.gateway._flush()
+
+        gateway.call(rekey_all)
+        second = all_sas(6)
+        assert not first & second
+        assert "decryption failed" not in charon.log_text()

@@ -196,3 +196,33 @@ def test_kilobyte_limits_reported_by_the_driver() -> None:
     assert pairs(link) == (set(), set())
     assert not link.initiator.ipsec_lifetime_expired(b"\x00\x00\x01\x00", link.now, hard=True)
     assert link.initiator.sa(handle) is not None
+
+
+def test_quick_mode_window_paces_our_quick_modes_and_rekeys() -> None:
+    """A peer such as charon follows at most 3 IKEv1 exchanges at once: with
+    ``quick_mode_window`` we keep that many in flight and start the rest as they end."""
+    def windowed() -> Any:
+        base = config(margin=0)
+        (flt,) = base.filters
+        import dataclasses
+        return dataclasses.replace(base, filters=(dataclasses.replace(flt, quick_mode_window=2),))
+
+    link = Link(windowed(), config(margin=0))
+    handle = link.connect()
+    sa = link.initiator.sa(handle)
+    for _ in range(5):
+        link.initiator.initiate_quick_mode(handle, link.now)
+    states = [qm.state.value for qm in sa.quick_modes.values() if qm.state.value != "ESTABLISHED"]
+    assert sorted(states) == ["I_EXPECT_QM2"] * 2 + ["I_QUEUED"] * 3
+    sent_qm1 = [d for side, d in link.collect() if side == "initiator"]
+    assert len(sent_qm1) == 2  # only two QM1s left
+    for data in sent_qm1:
+        link.responder.receive_datagram(data, ("127.0.0.2", 500), ("127.0.0.1", 500), link.now)
+    link.pump()
+    assert_consistent(link, 6)
+    for ipsec in list(sa.ipsec_sas):
+        link.initiator.rekey(handle, link.now, ipsec.spi_in)
+    assert sum(1 for qm in sa.quick_modes.values() if qm.state.value == "I_EXPECT_QM2") == 2
+    link.pump()
+    assert len(link.of("initiator", ev.Rekeyed)) == 6
+    assert_consistent(link, 6)

@@ -134,7 +134,7 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     _check_keys(table, {"name", "source", "destination", "ike_policy", "esp_policy", "psk",
                         "connection_type", "local_id", "remote_id", "local_ts", "remote_ts",
                         "mirrored", "weight", "certificate", "private_key", "ca",
-                        "fallback_to_clear", "soft_sa_lifetime", "aggressive", "nat_traversal", "dpd"}, where)
+                        "fallback_to_clear", "soft_sa_lifetime", "quick_mode_window", "aggressive", "nat_traversal", "dpd"}, where)
     name = _get(table, "name", str, where, f"filter {index + 1}")
     source = _get(table, "source", str, where, "me")
     destination = _get(table, "destination", str, where, "any")
@@ -169,6 +169,7 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
         mirrored=_get(table, "mirrored", bool, where, True), weight=_get(table, "weight", int, where, 0),
         fallback_to_clear=_get(table, "fallback_to_clear", bool, where, False),
         soft_sa_lifetime=_get(table, "soft_sa_lifetime", int, where, 300),
+        quick_mode_window=_get(table, "quick_mode_window", int, where, 0),
         aggressive=_get(table, "aggressive", bool, where, False), dpd=_get(table, "dpd", bool, where, True),
         nat_traversal=_nat_traversal(_get(table, "nat_traversal", str, where, "auto"), f"{where}.nat_traversal"),
     )

@@ -200,16 +200,33 @@ class Engine:
         qm.rekey_of = rekey_of
         sa.quick_modes[message_id] = qm
         self._emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
+        window = sa.generic_filter.quick_mode_window
+        if window and sum(1 for q in sa.quick_modes.values() if q.state is Phase2State.I_EXPECT_QM2) > window:
+            qm.state = Phase2State.I_QUEUED  # started when one of ours in flight ends
+            return message_id
+        self._start_quick_mode(sa, qm, now)
+        return message_id
+
+    def _start_quick_mode(self, sa: IsakmpSa, qm: QuickModeExchange, now: float) -> None:
+        qm.started, qm.state = now, Phase2State.I_EXPECT_QM2
         try:
             datagram = quick_mode.start_initiator(sa, qm, self)
         except NoProposalChosen as exc:
-            del sa.quick_modes[message_id]
-            self._emit(ev.Phase2Failed(time=now, handle=handle, message_id=message_id, role="initiator",
+            del sa.quick_modes[qm.message_id]
+            self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id, role="initiator",
                                        reason=str(exc)))
-            return message_id
+            return
         self._send_qm_request(sa, qm, datagram, now, 1)
-        self._push_timer(now + self.config.timing.negotiation_timeout, handle, message_id, "qm-timeout")
-        return message_id
+        self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-timeout")
+
+    def _next_quick_mode(self, handle: int) -> None:
+        """An initiator Quick Mode ended: start the oldest one the window held back."""
+        sa = self._sas.get(handle)
+        if sa is None or sa.state is not Phase1State.ESTABLISHED:
+            return
+        queued = next((q for q in sa.quick_modes.values() if q.state is Phase2State.I_QUEUED), None)
+        if queued is not None:
+            self._start_quick_mode(sa, queued, self._now)
 
     def delete(self, handle: int, now: float, reason: str = "deleted by user") -> None:
         """Delete an ISAKMP SA and its IPsec SAs, telling the peer with Delete payloads."""
@@ -808,6 +825,8 @@ class Engine:
 
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
+        if isinstance(event, (ev.Phase2Established, ev.Phase2Failed)) and event.role == "initiator":
+            self._next_quick_mode(event.handle)
         if self._acquires.waiting:
             self._acquires.observe(self, event)
 

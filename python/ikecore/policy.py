@@ -578,6 +578,7 @@ class GenericFilter:
     credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.auth.Credentials
     fallback_to_clear: bool = False  # unanswered Main Mode -> soft SA (clear text)
     soft_sa_lifetime: int = 300      # seconds a soft SA lasts (Windows' default)
+    quick_mode_window: int = 0       # our Quick Modes in flight per ISAKMP SA; 0 = no limit
     aggressive: bool = False       # allow (and initiate with) Aggressive Mode PSK; off by default
     nat_traversal: str = "auto"    # "auto" (RFC 3947 + drafts), "force" (charon's encap=yes), "off"
     dpd: bool = True               # announce RFC 3706 DPD and check the peer (Timing.dpd_delay)

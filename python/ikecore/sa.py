@@ -44,6 +44,7 @@ class Phase1State(enum.Enum):
 class Phase2State(enum.Enum):
     """Quick Mode states (RFC 2409 section 5.5)."""
 
+    I_QUEUED = "I_QUEUED"          # held back by the filter's quick_mode_window
     I_EXPECT_QM2 = "I_EXPECT_QM2"
     R_EXPECT_QM1 = "R_EXPECT_QM1"
     R_EXPECT_QM3 = "R_EXPECT_QM3"
