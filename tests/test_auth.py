@@ -210,3 +210,41 @@ def test_garbage_proof_is_an_authentication_failure(tmp_path: Path, ca: Issued, 
     assert link.of("responder", ev.Phase1Failed)[0].notify_type == wire.NotifyType.AUTHENTICATION_FAILED
     assert not link.of("responder", ev.InvalidPacketReceived)  # handled, not an internal error
     assert not link.responder.sas()
+
+
+def test_cli_serve_and_connect_with_certificates(tmp_path: Path, ca: Issued, peers: dict[str, Issued]) -> None:
+    """`ikecore serve --cert --key --ca` and `ikecore connect --cert --key --ca` over loopback UDP."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    ca_path, _ = ca.write(tmp_path, "ca")
+    server_cert, server_key = peers["responder"].write(tmp_path, "server")
+    client_cert, client_key = peers["initiator"].write(tmp_path, "client")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}",
+                               "--cert", server_cert, "--key", server_key, "--ca", ca_path, "--duration", "60"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert "listening on" in line, line
+        done = subprocess.run([sys.executable, "-m", "ikecore", "connect", f"127.0.0.1:{port}", "--local", "127.0.0.2",
+                               "--cert", client_cert, "--key", client_key, "--ca", ca_path, "--json"],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        main = result["main_mode"]
+        assert main["authentication"] == "RSA signature"
+        assert main["peer_id"] == "CN=responder.test,O=ikecore test,C=CH"
+        assert len(result["quick_mode"]) == 1
+        missing = subprocess.run([sys.executable, "-m", "ikecore", "connect", f"127.0.0.1:{port}",
+                                  "--cert", client_cert], capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL)
+        assert missing.returncode == 2 and "go together" in missing.stderr
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -261,15 +261,21 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
                       remote: str = "any", mode: str = "tunnel", local_ts: str | None = None,
                       remote_ts: str | None = None, my_id: str | None = None,
                       keylog: str | None = None, timing: Timing | None = None,
-                      aggressive: bool = False, nat_traversal: str = "auto") -> Config:
-    """The one-filter config that ``serve``/``connect`` flags describe."""
-    if not psk:
-        raise ConfigError("--psk", "a pre-shared key is required")
+                      aggressive: bool = False, nat_traversal: str = "auto",
+                      credentials: Any = None) -> Config:
+    """The one-filter config that ``serve``/``connect`` flags describe.
+
+    ``credentials`` (``ikecore.auth.Credentials``): RSA signatures, preferred over ``psk``.
+    """
+    if not psk and credentials is None:
+        raise ConfigError("--psk", "a pre-shared key (or --cert, --key and --ca) is required")
+    methods = ((policy.AuthenticationMethod(wire.AuthMethod.RSA_SIG),) if credentials is not None else ()) + (
+        (policy.AuthenticationMethod(secret=psk.encode()),) if psk else ())
     ike_policy = policy.IkePolicy("default", policy.parse_ike_proposals(ike, field_name="--ike"))
     esp_policy = policy.EspPolicy("default", policy.parse_esp_proposals(esp, field_name="--esp"), mode)
     generic = policy.GenericFilter(
         name="default", source="me", destination=remote, ike_policy="default",
-        authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
+        authentication_methods=methods, credentials=credentials,
         local_ts=local_ts, remote_ts=remote_ts, aggressive=aggressive,
         nat_traversal=_nat_traversal(nat_traversal, "--nat-t"))
     return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},
