@@ -226,3 +226,24 @@ def test_quick_mode_window_paces_our_quick_modes_and_rekeys() -> None:
     link.pump()
     assert len(link.of("initiator", ev.Rekeyed)) == 6
     assert_consistent(link, 6)
+
+
+def test_a_rebooted_peer_s_new_main_mode_adopts_nothing() -> None:
+    """INITIAL-CONTACT: the old IPsec SAs are stale and go with the old ISAKMP SA."""
+    from ikecore.driver import MemoryDriver
+    from ikecore.engine import Engine
+
+    from helpers import seeded_random
+
+    link = Link(config(margin=0), config(margin=0))
+    link.connect()
+    (old_sa,) = link.responder.sas()
+    (old_ipsec,) = old_sa.ipsec_sas
+    link.initiator = Engine(config(margin=0), driver=MemoryDriver(), random=seeded_random(99))
+    link.initiator_driver = link.initiator.driver  # type: ignore[assignment]
+    link.connect()
+    (new_sa,) = link.responder.sas()
+    assert new_sa is not old_sa and new_sa.initial_contact
+    assert [s.spi_in for s in new_sa.ipsec_sas] != [old_ipsec.spi_in] and len(new_sa.ipsec_sas) == 1
+    assert not link.of("responder", ev.Rekeyed)
+    assert old_ipsec.spi_in not in link.responder_driver.inbound

@@ -174,7 +174,10 @@ def isakmp_established(engine: Engine, sa: IsakmpSa, now: float) -> None:
             engine._push_timer(at, sa.handle, 0, "rekey")
     if sa.role is Role.RESPONDER:
         # The peer re-authenticated: adopt the IPsec SAs of its older ISAKMP SAs, which it
-        # is about to delete (charon's IKEv1 "adopt children" does the same).
+        # is about to delete (charon's IKEv1 "adopt children" does the same) -- unless it
+        # sent INITIAL-CONTACT: then it rebooted and those SAs are stale, not adopted.
+        if sa.initial_contact:
+            return
         for old in engine.sas():
             if (old is not sa and old.state is Phase1State.ESTABLISHED and old.remote == sa.remote
                     and old.peer_id is not None and sa.peer_id is not None and old.peer_id.body == sa.peer_id.body
