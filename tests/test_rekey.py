@@ -247,3 +247,49 @@ def test_a_rebooted_peer_s_new_main_mode_adopts_nothing() -> None:
     assert [s.spi_in for s in new_sa.ipsec_sas] != [old_ipsec.spi_in] and len(new_sa.ipsec_sas) == 1
     assert not link.of("responder", ev.Rekeyed)
     assert old_ipsec.spi_in not in link.responder_driver.inbound
+
+
+def kb_config(margin: float) -> Any:
+    return config_from_dict({
+        "ike_policy": {"default": {"proposals": "aes128-sha256-modp2048", "lifetime_kilobytes": 2}},
+        "timing": {"retransmit_timeout": 1.0, "retransmit_tries": 3, "negotiation_timeout": 30.0,
+                   "rekey_margin": margin},
+        "filter": [{"name": "peer", "psk": "secret"}],
+    })
+
+
+def test_isakmp_kilobyte_lifetime_is_offered_counted_and_enforced() -> None:
+    link = Link(kb_config(0), kb_config(0))
+    handle = link.connect()
+    sa, responder_sa = link.initiator.sa(handle), link.responder.sas()[0]
+    assert sa.chosen.lifetime_kilobytes == responder_sa.chosen.lifetime_kilobytes == 2
+    mm1 = wire.parse(link.sent[0][1])
+    attrs = [(a.type, a.int_value) for a in mm1.payloads[0].proposals[0].transforms[0].attributes]
+    assert (wire.OakleyAttribute.LIFE_TYPE, wire.LifeType.KILOBYTES) in attrs
+    assert (wire.OakleyAttribute.LIFE_DURATION, 2) in attrs
+    assert 0 < sa.octets < 2048  # QM1 + QM2 + QM3 so far; Main Mode itself is not counted
+    for _ in range(20):
+        if link.initiator.sa(handle) is None:
+            break
+        link.initiator.initiate_quick_mode(handle, link.now)
+        link.pump()
+    assert link.initiator.sa(handle) is None
+    (gone,) = [e for e in link.of("initiator", ev.SaDeleted) if e.phase == 1]
+    assert gone.reason == "kilobyte lifetime expired"
+
+
+def test_isakmp_kilobyte_lifetime_rekeys_at_ninety_percent() -> None:
+    link = Link(kb_config(10), kb_config(10))
+    handle = link.connect()
+    for _ in range(20):
+        if link.of("initiator", ev.RekeyStarted):
+            break
+        link.initiator.initiate_quick_mode(handle, link.now)
+        link.pump()
+    (started,) = link.of("initiator", ev.RekeyStarted)
+    assert started.phase == 1
+    link.pump()
+    (new_sa,) = link.initiator.sas()
+    assert new_sa.handle != handle and new_sa.octets < 2048 * 0.9
+    assert len(new_sa.ipsec_sas) >= 3  # the IPsec SAs moved over
+    assert_consistent(link, len(new_sa.ipsec_sas))
