@@ -276,6 +276,8 @@ def test_isakmp_kilobyte_lifetime_is_offered_counted_and_enforced() -> None:
     assert link.initiator.sa(handle) is None
     (gone,) = [e for e in link.of("initiator", ev.SaDeleted) if e.phase == 1]
     assert gone.reason == "kilobyte lifetime expired"
+    assert not link.responder.sas()  # told with a Delete (or at its own count)
+    assert pairs(link) == (set(), set())
 
 
 def test_isakmp_kilobyte_lifetime_rekeys_at_ninety_percent() -> None:

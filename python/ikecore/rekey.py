@@ -159,8 +159,9 @@ def count_octets(engine: Engine, sa: IsakmpSa, octets: int, now: float) -> None:
     sa.octets += octets
     limit = chosen.lifetime_kilobytes * 1024
     if sa.octets >= limit:
-        if engine.sa(sa.handle) is sa:
-            engine._remove_sa(sa, "kilobyte lifetime expired", notify_peer=False)
+        if engine.sa(sa.handle) is sa and not sa.superseded:
+            sa.superseded = True  # also guards against the Delete below, which is counted too
+            engine._remove_sa(sa, "kilobyte lifetime expired", notify_peer=True)
     elif (before < SOFT_FRACTION * limit <= sa.octets and sa.role is Role.INITIATOR
           and engine.config.timing.rekey_margin > 0):
         fire_isakmp_rekey(engine, sa, now)
