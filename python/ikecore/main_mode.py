@@ -14,6 +14,10 @@ Design note
     I_EXPECT_MM6          <-- (MM6)      HDR*, IDir, HASH_R
     ESTABLISHED (verify HASH_R)
 
+With RSA signatures MM3 and MM4 add CR payloads (our CAs), MM5/MM6 carry
+``ID, CERT, SIG_I/SIG_R`` instead of ``ID, HASH`` and SKEYID = prf(Ni_b | Nr_b, g^xy);
+the rows require only the ID and the handlers check HASH or CERT/SIG by method.
+
 The state names say which message the SA waits for. ``TRANSITIONS`` maps (state,
 exchange type) to a row: the handler, the next state, the payloads the message must
 carry and whether it must be encrypted. The engine looks the row up; a message with
