@@ -48,10 +48,22 @@ def assert_consistent(link: Link, count: int) -> None:
     _keys_agree(link)
 
 
+def flush(link: Link) -> None:
+    """Deliver what the engines queued (Link.advance may stop with datagrams pending)."""
+    for _ in range(20):
+        batch = link.collect()
+        if not batch:
+            break
+        for side, datagram in batch:
+            link.deliver(side, datagram)
+    link.drain_events()
+
+
 def step_through(link: Link, seconds: float, count: int = 1) -> None:
     """Advance second by second; every second both sides hold at least ``count`` SAs."""
     for _ in range(int(seconds)):
         link.advance(1.0)
+        flush(link)
         mine, theirs = pairs(link)
         assert len(mine) >= count and len(theirs) >= count, link.now
 

@@ -633,6 +633,8 @@ class Engine:
             self._remove_sa(sa, "lifetime expired", notify_peer=True)
         elif kind == "rekey":
             rekey.fire_isakmp_rekey(self, sa, now)
+        elif kind == "retire":
+            rekey.retire(self, sa)
         elif kind == "nat-keepalive" and sa.state is Phase1State.ESTABLISHED:
             self._send_raw(KEEPALIVE, sa.remote, sa.local, False)  # RFC 3948 2.3: one 0xFF, no marker
             self._emit(ev.NatKeepaliveSent(time=now, handle=sa.handle))

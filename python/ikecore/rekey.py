@@ -19,7 +19,9 @@ Timers (``Timing.rekey_margin`` seconds, 0 = never rekey, only expire):
 * Phase 1 (initiator of the ISAKMP SA only, so phase 1 rekeys never collide): at
   ``expires - margin - jitter`` a new Main Mode to the same peer and filter starts; once
   established it adopts the old SA's IPsec SAs (IKEv1 IPsec SAs outlive the ISAKMP SA
-  that made them) and the old ISAKMP SA is deleted.
+  that made them) and the old ISAKMP SA is deleted one retransmission timeout later
+  (charon adopts its CHILD_SAs when the new IKE_SA checks in; a Delete that overtakes
+  that takes them along -- seen in interop).
 * Kilobytes: the engine sees no ESP traffic; the driver reports soft/hard byte limits
   with ``Engine.ipsec_lifetime_expired(spi_in, hard=...)``: soft rekeys, hard deletes.
   An ISAKMP SA's kilobytes count the ISAKMP messages it carries once established
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from ikecore.engine import Engine
 
 __all__ = ["jitter", "ipsec_established", "fire_ipsec_rekey", "isakmp_established", "fire_isakmp_rekey",
-           "rekey_ipsec", "lifetime_expired"]
+           "rekey_ipsec", "lifetime_expired", "count_octets", "retire"]
 
 
 def jitter(engine: Engine, margin: float) -> float:
@@ -193,7 +195,15 @@ def isakmp_established(engine: Engine, sa: IsakmpSa, now: float) -> None:
     _adopt(engine, sa, previous)
     engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=previous.handle, old_spi=None,
                             new_spi=None))
-    engine._remove_sa(previous, "rekeyed", notify_peer=True)
+    # Delete the old one a little later: a peer that adopts its CHILD_SAs when the new SA
+    # checks in (charon) must not see the Delete first, or the children go with it.
+    engine._push_timer(now + engine.config.timing.retransmit_timeout, previous.handle, 0, "retire")
+
+
+def retire(engine: Engine, sa: IsakmpSa) -> None:
+    """The grace period of a rekeyed ISAKMP SA is over: delete it (Delete to the peer)."""
+    if sa.superseded and engine.sa(sa.handle) is sa and sa.state is Phase1State.ESTABLISHED:
+        engine._remove_sa(sa, "rekeyed", notify_peer=True)
 
 
 def _adopt(engine: Engine, sa: IsakmpSa, old: IsakmpSa) -> None:
