@@ -23,10 +23,14 @@ event: ``AcquireSucceeded`` (Quick Mode SAs installed, or ``soft=True``) or
 
 *Active* acquires have their own negotiation in flight (the one that started the Main
 Mode, or one whose Quick Mode runs); *queued* ones wait behind another acquire's Main Mode
-to the same peer. Active Acquire counts active + queued (the seed: "the outstanding request
-and the number of queued requests"), Acquire Heap Size counts the heap's entries; both are
-gauges read at snapshot time. Driver failures (Get SPI, key addition, key update) fail the
-Quick Mode and so the acquire; the engine counts them as events.
+to the same peer. The monitor counts every negotiation we run as an outstanding acquire
+(``connect``/``initiate`` and rekeys are acquires too) and adds the queued ones from
+``counts()``: Active Acquire = outstanding + queued (the seed: "the outstanding request and
+the number of queued requests") = Acquire Heap Size. Acquire Failures count failed
+negotiations of ours plus acquires that failed without one (no filter, queued behind a
+Main Mode that failed, SA deleted); a
+soft SA follows a failed (unanswered) Main Mode, which stays counted as such. Driver
+failures (Get SPI, key addition, key update) fail the Quick Mode and so the acquire.
 
 The heap follows the engine's events (``observe``), so every path that ends a negotiation
 -- replies, timeouts, retransmission limits, deletes -- settles the acquires waiting on it.
@@ -92,8 +96,8 @@ class AcquireHeap:
         return bool(self._entries)
 
     def counts(self) -> tuple[int, int]:
-        """(active + queued acquires, heap entries)."""
-        return len(self._entries), len(self._heap)
+        """(acquires in the heap, of which queued: no negotiation of their own in flight)."""
+        return len(self._entries), sum(1 for entry in self._entries.values() if not entry.active)
 
     def soft_snapshot(self, now: float) -> list[dict[str, Any]]:
         self._soft = [s for s in self._soft if s.expires > now]
@@ -110,7 +114,7 @@ class AcquireHeap:
         try:
             flt = engine._filter(local, remote, filter_name)
         except ConfigError as exc:
-            engine._emit(ev.AcquireFailed(time=now, acquire=ident, reason=str(exc)))
+            engine._emit(ev.AcquireFailed(time=now, acquire=ident, reason=str(exc), cause="filter"))
             return ident
         self._soft = [s for s in self._soft if s.expires > now]
         if any(s.remote[0] == remote[0] and s.filter_name == flt.name for s in self._soft):
@@ -147,13 +151,13 @@ class AcquireHeap:
         entry.message_id = message_id
 
     def _finish(self, engine: Engine, entry: Acquire, now: float, *, failed: str | None = None,
-                spi_in: bytes | None = None, soft: bool = False) -> None:
+                spi_in: bytes | None = None, soft: bool = False, cause: str = "negotiation") -> None:
         if self._entries.pop(entry.ident, None) is None:
             return
         self._heap = [item for item in self._heap if item[1] != entry.ident]
         heapq.heapify(self._heap)
         if failed is not None:
-            engine._emit(ev.AcquireFailed(time=now, acquire=entry.ident, reason=failed))
+            engine._emit(ev.AcquireFailed(time=now, acquire=entry.ident, reason=failed, cause=cause))
         else:
             engine._emit(ev.AcquireSucceeded(time=now, acquire=entry.ident, handle=entry.handle or 0,
                                              spi_in=spi_in, soft=soft))
@@ -185,7 +189,7 @@ class AcquireHeap:
         elif isinstance(event, ev.SaDeleted) and event.phase == 1:
             for entry in self._ordered():
                 if entry.handle == event.handle:
-                    self._finish(engine, entry, now, failed=f"ISAKMP SA deleted: {event.reason}")
+                    self._finish(engine, entry, now, failed=f"ISAKMP SA deleted: {event.reason}", cause="deleted")
 
     def _phase1_failed(self, engine: Engine, waiting: list[Acquire], event: ev.Phase1Failed, now: float) -> None:
         sa = engine.sa(event.handle)
@@ -200,5 +204,6 @@ class AcquireHeap:
             for entry in waiting:
                 self._finish(engine, entry, now, soft=True)
             return
-        for entry in waiting:
-            self._finish(engine, entry, now, failed=f"Main Mode failed: {event.reason}")
+        for entry in waiting:  # queued ones had no negotiation of their own to count
+            self._finish(engine, entry, now, failed=f"Main Mode failed: {event.reason}",
+                         cause="negotiation" if entry.active else "queued")

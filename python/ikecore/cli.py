@@ -1,6 +1,7 @@
 """The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only.
 
-Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``demo`` (the
+Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``monitor`` (views of a
+running gateway, ``ikecore.monitor_cli``), ``demo`` (the
 self-contained main job of ``make run``) and ``decode`` (ISAKMP dissector).
 User errors print one line naming the flag and the fix, and exit 2.
 """
@@ -17,12 +18,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode
+from ikecore import __version__, decode, monitor_cli
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
 from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, Statistic, display_name
 from ikecore.transport import Gateway, local_address_towards
+from ikecore.views import Views
 
 __all__ = ["main", "build_parser", "format_table"]
 
@@ -109,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="repeatable")
     serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.add_argument("--control", nargs="?", const="", metavar="PATH",
+                       help="serve the monitor's control socket (default path: $IKECORE_CONTROL, "
+                            "$XDG_RUNTIME_DIR/ikecore.sock or /tmp/ikecore-UID.sock)")
+    serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics at /metrics")
     _add_proposal_flags(serve)
+
+    monitor_cli.add_parser(sub)
 
     demo = sub.add_parser("demo", help="a gateway and simulated peers on loopback")
     demo.add_argument("--peers", type=int, default=200)
@@ -203,6 +211,7 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
     print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
+    services = await monitor_cli.start_services(gateway, args.control, args.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -218,6 +227,7 @@ async def _serve(args: argparse.Namespace) -> int:
         for sa in engine.sas():
             engine.delete(sa.handle, loop.time(), "gateway shutting down")
         gateway._flush()
+        services.close()
         gateway.close()
     return 0
 
@@ -256,16 +266,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
         if responder_monitor.counters[Statistic.IKE_QUICK_MODE] >= ok:
             break
         await asyncio.sleep(0.01)
-    now = gateway.loop.time()
-    rows = sorted(responder.snapshot(now), key=lambda r: tuple(int(x) for x in r["peer"].split(".")))
-    out.write(f"\nMain Mode security associations at the gateway ({len(rows)}):\n")
-    shown = rows if len(rows) <= 12 else rows[:6] + [{c: "..." for c in MAIN_MODE_SA_COLUMNS}] + rows[-5:]
-    out.write(format_table(shown, MAIN_MODE_SA_COLUMNS) + "\n")
-    stats = responder_monitor.statistics(responder)
-    out.write("\nMain Mode statistics at the gateway:\n")
-    out.write(format_table([{"statistic": display_name(k), "value": v} for k, v in stats.items()],
-                           ["statistic", "value"]).replace("statistic", "Statistic", 1).replace(
-                               "value", "Value", 1) + "\n")
+    monitor_cli.demo_report(out, Views(responder, responder_monitor, clock=gateway.loop.time))
     out.write(f"\n{ok}/{args.peers} peers established Main Mode + Quick Mode in {elapsed:.2f} s "
               f"({ok / elapsed if elapsed else 0:.0f} SAs per second)\n")
     for sa in initiator.sas():
@@ -290,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return asyncio.run(_demo(args, sys.stdout))
         if args.command == "decode":
+            return int(args.handler(args))
+        if args.command == "monitor":
             return int(args.handler(args))
     except ConfigError as exc:
         print(f"ikecore {args.command}: {exc}", file=sys.stderr)

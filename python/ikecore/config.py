@@ -68,6 +68,8 @@ class Config:
     filters: tuple[policy.GenericFilter, ...] = ()
     timing: Timing = Timing()
     keylog: str | None = None
+    dhcp_servers: tuple[str, ...] = ()  # what the DHCP Server keyword means when the host has no lease
+    wins_servers: tuple[str, ...] = ()  # what the WINS Servers keyword means
 
     def filter_for(self, local: str, remote: str) -> policy.GenericFilter | None:
         """The first generic filter (by weight, then order) that matches the address pair."""
@@ -204,7 +206,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from parsed TOML; raises ConfigError naming the key."""
     _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing"}, "config")
     gateway = _get(data, "gateway", dict, "config", {})
-    _check_keys(gateway, {"listen", "my_id", "keylog"}, "gateway")
+    _check_keys(gateway, {"listen", "my_id", "keylog", "dhcp_servers", "wins_servers"}, "gateway")
+    servers = {key: tuple(parse_endpoint(str(item), 0, f"gateway.{key}")[0]
+                          for item in _get(gateway, key, list, "gateway", []))
+               for key in ("dhcp_servers", "wins_servers")}
     listen_list = _get(gateway, "listen", list, "gateway", ["0.0.0.0:500", "0.0.0.0:4500"])
     listen = tuple(parse_endpoint(str(item), 500, "gateway.listen") for item in listen_list)
 
@@ -241,7 +246,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     timing = Timing(**{k: float(v) if k != "retransmit_tries" else int(v) for k, v in timing_table.items()})
     return Config(listen=listen, my_id=_get(gateway, "my_id", str, "gateway"), ike_policies=ike,
                   esp_policies=esp, filters=filters, timing=timing,
-                  keylog=_get(gateway, "keylog", str, "gateway"))
+                  keylog=_get(gateway, "keylog", str, "gateway"), **servers)
 
 
 def load_config(path: str) -> Config:

@@ -263,7 +263,7 @@ class Engine:
         return self._acquires.start(self, remote, local, now, filter_name)
 
     def acquire_counts(self) -> tuple[int, int]:
-        """(active acquires, acquire heap size) for the monitor."""
+        """(acquires pending, of which queued behind another acquire's Main Mode)."""
         return self._acquires.counts()
 
     def soft_sas(self, now: float) -> list[dict[str, Any]]:
@@ -365,7 +365,8 @@ class Engine:
                 self._resend_reply(sa, sa.last_sent, AM)  # AM2 again: our AM3 was lost
             return
         message = wire.parse(data)
-        self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, message_number=0, length=len(data)))
+        self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, length=len(data),
+                                       message_number=_message_number(sa, exchange_type, message.message_id)))
         if exchange_type == AM:
             # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
             self._dispatch(sa, message, data, now)
@@ -585,6 +586,8 @@ class Engine:
         if payload.notify_type == wire.NotifyType.R_U_THERE:
             ack = informational.notify(wire.NotifyType.R_U_THERE_ACK, spi=payload.spi, data=payload.data)
             self._send(sa, informational.build_protected(sa, [ack], self._message_id(sa)), INFO, 1)
+            self._emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
+                                     notify_type=wire.NotifyType.R_U_THERE_ACK, protected=True))
         elif payload.notify_type == wire.NotifyType.R_U_THERE_ACK:
             dpd.on_ack(sa, payload, now)
         elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
@@ -796,6 +799,8 @@ class Engine:
         if notify_peer and sa.state is Phase1State.ESTABLISHED:
             delete = informational.delete_isakmp(sa)
             self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
+            self._emit(ev.DeleteSent(time=self._now, handle=sa.handle, protocol_id=wire.ProtocolId.ISAKMP,
+                                     spis=(sa.initiator_cookie + sa.responder_cookie,)))
         sa.state = Phase1State.DELETED
         self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=1, spi=None, reason=reason))
         self._forget(sa)
@@ -807,6 +812,8 @@ class Engine:
         if notify_peer and sa.state is Phase1State.ESTABLISHED:
             delete = informational.delete_esp([ipsec.spi_in])
             self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
+            self._emit(ev.DeleteSent(time=self._now, handle=sa.handle, protocol_id=wire.ProtocolId.IPSEC_ESP,
+                                     spis=(ipsec.spi_in,)))
         for spi, destination in ((ipsec.spi_in, sa.local[0]), (ipsec.spi_out, sa.remote[0])):
             try:
                 self.driver.delete(spi, destination, wire.ProtocolId.IPSEC_ESP)
@@ -841,6 +848,19 @@ def wire_error(reason: str, notify_type: int | None = None) -> RemoteProtocolErr
     from ikecore.errors import PayloadMalformed
 
     return PayloadMalformed(reason, notify_type=notify_type)
+
+
+def _message_number(sa: IsakmpSa, exchange_type: int, message_id: int) -> int:
+    """Which message of its exchange a received datagram is (1-based; 0 when unknown)."""
+    if exchange_type in (MM, AM):
+        table = main_mode.TRANSITIONS if exchange_type == MM else aggressive_mode.TRANSITIONS
+        row = table.get((sa.state, exchange_type))
+        return row.message_number if row is not None else 0
+    if exchange_type == QM:
+        qm = sa.quick_modes.get(message_id)
+        qm_row = quick_mode.TRANSITIONS.get((qm.state if qm else Phase2State.R_EXPECT_QM1, QM))
+        return qm_row.message_number if qm_row is not None else 0
+    return 1 if exchange_type == INFO else 0
 
 
 def _notify_name(notify_type: int) -> str:

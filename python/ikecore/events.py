@@ -18,7 +18,7 @@ __all__ = [
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
     "RekeyStarted", "Rekeyed", "RekeyCollision", "ResponderLifetime", "AcquireStarted",
     "AcquireSucceeded", "AcquireFailed", "SoftSaCreated",
-    "DeadPeerDetected", "NatKeepaliveSent",
+    "DeadPeerDetected", "NatKeepaliveSent", "DeleteSent",
 ]
 
 
@@ -260,8 +260,14 @@ class AcquireSucceeded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AcquireFailed(Event):
+    """An acquire ended without SAs. ``cause``: "negotiation" (its own Main or Quick Mode
+    failed, already reported and counted as such), "queued" (it waited behind another
+    acquire's Main Mode, which failed), "filter" (no filter for the flow) or "deleted" (the
+    ISAKMP SA it waited on went away)."""
+
     acquire: int
     reason: str
+    cause: str = "negotiation"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,3 +294,12 @@ class NatKeepaliveSent(Event):
     """A NAT keepalive (RFC 3948 section 2.3) left for the peer of ISAKMP SA ``handle``."""
 
     handle: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteSent(Event):
+    """We told the peer, in a protected Informational, that SAs are gone."""
+
+    handle: int
+    protocol_id: int
+    spis: tuple[bytes, ...]

@@ -1,21 +1,37 @@
 """The monitor (layer L5): the IP Security Monitor's statistics and views.
 
 Counters are an enum updated in one place, ``Monitor.observe(event)``, from the engine's
-events (never incremented inside handlers). Gauges (list sizes, heaps) are read from the
-engine at snapshot time. Views are lists of dicts with snake_case keys; tables show the
-seed's display names as column headers.
+events (never incremented inside handlers); the transport adds Send/Receive Failures. The
+gauges follow the same events, so ``statistics()`` is constant time:
+
+* ISADB List Size: ISAKMP SAs started and not yet failed or deleted;
+* Connection List Size: Quick Mode exchanges in progress plus installed IPsec SA pairs;
+* Active Acquire: our own negotiations (Main/Aggressive and Quick Mode) in progress;
+  Acquire Heap Size: the gateway's ``connect`` calls waiting (the same set without one);
+* Active Receive, Receive Heap Size: ikecore handles each datagram as the event loop reads
+  it and keeps no receive queue of its own, so both are 0; the kernel's queue in front of
+  the sockets is exported as bytes and drops (``ikecore.exporters``);
+* Soft Associations: 0, ikecore never falls back to cleartext.
+
+Beyond the seed, ``extended`` counts ``prefix:label...`` keys: messages by exchange, number
+and direction, retransmissions, notifies by type, DPD, deletes, failures by phase and
+reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
+histograms of negotiation times. The views (``ikecore.views``) read all of it.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from ikecore import events as ev
 from ikecore import wire
 
-__all__ = ["Statistic", "Monitor", "MAIN_MODE_SA_COLUMNS", "QUICK_MODE_SA_COLUMNS", "display_name"]
+__all__ = ["Statistic", "Monitor", "Histogram", "failure_reason", "DURATION_BUCKETS", "MAIN_MODE_SA_COLUMNS",
+           "QUICK_MODE_SA_COLUMNS", "display_name"]
 
 
 class Statistic(enum.Enum):
@@ -69,32 +85,104 @@ def display_name(key: str) -> str:
     return _DISPLAY.get(key) or next((s.value for s in Statistic if s.key == key), key)
 
 
+#: Upper bounds (seconds) of the negotiation-time histogram buckets (the last is +Inf).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Histogram:
+    """Fixed-bucket histogram of durations: constant memory, Prometheus-shaped."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last bucket: above every bound
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, cumulative count)`` pairs ending with ``+Inf``, as Prometheus wants them."""
+        out, running = [], 0
+        for bound, count in zip(self.bounds + (float("inf"),), self.counts):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"buckets": dict(self.cumulative()), "sum": self.total, "count": self.count}
+
+
 class Monitor:
-    """Counts engine events; the transport adds socket failures and queue gauges."""
+    """Counts engine events; the transport adds socket failures and queue gauges.
+
+    Every counter changes in ``observe`` (from an engine event) or in ``send_failed`` /
+    ``receive_failed`` (from the transport). The gauges of the seed are kept up to date
+    from the same events (sets keyed by SA handle and Message ID), so ``statistics`` runs
+    in constant time whatever the number of SAs. ``gauges`` lets the transport add the
+    gauges only it can see (for example Acquire Heap Size: its pending ``connect`` calls).
+    """
 
     def __init__(self) -> None:
         self.counters: Counter[Statistic] = Counter()
         self.extended: Counter[str] = Counter()
-        self.phase1_times: list[float] = []
-        self.phase2_times: list[float] = []
+        self.phase1_time = Histogram()
+        self.phase2_time = Histogram()
         self.active_receive = 0
         self.receive_heap_size = 0
+        self.gauges: dict[Statistic, Callable[[], int]] = {}
+        self._isadb: set[int] = set()                      # handles of live ISAKMP SAs
+        self._acquiring: set[tuple[int, int]] = set()      # our negotiations in progress
+        self._qm_pending: dict[int, set[int]] = {}         # handle -> Message IDs in progress
+        self._qm_established: dict[int, int] = {}          # handle -> IPsec SA pairs
+        self._qm_pending_total = 0
+        self._qm_established_total = 0
 
     def observe(self, event: ev.Event) -> None:
         """Update the counters from one engine event (the only place they change)."""
         c, x = self.counters, self.extended
-        if isinstance(event, ev.Phase1Established):
+        if isinstance(event, ev.Phase1Started):
+            self._isadb.add(event.handle)
+            x[f"phase1_started:{event.role}"] += 1
+            if event.role == "initiator":
+                self._acquiring.add((event.handle, 0))
+        elif isinstance(event, ev.Phase1Established):
             c[Statistic.IKE_MAIN_MODE] += 1
-            self.phase1_times.append(event.duration)
+            x[f"phase1_established:{event.role}"] += 1
+            self._acquiring.discard((event.handle, 0))
+            self.phase1_time.observe(event.duration)
+        elif isinstance(event, ev.Phase2Started):
+            pending = self._qm_pending.setdefault(event.handle, set())
+            if event.message_id not in pending:
+                pending.add(event.message_id)
+                self._qm_pending_total += 1
+            x[f"phase2_started:{event.role}"] += 1
+            if event.role == "initiator":
+                self._acquiring.add((event.handle, event.message_id))
         elif isinstance(event, ev.Phase2Established):
             c[Statistic.IKE_QUICK_MODE] += 1
-            self.phase2_times.append(event.duration)
+            x[f"phase2_established:{event.role}"] += 1
+            self._qm_done(event.handle, event.message_id)
+            if event.handle in self._isadb:
+                self._qm_established[event.handle] = self._qm_established.get(event.handle, 0) + 1
+                self._qm_established_total += 1
+            self.phase2_time.observe(event.duration)
         elif isinstance(event, ev.Phase1Failed):
             c[Statistic.NEGOTIATION_FAILURES] += 1
-            x[f"phase1_failures:{event.reason.split(';')[0][:60]}"] += 1
+            x[f"failures:phase1:{failure_reason(event.reason, event.notify_type)}"] += 1
+            if event.role == "initiator":
+                c[Statistic.ACQUIRE_FAILURES] += 1
+            self._phase1_gone(event.handle)
         elif isinstance(event, ev.Phase2Failed):
             c[Statistic.NEGOTIATION_FAILURES] += 1
-            x["phase2_failures"] += 1
+            x[f"failures:phase2:{failure_reason(event.reason, event.notify_type)}"] += 1
+            if event.role == "initiator":
+                c[Statistic.ACQUIRE_FAILURES] += 1
+            self._qm_done(event.handle, event.message_id)
         elif isinstance(event, ev.AuthenticationFailed):
             c[Statistic.AUTHENTICATION_FAILURES] += 1
             x["authentication_failures:" + ("hash" if "HASH" in event.reason else "decryption")] += 1
@@ -102,6 +190,7 @@ class Monitor:
             c[Statistic.INVALID_COOKIES_RECEIVED] += 1
         elif isinstance(event, ev.InvalidPacketReceived):
             c[Statistic.INVALID_PACKETS_RECEIVED] += 1
+            x[f"invalid_packets:{_notify_name(event.notify_type) if event.notify_type else 'dropped'}"] += 1
         elif isinstance(event, ev.SpiAllocated):
             c[Statistic.TOTAL_GET_SPI] += 1
             c[Statistic.TOTAL_ACQUIRE] += 1
@@ -114,26 +203,43 @@ class Monitor:
             c[Statistic.KEY_UPDATES] += 1
             c[Statistic.TOTAL_ACQUIRE] += 1
         elif isinstance(event, ev.DriverFailed):
+            x[f"driver_failures:{event.operation}"] += 1
             if event.operation == "add_outbound":
                 c[Statistic.KEY_ADDITION_FAILURES] += 1
+                c[Statistic.TOTAL_ACQUIRE] += 1
             elif event.operation == "update_inbound":
                 c[Statistic.KEY_UPDATE_FAILURES] += 1
+                c[Statistic.TOTAL_ACQUIRE] += 1
         elif isinstance(event, ev.DatagramReceived):
-            x[f"messages_received:{_exchange_name(event.exchange_type)}"] += 1
+            x[f"messages:{_exchange_name(event.exchange_type)}:{event.message_number}:in"] += 1
         elif isinstance(event, ev.DatagramSent):
-            x[f"messages_sent:{_exchange_name(event.exchange_type)}"] += 1
+            x[f"messages:{_exchange_name(event.exchange_type)}:{event.message_number}:out"] += 1
         elif isinstance(event, ev.RetransmitSent):
-            x["retransmissions"] += 1
+            x[f"retransmissions:{_exchange_name(event.exchange_type)}:out"] += 1
         elif isinstance(event, ev.DuplicateReceived):
-            x["duplicates_answered"] += 1
+            x[f"retransmissions:{_exchange_name(event.exchange_type)}:in"] += 1
         elif isinstance(event, ev.NotifyReceived):
-            x[f"notifies_received:{_notify_name(event.notify_type)}"] += 1
+            x[f"notifies:{_notify_name(event.notify_type)}:in"] += 1
+            if event.notify_type in _DPD:
+                x[f"dpd:{_DPD[event.notify_type]}:in"] += 1
         elif isinstance(event, ev.NotifySent):
-            x[f"notifies_sent:{_notify_name(event.notify_type)}"] += 1
+            x[f"notifies:{_notify_name(event.notify_type)}:out"] += 1
+            if event.notify_type in _DPD:
+                x[f"dpd:{_DPD[event.notify_type]}:out"] += 1
+        elif isinstance(event, ev.DeleteReceived):
+            x[f"deletes:{_protocol_name(event.protocol_id)}:in"] += 1
+        elif isinstance(event, ev.DeleteSent):
+            x[f"deletes:{_protocol_name(event.protocol_id)}:out"] += 1
         elif isinstance(event, ev.SaDeleted):
-            x[f"deleted_phase{event.phase}"] += 1
+            x[f"sa_deleted:phase{event.phase}"] += 1
+            if event.phase == 1:
+                self._phase1_gone(event.handle)
+            elif self._qm_established.get(event.handle, 0) > 0:
+                self._qm_established[event.handle] -= 1
+                self._qm_established_total -= 1
         elif isinstance(event, ev.AcquireFailed):
-            c[Statistic.ACQUIRE_FAILURES] += 1
+            if event.cause != "negotiation":  # a failed negotiation was counted above already
+                c[Statistic.ACQUIRE_FAILURES] += 1
         elif isinstance(event, ev.SoftSaCreated):
             c[Statistic.SOFT_ASSOCIATIONS] += 1
         elif isinstance(event, ev.AcquireStarted):
@@ -146,6 +252,36 @@ class Monitor:
             x["responder_lifetime:" + ("sent" if event.sent else "honoured")] += 1
         elif isinstance(event, ev.DeadPeerDetected):
             x["dead_peers"] += 1
+        elif isinstance(event, ev.NatKeepaliveSent):
+            x["nat_keepalives:out"] += 1
+
+    @property
+    def ipsec_sa_count(self) -> int:
+        """IPsec SA pairs installed and not deleted."""
+        return self._qm_established_total
+
+    @property
+    def quick_modes_in_progress(self) -> int:
+        """Quick Mode exchanges started and not yet ended."""
+        return self._qm_pending_total
+
+    def _qm_done(self, handle: int, message_id: int) -> None:
+        pending = self._qm_pending.get(handle)
+        if pending is not None and message_id in pending:
+            pending.discard(message_id)
+            self._qm_pending_total -= 1
+            if not pending:
+                del self._qm_pending[handle]
+        self._acquiring.discard((handle, message_id))
+
+    def _phase1_gone(self, handle: int) -> None:
+        self._isadb.discard(handle)
+        pending = self._qm_pending.pop(handle, set())
+        self._qm_pending_total -= len(pending)
+        for message_id in pending:
+            self._acquiring.discard((handle, message_id))
+        self._acquiring.discard((handle, 0))
+        self._qm_established_total -= self._qm_established.pop(handle, 0)
 
     def send_failed(self) -> None:
         self.counters[Statistic.SEND_FAILURES] += 1
@@ -153,17 +289,26 @@ class Monitor:
     def receive_failed(self) -> None:
         self.counters[Statistic.RECEIVE_FAILURES] += 1
 
-    def statistics(self, engine: Any) -> dict[str, int]:
-        """All 23 statistics (snake_case keys, the seed's order) as of now."""
-        sas = engine.sas()
-        values = dict(self.counters)
-        values[Statistic.ISADB_LIST_SIZE] = len(sas)
-        values[Statistic.CONNECTION_LIST_SIZE] = sum(
-            len(sa.ipsec_sas) + sum(1 for qm in sa.quick_modes.values() if qm.state.value != "ESTABLISHED")
-            for sa in sas)
-        values[Statistic.ACTIVE_ACQUIRE], values[Statistic.ACQUIRE_HEAP_SIZE] = engine.acquire_counts()
+    def statistics(self, engine: Any = None) -> dict[str, int]:
+        """All 23 statistics (snake_case keys, the seed's order) as of now, in constant time.
+
+        ``engine`` is accepted for callers of the first version and not needed: the gauges
+        follow the events.
+        """
+        values: dict[Statistic, int] = dict(self.counters)
+        values[Statistic.ISADB_LIST_SIZE] = len(self._isadb)
+        values[Statistic.CONNECTION_LIST_SIZE] = self._qm_pending_total + self._qm_established_total
+        values[Statistic.ACTIVE_ACQUIRE] = len(self._acquiring)
+        values[Statistic.ACQUIRE_HEAP_SIZE] = len(self._acquiring)
+        # Acquires (Engine.acquire) queued behind another acquire's Main Mode have no
+        # negotiation of their own yet: the engine's acquire heap knows them.
+        queued = engine.acquire_counts()[1] if engine is not None and hasattr(engine, "acquire_counts") else 0
+        values[Statistic.ACTIVE_ACQUIRE] += queued
+        values[Statistic.ACQUIRE_HEAP_SIZE] += queued
         values[Statistic.ACTIVE_RECEIVE] = self.active_receive
         values[Statistic.RECEIVE_HEAP_SIZE] = self.receive_heap_size
+        for stat, read in self.gauges.items():
+            values[stat] = int(read())
         return {stat.key: int(values.get(stat, 0)) for stat in Statistic}
 
 
@@ -179,3 +324,26 @@ def _notify_name(notify_type: int) -> str:
         return wire.NotifyType(notify_type).name.lower()
     except ValueError:
         return str(notify_type)
+
+
+def _protocol_name(protocol_id: int) -> str:
+    try:
+        return wire.ProtocolId(protocol_id).name.lower()
+    except ValueError:
+        return str(protocol_id)
+
+
+_DPD: dict[int, str] = {wire.NotifyType.R_U_THERE: "r_u_there", wire.NotifyType.R_U_THERE_ACK: "r_u_there_ack"}
+
+
+def failure_reason(reason: str, notify_type: int | None) -> str:
+    """A bounded label for a failure: the Notify it carried, else a class of the reason text."""
+    if notify_type:
+        return _notify_name(notify_type)
+    text = reason.lower()
+    for needle, label in (("retransmission limit", "no_response"), ("timed out", "timeout"),
+                          ("no filter", "no_filter"), ("peer sent", "peer_notify"),
+                          ("driver", "driver"), ("proposal", "no_proposal_chosen")):
+        if needle in text:
+            return label
+    return "other"

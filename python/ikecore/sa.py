@@ -56,6 +56,8 @@ def id_to_text(id_type: int, data: bytes) -> str:
     """Readable form of an identification payload's data (RFC 2407 section 4.6.2)."""
     import ipaddress
 
+    if id_type == wire.IdType.IPV4_ADDR and len(data) == 4:
+        return "%d.%d.%d.%d" % tuple(data)  # the monitor lists many SAs: skip ipaddress here
     try:
         if id_type in (wire.IdType.IPV4_ADDR, wire.IdType.IPV6_ADDR):
             return str(ipaddress.ip_address(data))

@@ -82,6 +82,7 @@ class Gateway:
         self._waiters: dict[int, tuple[asyncio.Future[ConnectResult], ConnectResult, bool]] = {}
         self._local_cache: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[ev.Event], None]] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -134,6 +135,30 @@ class Gateway:
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self._endpoints.clear()
+
+    def add_listener(self, listener: Callable[[ev.Event], None]) -> None:
+        """Call ``listener`` with every engine event (after the monitor); it must not block."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[ev.Event], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def sa_events(self, *, maxsize: int = 10000) -> Any:
+        """An async iterator of this gateway's SA events (``ikecore.stream.SaEventStream``)."""
+        from ikecore.stream import SaEventStream
+
+        return SaEventStream(self, maxsize=maxsize)
+
+    def sockets(self) -> list[Any]:
+        """The gateway's UDP sockets (for kernel queue statistics; do not read from them)."""
+        return [ep.transport.get_extra_info("socket") for ep in self._endpoints.values()
+                if ep.transport is not None]
+
+    @property
+    def pending_connects(self) -> int:
+        """``connect`` calls waiting for their outcome (the monitor's Acquire Heap Size)."""
+        return len(self._waiters)
 
     def monitor_receive_failed(self) -> None:
         if self.monitor is not None:
@@ -198,6 +223,8 @@ class Gateway:
                 self._waiters.pop(handle, None)  # type: ignore[arg-type]
                 if not future.done():
                     future.set_result(result)
+        for listener in list(self._listeners):
+            listener(event)
         if self.on_event is not None:
             self.on_event(event)
 

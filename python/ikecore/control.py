@@ -1,0 +1,227 @@
+"""The gateway's control socket (layer L5): JSON requests over a unix socket.
+
+``ikecore serve --control PATH`` serves it; ``ikecore monitor`` asks it. The protocol is
+one JSON object per line each way (NDJSON), several requests per connection allowed:
+
+* ``{"op": "view", "mode": "main-mode", "view": "security-associations",
+  "columns": "me,peer,+state" | [...] | null, "sort": "peer:desc" | null, "all_columns": false}``
+  -> ``{"ok": true, "mode", "view", "columns", "rows", "time"}`` (rows: snake_case keys);
+* ``{"op": "views"}`` -> the modes, their views and every view's columns;
+* ``{"op": "ping"}`` -> ``{"ok": true}``.
+
+Errors answer ``{"ok": false, "error": "..."}`` and keep the connection. Each request is
+served on the gateway's event loop between two datagrams: a snapshot, never a wait on a
+negotiation (a listing of 100,000 SAs holds the loop for a few tenths of a second; the
+Main Mode SA list reuses each unchanged row's JSON, ``Views.query_json``). The socket is
+created mode 0600 (it shows who is connected). Clients: ``request`` (one connection per
+request) and ``ControlClient`` (one connection for many, as ``--watch`` and pollers use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import stat
+import time
+from typing import Any
+
+import orjson
+
+from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
+
+__all__ = ["ControlServer", "ControlClient", "request", "default_control_path", "ControlError"]
+
+MAX_REQUEST = 65536
+
+
+class ControlError(Exception):
+    """The control socket cannot be reached or answered with an error."""
+
+
+def default_control_path() -> str:
+    """``$IKECORE_CONTROL``, else ``$XDG_RUNTIME_DIR/ikecore.sock``, else ``/tmp/ikecore-UID.sock``."""
+    if os.environ.get("IKECORE_CONTROL"):
+        return os.environ["IKECORE_CONTROL"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ikecore.sock")
+    return f"/tmp/ikecore-{os.getuid()}.sock"
+
+
+class ControlServer:
+    """Serves ``views`` on a unix socket; ``await start(path)``, ``close()``."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.path: str | None = None
+        self.requests = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, path: str) -> None:
+        """Listen on ``path``; a stale socket file (no server behind it) is replaced."""
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(path)
+                except OSError:
+                    os.unlink(path)
+                else:
+                    raise OSError(f"another gateway is serving {path}")
+        old_mask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_REQUEST)
+        finally:
+            os.umask(old_mask)
+        self.path = path
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(b'{"ok": false, "error": "request longer than 65536 bytes"}\n')
+                    break
+                if not line:
+                    break
+                if b"security-associations" in line:
+                    await self._warm_rows()
+                writer.write(self.answer(line))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:  # the gateway is shutting down with this client connected
+            writer.close()
+            return
+        finally:
+            writer.close()
+        with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
+            await writer.wait_closed()
+
+    async def _warm_rows(self) -> None:
+        """Build stale Main Mode rows in slices of ``WARM_SLICE``, yielding to the event loop
+        between slices: the first listing of 100,000 SAs then never holds negotiations for
+        more than a slice's few milliseconds."""
+        stale = self.views.stale_rows()
+        for start in range(0, len(stale), self.WARM_SLICE):
+            self.views.build_rows(stale[start:start + self.WARM_SLICE])
+            await asyncio.sleep(0)
+
+    #: Rows built between two turns of the event loop (about 10 ms of work on an idle core).
+    WARM_SLICE = 1000
+
+    def answer(self, line: bytes) -> bytes:
+        """The response line for one request line (never raises)."""
+        self.requests += 1
+        try:
+            response = self.handle(orjson.loads(line))
+        except (ValueError, ViewError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            response = {"ok": False, "error": str(exc)}
+        rows = response.pop("rows_json", None)
+        if rows is None:
+            return orjson.dumps(response, default=str) + b"\n"
+        # Splice the rows, encoded by the views (with cached per-row JSON), into the answer.
+        return orjson.dumps(response, default=str)[:-1] + b',"rows":' + rows + b"}\n"
+
+    def handle(self, req: Any) -> dict[str, Any]:
+        if not isinstance(req, dict):
+            raise ViewError("a request is a JSON object")
+        op = req.get("op", "view")
+        if op == "ping":
+            return {"ok": True}
+        if op == "views":
+            return {"ok": True, "views": {mode: {view: {"columns": list(COLUMNS[(mode, view)]),
+                                                        "default": list(DEFAULT_COLUMNS[(mode, view)])}
+                                                 for view in views} for mode, views in VIEWS.items()}}
+        if op != "view":
+            raise ViewError(f"unknown op {op!r}; use view, views or ping")
+        columns = req.get("columns")
+        if columns is not None and not isinstance(columns, (str, list)):
+            raise ViewError("columns must be a string or a list")
+        sort = req.get("sort")
+        if sort is not None and not isinstance(sort, str):
+            raise ViewError("sort must be a string COLUMN[:desc]")
+        mode, view = str(req.get("mode")), str(req.get("view"))
+        if mode not in VIEWS:
+            raise ViewError(f"unknown mode {mode!r}; use {' or '.join(VIEWS)}")
+        if view not in VIEWS[mode]:
+            raise ViewError(f"unknown {mode} view {view!r}; use one of {', '.join(VIEWS[mode])}")
+        chosen, rows = self.views.query_json(mode, view, columns, sort,
+                                             all_columns=bool(req.get("all_columns", False)))
+        return {"ok": True, "time": time.time(), "mode": mode, "view": view, "columns": chosen,
+                "rows_json": rows}
+
+
+class ControlClient:
+    """A connection to a gateway's control socket, kept open for many requests (``--watch``,
+    pollers); ``close()`` or ``with`` ends it.
+
+    Raises ControlError when nothing listens at ``path`` or the gateway answers an error.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._buffer = b""
+        try:
+            self._sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self._sock.close()
+            raise ControlError(f"no gateway listens on {path} ({exc.strerror}); start one with "
+                               f"'ikecore serve --control {path}'") from None
+        except OSError as exc:
+            self._sock.close()
+            raise ControlError(f"control socket {path}: {exc}") from None
+
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and wait for its answer."""
+        try:
+            self._sock.sendall(json.dumps(payload).encode() + b"\n")
+            chunks = [self._buffer]
+            while not chunks[-1].endswith(b"\n"):
+                chunk = self._sock.recv(1 << 20)
+                if not chunk:
+                    raise ControlError(f"control socket {self.path} closed the connection")
+                chunks.append(chunk)
+        except OSError as exc:
+            raise ControlError(f"control socket {self.path}: {exc}") from None
+        line, _, self._buffer = b"".join(chunks).partition(b"\n")
+        try:
+            response = orjson.loads(line)
+        except ValueError:
+            raise ControlError(f"control socket {self.path} sent no JSON answer") from None
+        if not isinstance(response, dict) or not response.get("ok"):
+            raise ControlError(str(response.get("error", "request failed") if isinstance(response, dict)
+                                   else "request failed"))
+        return response
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to the control socket at ``path`` on a new connection; returns the
+    response object. Raises ControlError when nothing listens there or the gateway answers
+    an error."""
+    with ControlClient(path, timeout) as client:
+        return client.request(payload)

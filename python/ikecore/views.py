@@ -1,0 +1,633 @@
+"""The IP Security Monitor's views (layer L5): tables of rows with snake_case keys.
+
+Main Mode: ``generic-filters``, ``specific-filters``, ``ike-policies``, ``statistics``,
+``security-associations``; Quick Mode: ``generic-filters``, ``specific-filters``,
+``statistics``, ``security-associations``; both: ``counters`` (the extended counters and
+the negotiation-time histograms). Each view has default columns (the seed's, in the
+seed's order) and more that can be added; ``select`` adds, removes, rearranges and sorts
+columns the way the seed's results pane does.
+
+Reads are snapshots: ``Views.query`` runs on the gateway's event loop between two
+datagrams, copies what it needs and never waits on a negotiation. Keywords of generic
+filters (My IP Address, DNS Server, ...) are shown as keywords there and expanded into
+addresses in the specific filters from ``HostConfig``. Quick Mode specific filters can also
+show DNS names for their addresses (``DnsNameCache``: answers only from its cache, looks
+names up in the background within a time limit); Main Mode ones cannot, as in the seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import operator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from ikecore import policy, wire
+from ikecore.hostinfo import HostConfig
+from ikecore.monitor import Monitor, Statistic, display_name
+
+__all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render", "dumps",
+           "parse_columns", "ViewError"]
+
+
+class ViewError(ValueError):
+    """A request names an unknown view or column, or a bad sort key."""
+
+
+MM, QM = "main-mode", "quick-mode"
+
+#: The views of each mode (the seed's folders).
+VIEWS: dict[str, tuple[str, ...]] = {
+    MM: ("generic-filters", "specific-filters", "ike-policies", "statistics", "security-associations",
+         "counters"),
+    QM: ("generic-filters", "specific-filters", "statistics", "security-associations", "counters"),
+}
+
+#: Every column a view can show, defaults first (in the seed's order).
+COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
+    (MM, "generic-filters"): ("name", "source", "destination", "ike_policy", "authentication_methods",
+                              "connection_type", "weight", "mirrored", "quick_mode_policy"),
+    (MM, "specific-filters"): ("name", "source", "destination", "direction", "ike_policy",
+                               "authentication_methods", "weight", "connection_type"),
+    (MM, "ike-policies"): ("name", "encryption", "integrity", "diffie_hellman", "authentication",
+                           "lifetime", "preference"),
+    (MM, "statistics"): ("statistic", "value"),
+    (MM, "security-associations"): ("me", "my_id", "peer", "peer_id", "authentication", "encryption",
+                                    "integrity", "diffie_hellman", "initiator_cookie", "responder_cookie",
+                                    "state", "role", "created", "lifetime_left", "nat", "vendor_ids",
+                                    "quick_modes", "local_port", "peer_port", "exchange", "nat_t",
+                                    "encapsulated", "dpd"),
+    (QM, "generic-filters"): ("name", "source", "destination", "source_port", "destination_port",
+                              "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
+                              "quick_mode_policy", "mode"),
+    (QM, "specific-filters"): ("name", "source", "destination", "source_port", "destination_port",
+                               "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
+                               "direction", "quick_mode_policy", "weight", "source_dns_name",
+                               "destination_dns_name"),
+    (QM, "statistics"): ("statistic", "value"),
+    (QM, "security-associations"): ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman",
+                                    "spi_in", "spi_out", "mode", "local_ts", "remote_ts", "my_id",
+                                    "peer_id", "authentication", "initiator_cookie", "responder_cookie",
+                                    "created", "lifetime_left", "lifetime_kilobytes"),
+    (MM, "counters"): ("counter", "value"),
+    (QM, "counters"): ("counter", "value"),
+}
+
+_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]  # cached rows hold exactly these, in order
+
+DEFAULT_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
+    (MM, "generic-filters"): COLUMNS[(MM, "generic-filters")][:6],
+    (MM, "specific-filters"): COLUMNS[(MM, "specific-filters")][:7],
+    (MM, "ike-policies"): COLUMNS[(MM, "ike-policies")][:6],
+    (MM, "statistics"): ("statistic", "value"),
+    (MM, "security-associations"): COLUMNS[(MM, "security-associations")][:8],
+    (QM, "generic-filters"): COLUMNS[(QM, "generic-filters")][:9],
+    (QM, "specific-filters"): COLUMNS[(QM, "specific-filters")][:11],
+    (QM, "statistics"): ("statistic", "value"),
+    (QM, "security-associations"): COLUMNS[(QM, "security-associations")][:8],
+    (MM, "counters"): ("counter", "value"),
+    (QM, "counters"): ("counter", "value"),
+}
+
+_MORE_NAMES = {
+    "name": "Name", "source": "Source", "destination": "Destination", "ike_policy": "IKE Policy",
+    "authentication_methods": "Authentication Methods", "connection_type": "Connection Type",
+    "direction": "Direction", "weight": "Weight", "mirrored": "Mirrored", "quick_mode_policy": "Quick Mode Policy",
+    "lifetime": "Lifetime", "preference": "Preference", "statistic": "Statistic", "value": "Value",
+    "nat": "NAT", "vendor_ids": "Vendor IDs", "source_port": "Source Port", "destination_port": "Destination Port",
+    "source_tunnel_endpoint": "Source Tunnel Endpoint", "destination_tunnel_endpoint": "Destination Tunnel Endpoint",
+    "protocol": "Protocol", "source_dns_name": "Source DNS Name", "destination_dns_name": "Destination DNS Name",
+    "counter": "Counter", "lifetime_kilobytes": "Lifetime (KB)", "quick_modes": "Quick Modes",
+    "exchange": "Exchange", "nat_t": "NAT-T", "encapsulated": "UDP Encapsulated", "dpd": "DPD",
+}
+
+#: The gauges among the Quick Mode statistics and the counters they come from.
+QUICK_MODE_STATISTICS = ("active_sas", "pending_key_operations", "key_additions", "key_updates",
+                         "key_deletions", "quick_mode_negotiations", "quick_mode_failures",
+                         "get_spi_failures", "key_addition_failures", "key_update_failures")
+
+
+def column_title(key: str) -> str:
+    """The header a table shows for a column key."""
+    return _MORE_NAMES.get(key) or display_name(key)
+
+
+def _address_text(pattern: str) -> str:
+    """A generic filter's Source/Destination as the seed shows it (keywords by name)."""
+    return policy.KEYWORDS.get(pattern, pattern)
+
+
+def _methods(methods: Iterable[policy.AuthenticationMethod]) -> str:
+    return ", ".join(m.display for m in methods)
+
+
+def _iso(wall: float) -> str:
+    """UTC ISO 8601 to the second: ``2026-11-26T23:30:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
+
+def _selector_parts(text: str) -> tuple[str, int, int]:
+    """``10.0.0.0/24[17/500]`` -> (network, protocol, port)."""
+    network, _, rest = text.partition("[")
+    protocol = port = 0
+    if rest:
+        proto_text, _, port_text = rest.rstrip("]").partition("/")
+        protocol, port = int(proto_text or 0), int(port_text or 0)
+    return network, protocol, port
+
+
+def _host_of(network: str) -> str | None:
+    """The address of a host selector (/32 or /128), else None."""
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else None
+
+
+def _protocol_name(number: int) -> str:
+    return {0: "any", 1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}.get(number, str(number))
+
+
+class DnsNameCache:
+    """Reverse DNS names for Quick Mode specific filters, never blocking the caller.
+
+    ``name(address)`` answers from the cache (``None`` while unknown) and starts a lookup
+    in a small thread pool when the entry is missing or older than ``ttl``. A lookup that
+    takes longer than ``time_limit`` or fails is remembered as "no name" for
+    ``negative_ttl``. At most ``max_entries`` addresses are kept.
+    """
+
+    def __init__(self, resolve: Callable[[str], str] | None = None, *, ttl: float = 300.0,
+                 negative_ttl: float = 60.0, time_limit: float = 2.0, max_entries: int = 10000,
+                 clock: Callable[[], float] = time.monotonic, workers: int = 2) -> None:
+        self._resolve = resolve or (lambda address: socket.gethostbyaddr(address)[0])
+        self.ttl, self.negative_ttl, self.time_limit = ttl, negative_ttl, time_limit
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[str, float]] = {}  # address -> (name or "", expiry)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ikecore-dns")
+        self._futures: list[Any] = []
+        self.lookups = 0
+
+    def name(self, address: str) -> str | None:
+        """The cached name of ``address`` ('' when it has none), or None while unknown."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(address)
+            if entry is not None and entry[1] > now:
+                return entry[0]
+            if address not in self._pending and len(self._pending) < self.max_entries:
+                self._pending.add(address)
+                self.lookups += 1
+                if len(self._futures) >= 256:  # keep only lookups still running (for ``wait``)
+                    self._futures = [f for f in self._futures if not f.done()]
+                self._futures.append(self._pool.submit(self._lookup, address))
+        return entry[0] if entry is not None else None
+
+    def _lookup(self, address: str) -> None:
+        started = self._clock()
+        try:
+            found = self._resolve(address)
+        except (OSError, UnicodeError, ValueError):
+            found = ""
+        elapsed = self._clock() - started
+        if elapsed > self.time_limit:
+            found = ""
+        now = self._clock()
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[address] = (found, now + (self.ttl if found else self.negative_ttl))
+            self._pending.discard(address)
+
+    def wait(self, timeout: float) -> None:
+        """Wait (tests, one-shot CLI) until the lookups started so far are done or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for future in futures:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                future.result(timeout=remaining)
+            except Exception:  # noqa: BLE001 - a timed-out lookup just stays unknown
+                continue
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Views:
+    """The views of one gateway: its engine, monitor, host configuration and clocks.
+
+    Args:
+        engine: the ``Engine`` whose SAs are shown.
+        monitor: the ``Monitor`` that counts the engine's events.
+        host: what the filter keywords expand into (default: read from this host, with the
+            DHCP and WINS servers of the engine's configuration).
+        clock: the engine's clock (the gateway's ``loop.time``).
+        wall: wall-clock time, to show "created" as a date.
+        dns: the reverse-DNS cache of Quick Mode specific filters (None: no names).
+    """
+
+    def __init__(self, engine: Any, monitor: Monitor, *, host: HostConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 dns: DnsNameCache | None = None) -> None:
+        self.engine = engine
+        self.monitor = monitor
+        self._host = host
+        self.clock = clock
+        self.wall = wall
+        self.dns = dns
+        self._sa_rows: dict[int, list[Any]] = {}
+        self._host_read_at: float | None = None  # None: injected (never re-read) or not read yet
+        self._fragment_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    #: How long (seconds) the host's configuration read for keyword expansion is reused.
+    HOST_TTL = 60.0
+
+    @property
+    def host(self) -> HostConfig:
+        """The injected host configuration, or this host's, re-read every ``HOST_TTL`` seconds."""
+        if self._host is None or (self._host_read_at is not None and
+                                  time.monotonic() - self._host_read_at > self.HOST_TTL):
+            config = self.engine.config
+            self._host = HostConfig.read(dhcp_servers=getattr(config, "dhcp_servers", ()),
+                                         wins_servers=getattr(config, "wins_servers", ()))
+            self._host_read_at = time.monotonic()
+        return self._host
+
+    # --- the request entry point ------------------------------------------------------
+
+    def query(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
+              sort: str | None = None, *, all_columns: bool = False) -> dict[str, Any]:
+        """One view as ``{"mode", "view", "columns", "rows"}``; raises ViewError."""
+        if mode not in VIEWS:
+            raise ViewError(f"unknown mode {mode!r}; use {' or '.join(VIEWS)}")
+        if view not in VIEWS[mode]:
+            raise ViewError(f"unknown {mode} view {view!r}; use one of {', '.join(VIEWS[mode])}")
+        chosen = parse_columns(mode, view, columns, all_columns=all_columns)
+        if (mode, view) == (MM, "security-associations"):
+            needed = chosen + ([sort.partition(":")[0]] if sort else [])
+            rows = self._main_mode_security_associations(needed)
+        else:
+            rows = self.rows(mode, view)
+        return {"mode": mode, "view": view, "columns": chosen, "rows": select(rows, chosen, sort)}
+
+    def rows(self, mode: str, view: str) -> list[dict[str, Any]]:
+        """Every column of one view (unsorted)."""
+        return getattr(self, f"_{mode.replace('-', '_')}_{view.replace('-', '_')}")()
+
+    # --- Main Mode --------------------------------------------------------------------
+
+    def _main_mode_generic_filters(self) -> list[dict[str, Any]]:
+        return [{"name": f.name, "source": _address_text(f.source), "destination": _address_text(f.destination),
+                 "ike_policy": f.ike_policy, "authentication_methods": _methods(f.authentication_methods),
+                 "connection_type": f.connection_type, "weight": f.weight, "mirrored": f.mirrored,
+                 "quick_mode_policy": f.esp_policy}
+                for f in self.engine.config.filters]
+
+    def _specific(self) -> list[tuple[policy.SpecificFilter, Any]]:
+        """Specific filters: keyword expansion of each generic filter, then each connection's."""
+        out: dict[tuple[str, str, str, str], tuple[policy.SpecificFilter, Any]] = {}
+        for flt in self.engine.config.filters:
+            if "any" in (flt.source, flt.destination):
+                continue  # only connections make such a filter specific
+            for source in self.host.expand(flt.source):
+                for destination in self.host.expand(flt.destination):
+                    pair = flt.specific(source, destination)
+                    for specific in pair if flt.mirrored else pair[:1]:
+                        key = (specific.name, specific.source, specific.destination, specific.direction)
+                        out.setdefault(key, (specific, flt))
+        for sa in self.engine.sas():
+            for specific in sa.generic_filter.specific(sa.local[0], sa.remote[0]):
+                key = (specific.name, specific.source, specific.destination, specific.direction)
+                out.setdefault(key, (specific, sa.generic_filter))
+        return list(out.values())
+
+    def _main_mode_specific_filters(self) -> list[dict[str, Any]]:
+        return [{"name": s.name, "source": s.source, "destination": s.destination, "direction": s.direction,
+                 "ike_policy": s.ike_policy, "authentication_methods": _methods(s.authentication_methods),
+                 "weight": s.weight, "connection_type": flt.connection_type}
+                for s, flt in self._specific()]
+
+    def _main_mode_ike_policies(self) -> list[dict[str, Any]]:
+        rows = []
+        for name, ike in self.engine.config.ike_policies.items():
+            for preference, suite in enumerate(ike.proposals, 1):
+                rows.append({"name": name, "encryption": suite.encryption_name, "integrity": suite.hash_name,
+                             "diffie_hellman": policy.group_name(suite.group),
+                             "authentication": suite.auth_method_name, "lifetime": suite.lifetime,
+                             "preference": preference})
+        return rows
+
+    def _main_mode_statistics(self) -> list[dict[str, Any]]:
+        stats = self.monitor.statistics(self.engine)  # the engine adds queued acquires
+        return [{"statistic": key, "value": value} for key, value in stats.items()]
+
+    def _main_mode_security_associations(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        return [entry[2] for entry in self._mm_sa_entries(columns)]
+
+    def _mm_sa_entries(self, columns: Sequence[str] | None = None) -> list[list[Any]]:
+        """One cache entry ``[state, IPsec SA count, row, fragment columns, JSON fragment]``
+        per ISAKMP SA. A row is rebuilt only when its SA moved: every field of a row is set
+        on a state transition or with its IPsec SAs, so (state, number of IPsec SAs) tells
+        when. ``lifetime_left`` is refreshed only when ``columns`` asks for it (None: always)."""
+        now = self.clock()
+        wall = self.wall()
+        cache = self._sa_rows
+        entries = []
+        life = columns is None or "lifetime_left" in columns
+        sas = self.engine.sas()
+        for sa in sas:
+            entry = cache.get(sa.handle)
+            if entry is None or entry[0] is not sa.state or entry[1] != len(sa.ipsec_sas):
+                entry = self._build_entry(sa, now, wall)
+            if life:
+                entry[2]["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
+            entries.append(entry)
+        if len(cache) > len(sas):  # SAs left the database: forget their rows (handles never repeat)
+            live = {sa.handle for sa in sas}
+            self._sa_rows = {h: e for h, e in cache.items() if h in live}
+        return entries
+
+    def _build_entry(self, sa: Any, now: float, wall: float) -> list[Any]:
+        row = sa.snapshot(now)
+        row["created"] = _iso(wall - (now - row["created"]))
+        row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
+        names = row.get("vendor_ids")
+        row["vendor_ids"] = ", ".join(names if isinstance(names, list) else
+                                      (wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids))
+        entry = [sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS}, None, b""]
+        self._sa_rows[sa.handle] = entry
+        return entry
+
+    def stale_rows(self) -> list[Any]:
+        """The SAs whose Main Mode row must be (re)built before the next listing."""
+        cache = self._sa_rows
+        return [sa for sa in self.engine.sas()
+                if (entry := cache.get(sa.handle)) is None or entry[0] is not sa.state
+                or entry[1] != len(sa.ipsec_sas)]
+
+    def build_rows(self, sas: Sequence[Any]) -> None:
+        """Build the rows of ``sas`` now (the control socket does it in slices between
+        datagrams, so a first listing of many SAs does not hold the event loop)."""
+        now, wall = self.clock(), self.wall()
+        for sa in sas:
+            if self.engine.sa(sa.handle) is sa:  # still in the SA database
+                self._build_entry(sa, now, wall)
+
+    def query_json(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
+                   sort: str | None = None, *, all_columns: bool = False) -> tuple[list[str], bytes]:
+        """Like ``query`` but returns (columns, the rows as JSON bytes). For the Main Mode SA
+        list each row's JSON is cached with its row while the row and columns stay the same
+        (rows with ``lifetime_left`` are encoded each time): the control socket's fast path."""
+        chosen = parse_columns(mode, view, columns, all_columns=all_columns) if mode in VIEWS and \
+            view in VIEWS[mode] else []
+        if (mode, view) != (MM, "security-associations"):
+            result = self.query(mode, view, columns, sort, all_columns=all_columns)
+            return result["columns"], orjson.dumps(result["rows"], default=str)
+        key = tuple(chosen)
+        key = self._fragment_keys.setdefault(key, key)  # one object per column set: compared by identity
+        entries = self._mm_sa_entries(chosen + ([sort.partition(":")[0]] if sort else []))
+        if sort:
+            name, _, direction = sort.partition(":")
+            if direction not in ("", "asc", "desc"):
+                raise ViewError(f"sort order {direction!r} must be asc or desc")
+            if name not in _MM_SA_COLUMNS:
+                raise ViewError(f"cannot sort by unknown column {name!r}")
+            entries = sorted(entries, key=lambda e: _sort_key(e[2].get(name)), reverse=direction == "desc")
+        if "lifetime_left" in key:  # changes every second: encode the rows in one call
+            rows = [entry[2] for entry in entries]
+            if key != _MM_SA_COLUMNS:
+                rows = select(rows, key)
+            return chosen, orjson.dumps(rows, default=str)
+        for entry in [e for e in entries if e[3] is not key]:
+            row = entry[2]
+            entry[4] = orjson.dumps({c: row.get(c) for c in key}, default=str)
+            entry[3] = key
+        parts = [entry[4] for entry in entries]
+        return chosen, b"[" + b",".join(parts) + b"]"
+
+    def _main_mode_counters(self) -> list[dict[str, Any]]:
+        rows = [{"counter": key, "value": value} for key, value in sorted(self.monitor.extended.items())]
+        for phase, hist in (("phase1", self.monitor.phase1_time), ("phase2", self.monitor.phase2_time)):
+            rows.append({"counter": f"negotiation_seconds:{phase}:count", "value": hist.count})
+            rows.append({"counter": f"negotiation_seconds:{phase}:sum", "value": round(hist.total, 6)})
+            for le, count in hist.cumulative():
+                rows.append({"counter": f"negotiation_seconds:{phase}:le={le}", "value": count})
+        return rows
+
+    # --- Quick Mode -------------------------------------------------------------------
+
+    def _quick_mode_generic_filters(self) -> list[dict[str, Any]]:
+        rows = []
+        for f in self.engine.config.filters:
+            esp = self.engine.config.esp_policies.get(f.esp_policy)
+            mode = esp.mode if esp is not None else "tunnel"
+            source, src_proto, src_port = _selector_parts(f.local_ts) if f.local_ts else (f.source, 0, 0)
+            destination, _p, dst_port = _selector_parts(f.remote_ts) if f.remote_ts else (f.destination, 0, 0)
+            rows.append({"name": f.name, "source": _address_text(source), "destination": _address_text(destination),
+                         "source_port": src_port, "destination_port": dst_port,
+                         "source_tunnel_endpoint": _address_text(f.source) if mode == "tunnel" else "",
+                         "destination_tunnel_endpoint": _address_text(f.destination) if mode == "tunnel" else "",
+                         "protocol": _protocol_name(src_proto), "quick_mode_policy": f.esp_policy, "mode": mode})
+        return rows
+
+    def _quick_mode_specific_filters(self) -> list[dict[str, Any]]:
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for sa in self.engine.sas():
+            for ipsec in list(sa.ipsec_sas):
+                local, proto, local_port = _selector_parts(ipsec.local_ts)
+                remote, _p, remote_port = _selector_parts(ipsec.remote_ts)
+                tunnel = ipsec.mode == "tunnel"
+                for direction, src, dst, sport, dport, s_end, d_end in (
+                        ("outbound", local, remote, local_port, remote_port, sa.local[0], sa.remote[0]),
+                        ("inbound", remote, local, remote_port, local_port, sa.remote[0], sa.local[0])):
+                    key = (sa.generic_filter.name, src, dst, sport, dport, proto, direction)
+                    if key in rows:
+                        continue
+                    rows[key] = {
+                        "name": sa.generic_filter.name, "source": src, "destination": dst,
+                        "source_port": sport, "destination_port": dport,
+                        "source_tunnel_endpoint": s_end if tunnel else "",
+                        "destination_tunnel_endpoint": d_end if tunnel else "",
+                        "protocol": _protocol_name(proto), "direction": direction,
+                        "quick_mode_policy": sa.generic_filter.esp_policy, "weight": sa.generic_filter.weight,
+                        "source_dns_name": self._dns_name(src), "destination_dns_name": self._dns_name(dst)}
+        return list(rows.values())
+
+    def _dns_name(self, network: str) -> str:
+        if self.dns is None:
+            return ""
+        address = _host_of(network)
+        return (self.dns.name(address) or "") if address else ""
+
+    def _quick_mode_statistics(self) -> list[dict[str, Any]]:
+        m = self.monitor
+        c, x = m.counters, m.extended
+        values = {
+            "active_sas": m.ipsec_sa_count,
+            "pending_key_operations": m.quick_modes_in_progress,
+            "key_additions": c[Statistic.KEY_ADDITIONS],
+            "key_updates": c[Statistic.KEY_UPDATES],
+            "key_deletions": x["sa_deleted:phase2"],
+            "quick_mode_negotiations": c[Statistic.IKE_QUICK_MODE],
+            "quick_mode_failures": sum(v for k, v in x.items() if k.startswith("failures:phase2:")),
+            "get_spi_failures": c[Statistic.GET_SPI_FAILURES],
+            "key_addition_failures": c[Statistic.KEY_ADDITION_FAILURES],
+            "key_update_failures": c[Statistic.KEY_UPDATE_FAILURES],
+        }
+        return [{"statistic": key, "value": int(values[key])} for key in QUICK_MODE_STATISTICS]
+
+    def _quick_mode_security_associations(self) -> list[dict[str, Any]]:
+        now, wall = self.clock(), self.wall()
+        rows = []
+        for sa in self.engine.sas():
+            if not sa.ipsec_sas:
+                continue
+            main = sa.snapshot(now)
+            for ipsec in list(sa.ipsec_sas):
+                suite = ipsec.proposal
+                rows.append({
+                    "me": main["me"], "peer": main["peer"], "protocol": "ESP",
+                    "encryption": suite.encryption_name, "integrity": suite.integrity_name,
+                    "diffie_hellman": policy.group_name(suite.pfs_group) if suite.pfs_group else "",
+                    "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
+                    "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts, "my_id": main["my_id"],
+                    "peer_id": main["peer_id"], "authentication": main["authentication"],
+                    "initiator_cookie": main["initiator_cookie"], "responder_cookie": main["responder_cookie"],
+                    "created": _iso(wall - (now - ipsec.created)),
+                    "lifetime_left": int(max(0.0, ipsec.expires - now)),
+                    "lifetime_kilobytes": suite.lifetime_kilobytes or 0})
+        return rows
+
+    def _quick_mode_counters(self) -> list[dict[str, Any]]:
+        marks = ("phase2", "quick_mode", "ipsec_esp", "driver_failures")
+        return [row for row in self._main_mode_counters() if any(m in str(row["counter"]) for m in marks)]
+
+
+# --- columns, sorting, formats ---------------------------------------------------------
+
+
+def parse_columns(mode: str, view: str, spec: Sequence[str] | str | None, *,
+                  all_columns: bool = False) -> list[str]:
+    """Resolve a column request against a view.
+
+    ``spec`` is None (the defaults), a list, or a comma-separated string whose items are
+    column keys (an explicit order), ``+key`` (add to the defaults, at the end), ``-key``
+    (remove) or ``all``. Raises ViewError naming the unknown column and the known ones.
+    """
+    known = COLUMNS[(mode, view)]
+    if all_columns:
+        base: list[str] = list(known)
+    else:
+        base = list(DEFAULT_COLUMNS[(mode, view)])
+    if spec is None:
+        return base
+    items = [i.strip() for i in (spec.split(",") if isinstance(spec, str) else spec) if i.strip()]
+    explicit = [i for i in items if i[0] not in "+-"]
+    if explicit:
+        base = [] if explicit != ["all"] else list(known)
+    for item in items:
+        op, key = (item[0], item[1:]) if item[0] in "+-" else ("=", item)
+        if key == "all" and op != "-":
+            continue
+        if key not in known:
+            raise ViewError(f"unknown column {key!r} in {mode} {view}; columns: {', '.join(known)}")
+        if op == "-":
+            base = [c for c in base if c != key]
+        elif key not in base:
+            base.append(key)
+    return base
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None or value == "":
+        return (3, "")
+    if isinstance(value, bool):
+        return (0, int(value))
+    if isinstance(value, (int, float)):
+        return (0, value)
+    text = str(value)
+    try:
+        address = ipaddress.ip_address(text)
+        return (1, (address.version, int(address)))
+    except ValueError:
+        return (2, text.lower())
+
+
+def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None = None) -> list[dict[str, Any]]:
+    """Sort by ``COLUMN[:desc]`` (numbers and addresses by value, empty last), then keep ``columns``."""
+    if sort:
+        key, _, order = sort.partition(":")
+        if order not in ("", "asc", "desc"):
+            raise ViewError(f"sort order {order!r} must be asc or desc")
+        if rows and key not in rows[0]:
+            raise ViewError(f"cannot sort by unknown column {key!r}")
+        rows = sorted(rows, key=lambda row: _sort_key(row.get(key)), reverse=order == "desc")
+    if not columns:
+        return [{} for _row in rows]
+    if rows and len(columns) == len(rows[0]) and list(rows[0]) == list(columns):
+        return [row.copy() for row in rows]  # every column, in order (rows of one view share keys)
+    pick = operator.itemgetter(*columns)
+    names = tuple(columns)
+    try:
+        if len(names) == 1:
+            return [{names[0]: pick(row)} for row in rows]
+        return [dict(zip(names, pick(row))) for row in rows]
+    except KeyError:  # a row without some column: show it empty
+        return [{c: row.get(c) for c in columns} for row in rows]
+
+
+def dumps(value: Any) -> str:
+    """JSON text (orjson: a 100,000-SA listing encodes in tens of milliseconds)."""
+    return orjson.dumps(value, default=str).decode()
+
+
+def render(result: dict[str, Any], fmt: str = "table") -> str:
+    """Format a ``Views.query`` result as ``table`` (seed headers), ``json`` or ``csv``.
+
+    JSON of a statistics view is one object ``{statistic_key: value}`` (DESIGN.md); JSON of
+    any other view is a list of objects with the chosen snake_case keys.
+    """
+    columns, rows = result["columns"], result["rows"]
+    if fmt == "json":
+        if result["view"] == "statistics" and "statistic" in columns and "value" in columns:
+            return dumps({row["statistic"]: row["value"] for row in rows})
+        return dumps(rows)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if row[c] is None else row[c] for c in columns] for row in rows])
+        return buffer.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ViewError(f"unknown format {fmt!r}; use table, json or csv")
+    shown = [dict(row) for row in rows]
+    if result["view"] == "statistics" and "statistic" in columns:
+        for row in shown:  # tables show the seed's names; JSON and CSV keep the keys
+            row["statistic"] = display_name(row["statistic"]) if row["statistic"] in _STAT_KEYS else \
+                row["statistic"].replace("_", " ").title().replace("Sas", "SAs").replace("Spi", "SPI")
+    headers = [column_title(c) for c in columns]
+    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in shown]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+_STAT_KEYS = {s.key for s in Statistic}
