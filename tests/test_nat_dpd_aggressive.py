@@ -251,6 +251,11 @@ def test_aggressive_mode_behind_nat_floats_for_message_3() -> None:
     assert (link.initiator.snapshot(link.now)[0]["nat"], link.responder.snapshot(link.now)[0]["nat"]) == (
         "local", "remote")
     _keys_agree(link)
+    # The initiator stays on the NAT-T port it floated to: AM2's source must not pull it back.
+    (sa,) = link.initiator.sas()
+    assert sa.remote[1] == 4500 and sa.encapsulated
+    quick = [marker for marker, _ in _messages(link, "initiator", wire.ExchangeType.QUICK_MODE)]
+    assert quick and all(quick)
 
 
 # --- vendor IDs -----------------------------------------------------------------------------
@@ -318,3 +323,20 @@ def test_aggressive_mode_initial_contact_in_message_3_drops_stale_sas_of_a_reboo
     (new,) = link.responder.sas()
     assert new is not old and new.initial_contact
     assert any("INITIAL-CONTACT" in e.reason for e in link.of("responder", ev.SaDeleted) if e.handle == old.handle)
+
+
+def test_aggressive_mode_forced_float_on_high_ports_stays_on_the_natt_port() -> None:
+    # Off port 500 every datagram carries the non-ESP marker (as with charon on high
+    # ports), so AM2 arriving from the peer's IKE port must not pull the initiator back.
+    link = Link(make_config(aggressive=True, nat_traversal="force"), make_config(aggressive=True))
+    link.initiator.initiate(("127.0.0.1", 15500), local=("127.0.0.2", 15600), now=link.now, natt_port=15501)
+    for _ in range(2):  # AM1 to the responder, then AM2 back (the initiator answers AM3 + QM1)
+        for side, datagram in link.collect():
+            link.deliver(side, datagram)
+    (sa,) = link.initiator.sas()
+    assert sa.state is Phase1State.ESTABLISHED and sa.remote == ("127.0.0.1", 15501)
+    link.pump()
+    (peer,) = link.responder.sas()
+    assert sa.state is Phase1State.ESTABLISHED and sa.encapsulated
+    assert sa.remote == ("127.0.0.1", 15501) and peer.local == ("127.0.0.1", 15501)
+    assert len(link.of("initiator", ev.Phase2Established)) == 1

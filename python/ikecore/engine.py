@@ -370,7 +370,9 @@ class Engine:
         if exchange_type == AM:
             # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
             self._dispatch(sa, message, data, now)
-            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED:
+            # Only the responder follows (AM3 may arrive from the initiator's NAT-T port); the
+            # initiator floated itself for AM3 and must not move back to where AM2 came from.
+            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED and sa.role is Role.RESPONDER:
                 nat_traversal.follow(sa, remote, local, marker)
             return
         if message.encrypted:
