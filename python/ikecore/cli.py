@@ -73,6 +73,20 @@ def _add_proposal_flags(parser: argparse.ArgumentParser) -> None:
                         help="send R-U-THERE after this long without traffic (0: no DPD checks)")
     parser.add_argument("--dpd-timeout", type=float, default=150.0, metavar="SECONDS",
                         help="delete the SAs of a peer that does not acknowledge for this long")
+    parser.add_argument("--cert", metavar="FILE", help="our X.509 certificate (RSA signatures; with --key, --ca)")
+    parser.add_argument("--key", metavar="FILE", help="the certificate's RSA private key (PEM or DER)")
+    parser.add_argument("--ca", metavar="FILE", action="append", help="trusted CA certificate (repeatable)")
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    """--cert/--key/--ca as ``ikecore.auth.Credentials`` (None without them)."""
+    if not (args.cert or args.key or args.ca):
+        return None
+    if not (args.cert and args.key and args.ca):
+        raise ConfigError("--cert", "--cert, --key and --ca go together")
+    from ikecore.auth import Credentials
+
+    return Credentials.load(args.cert, args.key, args.ca, "flags")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     connect = sub.add_parser("connect", help="negotiate Main Mode and Quick Mode with one peer")
     connect.add_argument("peer", metavar="ADDR[:PORT]")
-    connect.add_argument("--psk", required=True, help="pre-shared key")
+    connect.add_argument("--psk", default="", help="pre-shared key (or --cert, --key and --ca)")
     connect.add_argument("--local", metavar="ADDR[:PORT]", help="local address and port (default: ephemeral)")
     connect.add_argument("--no-quick-mode", action="store_true", help="stop after Main Mode")
     connect.add_argument("--keep", action="store_true", help="do not delete the SAs on exit")
@@ -139,7 +153,8 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
     config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=(), remote=remote[0],
                                mode=args.mode, local_ts=args.local_ts, remote_ts=args.remote_ts,
                                my_id=args.my_id, keylog=args.keylog, timing=_timing(args),
-                               aggressive=args.aggressive, nat_traversal=args.nat_t)
+                               aggressive=args.aggressive, nat_traversal=args.nat_t,
+                               credentials=_credentials(args))
     engine = Engine(config, keylog=_KeyLog(args.keylog))
     gateway = Gateway(engine, monitor=Monitor())
     try:
@@ -175,14 +190,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.config:
         config = load_config(args.config)
     else:
-        if not args.psk:
-            raise ConfigError("--psk", "give --psk SECRET or --config FILE")
+        credentials = _credentials(args)
+        if not args.psk and credentials is None:
+            raise ConfigError("--psk", "give --psk SECRET, --cert/--key/--ca or --config FILE")
         listen = tuple(parse_endpoint(item, 500, "--listen") for item in (args.listen or ["0.0.0.0:500",
                                                                                           "0.0.0.0:4500"]))
-        config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=listen, mode=args.mode,
+        config = config_from_flags(psk=args.psk or "", ike=args.ike, esp=args.esp, listen=listen, mode=args.mode,
                                    local_ts=args.local_ts, remote_ts=args.remote_ts, my_id=args.my_id,
                                    keylog=args.keylog, timing=_timing(args), aggressive=args.aggressive,
-                                   nat_traversal=args.nat_t)
+                                   nat_traversal=args.nat_t, credentials=credentials)
     if args.listen and args.config:
         config = Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
                            "listen": tuple(parse_endpoint(i, 500, "--listen") for i in args.listen)})

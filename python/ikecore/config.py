@@ -24,6 +24,8 @@ A TOML file says everything::
     esp_policy = "default"
     psk = "secret"
     connection_type = "all"
+    # RSA signatures instead of (or before) the PSK: all three keys together
+    # certificate = "gw.pem"; private_key = "gw.key"; ca = ["ca.pem"]
 
 Every error is a ``ConfigError`` whose message names the key and the fix.
 """
@@ -35,7 +37,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ikecore import policy
+from ikecore import policy, wire
 from ikecore.errors import ConfigError
 from ikecore.flood import FloodLimits
 
@@ -50,7 +52,7 @@ class Timing:
     retransmit_backoff: float = 1.8     # multiplied each time (strongSwan's factor)
     retransmit_tries: int = 5           # retransmissions before giving up
     negotiation_timeout: float = 60.0   # a negotiation that is not done by then fails
-    rekey_margin: float = 0.0           # reserved for rekeying (issue: complete IKEv1)
+    rekey_margin: float = 0.0           # rekey this long before expiry (+ jitter); 0 = never rekey
     nat_keepalive: float = 20.0         # NAT keepalive interval behind a NAT (RFC 3948 2.3)
     dpd_delay: float = 0.0              # idle seconds before an R-U-THERE; 0: no DPD checks
     dpd_timeout: float = 150.0          # no R-U-THERE-ACK for this long: the peer is dead
@@ -135,7 +137,8 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     where = f"filter[{index}]"
     _check_keys(table, {"name", "source", "destination", "ike_policy", "esp_policy", "psk",
                         "connection_type", "local_id", "remote_id", "local_ts", "remote_ts",
-                        "mirrored", "weight", "aggressive", "nat_traversal", "dpd"}, where)
+                        "mirrored", "weight", "certificate", "private_key", "ca",
+                        "fallback_to_clear", "soft_sa_lifetime", "quick_mode_window", "aggressive", "nat_traversal", "dpd"}, where)
     name = _get(table, "name", str, where, f"filter {index + 1}")
     source = _get(table, "source", str, where, "me")
     destination = _get(table, "destination", str, where, "any")
@@ -152,22 +155,47 @@ def _filter_from_table(table: dict[str, Any], index: int, ike: dict[str, policy.
     esp_name = _get(table, "esp_policy", str, where, "default")
     if esp_name not in esp:
         raise ConfigError(f"{where}.esp_policy", f"no [esp_policy.{esp_name}] table is defined")
-    psk = _get(table, "psk", str, where, ...)
-    if not psk:
+    credentials = _credentials(table, where)
+    psk = _get(table, "psk", str, where, ... if credentials is None else "")
+    if not psk and credentials is None:
         raise ConfigError(f"{where}.psk", "must not be empty")
+    methods = ((policy.AuthenticationMethod(wire.AuthMethod.RSA_SIG),) if credentials is not None else ()) + (
+        (policy.AuthenticationMethod(secret=psk.encode()),) if psk else ())
     connection_type = _get(table, "connection_type", str, where, "all")
     if connection_type not in ("all", "lan", "remote-access"):
         raise ConfigError(f"{where}.connection_type", "must be all, lan or remote-access")
     return policy.GenericFilter(
         name=name, source=source, destination=destination, ike_policy=ike_name,
-        authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
-        connection_type=connection_type, esp_policy=esp_name,
+        authentication_methods=methods,
+        connection_type=connection_type, esp_policy=esp_name, credentials=credentials,
         local_id=_get(table, "local_id", str, where), remote_id=_get(table, "remote_id", str, where),
         local_ts=_get(table, "local_ts", str, where), remote_ts=_get(table, "remote_ts", str, where),
         mirrored=_get(table, "mirrored", bool, where, True), weight=_get(table, "weight", int, where, 0),
+        fallback_to_clear=_get(table, "fallback_to_clear", bool, where, False),
+        soft_sa_lifetime=_get(table, "soft_sa_lifetime", int, where, 300),
+        quick_mode_window=_get(table, "quick_mode_window", int, where, 0),
         aggressive=_get(table, "aggressive", bool, where, False), dpd=_get(table, "dpd", bool, where, True),
         nat_traversal=_nat_traversal(_get(table, "nat_traversal", str, where, "auto"), f"{where}.nat_traversal"),
     )
+
+
+def _credentials(table: dict[str, Any], where: str) -> Any:
+    """certificate + private_key + ca (a path or a list): RSA signatures for this filter."""
+    given = [key for key in ("certificate", "private_key", "ca") if key in table]
+    if not given:
+        return None
+    if len(given) != 3:
+        missing = sorted({"certificate", "private_key", "ca"} - set(given))
+        raise ConfigError(f"{where}.{missing[0]}", "certificate, private_key and ca go together")
+    cas = table["ca"]
+    if isinstance(cas, str):
+        cas = [cas]
+    if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
+        raise ConfigError(f"{where}.ca", "must be a file path or a list of them")
+    from ikecore.auth import Credentials
+
+    return Credentials.load(_get(table, "certificate", str, where), _get(table, "private_key", str, where),
+                            cas, where)
 
 
 def _nat_traversal(value: str, where: str) -> str:
@@ -190,11 +218,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     ike: dict[str, policy.IkePolicy] = {}
     for name, table in _get(data, "ike_policy", dict, "config", {}).items():
         where = f"ike_policy.{name}"
-        _check_keys(table, {"proposals", "lifetime"}, where)
+        _check_keys(table, {"proposals", "lifetime", "lifetime_kilobytes"}, where)
         lifetime = _get(table, "lifetime", int, where, policy.DEFAULT_IKE_LIFETIME)
         text = _proposal_text(table.get("proposals", "aes128-sha256-modp2048"), f"{where}.proposals")
-        ike[name] = policy.IkePolicy(name, policy.parse_ike_proposals(text, lifetime=lifetime,
-                                                                      field_name=f"{where}.proposals"))
+        ike[name] = policy.IkePolicy(name, policy.parse_ike_proposals(
+            text, lifetime=lifetime, lifetime_kilobytes=_get(table, "lifetime_kilobytes", int, where, None),
+            field_name=f"{where}.proposals"))
     ike.setdefault("default", policy.IkePolicy("default", policy.parse_ike_proposals("aes128-sha256-modp2048")))
 
     esp: dict[str, policy.EspPolicy] = {}
@@ -245,15 +274,21 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
                       remote: str = "any", mode: str = "tunnel", local_ts: str | None = None,
                       remote_ts: str | None = None, my_id: str | None = None,
                       keylog: str | None = None, timing: Timing | None = None,
-                      aggressive: bool = False, nat_traversal: str = "auto") -> Config:
-    """The one-filter config that ``serve``/``connect`` flags describe."""
-    if not psk:
-        raise ConfigError("--psk", "a pre-shared key is required")
+                      aggressive: bool = False, nat_traversal: str = "auto",
+                      credentials: Any = None) -> Config:
+    """The one-filter config that ``serve``/``connect`` flags describe.
+
+    ``credentials`` (``ikecore.auth.Credentials``): RSA signatures, preferred over ``psk``.
+    """
+    if not psk and credentials is None:
+        raise ConfigError("--psk", "a pre-shared key (or --cert, --key and --ca) is required")
+    methods = ((policy.AuthenticationMethod(wire.AuthMethod.RSA_SIG),) if credentials is not None else ()) + (
+        (policy.AuthenticationMethod(secret=psk.encode()),) if psk else ())
     ike_policy = policy.IkePolicy("default", policy.parse_ike_proposals(ike, field_name="--ike"))
     esp_policy = policy.EspPolicy("default", policy.parse_esp_proposals(esp, field_name="--esp"), mode)
     generic = policy.GenericFilter(
         name="default", source="me", destination=remote, ike_policy="default",
-        authentication_methods=(policy.AuthenticationMethod(secret=psk.encode()),),
+        authentication_methods=methods, credentials=credentials,
         local_ts=local_ts, remote_ts=remote_ts, aggressive=aggressive,
         nat_traversal=_nat_traversal(nat_traversal, "--nat-t"), local_id=my_id)
     return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},

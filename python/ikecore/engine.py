@@ -31,6 +31,7 @@ error class pins, sent unprotected before keys exist and protected after.
 
 from __future__ import annotations
 
+import datetime
 import heapq
 import ipaddress
 import os
@@ -38,7 +39,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import _core, aggressive_mode, dpd, informational, main_mode, nat_traversal, persist, quick_mode, wire
+from ikecore import (_core, acquire, aggressive_mode, auth, dpd, informational, main_mode, nat_traversal,
+                     persist, quick_mode, rekey, wire)
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -95,6 +97,7 @@ class Engine:
         keypair: DH key-pair factory ``(group) -> KeyPair`` (tests may inject one).
         keylog: called with a Wireshark IKEv1 decryption-table line per ISAKMP SA, when
             the user asked for a key log.
+        wall_clock: the UTC time for certificate validity (default: the system clock).
         store: an ``ikecore.store.SaStore``: established SAs are loaded from it now and
             written to it whenever they change (before any datagram or event leaves).
         now: the engine time at start (restored lifetimes are rebased on it).
@@ -103,12 +106,15 @@ class Engine:
     def __init__(self, config: Config, *, driver: IpsecDriver | None = None,
                  random: Callable[[int], bytes] = os.urandom,
                  keypair: Callable[[int], Any] | None = None,
-                 keylog: Callable[[str], None] | None = None, store: Any = None, now: float = 0.0) -> None:
+                 keylog: Callable[[str], None] | None = None,
+                 wall_clock: Callable[[], datetime.datetime] | None = None, store: Any = None,
+                 now: float = 0.0) -> None:
         self.config = config
         self.driver: IpsecDriver = driver if driver is not None else MemoryDriver()
         self._random = random
         self._keypair = keypair or dh_module.keypair
         self._keylog = keylog
+        self._wall_clock = wall_clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self._sas: dict[int, IsakmpSa] = {}
         # (local IP, peer IP) -> handles, as created: INITIAL-CONTACT decisions without a
         # scan of every SA (a load generator holds 100,000 SAs towards one gateway)
@@ -120,6 +126,7 @@ class Engine:
         self._timers: list[tuple[float, int, int, int, str]] = []
         self._timer_seq = 0
         self._now = 0.0
+        self._acquires = acquire.AcquireHeap()
         self._rotate_secret_at = float("-inf")
         self._admission = AdmissionControl(config.flood, random)
         self._store = store
@@ -135,6 +142,9 @@ class Engine:
 
     def keypair(self, group: int) -> Any:
         return self._keypair(group)
+
+    def wall_clock(self) -> datetime.datetime:
+        return self._wall_clock()
 
     def keylog(self, line: str) -> None:
         if self._keylog is not None:
@@ -158,6 +168,11 @@ class Engine:
                 getattr(self.driver, operation)(keys)
             except DriverError as exc:
                 self._emit(ev.DriverFailed(time=self._now, operation=operation, reason=str(exc)))
+                if operation == "update_inbound":  # no half-installed pair left behind
+                    try:
+                        self.driver.delete(outbound.spi, outbound.destination, outbound.protocol_id)
+                    except DriverError:
+                        pass
                 raise NoProposalChosen(f"IPsec driver refused {operation}: {exc}") from exc
             self._emit(done(time=self._now, spi=keys.spi))
         qm.installed = (outbound, inbound)
@@ -188,26 +203,47 @@ class Engine:
         self._send_request(sa, main_mode.start_initiator(sa, self), now, MM, 1)
         return sa.handle
 
-    def initiate_quick_mode(self, handle: int, now: float) -> int:
-        """Start one more Quick Mode on an established ISAKMP SA; returns its Message ID."""
+    def initiate_quick_mode(self, handle: int, now: float, *, rekey_of: bytes | None = None) -> int:
+        """Start one more Quick Mode on an established ISAKMP SA; returns its Message ID.
+
+        ``rekey_of``: the spi_in of the IPsec SA this one replaces (see ``rekey``).
+        """
         self._now = now
         sa = self._sas.get(handle)
         if sa is None or sa.state is not Phase1State.ESTABLISHED:
             raise LocalProtocolError(f"ISAKMP SA {handle} is not established")
         message_id = self._message_id(sa)
         qm = QuickModeExchange(message_id, Role.INITIATOR, Phase2State.I_EXPECT_QM2, now, sa.esp_policy)
+        qm.rekey_of = rekey_of
         sa.quick_modes[message_id] = qm
         self._emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
+        window = sa.generic_filter.quick_mode_window
+        if window and sum(1 for q in sa.quick_modes.values() if q.state is Phase2State.I_EXPECT_QM2) > window:
+            qm.state = Phase2State.I_QUEUED  # started when one of ours in flight ends
+            return message_id
+        self._start_quick_mode(sa, qm, now)
+        return message_id
+
+    def _start_quick_mode(self, sa: IsakmpSa, qm: QuickModeExchange, now: float) -> None:
+        qm.started, qm.state = now, Phase2State.I_EXPECT_QM2
         try:
             datagram = quick_mode.start_initiator(sa, qm, self)
         except NoProposalChosen as exc:
-            del sa.quick_modes[message_id]
-            self._emit(ev.Phase2Failed(time=now, handle=handle, message_id=message_id, role="initiator",
+            del sa.quick_modes[qm.message_id]
+            self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id, role="initiator",
                                        reason=str(exc)))
-            return message_id
+            return
         self._send_qm_request(sa, qm, datagram, now, 1)
-        self._push_timer(now + self.config.timing.negotiation_timeout, handle, message_id, "qm-timeout")
-        return message_id
+        self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-timeout")
+
+    def _next_quick_mode(self, handle: int) -> None:
+        """An initiator Quick Mode ended: start the oldest one the window held back."""
+        sa = self._sas.get(handle)
+        if sa is None or sa.state is not Phase1State.ESTABLISHED:
+            return
+        queued = next((q for q in sa.quick_modes.values() if q.state is Phase2State.I_QUEUED), None)
+        if queued is not None:
+            self._start_quick_mode(sa, queued, self._now)
 
     def delete(self, handle: int, now: float, reason: str = "deleted by user") -> None:
         """Delete an ISAKMP SA and its IPsec SAs, telling the peer with Delete payloads."""
@@ -215,6 +251,41 @@ class Engine:
         sa = self._sas.get(handle)
         if sa is not None:
             self._remove_sa(sa, reason, notify_peer=True)
+
+    def rekey(self, handle: int, now: float, spi_in: bytes | None = None) -> None:
+        """Rekey now: the ISAKMP SA (new Main Mode), or its IPsec SA ``spi_in`` (new Quick Mode)."""
+        self._now = now
+        sa = self._sas.get(handle)
+        if sa is None or sa.state is not Phase1State.ESTABLISHED:
+            raise LocalProtocolError(f"ISAKMP SA {handle} is not established")
+        if spi_in is None:
+            rekey.fire_isakmp_rekey(self, sa, now)
+            return
+        ipsec = next((s for s in sa.ipsec_sas if s.spi_in == spi_in), None)
+        if ipsec is None:
+            raise LocalProtocolError(f"ISAKMP SA {handle} has no IPsec SA with SPI {spi_in.hex()}")
+        rekey.rekey_ipsec(self, sa, ipsec, now)
+
+    def ipsec_lifetime_expired(self, spi_in: bytes, now: float, *, hard: bool) -> bool:
+        """The driver reports a kilobyte limit of inbound SA ``spi_in``: soft rekeys, hard deletes."""
+        self._now = now
+        return rekey.lifetime_expired(self, spi_in, hard, now)
+
+    def acquire(self, remote: Address, *, local: Address, now: float, filter_name: str | None = None) -> int:
+        """The IPsec driver asks for SAs for traffic to ``remote``: see ``ikecore.acquire``.
+
+        Returns the acquire id that the AcquireSucceeded / AcquireFailed event will carry.
+        """
+        self._now = now
+        return self._acquires.start(self, remote, local, now, filter_name)
+
+    def acquire_counts(self) -> tuple[int, int]:
+        """(acquires pending, of which queued behind another acquire's Main Mode)."""
+        return self._acquires.counts()
+
+    def soft_sas(self, now: float) -> list[dict[str, Any]]:
+        """Soft associations (clear text after an unanswered Main Mode) still in force."""
+        return self._acquires.soft_snapshot(now)
 
     def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
         """Process one UDP datagram received on ``local`` from ``remote``. Never raises."""
@@ -276,7 +347,7 @@ class Engine:
                     "initiator_cookie": main["initiator_cookie"], "responder_cookie": main["responder_cookie"],
                     "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
                     "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
-                    "lifetime_left": max(0.0, ipsec.expires - now),
+                    "lifetime_left": max(0.0, ipsec.expires - now), "rekeyed": ipsec.superseded,
                 })
         return rows
 
@@ -352,6 +423,7 @@ class Engine:
         else:
             raise wire_error(f"exchange type {exchange_type} is not supported",
                              wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
+        rekey.count_octets(self, sa, len(data), now)
 
     def _receive_first(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> None:
         source = _endpoint_bytes(remote)
@@ -541,6 +613,8 @@ class Engine:
             sa.first_message = b""
         sa.forget_negotiation()
         self._push_timer(sa.expires, sa.handle, 0, "expire")
+        rekey.isakmp_established(self, sa, now)
+        self._dirty.update(self._pairs.get((sa.local[0], sa.remote[0]), ()))  # adoption moved IPsec SAs
         sa.last_heard = now
         if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
             self._push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, "nat-keepalive")
@@ -626,10 +700,11 @@ class Engine:
         mode = "transport" if qm.esp_policy.mode == "transport" else "tunnel"
         local_ts, remote_ts = quick_mode.traffic_selectors(sa)
         ipsec = IpsecSa(sa.handle, qm.message_id, qm.spi_in, qm.spi_out, qm.chosen, mode,
-                        str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime, qm.installed)
+                        str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime, keys=qm.installed)
         sa.ipsec_sas.append(ipsec)
         self._spend(sa, qm.message_id)  # a restored engine must know it too
         self._push_timer(ipsec.expires, sa.handle, qm.message_id, "ipsec-expire")
+        rekey.ipsec_established(self, sa, ipsec, qm, now)
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
         self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-forget")
         self._emit(ev.Phase2Established(time=now, handle=sa.handle, message_id=qm.message_id,
@@ -721,6 +796,10 @@ class Engine:
             sa.last_sent = sa.last_received = b""
         elif kind == "expire" and sa.expires == deadline:
             self._remove_sa(sa, "lifetime expired", notify_peer=True)
+        elif kind == "rekey":
+            rekey.fire_isakmp_rekey(self, sa, now)
+        elif kind == "retire":
+            rekey.retire(self, sa)
         elif kind == "nat-keepalive" and sa.state is Phase1State.ESTABLISHED:
             self._send_raw(KEEPALIVE, sa.remote, sa.local, False)  # RFC 3948 2.3: one 0xFF, no marker
             self._emit(ev.NatKeepaliveSent(time=now, handle=sa.handle))
@@ -752,6 +831,9 @@ class Engine:
             for ipsec in list(sa.ipsec_sas):
                 if ipsec.message_id == message_id and ipsec.expires == deadline:
                     self._remove_ipsec(sa, ipsec, "lifetime expired", notify_peer=True)
+            return
+        if kind == "ipsec-rekey":
+            rekey.fire_ipsec_rekey(self, sa, message_id, now)
             return
         if qm is None:
             return
@@ -790,6 +872,7 @@ class Engine:
         self._emit(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
                                    length=len(datagram)))
         self._transmit(sa, datagram)
+        rekey.count_octets(self, sa, len(datagram), self._now)
 
     def _send_request(self, sa: IsakmpSa, datagram: bytes, now: float, exchange_type: int, number: int) -> None:
         sa.last_sent = datagram
@@ -840,7 +923,8 @@ class Engine:
         handle = self._next_handle
         self._next_handle += 1
         sa = IsakmpSa(handle, role, state, cookie_i, cookie_r, local, remote, flt,
-                      self.config.ike_policies[flt.ike_policy], self.config.esp_policies[flt.esp_policy], now)
+                      auth.ike_policy_for(flt, self.config.ike_policies[flt.ike_policy]),
+                      self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
         self._pairs.setdefault((local[0], remote[0]), []).append(handle)
         self._push_timer(now + self.config.timing.negotiation_timeout, handle, 0, "timeout")
@@ -944,6 +1028,8 @@ class Engine:
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
             if sa.expires is not None:
                 self._push_timer(sa.expires, handle, 0, "expire")
+                if sa.role is Role.INITIATOR and (at := rekey._rekey_at(self, now, sa.expires, True)) is not None:
+                    self._push_timer(at, handle, 0, "rekey")
             if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
                 self._push_timer(now + self.config.timing.nat_keepalive, handle, 0, "nat-keepalive")
             if dpd.enabled(sa, self.config.timing.dpd_delay):
@@ -956,6 +1042,8 @@ class Engine:
                     continue
                 self._reinstall(ipsec)
                 self._push_timer(ipsec.expires, handle, ipsec.message_id, "ipsec-expire")
+                if not ipsec.superseded:
+                    rekey._schedule_ipsec(self, sa, ipsec)
                 ipsec_count += 1
             restored.append((handle, len(sa.ipsec_sas)))
         self._emit(ev.SasRestored(time=now, isakmp=isakmp, ipsec=ipsec_count, sas=tuple(restored)))
@@ -998,6 +1086,10 @@ class Engine:
 
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
+        if isinstance(event, (ev.Phase2Established, ev.Phase2Failed)) and event.role == "initiator":
+            self._next_quick_mode(event.handle)
+        if self._acquires.waiting:
+            self._acquires.observe(self, event)
 
     def _invalid(self, remote: Address, reason: str, notify_type: int | None) -> None:
         self._emit(ev.InvalidPacketReceived(time=self._now, remote=remote, reason=reason, notify_type=notify_type))

@@ -16,6 +16,8 @@ __all__ = [
     "Phase1Established", "Phase1Failed", "AuthenticationFailed", "Phase2Started",
     "Phase2Established", "Phase2Failed", "SpiAllocated", "KeyAdded", "KeyUpdated",
     "DriverFailed", "NotifyReceived", "NotifySent", "SaDeleted", "DeleteReceived",
+    "RekeyStarted", "Rekeyed", "RekeyCollision", "ResponderLifetime", "AcquireStarted",
+    "AcquireSucceeded", "AcquireFailed", "SoftSaCreated",
     "DeadPeerDetected", "NatKeepaliveSent", "DeleteSent",
     "StatelessCookieSent", "StatelessCookieVerified", "HalfOpenRefused", "HalfOpenDropped",
     "ReplayDropped", "SasRestored", "StoreFailed",
@@ -196,6 +198,88 @@ class SaDeleted(Event):
     phase: int
     spi: bytes | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RekeyStarted(Event):
+    """A rekey began: phase 1 (new Main Mode, ``spi`` None) or phase 2 (``spi`` = old spi_in)."""
+
+    handle: int
+    phase: int
+    spi: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rekeyed(Event):
+    """A new SA is in place and the old one (``old_handle``/``old_spi``) is being retired."""
+
+    handle: int
+    phase: int
+    old_handle: int
+    old_spi: bytes | None
+    new_spi: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RekeyCollision(Event):
+    """Both peers rekeyed the same IPsec SA at once; ``loser_spi`` (our spi_in) is deleted."""
+
+    handle: int
+    winner_spi: bytes
+    loser_spi: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponderLifetime(Event):
+    """RESPONDER-LIFETIME (RFC 2407 4.6.3.1) sent or honoured for a Quick Mode."""
+
+    handle: int
+    message_id: int
+    sent: bool
+    seconds: int | None
+    kilobytes: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireStarted(Event):
+    """``Engine.acquire`` took a flow into the acquire heap."""
+
+    acquire: int
+    local: Address
+    remote: Address
+    filter: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireSucceeded(Event):
+    """The acquire's Quick Mode SA is installed (or ``soft`` = it falls back to clear)."""
+
+    acquire: int
+    handle: int
+    spi_in: bytes | None
+    soft: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireFailed(Event):
+    """An acquire ended without SAs. ``cause``: "negotiation" (its own Main or Quick Mode
+    failed, already reported and counted as such), "queued" (it waited behind another
+    acquire's Main Mode, which failed), "filter" (no filter for the flow) or "deleted" (the
+    ISAKMP SA it waited on went away)."""
+
+    acquire: int
+    reason: str
+    cause: str = "negotiation"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SoftSaCreated(Event):
+    """The peer never answered Main Mode and the filter allows clear text: a soft SA."""
+
+    acquire: int
+    local: Address
+    remote: Address
+    expires: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -95,7 +95,7 @@ class IkecoreCollector:
         return []  # dynamic label sets: no registration-time description
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.monitor.statistics()
+        stats = self.monitor.statistics(self.engine)  # the engine adds queued acquires
         for stat in Statistic:
             name = f"ikecore_{stat.key.removeprefix('total_')}"  # Total Acquire -> ikecore_acquire_total
             doc = f"{_SEED_HELP}: {stat.value}"

@@ -1,4 +1,5 @@
-"""Main Mode (Identity Protection exchange) with pre-shared keys: RFC 2409 sections 5 and 5.4.
+"""Main Mode (Identity Protection exchange) with pre-shared keys (RFC 2409 sections 5 and
+5.4) or RSA signatures (section 5.1; ``auth`` builds and checks CR, CERT and SIG).
 
 Design note
 -----------
@@ -12,6 +13,10 @@ Design note
     HDR*, IDii, HASH_I         (MM5) -->   (verify HASH_I)              -> ESTABLISHED
     I_EXPECT_MM6          <-- (MM6)      HDR*, IDir, HASH_R
     ESTABLISHED (verify HASH_R)
+
+With RSA signatures MM3 and MM4 add CR payloads (our CAs), MM5/MM6 carry
+``ID, CERT, SIG_I/SIG_R`` instead of ``ID, HASH`` and SKEYID = prf(Ni_b | Nr_b, g^xy);
+the rows require only the ID and the handlers check HASH or CERT/SIG by method.
 
 The state names say which message the SA waits for. ``TRANSITIONS`` maps (state,
 exchange type) to a row: the handler, the next state, the payloads the message must
@@ -33,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ikecore import keymat, nat_traversal, policy, vendor_ids, wire
+from ikecore import auth, keymat, nat_traversal, policy, vendor_ids, wire
 from ikecore.errors import (
     AuthenticationFailed,
     InvalidIdInformation,
@@ -82,8 +87,8 @@ def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
 def _on_mm1_send_mm2(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
     sa_payload = required(payloads, P.SA)[P.SA]
     proposal, transform, chosen = policy.choose_ike_transform(sa_payload, sa.ike_policy)
-    if chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY or sa.generic_filter.psk() is None:
-        raise NoProposalChosen("only pre-shared key authentication is configured")
+    if not _can_authenticate(sa, chosen.auth_method):
+        raise NoProposalChosen(f"authentication method {chosen.auth_method_name} is not configured")
     sa.chosen = chosen
     sa.sa_b = sa_payload.body
     vendor_ids.record(sa, payloads)
@@ -107,7 +112,52 @@ def _on_mm2_send_mm3(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     sa.g_xi = sa.dh.public
     sa.nonce_i = services.random(NONCE_SIZE)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xi), wire.NoncePayload(sa.nonce_i),
-                                       *_nat_d(sa, services)])
+                                       *_nat_d(sa, services), *_cert_requests(sa)])
+
+
+def _signatures(sa: IsakmpSa) -> bool:
+    return sa.chosen is not None and sa.chosen.auth_method == wire.AuthMethod.RSA_SIG
+
+
+def _can_authenticate(sa: IsakmpSa, method: int) -> bool:
+    if method == wire.AuthMethod.RSA_SIG:
+        return sa.generic_filter.credentials is not None
+    return method == wire.AuthMethod.PRE_SHARED_KEY and sa.generic_filter.psk() is not None
+
+
+def _cert_requests(sa: IsakmpSa) -> list[Any]:
+    """CR payloads in messages 3 and 4 when we authenticate with signatures."""
+    return auth.request_payloads(sa.generic_filter.credentials) if _signatures(sa) else []
+
+
+def _my_id(sa: IsakmpSa) -> wire.IdPayload:
+    configured = sa.generic_filter.local_id
+    if _signatures(sa):
+        found = auth.my_certificate_id(sa.generic_filter.credentials, configured)
+        if found is not None:
+            return found
+    return my_identification(sa, configured)
+
+
+def _proof(sa: IsakmpSa, digest: bytes) -> list[Any]:
+    """``HASH`` (pre-shared key) or ``CERT, SIG`` (signatures) after our ID."""
+    if _signatures(sa):
+        return auth.proof_payloads(sa.generic_filter.credentials, digest)
+    return [wire.HashPayload(digest)]
+
+
+def _verify(sa: IsakmpSa, payloads: list[Any], peer_id: Any, expected: bytes, services: Services,
+            name: str) -> None:
+    """Check the peer's HASH (pre-shared key) or certificate and SIG, then its ID."""
+    if _signatures(sa):
+        sa.peer_certificate = auth.verify_proof(sa.generic_filter.credentials, payloads, peer_id, expected,
+                                                services.wall_clock(),  # type: ignore[attr-defined]
+                                                sa.generic_filter.remote_id)
+        return
+    found = required(payloads, P.ID, P.HASH)
+    if not constant_time_equal(found[P.HASH].data, expected):
+        raise AuthenticationFailed(f"{name} does not verify (pre-shared keys differ?)")
+    _check_peer_id(sa, peer_id)
 
 
 def _nat_d(sa: IsakmpSa, services: Services) -> list[Any]:
@@ -137,7 +187,7 @@ def _on_mm3_send_mm4(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     sa.nonce_r = services.random(NONCE_SIZE)
     phase1_keys(sa, services, g_xy)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r),
-                                       *_nat_d(sa, services)])
+                                       *_nat_d(sa, services), *_cert_requests(sa)])
 
 
 def _on_mm4_send_mm5(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
@@ -146,10 +196,10 @@ def _on_mm4_send_mm5(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
     g_xy = _exchange(sa, sa.g_xr)
     phase1_keys(sa, services, g_xy)
-    sa.my_id = my_identification(sa, sa.generic_filter.local_id)
+    sa.my_id = _my_id(sa)
     hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
-    payloads = [sa.my_id, wire.HashPayload(hash_i)]
+    payloads = [sa.my_id, *_proof(sa, hash_i)]
     if sa.initial_contact:  # we hold no other ISAKMP SA with this peer
         payloads.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
                                            spi=sa.initiator_cookie + sa.responder_cookie))
@@ -176,30 +226,24 @@ def _check_peer_id(sa: IsakmpSa, peer_id: Any) -> None:
 
 
 def _on_mm5_send_mm6(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
-    found = required(payloads, P.ID, P.HASH)
-    peer_id = found[P.ID]
+    peer_id = required(payloads, P.ID)[P.ID]
     expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
-    if not constant_time_equal(found[P.HASH].data, expected):
-        raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")
-    _check_peer_id(sa, peer_id)
+    _verify(sa, payloads, peer_id, expected, services, "HASH_I")
     sa.peer_id = peer_id
     sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
                              for p in payloads)
-    sa.my_id = my_identification(sa, sa.generic_filter.local_id)
+    sa.my_id = _my_id(sa)
     hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
-    return seal(sa, MAIN_MODE, [sa.my_id, wire.HashPayload(hash_r)], 0)
+    return seal(sa, MAIN_MODE, [sa.my_id, *_proof(sa, hash_r)], 0)
 
 
 def _on_mm6_established(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> None:
-    found = required(payloads, P.ID, P.HASH)
-    peer_id = found[P.ID]
+    peer_id = required(payloads, P.ID)[P.ID]
     expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
-    if not constant_time_equal(found[P.HASH].data, expected):
-        raise AuthenticationFailed("HASH_R does not verify (pre-shared keys differ?)")
-    _check_peer_id(sa, peer_id)
+    _verify(sa, payloads, peer_id, expected, services, "HASH_R")
     sa.peer_id = peer_id
     return None
 
@@ -209,8 +253,8 @@ TRANSITIONS: dict[tuple[Phase1State, int], Row] = {
     (Phase1State.I_EXPECT_MM2, MAIN_MODE): Row(_on_mm2_send_mm3, Phase1State.I_EXPECT_MM4, (P.SA,), False, 2),
     (Phase1State.R_EXPECT_MM3, MAIN_MODE): Row(_on_mm3_send_mm4, Phase1State.R_EXPECT_MM5, (P.KE, P.NONCE), False, 3),
     (Phase1State.I_EXPECT_MM4, MAIN_MODE): Row(_on_mm4_send_mm5, Phase1State.I_EXPECT_MM6, (P.KE, P.NONCE), False, 4),
-    (Phase1State.R_EXPECT_MM5, MAIN_MODE): Row(_on_mm5_send_mm6, Phase1State.ESTABLISHED, (P.ID, P.HASH), True, 5),
-    (Phase1State.I_EXPECT_MM6, MAIN_MODE): Row(_on_mm6_established, Phase1State.ESTABLISHED, (P.ID, P.HASH), True, 6),
+    (Phase1State.R_EXPECT_MM5, MAIN_MODE): Row(_on_mm5_send_mm6, Phase1State.ESTABLISHED, (P.ID,), True, 5),
+    (Phase1State.I_EXPECT_MM6, MAIN_MODE): Row(_on_mm6_established, Phase1State.ESTABLISHED, (P.ID,), True, 6),
 }
 
 

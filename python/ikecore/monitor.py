@@ -238,6 +238,19 @@ class Monitor:
             elif self._qm_established.get(event.handle, 0) > 0:
                 self._qm_established[event.handle] -= 1
                 self._qm_established_total -= 1
+        elif isinstance(event, ev.AcquireFailed):
+            if event.cause != "negotiation":  # a failed negotiation was counted above already
+                c[Statistic.ACQUIRE_FAILURES] += 1
+        elif isinstance(event, ev.SoftSaCreated):
+            c[Statistic.SOFT_ASSOCIATIONS] += 1
+        elif isinstance(event, ev.AcquireStarted):
+            x["acquires"] += 1
+        elif isinstance(event, ev.Rekeyed):
+            x[f"rekeys:phase{event.phase}"] += 1
+        elif isinstance(event, ev.RekeyCollision):
+            x["rekey_collisions"] += 1
+        elif isinstance(event, ev.ResponderLifetime):
+            x["responder_lifetime:" + ("sent" if event.sent else "honoured")] += 1
         elif isinstance(event, ev.DeadPeerDetected):
             x["dead_peers"] += 1
         elif isinstance(event, ev.NatKeepaliveSent):
@@ -299,6 +312,11 @@ class Monitor:
         values[Statistic.CONNECTION_LIST_SIZE] = self._qm_pending_total + self._qm_established_total
         values[Statistic.ACTIVE_ACQUIRE] = len(self._acquiring)
         values[Statistic.ACQUIRE_HEAP_SIZE] = len(self._acquiring)
+        # Acquires (Engine.acquire) queued behind another acquire's Main Mode have no
+        # negotiation of their own yet: the engine's acquire heap knows them.
+        queued = engine.acquire_counts()[1] if engine is not None and hasattr(engine, "acquire_counts") else 0
+        values[Statistic.ACTIVE_ACQUIRE] += queued
+        values[Statistic.ACQUIRE_HEAP_SIZE] += queued
         values[Statistic.ACTIVE_RECEIVE] = self.active_receive
         values[Statistic.RECEIVE_HEAP_SIZE] = self.receive_heap_size
         for stat, read in self.gauges.items():

@@ -76,7 +76,7 @@ def dump_sa(sa: IsakmpSa, now: float) -> bytes:
         "aggressive": sa.aggressive,
         "nat_t": sa.nat_t.name if sa.nat_t is not None else None,
         "nat": sa.nat, "encapsulated": sa.encapsulated, "natt_port": sa.natt_port,
-        "dpd": sa.dpd, "dpd_sequence": sa.dpd_sequence,
+        "dpd": sa.dpd, "dpd_sequence": sa.dpd_sequence, "superseded": sa.superseded,
         "age": now - (sa.established if sa.established is not None else sa.started),
         "left": (sa.expires - now) if sa.expires is not None else None,
         "ipsec": [{
@@ -84,7 +84,9 @@ def dump_sa(sa: IsakmpSa, now: float) -> bytes:
             "proposal": [i.proposal.transform_id, i.proposal.key_length, i.proposal.auth_algorithm,
                          i.proposal.pfs_group, i.proposal.lifetime, i.proposal.lifetime_kilobytes],
             "mode": i.mode, "local_ts": i.local_ts, "remote_ts": i.remote_ts,
-            "age": now - i.created, "left": i.expires - now,
+            "age": now - i.created, "left": i.expires - now, "started_age": now - i.started,
+            "initiated": i.initiated, "rekey_of": i.rekey_of.hex() if i.rekey_of else None,
+            "tiebreak": i.tiebreak.hex(), "superseded": i.superseded,
             "keys": [_keys(k) for k in i.keys],
         } for i in sa.ipsec_sas],
     }
@@ -130,6 +132,7 @@ def load_sa(data: bytes, config: Config, now: float, elapsed: float = 0.0) -> Is
     sa.dpd = bool(record.get("dpd", False))
     sa.dpd_sequence = int(record.get("dpd_sequence", 0))
     sa.last_heard = now
+    sa.superseded = bool(record.get("superseded", False))
     sa.established = now_base - record["age"]
     sa.expires = now_base + record["left"] if record["left"] is not None else None
     for item in record["ipsec"]:
@@ -138,5 +141,10 @@ def load_sa(data: bytes, config: Config, now: float, elapsed: float = 0.0) -> Is
                         bytes.fromhex(item["spi_out"]), proposal, item["mode"], item["local_ts"],
                         item["remote_ts"], now_base - item["age"], now_base + item["left"])
         ipsec.keys = tuple(_unkeys(k) for k in item["keys"])
+        ipsec.started = now_base - item.get("started_age", item["age"])
+        ipsec.initiated = bool(item.get("initiated", False))
+        ipsec.rekey_of = bytes.fromhex(item["rekey_of"]) if item.get("rekey_of") else None
+        ipsec.tiebreak = bytes.fromhex(item.get("tiebreak", ""))
+        ipsec.superseded = bool(item.get("superseded", False))
         sa.ipsec_sas.append(ipsec)
     return sa

@@ -103,7 +103,8 @@ def phase1_keys(sa: IsakmpSa, services: Services, g_xy: bytes) -> None:
     """Derive SKEYID, SKEYID_d/a/e, the encryption key and the phase 1 IV (RFC 2409 5, B)."""
     chosen = sa.chosen
     assert chosen is not None
-    psk = sa.generic_filter.psk() or b""
+    # Signatures: SKEYID = prf(Ni_b | Nr_b, g^xy) (RFC 2409 5.1), keymat's psk=None.
+    psk = None if chosen.auth_method == wire.AuthMethod.RSA_SIG else (sa.generic_filter.psk() or b"")
     hash_name = chosen.prf_hash
     sa.skeyid = keymat.derive_skeyid(hash_name, sa.nonce_i, sa.nonce_r, g_xy,
                                      sa.initiator_cookie, sa.responder_cookie, psk=psk)

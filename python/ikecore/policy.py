@@ -22,6 +22,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ikecore import wire
 from ikecore.errors import ConfigError, NoProposalChosen
@@ -154,6 +155,7 @@ class IkeProposal:
     group: int
     auth_method: int = wire.AuthMethod.PRE_SHARED_KEY
     lifetime: int = DEFAULT_IKE_LIFETIME
+    lifetime_kilobytes: int | None = None  # of ISAKMP traffic; the engine counts it
 
     @property
     def name(self) -> str:
@@ -187,6 +189,9 @@ class IkeProposal:
             wire.Attribute(wire.OakleyAttribute.LIFE_TYPE, wire.LifeType.SECONDS),
             wire.Attribute(wire.OakleyAttribute.LIFE_DURATION, _duration_value(self.lifetime)),
         ]
+        if self.lifetime_kilobytes:
+            attrs += [wire.Attribute(wire.OakleyAttribute.LIFE_TYPE, wire.LifeType.KILOBYTES),
+                      wire.Attribute(wire.OakleyAttribute.LIFE_DURATION, _duration_value(self.lifetime_kilobytes))]
         return wire.Transform(number, wire.TRANSFORM_KEY_IKE, attrs)
 
     @classmethod
@@ -194,6 +199,7 @@ class IkeProposal:
         """Read a phase 1 Transform; raises NoProposalChosen for what we cannot use."""
         values: dict[int, int] = {}
         lifetime = DEFAULT_IKE_LIFETIME
+        kilobytes = None
         life_type = None
         for attr in transform.attributes:
             if attr.type == wire.OakleyAttribute.LIFE_TYPE:
@@ -201,6 +207,8 @@ class IkeProposal:
             elif attr.type == wire.OakleyAttribute.LIFE_DURATION:
                 if life_type == wire.LifeType.SECONDS:
                     lifetime = attr.int_value
+                elif life_type == wire.LifeType.KILOBYTES:
+                    kilobytes = attr.int_value
             else:
                 values[attr.type] = attr.int_value
         try:
@@ -213,7 +221,7 @@ class IkeProposal:
         key_length = values.get(wire.OakleyAttribute.KEY_LENGTH)
         if encryption == wire.EncryptionAlgorithm.AES_CBC and key_length is None:
             key_length = 128  # missing AES key length: 128, as strongSwan assumes
-        return cls(encryption, key_length, hash_, group, auth, lifetime)
+        return cls(encryption, key_length, hash_, group, auth, lifetime, kilobytes)
 
     def matches(self, other: IkeProposal) -> bool:
         """Same suite; lifetimes may differ (the responder keeps the shorter one)."""
@@ -336,7 +344,7 @@ def _lookup_group(name: str, field_name: str) -> int:
     return GROUP_NAMES[name]
 
 
-def parse_ike_proposals(text: str, *, lifetime: int = DEFAULT_IKE_LIFETIME,
+def parse_ike_proposals(text: str, *, lifetime: int = DEFAULT_IKE_LIFETIME, lifetime_kilobytes: int | None = None,
                         auth_method: int = wire.AuthMethod.PRE_SHARED_KEY,
                         field_name: str = "ike") -> tuple[IkeProposal, ...]:
     """Parse ``aes128-sha256-modp2048[,3des-sha1-modp1024...]`` into IKE proposals.
@@ -353,7 +361,8 @@ def parse_ike_proposals(text: str, *, lifetime: int = DEFAULT_IKE_LIFETIME,
         encryption, _esp, key_length = _lookup_encryption(parts[0], field_name)
         hash_, _auth, _name = _lookup_integrity(parts[1], field_name)
         group = _lookup_group(parts[2], field_name)
-        proposals.append(IkeProposal(encryption, key_length, hash_, group, auth_method, lifetime))
+        proposals.append(IkeProposal(encryption, key_length, hash_, group, auth_method, lifetime,
+                                     lifetime_kilobytes or None))
     return tuple(proposals)
 
 
@@ -425,9 +434,10 @@ def choose_ike_transform(sa: wire.SaPayload, policy: IkePolicy) -> tuple[wire.Pr
             for mine in policy.proposals:
                 if mine.matches(offered):
                     lifetime = min(offered.lifetime, mine.lifetime) if offered.lifetime else mine.lifetime
+                    limits = [k for k in (offered.lifetime_kilobytes, mine.lifetime_kilobytes) if k]
                     return proposal, transform, IkeProposal(
                         offered.encryption, offered.key_length, offered.hash, offered.group,
-                        offered.auth_method, lifetime)
+                        offered.auth_method, lifetime, min(limits) if limits else None)
     raise NoProposalChosen(f"no offered transform matches IKE policy '{policy.name}'")
 
 
@@ -448,7 +458,8 @@ def choose_esp_transform(sa: wire.SaPayload, policy: EspPolicy) -> tuple[wire.Pr
             for mine in policy.proposals:
                 if mine.matches(offered):
                     lifetime = min(offered.lifetime, mine.lifetime)
-                    kilobytes = offered.lifetime_kilobytes or mine.lifetime_kilobytes
+                    limits = [k for k in (offered.lifetime_kilobytes, mine.lifetime_kilobytes) if k]
+                    kilobytes = min(limits) if limits else None
                     chosen = EspProposal(offered.transform_id, offered.key_length, offered.auth_algorithm,
                                          offered.pfs_group, lifetime, kilobytes)
                     return proposal, transform, chosen, mode
@@ -571,6 +582,10 @@ class GenericFilter:
     remote_ts: str | None = None
     mirrored: bool = True
     weight: int = 0
+    credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.auth.Credentials
+    fallback_to_clear: bool = False  # unanswered Main Mode -> soft SA (clear text)
+    soft_sa_lifetime: int = 300      # seconds a soft SA lasts (Windows' default)
+    quick_mode_window: int = 0       # our Quick Modes in flight per ISAKMP SA; 0 = no limit
     aggressive: bool = False       # allow (and initiate with) Aggressive Mode PSK; off by default
     nat_traversal: str = "auto"    # "auto" (RFC 3947 + drafts), "force" (charon's encap=yes), "off"
     dpd: bool = True               # announce RFC 3706 DPD and check the peer (Timing.dpd_delay)

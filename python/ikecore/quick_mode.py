@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ikecore import keymat, nat_traversal, policy, wire
+from ikecore import keymat, lifetime, nat_traversal, policy, wire
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import (
     AuthenticationFailed,
@@ -232,6 +232,11 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
         qm.dh = None
     if ids is not None:
         reply += list(ids)
+    offered, _mode = policy.EspProposal.from_transform(transform)
+    notify = lifetime.responder_lifetime_notify(offered, chosen, proposal.spi)
+    if notify is not None:  # RFC 2407 4.6.3.1: our limits are shorter than offered
+        reply.append(notify)
+        qm.lifetime_notify = (chosen.lifetime, chosen.lifetime_kilobytes)
     qm.g_qm_xy = g_qm_xy
     nonce_i = qm.nonce_i
     return _seal_with_hash(sa, qm, reply, lambda chain: keymat.qm_hash2(
@@ -260,6 +265,10 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
     ids = _client_ids(payloads)
     if ids is not None and (ids[0].body != qm.id_ci.body or ids[1].body != qm.id_cr.body):  # type: ignore[union-attr]
         raise InvalidIdInformation("responder changed the client IDs")
+    limits = lifetime.read_responder_lifetime(payloads)
+    if limits is not None:
+        chosen = lifetime.apply_responder_lifetime(chosen, limits)
+        qm.lifetime_notify = limits
     qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
     g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=False)
     inbound, outbound = _keys(sa, qm, g_qm_xy)

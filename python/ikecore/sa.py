@@ -44,6 +44,7 @@ class Phase1State(enum.Enum):
 class Phase2State(enum.Enum):
     """Quick Mode states (RFC 2409 section 5.5)."""
 
+    I_QUEUED = "I_QUEUED"          # held back by the filter's quick_mode_window
     I_EXPECT_QM2 = "I_EXPECT_QM2"
     R_EXPECT_QM1 = "R_EXPECT_QM1"
     R_EXPECT_QM3 = "R_EXPECT_QM3"
@@ -83,6 +84,11 @@ class IpsecSa:
     remote_ts: str
     created: float
     expires: float
+    started: float = 0.0               # when its Quick Mode began (rekey collision window)
+    initiated: bool = False            # we sent its QM1
+    rekey_of: bytes | None = None      # spi_in of the SA this one replaces (our rekey)
+    tiebreak: bytes = b""              # Ni_b | Nr_b: both peers order colliding rekeys alike
+    superseded: bool = False           # a newer SA with the same selectors is in place
     keys: tuple[Any, ...] = ()     # (outbound, inbound) IpsecSaKeys, kept for the SA store
 
 
@@ -109,6 +115,8 @@ class QuickModeExchange:
     last_sent: bytes = b""
     retransmits: int = 0
     next_retransmit: float | None = None
+    rekey_of: bytes | None = None  # spi_in of the IPsec SA this exchange rekeys
+    lifetime_notify: tuple[int | None, int | None] | None = None  # RESPONDER-LIFETIME sent/honoured
     installed: tuple[Any, ...] = ()  # the IpsecSaKeys handed to the driver
 
 
@@ -152,6 +160,10 @@ class IsakmpSa:
     want_quick_mode: bool = False
     initial_contact: bool = False  # send / received INITIAL-CONTACT in MM5 (RFC 2407 4.6.3.3)
     failure: str | None = None
+    peer_certificate: Any = None   # the peer's validated X.509 certificate (signatures)
+    rekey_of: int | None = None    # handle of the ISAKMP SA this one replaces
+    superseded: bool = False       # a rekeyed ISAKMP SA took over its IPsec SAs
+    octets: int = 0                # ISAKMP bytes sent and received once established
     aggressive: bool = False       # negotiated with Aggressive Mode instead of Main Mode
     nat_t: Any = None              # ikecore.nat_traversal.Variant agreed in the vendor IDs
     nat: str = "none"              # NAT-D outcome: none, local, remote or both
@@ -180,14 +192,24 @@ class IsakmpSa:
         if self.skeyid is not None:
             self.skeyid = replace(self.skeyid, skeyid=b"", skeyid_e=b"")
 
+    @staticmethod
+    def _id_text(payload: wire.IdPayload | None, certificate: Any) -> str:
+        """An ID as text; a DER_ASN1_DN as the certificate subject's RFC 4514 string."""
+        if payload is None:
+            return ""
+        if (payload.id_type == wire.IdType.DER_ASN1_DN and certificate is not None
+                and certificate.subject.public_bytes() == payload.data):
+            return str(certificate.subject.rfc4514_string())
+        return id_to_text(payload.id_type, payload.data)
+
     def snapshot(self, now: float) -> dict[str, Any]:
         """An immutable view for the monitor: the seed's columns plus cookies and state."""
         chosen = self.chosen
         return {
             "me": self.local[0],
-            "my_id": id_to_text(self.my_id.id_type, self.my_id.data) if self.my_id else "",
+            "my_id": self._id_text(self.my_id, getattr(self.generic_filter.credentials, "certificate", None)),
             "peer": self.remote[0],
-            "peer_id": id_to_text(self.peer_id.id_type, self.peer_id.data) if self.peer_id else "",
+            "peer_id": self._id_text(self.peer_id, self.peer_certificate),
             "authentication": chosen.auth_method_name if chosen else "",
             "encryption": chosen.encryption_name if chosen else "",
             "integrity": chosen.hash_name if chosen else "",
@@ -201,6 +223,7 @@ class IsakmpSa:
             "created": self.established if self.established is not None else self.started,
             "lifetime_left": max(0.0, self.expires - now) if self.expires is not None else None,
             "quick_modes": len(self.ipsec_sas),
+            "rekeyed": self.superseded,
             "exchange": "aggressive" if self.aggressive else "main",
             "nat": self.nat,
             "nat_t": self.nat_t.name if self.nat_t is not None else "",

@@ -334,7 +334,7 @@ class Views:
         return rows
 
     def _main_mode_statistics(self) -> list[dict[str, Any]]:
-        stats = self.monitor.statistics()
+        stats = self.monitor.statistics(self.engine)  # the engine adds queued acquires
         return [{"statistic": key, "value": value} for key, value in stats.items()]
 
     def _main_mode_security_associations(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:

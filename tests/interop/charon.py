@@ -200,7 +200,10 @@ def _check_token(value: str, what: str) -> str:
 #                  child-sas {net-1 {name=net ... local-ts=[127.0.0.2/32]}}}}
 # Sections are "name {...}", lists "name=[a b]", values "key=value" (no spaces).
 
-_TOKEN = re.compile(r"\s*(?:(\})|(\])|([^\s{}\[\]=]+)(\s*\{|=\[|=([^\s{}\[\]]*)))")
+# Values may hold spaces (a DN such as "C=CH, O=ikecore test, CN=x"): a value runs on
+# until whitespace followed by the next lowercase vici key ("key=", "key {").
+_TOKEN = re.compile(r"\s*(?:(\})|(\])|([^\s{}\[\]=]+)(\s*\{|=\[|="
+                    r"((?:[^\s{}\[\]]|\s(?![a-z0-9_-]+(?:=|\s*\{))(?=[^\s{}\[\]]))*)))")
 
 
 def parse_vici_raw(text: str) -> dict[str, Any]:
@@ -413,6 +416,10 @@ class Charon:
         log_level: int = 2,
         extra_conf: str = "",
         start_timeout: float = 15.0,
+        auth: str = "psk",
+        cert: str | None = None,
+        key: str | None = None,
+        cacert: str | None = None,
         encap: bool = False,
     ) -> Charon:
         """Start charon and load one IKEv1 PSK connection ``ikev1`` with child ``net``.
@@ -429,9 +436,17 @@ class Charon:
         events; use :meth:`rekey` to force one). ``dpd_delay``: seconds between DPD
         R-U-THERE checks (None: no DPD). ``log_keys``: log keys (ike/chd level 4)
         for :meth:`keys`. ``extra_conf``: text appended inside the ``charon {}``
-        section of strongswan.conf. ``encap``: force UDP encapsulation (charon fakes
-        its NAT-D so the peer floats to NAT-T too).
+        section of strongswan.conf. ``auth="pubkey"``: RSA signatures with the PEM
+        files ``cert`` (ours), ``key`` (its private key) and ``cacert`` (the CA that
+        must have issued the peer's certificate), absolute paths (swanctl loads them
+        from there, not from /etc/swanctl).
+        ``encap``: force UDP encapsulation (charon fakes its NAT-D so the peer
+        floats to NAT-T too).
         """
+        if auth not in ("psk", "pubkey"):
+            raise ValueError("auth must be 'psk' or 'pubkey'")
+        if auth == "pubkey" and not (cert and key and cacert):
+            raise ValueError("auth='pubkey' needs cert, key and cacert")
         if kernel == "libipsec" and netns is None:
             raise ValueError("kernel='libipsec' creates a TUN device: pass netns=")
         if mode not in ("tunnel", "transport"):
@@ -475,7 +490,8 @@ class Charon:
                 rekey=rekey, dpd_delay=dpd_delay, dpd_action=dpd_action,
                 ike_lifetime=ike_lifetime, child_lifetime=child_lifetime,
                 retransmit_tries=retransmit_tries, log_level=log_level,
-                extra_conf=extra_conf, prefix=prefix, encap=encap,
+                extra_conf=extra_conf, prefix=prefix, encap=encap, auth=auth, cert=cert, key=key,
+                cacert=cacert,
             )
             process, pid = cls._launch(directory, charon_bin, netns, start_timeout)
         except BaseException:
@@ -505,7 +521,9 @@ class Charon:
                        log_keys: bool, netns: str | None, rekey: bool,
                        dpd_delay: int | None, dpd_action: str, ike_lifetime: int | None,
                        child_lifetime: int | None, retransmit_tries: int, log_level: int,
-                       extra_conf: str, prefix: Path | None, encap: bool = False) -> None:
+                       extra_conf: str, prefix: Path | None, encap: bool = False,
+                       auth: str = "psk", cert: str | None = None, key: str | None = None,
+                       cacert: str | None = None) -> None:
         d = str(directory)
         plugins = BASE_PLUGINS
         plugin_conf = ""
@@ -591,6 +609,14 @@ swanctl {{
             ike_times = f"rekey_time = 0s\n    reauth_time = 0s\n    over_time = {ike_life}s"
             child_times = f"rekey_time = 0s\n        life_time = {child_life}s"
         dpd = f"dpd_delay = {dpd_delay}s" if dpd_delay else "dpd_delay = 0s"
+        local_auth = remote_auth = "auth = psk"
+        if auth == "pubkey":
+            local_auth = f"auth = pubkey\n      certs = {_check_token(str(cert), 'cert')}"
+            remote_auth = f"auth = pubkey\n      cacerts = {_check_token(str(cacert), 'cacert')}"
+            # swanctl loads private keys only from its own private/ directory
+            # (SWANCTL_DIR is the state directory, see :meth:`swanctl`).
+            (directory / "private").mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(str(key), directory / "private" / "ike.key")
         swanctl_conf = f"""# swanctl.conf of one ikecore interop charon (tests/interop/charon.py)
 connections {{
   {CONN} {{
@@ -607,11 +633,11 @@ connections {{
     keyingtries = 1
     {ike_times}
     local {{
-      auth = psk
+      {local_auth}
       id = {_check_token(lid, "local_id")}
     }}
     remote {{
-      auth = psk
+      {remote_auth}
       id = {_check_token(rid, "remote_id")}
     }}
     children {{
@@ -682,7 +708,8 @@ secrets {{
 
     def swanctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run ``swanctl ARGS`` against this instance (no check on the exit status)."""
-        env = dict(os.environ, STRONGSWAN_CONF=str(self.directory / "strongswan.conf"))
+        env = dict(os.environ, STRONGSWAN_CONF=str(self.directory / "strongswan.conf"),
+                   SWANCTL_DIR=str(self.directory))
         return subprocess.run([self._swanctl, *args], capture_output=True, text=True, env=env,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
 
