@@ -212,7 +212,10 @@ async def _serve(args: argparse.Namespace) -> int:
             gateway.faults.report(name, str(vars_of(event).get("remote", "")), time.monotonic())
             return
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
-        print(f"{time.strftime('%H:%M:%S')} {name} {fields}", file=sys.stderr, flush=True)
+        # One write per line: stderr is write-through, and gateway workers share it, so
+        # print()'s separate newline write could interleave with another worker's line.
+        sys.stderr.write(f"{time.strftime('%H:%M:%S')} {name} {fields}\n")
+        sys.stderr.flush()
 
     store = None
     if args.store:
