@@ -1,11 +1,11 @@
 """Regenerate charon_ikev1_exchanges.json: real IKEv1 exchanges between two strongSwan
 charons on loopback, captured with tshark, with the keys the initiator logs.
 
-Developer tool, not run by the tests (they only read the JSON). Needs root, charon,
-swanctl and tshark, and the interop harness (``strongswan-peer.sh``):
+Developer tool, not run by the tests (they only read the JSON). Needs root, Debian's
+charon and swanctl, and tshark; it drives them through the project's own fixtures in
+``tests/interop``:
 
-    python tests/vectors/make_charon_vectors.py --interop ../shared/interop \
-        > tests/vectors/charon_ikev1_exchanges.json
+    cd tests && python vectors/make_charon_vectors.py > vectors/charon_ikev1_exchanges.json
 
 Each exchange: charon initiator 127.0.0.2:500 -> charon responder 127.0.0.1:PORT, PSK,
 ``--log-keys`` (ike and chd log level 4), Main Mode then Quick Mode. The kernel here
@@ -18,11 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for the fixtures
+from interop import tshark  # noqa: E402
+from interop.charon import Charon  # noqa: E402
 
 PSK = "keymat-secret"
 RUNS = [  # (IKE proposal, ESP proposal, responder port)
@@ -32,18 +37,12 @@ RUNS = [  # (IKE proposal, ESP proposal, responder port)
 ]
 
 
-def start(peer: Path, *args: str) -> dict[str, str]:
-    """Start one charon; returns the KEY=VALUE lines it prints (PID, DIR, LOG, ...)."""
-    out = subprocess.run([str(peer), "start", *args], capture_output=True, text=True, check=True, timeout=60)
-    return dict(shlex.split(line)[0].split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-
-
-def log_values(path: Path) -> list[list[str]]:
+def log_values(text: str) -> list[list[str]]:
     """Every "<label> => N bytes" hex dump of a charon log, in order, as [label, hex]."""
     values: list[list[str]] = []
     current: list[str] | None = None
     want = 0
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         m = re.search(r"> (.+?) => (\d+) bytes @", line)
         if m:
             current, want = [m.group(1), ""], int(m.group(2))
@@ -60,25 +59,15 @@ def log_values(path: Path) -> list[list[str]]:
     return values
 
 
-def run(peer: Path, ike: str, esp: str, port: int, work: Path) -> dict[str, object]:
-    pcap = work / f"{port}.pcap"
-    capture = subprocess.Popen(["tshark", "-q", "-i", "lo", "-f", f"udp port {port}", "-w", str(pcap)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2)
-    common = ["--psk", PSK, "--ike", ike, "--esp", esp, "--log-keys"]
-    responder = start(peer, "--addr", "127.0.0.1", "--port", str(port), "--natt-port", str(port + 1), *common)
-    initiator = start(peer, "--addr", "127.0.0.2", "--port", "500", "--natt-port", str(port + 3),
-                      "--remote", "127.0.0.1", "--remote-port", str(port), *common)
-    try:
-        subprocess.run([str(peer), "initiate", initiator["DIR"], "--timeout", "20"], capture_output=True, timeout=60)
-        time.sleep(1)
-        log = log_values(Path(initiator["LOG"]))
-    finally:
-        for instance in (initiator, responder):
-            subprocess.run([str(peer), "stop", instance["DIR"]], capture_output=True, timeout=60)
-        time.sleep(1)
-        capture.terminate()
-        capture.wait(timeout=10)
+def run(ike: str, esp: str, port: int, work: Path) -> dict[str, object]:
+    common: dict[str, Any] = {"psk": PSK, "ike": ike, "esp": esp, "log_keys": True, "kernel": "netlink"}
+    with tshark.capture("lo", [port], path=work / f"{port}.pcapng") as pcap:
+        with Charon.start(addr="127.0.0.1", port=port, natt_port=port + 1, **common), \
+                Charon.start(addr="127.0.0.2", port=500, natt_port=port + 3, remote="127.0.0.1",
+                             remote_port=port, **common) as initiator:
+            initiator.initiate(timeout=20)
+            time.sleep(1)
+            log = log_values(initiator.log_text())
     rows = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "udp.srcport",
                            "-e", "udp.payload"], capture_output=True, text=True, check=True).stdout
     datagrams = [{"source": s, "port": int(p), "data": d}
@@ -88,18 +77,15 @@ def run(peer: Path, ike: str, esp: str, port: int, work: Path) -> dict[str, obje
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--interop", type=Path, required=True, help="folder of strongswan-peer.sh")
-    args = parser.parse_args()
-    peer = args.interop.resolve() / "strongswan-peer.sh"
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as work:
-        exchanges = [run(peer, ike, esp, port, Path(work)) for ike, esp, port in RUNS]
+        exchanges = [run(ike, esp, port, Path(work)) for ike, esp, port in RUNS]
     print(json.dumps({
         "source": "strongSwan 5.9.8 charon (Debian 12) initiator 127.0.0.2:500 -> charon responder "
                   "127.0.0.1 on loopback, PSK 'keymat-secret', Main Mode + Quick Mode (the kernel "
                   "refuses the SAs, so the initiator ends with an informational NO_PROPOSAL_CHOSEN "
                   "and a Delete); datagrams captured with tshark, values logged by the initiator at "
-                  "ike/chd level 4 (shared/interop strongswan-peer.sh --log-keys), in log order",
+                  "ike/chd level 4 (tests/interop Charon log_keys=True), in log order",
         "exchanges": exchanges}, indent=1))
 
 
