@@ -34,7 +34,6 @@ from ikecore import keymat, nat_traversal, policy, vendor_ids, wire
 from ikecore.errors import (
     AuthenticationFailed,
     InvalidIdInformation,
-    InvalidKeyInformation,
     NoProposalChosen,
     PayloadMalformed,
     RemoteProtocolError,
@@ -49,6 +48,7 @@ from ikecore.phase1 import (
     open_encrypted,
     phase1_keys,
     required,
+    run_handler,
     seal,
 )
 from ikecore.sa import IsakmpSa, Phase1State, id_to_text
@@ -220,7 +220,7 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
     if row is None:
         raise PayloadMalformed(f"unexpected Aggressive Mode message in state {sa.state.value}",
                                notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
-    previous_iv = None
+    next_iv = None
     if message.encrypted:
         if row.message_number != 3:
             raise PayloadMalformed(f"message {row.message_number} must not be encrypted",
@@ -232,18 +232,10 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
         except RemoteProtocolError as exc:
             raise AuthenticationFailed(f"message 3 does not decrypt to a valid payload chain ({exc}); "
                                        "pre-shared keys differ?") from exc
-        previous_iv = sa.crypto.iv(0)
-        sa.crypto.commit(0, opened.next_iv)
+        next_iv = opened.next_iv
     else:
         payloads = list(message.payloads)
         required(payloads, *row.required)
-    try:
-        reply = row.handler(sa, message, payloads, services)
-    except Exception as exc:
-        if previous_iv is not None:
-            sa.crypto.commit(0, previous_iv)
-        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
-            raise InvalidKeyInformation(str(exc)) from exc
-        raise
+    reply = run_handler(sa, 0, next_iv, lambda: row.handler(sa, message, payloads, services))
     sa.state = row.next_state
     return reply

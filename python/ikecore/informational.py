@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from ikecore import keymat, wire
-from ikecore.errors import AuthenticationFailed, InvalidPayloadType, InvalidMessageId
-from ikecore.phase1 import constant_time_equal, open_encrypted
+from ikecore.errors import AuthenticationFailed, InvalidMessageId
+from ikecore.phase1 import after_hash, constant_time_equal, open_encrypted, seal_hashed
 from ikecore.sa import IsakmpSa
 
 __all__ = ["INFORMATIONAL", "build_protected", "build_unprotected", "receive_protected",
@@ -48,13 +48,10 @@ def delete_esp(spis: list[bytes]) -> Any:
 
 def build_protected(sa: IsakmpSa, payloads: list[Any], message_id: int) -> bytes:
     """``HDR*, HASH(1), N/D...`` under the SA's keys with a fresh Message ID."""
-    chain = wire.encode_payloads(payloads)
-    digest = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message_id, chain)
-    plaintext = wire.encode_payloads([wire.HashPayload(digest), *payloads])
-    ciphertext = sa.crypto.encrypt(message_id, plaintext)
+    datagram = seal_hashed(sa, INFORMATIONAL, payloads, message_id, lambda chain: keymat.informational_hash(
+        sa.hash_name, sa.skeyid.skeyid_a, message_id, chain))
     sa.crypto.forget(message_id)
-    return wire.Message(sa.initiator_cookie, sa.responder_cookie, INFORMATIONAL, message_id=message_id,
-                        flags=wire.Flag.ENCRYPTION, next_payload=P.HASH, body=ciphertext).encode()
+    return datagram
 
 
 def build_unprotected(initiator_cookie: bytes, responder_cookie: bytes, payload: Any) -> bytes:
@@ -75,9 +72,7 @@ def receive_protected(sa: IsakmpSa, message: Any) -> list[Any]:
     finally:
         sa.crypto.forget(message.message_id)
     payloads = opened.payloads
-    if not payloads or payloads[0].payload_type != P.HASH:
-        raise InvalidPayloadType("protected informational message must start with HASH")
-    after = b"".join(p.raw for p in payloads[1:])
+    after = after_hash(payloads)
     expected = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message.message_id, after)
     if not constant_time_equal(payloads[0].data, expected):
         raise AuthenticationFailed("informational HASH(1) does not verify")

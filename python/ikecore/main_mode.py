@@ -42,7 +42,6 @@ from ikecore import auth, keymat, nat_traversal, policy, vendor_ids, wire
 from ikecore.errors import (
     AuthenticationFailed,
     InvalidIdInformation,
-    InvalidKeyInformation,
     NoProposalChosen,
     PayloadMalformed,
     RemoteProtocolError,
@@ -56,6 +55,7 @@ from ikecore.phase1 import (
     open_encrypted,
     phase1_keys,
     required,
+    run_handler,
     seal,
     build_plain,
 )
@@ -292,20 +292,7 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
                                    notify_type=wire.NotifyType.INVALID_FLAGS)
         payloads = list(message.payloads)
         opened = None
-    previous_iv = None
-    if opened is not None:
-        # The reply is encrypted on from this message's last block, so commit first
-        # and roll back if the handler rejects the message.
-        previous_iv = sa.crypto.iv(0)
-        sa.crypto.commit(0, opened.next_iv)
-    try:
-        reply = row.handler(sa, message, payloads, services)
-    except Exception as exc:
-        if previous_iv is not None:
-            sa.crypto.commit(0, previous_iv)
-        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
-            # A DH value the Rust core rejected, or similar bad peer data.
-            raise InvalidKeyInformation(str(exc)) from exc
-        raise
+    reply = run_handler(sa, 0, opened.next_iv if opened is not None else None,
+                        lambda: row.handler(sa, message, payloads, services))
     sa.state = row.next_state
     return reply

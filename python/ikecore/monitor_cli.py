@@ -22,7 +22,7 @@ from ikecore.config import parse_endpoint
 from ikecore.control import ControlClient, ControlError, ControlServer, default_control_path
 from ikecore.errors import ConfigError
 from ikecore.monitor import Statistic
-from ikecore.views import VIEWS, DnsNameCache, Views, ViewError, render
+from ikecore.views import VIEWS, DnsNameCache, Views, render
 
 __all__ = ["add_parser", "run", "start_services", "Services", "demo_report"]
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ikecore import keymat, wire
-from ikecore.errors import InvalidPayloadType, PayloadMalformed
+from ikecore.errors import InvalidKeyInformation, InvalidPayloadType, PayloadMalformed, RemoteProtocolError
 from ikecore.sa import IsakmpSa
 
-__all__ = ["Services", "Opened", "seal", "open_encrypted", "build_plain", "phase1_keys",
+__all__ = ["Services", "Opened", "seal", "seal_hashed", "after_hash", "run_handler", "open_encrypted", "build_plain", "phase1_keys",
            "my_identification", "required", "nonce_ok", "constant_time_equal"]
 
 NONCE_SIZE = 32
+T = TypeVar("T")
 
 
 class Services(Protocol):
@@ -48,18 +50,59 @@ def build_plain(sa: IsakmpSa, exchange_type: int, payloads: list[Any], message_i
                         message_id=message_id).encode()
 
 
-def seal(sa: IsakmpSa, exchange_type: int, payloads: list[Any], message_id: int,
-         chain: bytes | None = None) -> bytes:
-    """Encrypt ``payloads`` (or a pre-encoded ``chain``) and return the whole datagram.
+def seal(sa: IsakmpSa, exchange_type: int, payloads: list[Any], message_id: int) -> bytes:
+    """Encrypt ``payloads`` and return the whole datagram.
 
     Advances the IV chain of ``message_id`` (CryptoState.encrypt does).
     """
-    plaintext = chain if chain is not None else wire.encode_payloads(payloads)
-    ciphertext = sa.crypto.encrypt(message_id, plaintext)
+    ciphertext = sa.crypto.encrypt(message_id, wire.encode_payloads(payloads))
     first = payloads[0].payload_type
     return wire.Message(sa.initiator_cookie, sa.responder_cookie, exchange_type,
                         message_id=message_id, flags=wire.Flag.ENCRYPTION, next_payload=first,
                         body=ciphertext).encode()
+
+
+def seal_hashed(sa: IsakmpSa, exchange_type: int, payloads: list[Any], message_id: int,
+                compute: Callable[[bytes], bytes]) -> bytes:
+    """``HDR*, HASH, payloads``: the HASH is ``compute`` over the payload chain that follows it
+    (generic headers included), as Quick Mode and informational exchanges define it
+    (RFC 2409 sections 5.5 and 5.7)."""
+    digest = compute(wire.encode_payloads(payloads))
+    return seal(sa, exchange_type, [wire.HashPayload(digest), *payloads], message_id)
+
+
+def after_hash(payloads: list[Any]) -> bytes:
+    """The exact bytes of every payload after a leading HASH payload, what its hash covers.
+
+    Raises:
+        InvalidPayloadType: the message does not start with HASH.
+    """
+    if not payloads or payloads[0].payload_type != wire.PayloadType.HASH:
+        raise InvalidPayloadType("message must start with a HASH payload")
+    return b"".join(p.raw for p in payloads[1:])
+
+
+def run_handler(sa: IsakmpSa, message_id: int, next_iv: bytes | None, handler: Callable[[], T]) -> T:
+    """Run a state-machine handler for a received message.
+
+    With ``next_iv`` (the message was encrypted) the IV chain of ``message_id`` is first
+    advanced past the message, since a reply is encrypted on from its last block, and
+    rolled back if the handler rejects the message, so a bad message never moves the IV.
+    A plain ValueError from the crypto core (a peer DH value it refused) becomes
+    INVALID-KEY-INFORMATION.
+    """
+    previous = None
+    if next_iv is not None:
+        previous = sa.crypto.iv(message_id)
+        sa.crypto.commit(message_id, next_iv)
+    try:
+        return handler()
+    except Exception as exc:
+        if previous is not None:
+            sa.crypto.commit(message_id, previous)
+        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
+            raise InvalidKeyInformation(str(exc)) from exc
+        raise
 
 
 @dataclass(frozen=True, slots=True)

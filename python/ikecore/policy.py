@@ -142,6 +142,26 @@ def _duration_value(seconds: int) -> int | bytes:
     return seconds if seconds <= 0xFFFF else seconds.to_bytes(4, "big")
 
 
+def _read_attributes(transform: wire.Transform, life_type_attr: int, duration_attr: int,
+                     default_lifetime: int) -> tuple[dict[int, int], int, int | None]:
+    """A transform's attributes as {type: value}, with the Life Type / Life Duration pairs
+    (RFC 2407 4.5, RFC 2409 app. A: each duration applies to the type before it) read out
+    as (seconds, kilobytes)."""
+    values: dict[int, int] = {}
+    lifetime, kilobytes, life_type = default_lifetime, None, None
+    for attr in transform.attributes:
+        if attr.type == life_type_attr:
+            life_type = attr.int_value
+        elif attr.type == duration_attr:
+            if life_type == wire.LifeType.SECONDS:
+                lifetime = attr.int_value
+            elif life_type == wire.LifeType.KILOBYTES:
+                kilobytes = attr.int_value
+        else:
+            values[attr.type] = attr.int_value
+    return values, lifetime, kilobytes
+
+
 # --- proposals ----------------------------------------------------------------------------
 
 
@@ -197,20 +217,8 @@ class IkeProposal:
     @classmethod
     def from_transform(cls, transform: wire.Transform) -> IkeProposal:
         """Read a phase 1 Transform; raises NoProposalChosen for what we cannot use."""
-        values: dict[int, int] = {}
-        lifetime = DEFAULT_IKE_LIFETIME
-        kilobytes = None
-        life_type = None
-        for attr in transform.attributes:
-            if attr.type == wire.OakleyAttribute.LIFE_TYPE:
-                life_type = attr.int_value
-            elif attr.type == wire.OakleyAttribute.LIFE_DURATION:
-                if life_type == wire.LifeType.SECONDS:
-                    lifetime = attr.int_value
-                elif life_type == wire.LifeType.KILOBYTES:
-                    kilobytes = attr.int_value
-            else:
-                values[attr.type] = attr.int_value
+        values, lifetime, kilobytes = _read_attributes(
+            transform, wire.OakleyAttribute.LIFE_TYPE, wire.OakleyAttribute.LIFE_DURATION, DEFAULT_IKE_LIFETIME)
         try:
             encryption = values[wire.OakleyAttribute.ENCRYPTION_ALGORITHM]
             hash_ = values[wire.OakleyAttribute.HASH_ALGORITHM]
@@ -290,18 +298,8 @@ class EspProposal:
     @classmethod
     def from_transform(cls, transform: wire.Transform) -> tuple[EspProposal, int]:
         """Read an ESP Transform; returns (proposal, encapsulation mode)."""
-        values: dict[int, int] = {}
-        lifetime, kilobytes, life_type = DEFAULT_ESP_LIFETIME, None, None
-        for attr in transform.attributes:
-            if attr.type == wire.IpsecAttribute.SA_LIFE_TYPE:
-                life_type = attr.int_value
-            elif attr.type == wire.IpsecAttribute.SA_LIFE_DURATION:
-                if life_type == wire.LifeType.SECONDS:
-                    lifetime = attr.int_value
-                elif life_type == wire.LifeType.KILOBYTES:
-                    kilobytes = attr.int_value
-            else:
-                values[attr.type] = attr.int_value
+        values, lifetime, kilobytes = _read_attributes(
+            transform, wire.IpsecAttribute.SA_LIFE_TYPE, wire.IpsecAttribute.SA_LIFE_DURATION, DEFAULT_ESP_LIFETIME)
         if wire.IpsecAttribute.AUTHENTICATION_ALGORITHM not in values:
             raise NoProposalChosen(f"ESP transform {transform.number} has no authentication algorithm")
         key_length = values.get(wire.IpsecAttribute.KEY_LENGTH)

@@ -36,13 +36,22 @@ from ikecore.errors import (
     AuthenticationFailed,
     InvalidHashInformation,
     InvalidIdInformation,
-    InvalidKeyInformation,
     InvalidPayloadType,
     NoProposalChosen,
     PayloadMalformed,
-    RemoteProtocolError,
 )
-from ikecore.phase1 import NONCE_SIZE, Services, constant_time_equal, nonce_ok, open_encrypted, required
+from ikecore.phase1 import (
+    NONCE_SIZE,
+    Services,
+    after_hash,
+    constant_time_equal,
+    nonce_ok,
+    open_encrypted,
+    required,
+    run_handler,
+    seal,
+    seal_hashed,
+)
 from ikecore.sa import IsakmpSa, Phase2State, QuickModeExchange, Role
 
 __all__ = ["QuickModeServices", "TRANSITIONS", "start_initiator", "receive", "QUICK_MODE",
@@ -79,16 +88,6 @@ def traffic_selectors(sa: IsakmpSa) -> tuple[policy.TrafficSelector, policy.Traf
     return local, remote
 
 
-def _seal_with_hash(sa: IsakmpSa, qm: QuickModeExchange, payloads: list[Any],
-                    compute: Callable[[bytes], bytes]) -> bytes:
-    chain = wire.encode_payloads(payloads)
-    hash_payload = wire.HashPayload(compute(chain))
-    plaintext = wire.encode_payloads([hash_payload, *payloads])
-    ciphertext = sa.crypto.encrypt(qm.message_id, plaintext)
-    return wire.Message(sa.initiator_cookie, sa.responder_cookie, QUICK_MODE, message_id=qm.message_id,
-                        flags=wire.Flag.ENCRYPTION, next_payload=P.HASH, body=ciphertext).encode()
-
-
 def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServices) -> bytes:
     """QM1: HASH(1), SA (our ESP suites, our inbound SPI), Ni, [KE], IDci, IDcr."""
     qm.nonce_i = services.random(NONCE_SIZE)
@@ -110,14 +109,8 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     payloads += [qm.id_ci, qm.id_cr]
     qm.state = Phase2State.I_EXPECT_QM2
     hash_name = sa.hash_name
-    return _seal_with_hash(sa, qm, payloads, lambda chain: keymat.qm_hash1(
+    return seal_hashed(sa, QUICK_MODE, payloads, qm.message_id, lambda chain: keymat.qm_hash1(
         hash_name, sa.skeyid.skeyid_a, qm.message_id, chain))
-
-
-def _after_hash(payloads: list[Any]) -> bytes:
-    if not payloads or payloads[0].payload_type != P.HASH:
-        raise InvalidPayloadType("Quick Mode message must start with a HASH payload")
-    return b"".join(p.raw for p in payloads[1:])
 
 
 def _client_ids(payloads: list[Any]) -> tuple[Any, Any] | None:
@@ -206,7 +199,7 @@ def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
 
 def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
                      services: QuickModeServices) -> bytes:
-    after = _after_hash(payloads)
+    after = after_hash(payloads)
     expected = keymat.qm_hash1(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, after)
     if not constant_time_equal(payloads[0].data, expected):
         raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
@@ -239,13 +232,13 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
         qm.lifetime_notify = (chosen.lifetime, chosen.lifetime_kilobytes)
     qm.g_qm_xy = g_qm_xy
     nonce_i = qm.nonce_i
-    return _seal_with_hash(sa, qm, reply, lambda chain: keymat.qm_hash2(
+    return seal_hashed(sa, QUICK_MODE, reply, qm.message_id, lambda chain: keymat.qm_hash2(
         sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, nonce_i, chain))
 
 
 def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
                      services: QuickModeServices) -> bytes:
-    after = _after_hash(payloads)
+    after = after_hash(payloads)
     expected = keymat.qm_hash2(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, after)
     if not constant_time_equal(payloads[0].data, expected):
         raise AuthenticationFailed("Quick Mode HASH(2) does not verify")
@@ -274,9 +267,7 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
     inbound, outbound = _keys(sa, qm, g_qm_xy)
     services.install(sa, qm, inbound, outbound)
     hash3 = keymat.qm_hash3(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
-    ciphertext = sa.crypto.encrypt(qm.message_id, wire.encode_payloads([wire.HashPayload(hash3)]))
-    return wire.Message(sa.initiator_cookie, sa.responder_cookie, QUICK_MODE, message_id=qm.message_id,
-                        flags=wire.Flag.ENCRYPTION, next_payload=P.HASH, body=ciphertext).encode()
+    return seal(sa, QUICK_MODE, [wire.HashPayload(hash3)], qm.message_id)
 
 
 def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
@@ -313,14 +304,7 @@ def receive(sa: IsakmpSa, qm: QuickModeExchange, message: Any, services: QuickMo
                                notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
     opened = open_encrypted(sa, message)
     required(opened.payloads, *row.required)
-    previous_iv = sa.crypto.iv(qm.message_id)
-    sa.crypto.commit(qm.message_id, opened.next_iv)
-    try:
-        reply = row.handler(sa, qm, message, opened.payloads, services)
-    except Exception as exc:
-        sa.crypto.commit(qm.message_id, previous_iv)
-        if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
-            raise InvalidKeyInformation(str(exc)) from exc
-        raise
+    reply = run_handler(sa, qm.message_id, opened.next_iv,
+                        lambda: row.handler(sa, qm, message, opened.payloads, services))
     qm.state = row.next_state
     return reply
