@@ -9,7 +9,7 @@ VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
-PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9"
+PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "atheris>=2.3"
 
 .PHONY: all build run test test-rust test-python stubtest bench fuzz clean openssl-dev
 
@@ -61,14 +61,19 @@ clean:
 	rm -rf target $(VENV) python/ikecore/*.so
 
 # Bounded coverage-guided fuzz run of the ISAKMP codec (stable Rust, libFuzzer via
-# libfuzzer-sys; the same flags cargo-fuzz uses). FUZZ_SECONDS per target.
+# libfuzzer-sys; the same flags cargo-fuzz uses) and of the Python engine (atheris,
+# tests/fuzz/engine_fuzz.py: datagram sequences into responders and initiators
+# mid-exchange). FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS ?=
 FUZZ_TARGET_DIR := fuzz/target/x86_64-unknown-linux-gnu/release
-fuzz:
+fuzz: $(BUILT)
 	cd fuzz && RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing" \
 		cargo build --release --quiet --target x86_64-unknown-linux-gnu
 	mkdir -p fuzz/corpus/parse_message fuzz/corpus/parse_chain fuzz/corpus/cookie_dispatch
 	$(FUZZ_TARGET_DIR)/parse_message fuzz/corpus/parse_message -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
 	$(FUZZ_TARGET_DIR)/parse_chain fuzz/corpus/parse_chain -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
 	$(FUZZ_TARGET_DIR)/cookie_dispatch fuzz/corpus/cookie_dispatch -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
+	$(VPY) tests/fuzz/engine_fuzz.py --make-corpus fuzz/corpus/engine
+	mkdir -p fuzz/artifacts
+	$(VPY) tests/fuzz/engine_fuzz.py fuzz/corpus/engine -max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=4096 -artifact_prefix=fuzz/artifacts/engine- $(FUZZ_FLAGS)
