@@ -323,7 +323,13 @@ def verify(gateway: Gateway, peers: Peers, qm_sample: int, rng: random.Random, q
         for ipsec in record["ipsec"]:
             for keys in ipsec["keys"]:
                 spi = bytes.fromhex(keys["spi"])
-                theirs = peers.driver.inbound.get(spi) or peers.driver.outbound.get((spi, keys["destination"]))
+                # the gateway's outbound SA is the initiator's inbound one and the other way
+                # round; the two ends draw SPIs independently, so the direction (by
+                # destination) picks the table, never a lookup in both
+                if keys["destination"] == GATEWAY_HOST:
+                    theirs = peers.driver.outbound.get((spi, GATEWAY_HOST))
+                else:
+                    theirs = peers.driver.inbound.get(spi)
                 if theirs is None or (theirs.encryption_key.hex(), theirs.integrity_key.hex()) != (
                         keys["encryption_key"], keys["integrity_key"]):
                     failures.append(f"SA {cookies}: IPsec SA {spi.hex()} keys differ from the initiator's")

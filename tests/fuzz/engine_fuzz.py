@@ -11,20 +11,24 @@ replays exactly:
   run a real negotiation step by step up to a chosen point: nothing yet (a fresh
   responder), after MM1/MM2, after MM4 (both sides hold keys), established with Quick
   Mode 1 in flight, fully established (ISAKMP + IPsec SA), and the same for Aggressive
-  Mode. Random bytes come from a seeded source and the DH key pairs are fixed
-  (``dh.keypair(group, private)``), so the messages of every run are the same bytes
+  Mode. Random bytes come from a seeded source, the DH key pairs are fixed
+  (``dh.keypair(group, private)``) and so are the responder cookies (``_Cookies``) and
+  SPIs (``_Driver``), so
+  the messages of every run are the same bytes
   and encrypted messages decrypt: the fuzzer reaches the states behind the encryption.
 * Operations (the datagram goes to the initiator or to the responder, as the input
   says): ``raw`` bytes; ``header``: the 28-byte header of a real message of the
   negotiation (its cookies) followed by fuzzed bytes; ``sealed``: a fuzzed payload chain
-  encrypted with the real keys of the SA (as the peer would, from a copy of its IV
-  chain), with a fuzzed exchange type, next payload and Message ID; ``hashed``: the same
+  encrypted with the real keys of the SA (from a copy of the receiver's IV chain, so it
+  decrypts), with a fuzzed exchange type, next payload and Message ID; ``hashed``: the same
   with a correct HASH(1) in front (Quick Mode and informational messages the peer could
   really send); ``replay`` of a real datagram of the negotiation; ``deliver`` / ``drop``
   the next datagram the engines really sent; ``time`` moves the clock and fires timers.
 * Seeds: every ISAKMP datagram of the real captures in ``tests/vectors/captures``
-  (strongSwan, ike-scan) as a ``raw`` operation in every scenario, and the clean
-  negotiations themselves (``deliver`` until quiet), written by ``--make-corpus``.
+  (strongSwan, ike-scan) as a ``raw`` operation in every scenario, the clean
+  negotiations themselves (``deliver`` until quiet), and the decrypted payload chains of
+  their encrypted messages as ``sealed`` and ``hashed`` operations (a valid MM5/MM6/AM3,
+  a new Quick Mode 1 on an established SA, ...), written by ``--make-corpus``.
 
 Oracle (a violation raises, which libFuzzer reports as a crash and saves the input):
 nothing raises out of ``receive_datagram``/``handle_timer``/``datagrams_to_send``/
@@ -65,6 +69,7 @@ if atheris is not None and __name__ == "__main__":
         from ikecore import dh, keymat, wire
         from ikecore import events as ev
         from ikecore.config import Config, Timing, config_from_flags
+        from ikecore.driver import DriverError, MemoryDriver
         from ikecore.engine import Engine
         from ikecore.monitor import Monitor
         from ikecore.sa import Phase1State
@@ -72,6 +77,7 @@ else:
     from ikecore import dh, keymat, wire
     from ikecore import events as ev
     from ikecore.config import Config, Timing, config_from_flags
+    from ikecore.driver import DriverError, MemoryDriver
     from ikecore.engine import Engine
     from ikecore.monitor import Monitor
     from ikecore.sa import Phase1State
@@ -135,6 +141,43 @@ def _counter_random(seed: int) -> Any:
     return random_bytes
 
 
+class _Cookies:
+    """The engine's cookie table with a deterministic ``make_cookie`` (the Rust table keys its
+    responder cookies with a secret from the OS): the same input gives the same run."""
+
+    def __init__(self, table: Any, random_bytes: Any) -> None:
+        self._table = table
+        self._random = random_bytes
+
+    def make_cookie(self, peer: bytes, local: bytes) -> bytes:
+        return self._random(8)
+
+    def rotate_secret(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+class _Driver(MemoryDriver):
+    """The in-memory driver with SPIs from the seeded source (it draws them from the OS)."""
+
+    def __init__(self, random_bytes: Any) -> None:
+        super().__init__()
+        self._random = random_bytes
+
+    def get_spi(self, source: str, destination: str, protocol_id: int) -> bytes:
+        for _attempt in range(64):
+            spi = self._random(4)
+            if int.from_bytes(spi, "big") >= 256 and spi not in self.inbound:
+                self.inbound[spi] = None
+                return spi
+        raise DriverError("no free SPI")
+
+
 class World:
     """Two engines, their monitors and the datagrams in flight, on a fake clock."""
 
@@ -142,9 +185,13 @@ class World:
         self.now = START
         config = _CONFIGS[aggressive]
         self.engines = {
-            "initiator": Engine(config, random=_counter_random(1), keypair=_fixed_keypairs(0), now=START),
-            "responder": Engine(config, random=_counter_random(2), keypair=_fixed_keypairs(1), now=START),
+            "initiator": Engine(config, driver=_Driver(_counter_random(11)), random=_counter_random(1),
+                                keypair=_fixed_keypairs(0), now=START),
+            "responder": Engine(config, driver=_Driver(_counter_random(12)), random=_counter_random(2),
+                                keypair=_fixed_keypairs(1), now=START),
         }
+        for number, engine in enumerate(self.engines.values()):
+            engine._cookies = _Cookies(engine._cookies, _counter_random(100 + number))
         self.monitors = {side: Monitor() for side in self.engines}
         self.addresses = {"initiator": (INITIATOR, RESPONDER), "responder": (RESPONDER, INITIATOR)}
         self.in_flight: list[tuple[str, bytes]] = []   # (receiving side, datagram)
@@ -190,12 +237,14 @@ class World:
                 for sa in self.engines[side].sas()
                 if sa.state is Phase1State.ESTABLISHED and sa.skeyid is not None}
 
-    def peer_sa(self, side: str) -> Any:
-        """The SA with keys held by the *other* side (it seals what goes to ``side``)."""
+    def keyed_sa(self, side: str) -> Any:
+        """An SA with keys for sealing what goes to ``side``: its own (both ends hold the
+        same keys, and its own IV chain is the one it decrypts with), else the peer's."""
         other = "responder" if side == "initiator" else "initiator"
-        for sa in self.engines[other].sas():
-            if sa.crypto is not None and sa.skeyid is not None and sa.skeyid.skeyid_a:
-                return sa
+        for engine in (self.engines[side], self.engines[other]):
+            for sa in engine.sas():
+                if sa.crypto is not None and sa.skeyid is not None and sa.skeyid.skeyid_a:
+                    return sa
         return None
 
 
@@ -234,7 +283,7 @@ def run_input(data: bytes) -> None:
             real = transcript[fdp.ConsumeIntInRange(0, len(transcript) - 1)][1]
             world.inject(side, real[:28] + fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, MAX_DATAGRAM)))
         elif op in (2, 3):
-            sa = world.peer_sa(side)
+            sa = world.keyed_sa(side)
             exchange = EXCHANGES[fdp.ConsumeIntInRange(0, len(EXCHANGES) - 1)]
             next_payload = fdp.ConsumeIntInRange(0, 21)
             choice = fdp.ConsumeIntInRange(0, 2)
@@ -317,22 +366,52 @@ class _Provider:
         return out
 
 
-def _record(aggressive: bool) -> list[tuple[str, bytes]]:
+def _chain(first: int, data: bytes) -> bytes:
+    """The payload chain at the start of ``data`` (a decrypted body: the padding cut off)."""
+    end, kind = 0, first
+    while kind and end + 4 <= len(data):
+        kind, size = data[end], int.from_bytes(data[end + 2:end + 4], "big")
+        end += max(size, 4)
+    return data[:end]
+
+
+def _after_hash(next_payload: int, plaintext: bytes) -> tuple[int, bytes] | None:
+    """(next payload, chain) after the leading HASH payload of a decrypted chain, padding cut."""
+    if next_payload != wire.PayloadType.HASH or len(plaintext) < 4:
+        return None
+    length = int.from_bytes(plaintext[2:4], "big")
+    return plaintext[0], _chain(plaintext[0], plaintext[length:])
+
+
+def _record(aggressive: bool) -> tuple[list[tuple[str, bytes]], list[tuple[int, int, int, int, bytes]]]:
+    """The clean negotiation: every datagram (by receiving side), and each encrypted one
+    decrypted by its receiver just before delivery as (datagrams delivered before it,
+    exchange type, next payload, Message ID, payload chain) for the seeds."""
     world = World(aggressive)
-    for _ in range(40):
-        if not world.deliver_next():
+    plaintexts = []
+    for delivered in range(40):
+        if not world.in_flight:
             break
-    return world.sent
+        side, data = world.in_flight[0]
+        message = wire.parse(data)
+        if message.encrypted:
+            receiver = world.engines[side].sas()[0]
+            plaintext, _next_iv = receiver.crypto.decrypt(message.message_id, message.body)
+            plaintexts.append((delivered, int(message.exchange_type), int(message.next_payload),
+                               message.message_id, _chain(int(message.next_payload), plaintext)))
+        world.deliver_next()
+    return world.sent, plaintexts
 
 
-_TRANSCRIPTS = {aggressive: _record(aggressive) for aggressive in (False, True)}
+_RECORDED = {aggressive: _record(aggressive) for aggressive in (False, True)}
+_TRANSCRIPTS = {aggressive: recorded[0] for aggressive, recorded in _RECORDED.items()}
 
 
 # --- seeds ------------------------------------------------------------------------------
 
 
 def _encode_program(scenario: int, ops: list[tuple[int, bool, bytes]]) -> bytes:
-    """Inverse of the provider for the ops the seeds use (raw datagrams and deliveries).
+    """Inverse of the provider for the ops the seeds use (raw, sealed, hashed, deliver).
 
     Integers are consumed from the end (last byte first), booleans and bytes from the front.
     """
@@ -350,10 +429,16 @@ def _encode_program(scenario: int, ops: list[tuple[int, bool, bytes]]) -> bytes:
 
     integer(scenario, 0, len(SCENARIOS) - 1)
     integer(len(ops), 0, MAX_OPS)
-    for op, to_responder, data in ops:
+    for op, to_responder, data, *sealed in ops:
         integer(op, 0, 7)
         front.append(1 if to_responder else 0)
-        if op == 0:
+        if op in (2, 3):   # sealed: (exchange type, next payload, Message ID) follow the data
+            exchange_type, next_payload, message_id = sealed
+            integer(EXCHANGES.index(exchange_type), 0, len(EXCHANGES) - 1)
+            integer(next_payload, 0, 21)
+            integer(2, 0, 2)
+            integer(message_id, 0, 0xFFFFFFFF)
+        if op in (0, 2, 3):
             integer(len(data), 0, MAX_DATAGRAM)
             front += data
     return bytes(front) + bytes(reversed(back))
@@ -370,11 +455,25 @@ def seeds() -> list[bytes]:
             if len(datagram.data) <= MAX_DATAGRAM:
                 captured.append(bytes(datagram.data))
     out = []
-    for scenario in range(len(SCENARIOS)):
+    for scenario, (aggressive, prefix) in enumerate(SCENARIOS):
         out.append(_encode_program(scenario, [(5, False, b"")] * MAX_OPS))
         for start in range(0, len(captured), 4):
             ops = [(0, (i + scenario) % 2 == 0, data) for i, data in enumerate(captured[start:start + 4])]
             out.append(_encode_program(scenario, ops + [(5, False, b"")] * 4))
+        # the real encrypted messages of the negotiation, sealed again by the harness: as
+        # the next message where it belongs, and (with a new Message ID and a correct
+        # HASH(1) for Quick Mode and informational chains) as a new exchange on an
+        # established SA -- the fuzzer starts from valid decrypted payload chains
+        for delivered, exchange_type, next_payload, message_id, plaintext in _RECORDED[aggressive][1]:
+            to_responder = _TRANSCRIPTS[aggressive][delivered][0] == "responder"
+            if delivered == prefix:
+                out.append(_encode_program(scenario, [(2, to_responder, plaintext, exchange_type, next_payload,
+                                                       message_id)] + [(5, False, b"")] * 4))
+            if message_id and prefix >= delivered:
+                chain = _after_hash(next_payload, plaintext)
+                if chain is not None:
+                    out.append(_encode_program(scenario, [(3, to_responder, chain[1], exchange_type, chain[0],
+                                                           0x0A0B0C0D)] + [(5, False, b"")] * 4))
     return out
 
 
