@@ -498,6 +498,14 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text, strict=False)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; every Quick Mode reads two address IDs
+def _host_network(data: bytes) -> str:
+    """An ID_IPV4_ADDR/ID_IPV6_ADDR body as host CIDR text (ValueError for other lengths)."""
+    if len(data) == 4:
+        return "%d.%d.%d.%d/32" % tuple(data)
+    return str(ipaddress.ip_network(ipaddress.ip_address(data)))
+
+
 def subnet_text(data: bytes) -> str:
     """An ID_IPV4/IPV6_ADDR_SUBNET body (address then mask) as CIDR text.
 
@@ -538,7 +546,7 @@ class TrafficSelector:
         """Read an IDci/IDcr; raises ValueError for types that are not address selectors."""
         data, id_type = payload.data, payload.id_type
         if id_type in (wire.IdType.IPV4_ADDR, wire.IdType.IPV6_ADDR):
-            network = str(ipaddress.ip_network(ipaddress.ip_address(data)))
+            network = _host_network(data)
         elif id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
             network = subnet_text(data)
         elif id_type in (wire.IdType.IPV4_ADDR_RANGE, wire.IdType.IPV6_ADDR_RANGE):

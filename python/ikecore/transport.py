@@ -15,6 +15,7 @@ logged once per kind with rate limiting (``ikecore.faults``); negotiation goes o
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -39,6 +40,7 @@ def local_address_towards(remote: str) -> str:
         return str(probe.getsockname()[0])
 
 
+@functools.lru_cache(maxsize=64)
 def _wildcard(address: str) -> bool:
     return ipaddress.ip_address(address).is_unspecified
 
@@ -62,6 +64,9 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # asyncio reads into a fresh 256 KiB buffer per datagram (an mmap and munmap each
+        # time); a UDP payload is at most 65,535 bytes
+        transport.max_size = 65535  # type: ignore[attr-defined]
         sockname = transport.get_extra_info("sockname")
         self.local = (str(sockname[0]), int(sockname[1]))
 
