@@ -105,6 +105,7 @@ def group_name(group: int) -> str:
     return _GROUP_BY_NUMBER.get(group, f"group{group}")
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _encryption_name(algorithm: int, key_length: int | None) -> str:
     if algorithm == wire.EncryptionAlgorithm.AES_CBC:
         return f"aes{key_length or 128}"
@@ -114,6 +115,7 @@ def _encryption_name(algorithm: int, key_length: int | None) -> str:
     return f"encr{algorithm}"
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _esp_encryption_name(transform_id: int, key_length: int | None) -> str:
     if transform_id == wire.EspTransform.AES_CBC:
         return f"aes{key_length or 128}"
@@ -123,6 +125,7 @@ def _esp_encryption_name(transform_id: int, key_length: int | None) -> str:
     return f"esp{transform_id}"
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _hash_name(algorithm: int) -> str:
     for name, (ike_id, _esp, _h) in _INTEGRITY.items():
         if ike_id == algorithm:
@@ -130,6 +133,7 @@ def _hash_name(algorithm: int) -> str:
     return f"hash{algorithm}"
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _auth_name(algorithm: int) -> str:
     for name, (_ike, esp_id, _h) in _INTEGRITY.items():
         if esp_id == algorithm:
