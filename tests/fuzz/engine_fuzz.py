@@ -13,9 +13,8 @@ replays exactly:
   Mode 1 in flight, fully established (ISAKMP + IPsec SA), and the same for Aggressive
   Mode. Random bytes come from a seeded source, the DH key pairs are fixed
   (``dh.keypair(group, private)``) and so are the responder cookies (``_Cookies``) and
-  SPIs (``_Driver``), so
-  the messages of every run are the same bytes
-  and encrypted messages decrypt: the fuzzer reaches the states behind the encryption.
+  SPIs (``_Driver``), so the messages of every run are the same bytes and encrypted
+  messages decrypt: the fuzzer reaches the states behind the encryption.
 * Operations (the datagram goes to the initiator or to the responder, as the input
   says): ``raw`` bytes; ``header``: the 28-byte header of a real message of the
   negotiation (its cookies) followed by fuzzed bytes; ``sealed``: a fuzzed payload chain
@@ -47,8 +46,9 @@ Runs::
         -runs=10000000 -timeout=10 -max_len=4096 -artifact_prefix=fuzz/artifacts/engine-
     .venv/bin/python tests/fuzz/engine_fuzz.py CRASH_FILE    # replay one input
 
-A crash found becomes a regression test in tests/test_engine_fuzz.py (which also runs
-every seed through the harness, without atheris).
+A crash found becomes a regression test: its input goes to ``tests/fuzz/regressions/``,
+which tests/test_engine_fuzz.py replays (with every seed) through the harness; without
+atheris the harness reads inputs with ``_Provider``, byte-compatible with atheris's.
 """
 
 from __future__ import annotations
