@@ -24,13 +24,13 @@ import operator
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
-from ikecore import policy, wire
+from ikecore import policy, sa_listing
 from ikecore.hostinfo import HostConfig
 from ikecore.monitor import Monitor, Statistic, display_name
 
@@ -81,7 +81,20 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (QM, "counters"): ("counter", "value"),
 }
 
-_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]  # cached rows hold exactly these, in order
+_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]
+assert _MM_SA_COLUMNS == sa_listing.COLUMNS
+
+
+def _mm_sort(sort: str | None) -> tuple[str, bool] | None:
+    """``COLUMN[:asc|desc]`` of the Main Mode SA list as (column, descending); raises ViewError."""
+    if not sort:
+        return None
+    name, _, direction = sort.partition(":")
+    if direction not in ("", "asc", "desc"):
+        raise ViewError(f"sort order {direction!r} must be asc or desc")
+    if name not in _MM_SA_COLUMNS:
+        raise ViewError(f"cannot sort by unknown column {name!r}")
+    return name, direction == "desc"
 
 DEFAULT_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (MM, "generic-filters"): COLUMNS[(MM, "generic-filters")][:6],
@@ -251,9 +264,7 @@ class Views:
         self.clock = clock
         self.wall = wall
         self.dns = dns
-        self._sa_rows: dict[int, list[Any]] = {}
         self._host_read_at: float | None = None  # None: injected (never re-read) or not read yet
-        self._fragment_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     #: How long (seconds) the host's configuration read for keyword expansion is reused.
     HOST_TTL = 60.0
@@ -280,10 +291,9 @@ class Views:
             raise ViewError(f"unknown {mode} view {view!r}; use one of {', '.join(VIEWS[mode])}")
         chosen = parse_columns(mode, view, columns, all_columns=all_columns)
         if (mode, view) == (MM, "security-associations"):
-            needed = chosen + ([sort.partition(":")[0]] if sort else [])
-            rows = self._main_mode_security_associations(needed)
-        else:
-            rows = self.rows(mode, view)
+            rows = self._main_mode_security_associations(chosen, _mm_sort(sort))
+            return {"mode": mode, "view": view, "columns": chosen, "rows": rows}
+        rows = self.rows(mode, view)
         return {"mode": mode, "view": view, "columns": chosen, "rows": select(rows, chosen, sort)}
 
     def rows(self, mode: str, view: str) -> list[dict[str, Any]]:
@@ -337,89 +347,30 @@ class Views:
         stats = self.monitor.statistics(self.engine)  # the engine adds queued acquires
         return [{"statistic": key, "value": value} for key, value in stats.items()]
 
-    def _main_mode_security_associations(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        return [entry[2] for entry in self._mm_sa_entries(columns)]
+    def _main_mode_security_associations(self, columns: Sequence[str] | None = None,
+                                         sort: tuple[str, bool] | None = None) -> list[dict[str, Any]]:
+        return sa_listing.rows(self.engine, _MM_SA_COLUMNS if columns is None else columns, sort,
+                               self.clock(), self.wall())
 
-    def _mm_sa_entries(self, columns: Sequence[str] | None = None) -> list[list[Any]]:
-        """One cache entry ``[state, IPsec SA count, row, fragment columns, JSON fragment]``
-        per ISAKMP SA. A row is rebuilt only when its SA moved: every field of a row is set
-        on a state transition or with its IPsec SAs, so (state, number of IPsec SAs) tells
-        when. ``lifetime_left`` is refreshed only when ``columns`` asks for it (None: always)."""
-        now = self.clock()
-        wall = self.wall()
-        cache = self._sa_rows
-        entries = []
-        life = columns is None or "lifetime_left" in columns
-        sas = self.engine.sas()
-        for sa in sas:
-            entry = cache.get(sa.handle)
-            if entry is None or entry[0] is not sa.state or entry[1] != len(sa.ipsec_sas):
-                entry = self._build_entry(sa, now, wall)
-            if life:
-                entry[2]["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
-            entries.append(entry)
-        if len(cache) > len(sas):  # SAs left the database: forget their rows (handles never repeat)
-            live = {sa.handle for sa in sas}
-            self._sa_rows = {h: e for h, e in cache.items() if h in live}
-        return entries
-
-    def _build_entry(self, sa: Any, now: float, wall: float) -> list[Any]:
-        row = sa.snapshot(now)
-        row["created"] = _iso(wall - (now - row["created"]))
-        row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
-        names = row.get("vendor_ids")
-        row["vendor_ids"] = ", ".join(names if isinstance(names, list) else
-                                      (wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids))
-        entry = [sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS}, None, b""]
-        self._sa_rows[sa.handle] = entry
-        return entry
-
-    def stale_rows(self) -> list[Any]:
-        """The SAs whose Main Mode row must be (re)built before the next listing."""
-        cache = self._sa_rows
-        return [sa for sa in self.engine.sas()
-                if (entry := cache.get(sa.handle)) is None or entry[0] is not sa.state
-                or entry[1] != len(sa.ipsec_sas)]
-
-    def build_rows(self, sas: Sequence[Any]) -> None:
-        """Build the rows of ``sas`` now (the control socket does it in slices between
-        datagrams, so a first listing of many SAs does not hold the event loop)."""
-        now, wall = self.clock(), self.wall()
-        for sa in sas:
-            if self.engine.sa(sa.handle) is sa:  # still in the SA database
-                self._build_entry(sa, now, wall)
+    def main_mode_listing(self, columns: Sequence[str] | str | None = None, sort: str | None = None, *,
+                          all_columns: bool = False, slice_size: int = sa_listing.SLICE
+                          ) -> tuple[list[str], Iterator[bytes]]:
+        """The Main Mode SA list as (columns, JSON fragments, one per slice of SAs): what
+        the control socket streams, letting the event loop turn between two fragments.
+        The request is checked before anything is built (raises ViewError)."""
+        chosen = parse_columns(MM, "security-associations", columns, all_columns=all_columns)
+        return chosen, sa_listing.json_slices(self.engine, chosen, _mm_sort(sort), self.clock(), self.wall(),
+                                              slice_size)
 
     def query_json(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
                    sort: str | None = None, *, all_columns: bool = False) -> tuple[list[str], bytes]:
-        """Like ``query`` but returns (columns, the rows as JSON bytes). For the Main Mode SA
-        list each row's JSON is cached with its row while the row and columns stay the same
-        (rows with ``lifetime_left`` are encoded each time): the control socket's fast path."""
-        chosen = parse_columns(mode, view, columns, all_columns=all_columns) if mode in VIEWS and \
-            view in VIEWS[mode] else []
+        """Like ``query`` but returns (columns, the rows as JSON bytes); the Main Mode SA
+        list is encoded straight from its columns (``ikecore.sa_listing``)."""
         if (mode, view) != (MM, "security-associations"):
             result = self.query(mode, view, columns, sort, all_columns=all_columns)
             return result["columns"], orjson.dumps(result["rows"], default=str)
-        key = tuple(chosen)
-        key = self._fragment_keys.setdefault(key, key)  # one object per column set: compared by identity
-        entries = self._mm_sa_entries(chosen + ([sort.partition(":")[0]] if sort else []))
-        if sort:
-            name, _, direction = sort.partition(":")
-            if direction not in ("", "asc", "desc"):
-                raise ViewError(f"sort order {direction!r} must be asc or desc")
-            if name not in _MM_SA_COLUMNS:
-                raise ViewError(f"cannot sort by unknown column {name!r}")
-            entries = sorted(entries, key=lambda e: _sort_key(e[2].get(name)), reverse=direction == "desc")
-        if "lifetime_left" in key:  # changes every second: encode the rows in one call
-            rows = [entry[2] for entry in entries]
-            if key != _MM_SA_COLUMNS:
-                rows = select(rows, key)
-            return chosen, orjson.dumps(rows, default=str)
-        for entry in [e for e in entries if e[3] is not key]:
-            row = entry[2]
-            entry[4] = orjson.dumps({c: row.get(c) for c in key}, default=str)
-            entry[3] = key
-        parts = [entry[4] for entry in entries]
-        return chosen, b"[" + b",".join(parts) + b"]"
+        chosen = parse_columns(mode, view, columns, all_columns=all_columns)
+        return chosen, sa_listing.json_array(self.engine, chosen, _mm_sort(sort), self.clock(), self.wall())
 
     def _main_mode_counters(self) -> list[dict[str, Any]]:
         rows = [{"counter": key, "value": value} for key, value in sorted(self.monitor.extended.items())]
@@ -554,19 +505,7 @@ def parse_columns(mode: str, view: str, spec: Sequence[str] | str | None, *,
     return base
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    if value is None or value == "":
-        return (3, "")
-    if isinstance(value, bool):
-        return (0, int(value))
-    if isinstance(value, (int, float)):
-        return (0, value)
-    text = str(value)
-    try:
-        address = ipaddress.ip_address(text)
-        return (1, (address.version, int(address)))
-    except ValueError:
-        return (2, text.lower())
+_sort_key = sa_listing.sort_key
 
 
 def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None = None) -> list[dict[str, Any]]:
