@@ -203,6 +203,10 @@ def test_prometheus_endpoint_parses_with_the_official_client(live: LoopGateway) 
     assert counts == {"main_mode": 3, "quick_mode": 3}
     established = families["ikecore_isakmp_sa_established_timestamp_seconds"].samples
     assert len(established) == 3
+    assert sorted(s.labels["peer"] for s in established) == ["127.0.9.1", "127.0.9.2", "127.0.9.3"]
+    sas = live.call(live.engine.sas)
+    assert {(s.labels["initiator_cookie"], s.labels["peer_id"]) for s in established} == {
+        (sa.initiator_cookie.hex(), sa.remote[0]) for sa in sas}  # the peers identify by address
     assert all(abs(s.value - time.time()) < 120 for s in established)  # a Unix timestamp, not an age
     expiry = families["ikecore_isakmp_sa_expiry_timestamp_seconds"].samples
     assert all(e.value > time.time() + 3600 for e in expiry)
@@ -376,3 +380,51 @@ def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) ->
     ticks, rows = asyncio.run(scenario())
     assert rows == views.query("main-mode", "security-associations")["rows"] and len(rows) == 40
     assert ticks >= 10  # at least one turn of the loop per slice of 4 rows
+
+
+def test_monitor_command_imports_no_engine_crypto_or_asyncio(live: LoopGateway, tmp_path: Path) -> None:
+    """``ikecore monitor`` starts without the rest of the command line (interpreter start is
+    most of a one-shot listing) and prints the same rows as the full command line."""
+    path = str(tmp_path / "control.sock")
+    probe = ("import sys, io, contextlib\n"
+             "from ikecore.entry import main\n"
+             "out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')\n"
+             "with contextlib.redirect_stdout(out):\n"
+             "    code = main(['monitor', 'main-mode', 'security-associations', '--control', sys.argv[1],"
+             " '--format', 'json'])\n"
+             "out.flush()\n"
+             "print(code, sorted(m for m in sys.modules if m.startswith(('ikecore', 'asyncio', 'cryptography',"
+             " 'prometheus'))))\n"
+             "print(out.buffer.getvalue().decode())\n")
+    done = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status, listing = done.stdout.split("\n", 1)
+    code, modules = status.split(" ", 1)
+    assert code == "0"
+    loaded = set(eval(modules))  # noqa: S307 - our own probe's printed list
+    assert {"ikecore.monitor_cli", "ikecore.control_client", "ikecore.viewtext"} <= loaded
+    assert not loaded & {"asyncio", "ikecore.engine", "ikecore.views", "ikecore.control", "ikecore.cli",
+                         "ikecore.monitor", "ikecore.config", "ikecore.keymat", "cryptography"}
+    _code, full = _monitor(path, "main-mode", "security-associations", "--format", "json")
+    assert json.loads(listing) == json.loads(full) and len(json.loads(full)) == 3
+    shown = subprocess.run([sys.executable, "-m", "ikecore", "monitor", "main-mode", "security-associations",
+                            "--control", path, "--format", "json", "--columns", "peer,state", "--sort", "peer"],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == [{"peer": f"127.0.9.{i}", "state": "ESTABLISHED"} for i in (1, 2, 3)]
+    bad = subprocess.run([sys.executable, "-m", "ikecore", "monitor", "main-mode", "security-associations",
+                          "--control", path, "--columns", "bogus"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown column 'bogus'" in bad.stderr
+
+
+def test_rows_are_cut_out_of_an_answer_only_when_it_is_one() -> None:
+    from ikecore.control_client import ControlClient
+
+    tricky = [{"peer_id": 'x,"rows":[1]}', "n": 1}]
+    line = b'{"ok":true,"time":1.5,"mode":"main-mode","view":"security-associations","columns":["peer_id","n"],' \
+           b'"rows":' + json.dumps(tricky, separators=(",", ":")).encode() + b"}"
+    assert json.loads(ControlClient.rows_json(line)) == tricky  # type: ignore[arg-type]
+    assert ControlClient.rows_json(b'{"ok":false,"error":"no","rows":[]}') is None
+    assert ControlClient.rows_json(b'{"ok":true,"rows":[1],"more":2}') is None
+    assert ControlClient.rows_json(b'{"ok":true,"x":[,"rows":[1]}') is None  # the head is no JSON
+    assert ControlClient.rows_json(b'{"ok":true,"rows":[]}') is None  # a view answer names its columns

@@ -96,7 +96,8 @@ def test_slices_join_into_the_whole_listing_and_skip_sas_deleted_meanwhile() -> 
     link = Link()
     link.connect()
     views = _clone(link, 50)
-    columns, slices = views.main_mode_listing("peer,initiator_cookie", "peer:desc", slice_size=7)
+    columns, slices = views.listing("main-mode", "security-associations", "peer,initiator_cookie",
+                                     "peer:desc", slice_size=7)
     whole = views.query("main-mode", "security-associations", "peer,initiator_cookie", "peer:desc")["rows"]
     parts = []
     for part in slices:
@@ -110,7 +111,7 @@ def test_slices_join_into_the_whole_listing_and_skip_sas_deleted_meanwhile() -> 
     assert rows == [r for r in whole if r["initiator_cookie"] != gone.initiator_cookie.hex()]
     assert len(rows) == 50
     with pytest.raises(ViewError, match="unknown column"):
-        views.main_mode_listing("peer", "bogus")
+        views.listing("main-mode", "security-associations", "peer", "bogus")
 
 
 def test_sorting_is_stable_and_puts_empty_values_last() -> None:

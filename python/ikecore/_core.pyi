@@ -5,7 +5,7 @@ __version__: str
 
 # --- wire (rust/py/wire.rs) -------------------------------------------------
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Self, final
 
 from typing_extensions import disjoint_base
@@ -292,3 +292,7 @@ class CookieTable:
     def forget_first(self, source: bytes, datagram: bytes) -> bool: ...
     def make_cookie(self, peer: bytes, local: bytes) -> bytes: ...
     def rotate_secret(self) -> None: ...
+
+def json_rows(keys: Sequence[str], columns: Sequence[list[str | int | float | bool | None]]) -> bytes:
+    """Rows held column by column as JSON objects ``{"key": value, ...}`` joined by commas,
+    without brackets; raises ValueError (shapes) or TypeError (a cell JSON cannot hold)."""

@@ -11,10 +11,11 @@ one JSON object per line each way (NDJSON), several requests per connection allo
 
 Errors answer ``{"ok": false, "error": "..."}`` and keep the connection. Each request is
 served on the gateway's event loop between two datagrams: a snapshot, never a wait on a
-negotiation. The Main Mode SA list is streamed in slices of ``ControlServer.SLICE`` SAs
-with the loop turning between two slices (``ikecore.sa_listing``): a listing of 100,000
-SAs takes a few tenths of a second and never holds negotiations for more than one slice. The socket is
-created mode 0600 (it shows who is connected). Clients: ``request`` (one connection per
+negotiation. Every view is streamed in slices of ``ControlServer.SLICE`` SAs with the
+loop turning between two slices (``Views.listing``; ``rows`` comes last in the answer):
+a listing of 100,000 SAs takes a few tenths of a second and never holds negotiations for
+more than one slice. The socket is created mode 0600 (it shows who is connected).
+Clients (``ikecore.control_client``, re-exported here): ``request`` (one connection per
 request) and ``ControlClient`` (one connection for many, as ``--watch`` and pollers use).
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import stat
@@ -31,24 +31,12 @@ from typing import Any
 
 import orjson
 
+from ikecore.control_client import ControlClient, ControlError, default_control_path, request
 from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
 
 __all__ = ["ControlServer", "ControlClient", "request", "default_control_path", "ControlError"]
 
 MAX_REQUEST = 65536
-
-
-class ControlError(Exception):
-    """The control socket cannot be reached or answered with an error."""
-
-
-def default_control_path() -> str:
-    """``$IKECORE_CONTROL``, else ``$XDG_RUNTIME_DIR/ikecore.sock``, else ``/tmp/ikecore-UID.sock``."""
-    if os.environ.get("IKECORE_CONTROL"):
-        return os.environ["IKECORE_CONTROL"]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ikecore.sock")
-    return f"/tmp/ikecore-{os.getuid()}.sock"
 
 
 class ControlServer:
@@ -99,7 +87,7 @@ class ControlServer:
                     break
                 if not line:
                     break
-                if b"security-associations" in line and await self._stream_listing(line, writer):
+                if await self._stream_listing(line, writer):
                     continue
                 writer.write(self.answer(line))
                 await writer.drain()
@@ -114,27 +102,26 @@ class ControlServer:
             await writer.wait_closed()
 
     async def _stream_listing(self, line: bytes, writer: asyncio.StreamWriter) -> bool:
-        """Answer a Main Mode SA listing slice by slice, letting the event loop turn
-        between slices (``SLICE`` SAs, a few milliseconds each): a listing of 100,000 SAs
-        never holds negotiations for longer than one slice. Returns False (nothing
-        written) for any other request, which ``answer`` then serves."""
+        """Answer a view request slice by slice (``Views.listing``), letting the event loop
+        turn between slices (``SLICE`` SAs, a few milliseconds each): a listing of 100,000
+        SAs never holds negotiations for longer than one slice. Returns False (nothing
+        written) for any other request and for a bad one, which ``answer`` then serves."""
         started = time.perf_counter()
         try:
             req = orjson.loads(line)
-            if not isinstance(req, dict) or req.get("op", "view") != "view" or \
-                    (req.get("mode"), req.get("view")) != ("main-mode", "security-associations"):
+            if not isinstance(req, dict) or req.get("op", "view") != "view":
                 return False
             columns, sort = req.get("columns"), req.get("sort")
             if (columns is not None and not isinstance(columns, (str, list))) or \
                     (sort is not None and not isinstance(sort, str)):
                 return False  # ``answer`` words the error
-            chosen, slices = self.views.main_mode_listing(columns, sort, all_columns=bool(req.get("all_columns")),
-                                                          slice_size=self.SLICE)
+            mode, view = str(req.get("mode")), str(req.get("view"))
+            chosen, slices = self.views.listing(mode, view, columns, sort, all_columns=bool(req.get("all_columns")),
+                                                slice_size=self.SLICE)
         except (ValueError, ViewError, TypeError):
             return False
         self.requests += 1
-        head = orjson.dumps({"ok": True, "time": time.time(), "mode": "main-mode", "view": "security-associations",
-                             "columns": chosen})
+        head = orjson.dumps({"ok": True, "time": time.time(), "mode": mode, "view": view, "columns": chosen})
         writer.write(head[:-1] + b',"rows":[')
         first = True
         for part in slices:
@@ -199,65 +186,3 @@ class ControlServer:
                                              all_columns=bool(req.get("all_columns", False)))
         return {"ok": True, "time": time.time(), "mode": mode, "view": view, "columns": chosen,
                 "rows_json": rows}
-
-
-class ControlClient:
-    """A connection to a gateway's control socket, kept open for many requests (``--watch``,
-    pollers); ``close()`` or ``with`` ends it.
-
-    Raises ControlError when nothing listens at ``path`` or the gateway answers an error.
-    """
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        self._buffer = b""
-        try:
-            self._sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self._sock.close()
-            raise ControlError(f"no gateway listens on {path} ({exc.strerror}); start one with "
-                               f"'ikecore serve --control {path}'") from None
-        except OSError as exc:
-            self._sock.close()
-            raise ControlError(f"control socket {path}: {exc}") from None
-
-    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send one request and wait for its answer."""
-        try:
-            self._sock.sendall(json.dumps(payload).encode() + b"\n")
-            chunks = [self._buffer]
-            while not chunks[-1].endswith(b"\n"):
-                chunk = self._sock.recv(1 << 20)
-                if not chunk:
-                    raise ControlError(f"control socket {self.path} closed the connection")
-                chunks.append(chunk)
-        except OSError as exc:
-            raise ControlError(f"control socket {self.path}: {exc}") from None
-        line, _, self._buffer = b"".join(chunks).partition(b"\n")
-        try:
-            response = orjson.loads(line)
-        except ValueError:
-            raise ControlError(f"control socket {self.path} sent no JSON answer") from None
-        if not isinstance(response, dict) or not response.get("ok"):
-            raise ControlError(str(response.get("error", "request failed") if isinstance(response, dict)
-                                   else "request failed"))
-        return response
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request to the control socket at ``path`` on a new connection; returns the
-    response object. Raises ControlError when nothing listens there or the gateway answers
-    an error."""
-    with ControlClient(path, timeout) as client:
-        return client.request(payload)

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from ikecore import sa_listing
 from ikecore.monitor import Monitor, Statistic
 
 __all__ = ["IkecoreCollector", "MetricsServer", "GAUGE_STATISTICS", "make_registry", "udp_receive_queues"]
@@ -142,18 +143,14 @@ class IkecoreCollector:
         ipsec_expiry = GaugeMetricFamily("ikecore_ipsec_sa_expiry_timestamp_seconds",
                                          "Unix time the IPsec SA pair's lifetime ends",
                                          labels=["me", "peer", "spi_in", "spi_out"])
-        for index, sa in enumerate(self.engine.sas()):
-            if index >= self.per_sa_limit:
-                break
-            if sa.established is None:
-                continue
-            row = sa.snapshot(now)
-            values = [row["me"], row["peer"], row["peer_id"], row["initiator_cookie"], row["responder_cookie"]]
+        sas = [sa for sa in self.engine.sas()[:self.per_sa_limit] if sa.established is not None]
+        # The label values come column by column, as the monitor's listing builds them.
+        for sa, *values in zip(sas, *sa_listing.columns_of(sas, labels, now, wall)):
             established.add_metric(values, wall - (now - sa.established))
             if sa.expires is not None:
                 expiry.add_metric(values, wall - (now - sa.expires))
             for ipsec in list(sa.ipsec_sas):
-                ipsec_expiry.add_metric([row["me"], row["peer"], ipsec.spi_in.hex(), ipsec.spi_out.hex()],
+                ipsec_expiry.add_metric([values[0], values[1], ipsec.spi_in.hex(), ipsec.spi_out.hex()],
                                         wall - (now - ipsec.expires))
         yield established
         yield expiry
