@@ -346,18 +346,20 @@ def test_kernel_receive_queue_and_drops_are_read_from_the_sockets() -> None:
 
 
 def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) -> None:
-    """The listing is built and sent in slices with the loop turning in between (negotiations go on)."""
+    """Every view is built and sent in slices with the loop turning in between (negotiations
+    go on), and the streamed rows are those of ``Views.query``, sorted alike."""
     from ikecore.control import ControlServer
-    from ikecore.views import Views
+    from ikecore.hostinfo import HostConfig
+    from ikecore.views import VIEWS, Views
     from tests.helpers import RESPONDER, Link
 
     link = Link()
     for i in range(40):
         link.initiator.initiate(RESPONDER, local=(f"127.0.4.{i + 1}", 500), now=link.now)
     link.pump(rounds=100)
-    views = Views(link.responder, Monitor(), clock=lambda: link.now)
+    views = Views(link.responder, Monitor(), clock=lambda: link.now, host=HostConfig())
 
-    async def scenario() -> tuple[int, list[Any]]:
+    async def scenario(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         server = ControlServer(views)
         server.SLICE = 4
         await server.start(str(tmp_path / "warm.sock"))
@@ -371,15 +373,29 @@ def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) ->
                 asyncio.get_running_loop().call_soon(tick)
         asyncio.get_running_loop().call_soon(tick)
         reader, writer = await asyncio.open_unix_connection(str(tmp_path / "warm.sock"))
-        writer.write(b'{"op": "view", "mode": "main-mode", "view": "security-associations"}\n')
+        writer.write(json.dumps(request).encode() + b"\n")
         answer = json.loads(await reader.readline())
         done = True
         writer.close()
         server.close()
-        return ticks, answer["rows"]
-    ticks, rows = asyncio.run(scenario())
-    assert rows == views.query("main-mode", "security-associations")["rows"] and len(rows) == 40
-    assert ticks >= 10  # at least one turn of the loop per slice of 4 rows
+        return ticks, answer
+    sliced = {("main-mode", "security-associations"), ("main-mode", "specific-filters"),
+              ("quick-mode", "specific-filters"), ("quick-mode", "security-associations")}
+    for mode, names in VIEWS.items():
+        for view in names:
+            for sort in (None, "name:desc" if "filters" in view else None, "peer:desc" if "associations" in view
+                         else None):
+                ticks, answer = asyncio.run(scenario({"op": "view", "mode": mode, "view": view, "sort": sort,
+                                                      "all_columns": True}))
+                expected = views.query(mode, view, sort=sort, all_columns=True)
+                assert answer["ok"] and answer["rows"] == expected["rows"], (mode, view, sort)
+                assert answer["columns"] == expected["columns"]
+                if (mode, view) in sliced:
+                    assert len(answer["rows"]) >= 40
+                    assert ticks >= 10, (mode, view)  # at least one turn of the loop per slice of 4 SAs
+    ticks, answer = asyncio.run(scenario({"op": "view", "mode": "main-mode", "view": "security-associations",
+                                          "sort": "peer:sideways"}))
+    assert answer == {"ok": False, "error": "sort order 'sideways' must be asc or desc"}
 
 
 def test_monitor_command_imports_no_engine_crypto_or_asyncio(live: LoopGateway, tmp_path: Path) -> None:

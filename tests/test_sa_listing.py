@@ -16,6 +16,7 @@ from ikecore import sa_listing, wire
 from ikecore._core import json_rows
 from ikecore.hostinfo import HostConfig
 from ikecore.monitor import Monitor
+from ikecore.sa import Phase1State
 from ikecore.views import Views, ViewError
 from tests.helpers import RESPONDER, Link
 
@@ -70,6 +71,11 @@ def test_json_rows_encodes_cells_and_refuses_what_json_cannot_hold() -> None:
     assert json.loads(text) == [{"s": "a\"\\\x01é", "i": -(2**63), "b": True, "n": None, "f": 0.25},
                                 {"s": "", "i": 7, "b": False, "n": None, "f": None}]
     assert json_rows(keys, [[] for _ in keys]) == b""
+    assert json_rows(["state", "type"], [[Phase1State.ESTABLISHED.value], [wire.IdType.FQDN]]) == \
+        b'{"state":"ESTABLISHED","type":2}'  # subclasses of str and int (IntEnum) too
+    assert json_rows(["t"], [[type("Text", (str,), {})("x\ty")]]) == b'{"t":"x\\ty"}'
+    with pytest.raises(UnicodeEncodeError):
+        json_rows(["x"], [["lone \ud800 surrogate"]])
     with pytest.raises(TypeError, match="cannot encode bytes"):
         json_rows(["x"], [[b"raw"]])
     with pytest.raises(ValueError, match='column "y" has 1 rows'):
