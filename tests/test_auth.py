@@ -13,6 +13,7 @@ from ikecore import auth, wire
 from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.errors import AuthenticationFailed, ConfigError
+from ikecore.monitor import Monitor
 from ikecore.sa import Phase1State
 from helpers import Link
 from pki import NOW, Issued, issue, make_ca
@@ -151,6 +152,16 @@ def test_certificate_from_an_unknown_ca_is_rejected(tmp_path: Path, ca: Issued, 
     link.connect(quick_mode=False)
     failures = link.of("responder", ev.AuthenticationFailed)
     assert failures and "no trusted CA" in failures[0].reason
+    assert _failure_kinds(link) == {"certificate": 1}
+
+
+def _failure_kinds(link: Link) -> dict[str, int]:
+    """The responder's authentication failures by kind, as its monitor counts them."""
+    monitor = Monitor()
+    for event in link.events["responder"]:
+        monitor.observe(event)
+    return {key.partition(":")[2]: n for key, n in monitor.extended.items()
+            if key.startswith("authentication_failures:")}
 
 
 def test_wall_clock_decides_validity(ca: Issued, peers: dict[str, Issued]) -> None:
@@ -207,6 +218,7 @@ def test_garbage_proof_is_an_authentication_failure(tmp_path: Path, ca: Issued, 
     link = cert_link(tmp_path, ca, peers["initiator"], peers["responder"])
     link.connect(quick_mode=False)
     (failure,) = link.of("responder", ev.AuthenticationFailed)
+    assert _failure_kinds(link) == {"signature" if garbage == "signature" else "certificate": 1}
     assert link.of("responder", ev.Phase1Failed)[0].notify_type == wire.NotifyType.AUTHENTICATION_FAILED
     assert not link.of("responder", ev.InvalidPacketReceived)  # handled, not an internal error
     assert not link.responder.sas()

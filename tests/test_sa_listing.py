@@ -154,3 +154,23 @@ def test_a_listing_keeps_no_memory_per_sa() -> None:
     tracemalloc.stop()
     kept = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert kept < 20 * 2001, f"{kept} bytes kept after listing 2001 SAs"
+
+
+def test_quick_mode_rows_equal_the_engines_quick_mode_snapshot() -> None:
+    link = Link()
+    link.connect()
+    link.initiator.initiate(RESPONDER, local=("127.0.0.30", 500), now=link.now)
+    link.pump(rounds=100)
+    link.now += 42.75
+    for engine in (link.initiator, link.responder):
+        views = Views(engine, Monitor(), clock=lambda: link.now, wall=lambda: WALL, host=HostConfig())
+        rows = views.query("quick-mode", "security-associations", all_columns=True)["rows"]
+        expected = engine.quick_mode_snapshot(link.now)
+        assert len(rows) == len(expected) == 2
+        for row, snap in zip(rows, expected):
+            assert {k: row[k] for k in snap if k in row and k != "lifetime_left"} == \
+                {k: v for k, v in snap.items() if k in row and k != "lifetime_left"}
+            assert row["lifetime_left"] == int(snap["lifetime_left"]) > 0
+            ipsec = next(i for s in engine.sas() for i in s.ipsec_sas if i.spi_in.hex() == row["spi_in"])
+            assert row["created"] == time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                   time.gmtime(WALL - (link.now - ipsec.created)))

@@ -22,6 +22,7 @@ names up in the background within a time limit); Main Mode ones cannot, as in th
 from __future__ import annotations
 
 import ipaddress
+import math
 import operator
 import socket
 import threading
@@ -448,9 +449,12 @@ class Views:
 
     def _quick_mode_security_association_slices(self, slice_size: int) -> Iterator[list[dict[str, Any]]]:
         """One row per IPsec SA pair; its ISAKMP SA's fields come column by column
-        (``ikecore.sa_listing``); one list per slice of SAs."""
+        (``ikecore.sa_listing``), the suite's names once per proposal; one list per slice
+        of SAs."""
         now, wall = self.clock(), self.wall()
         main_columns = ["me", "peer", "my_id", "peer_id", "authentication", "initiator_cookie", "responder_cookie"]
+        suites: dict[int, tuple[str, str, str, int]] = {}  # id(proposal) -> names (the SAs keep it alive)
+        seconds: dict[int, str] = {}
         sas = self.engine.sas()
         for start in range(0, len(sas), slice_size):
             part = [sa for sa in sas[start:start + slice_size] if sa.ipsec_sas]
@@ -459,17 +463,20 @@ class Views:
                     part, *sa_listing.columns_of(part, main_columns, now, wall)):
                 for ipsec in list(sa.ipsec_sas):
                     suite = ipsec.proposal
+                    names = suites.get(id(suite))
+                    if names is None:
+                        names = suites[id(suite)] = (
+                            suite.encryption_name, suite.integrity_name,
+                            policy.group_name(suite.pfs_group) if suite.pfs_group else "", suite.lifetime_kilobytes or 0)
+                    second = math.floor(wall - (now - ipsec.created))
+                    created = seconds.get(second) or seconds.setdefault(second, _iso(second))
                     rows.append({
-                        "me": me, "peer": peer, "protocol": "ESP",
-                        "encryption": suite.encryption_name, "integrity": suite.integrity_name,
-                        "diffie_hellman": policy.group_name(suite.pfs_group) if suite.pfs_group else "",
-                        "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
-                        "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts, "my_id": my_id,
-                        "peer_id": peer_id, "authentication": authentication,
-                        "initiator_cookie": cky_i, "responder_cookie": cky_r,
-                        "created": _iso(wall - (now - ipsec.created)),
-                        "lifetime_left": int(max(0.0, ipsec.expires - now)),
-                        "lifetime_kilobytes": suite.lifetime_kilobytes or 0})
+                        "me": me, "peer": peer, "protocol": "ESP", "encryption": names[0], "integrity": names[1],
+                        "diffie_hellman": names[2], "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(),
+                        "mode": ipsec.mode, "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
+                        "my_id": my_id, "peer_id": peer_id, "authentication": authentication,
+                        "initiator_cookie": cky_i, "responder_cookie": cky_r, "created": created,
+                        "lifetime_left": int(max(0.0, ipsec.expires - now)), "lifetime_kilobytes": names[3]})
             yield rows
 
     def _quick_mode_security_associations(self) -> list[dict[str, Any]]:
