@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from ikecore import sa_listing
 from ikecore.control_client import ControlClient, ControlError, default_control_path, request
 from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
 
@@ -136,8 +137,8 @@ class ControlServer:
         self.busy_seconds += time.perf_counter() - started
         return True
 
-    #: SA records per slice of a streamed listing (about 10 ms of work on an idle core).
-    SLICE = 5000
+    #: SA records per slice of a streamed listing (a few ms of work on an idle core).
+    SLICE = sa_listing.SLICE
 
     def answer(self, line: bytes) -> bytes:
         """The response line for one request line (never raises)."""
