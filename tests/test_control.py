@@ -444,3 +444,33 @@ def test_rows_are_cut_out_of_an_answer_only_when_it_is_one() -> None:
     assert ControlClient.rows_json(b'{"ok":true,"rows":[1],"more":2}') is None
     assert ControlClient.rows_json(b'{"ok":true,"x":[,"rows":[1]}') is None  # the head is no JSON
     assert ControlClient.rows_json(b'{"ok":true,"rows":[]}') is None  # a view answer names its columns
+
+
+def test_a_scrape_reads_on_the_loop_and_formats_off_it(live: LoopGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector reads the gateway on its event loop; the text is formatted on another
+    thread (most of a scrape with many per-SA series), so the loop keeps turning."""
+    from ikecore import exporters
+
+    threads: dict[str, int] = {}
+    real_collect = exporters.IkecoreCollector.collect
+    real_choose = exporters.choose_encoder
+
+    def collect(self: Any) -> Any:
+        threads["collect"] = threading.get_ident()
+        return real_collect(self)
+
+    def choose(accept: str) -> Any:
+        encoder, ctype = real_choose(accept)
+
+        def encode(registry: Any) -> bytes:
+            threads["format"] = threading.get_ident()
+            return encoder(registry)  # type: ignore[no-any-return]
+        return encode, ctype
+    monkeypatch.setattr(exporters.IkecoreCollector, "collect", collect)
+    monkeypatch.setattr(exporters, "choose_encoder", choose)
+    host, port = live.services.metrics_address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    values = {s.name: s.value for f in parse_prometheus(text) for s in f.samples if not s.labels}
+    assert values["ikecore_ike_main_mode_total"] == 3
+    assert threads["collect"] == live.thread.ident != threads["format"]

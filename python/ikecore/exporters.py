@@ -10,7 +10,8 @@ per SA, timestamps rather than ages (``..._established_timestamp_seconds``,
 ``..._expiry_timestamp_seconds``), as Prometheus' naming guidance asks.
 
 ``MetricsServer`` answers ``GET /metrics`` on the gateway's own event loop (so a scrape
-reads a consistent snapshot without locks) and honours ``Accept:`` for OpenMetrics.
+reads a consistent snapshot without locks), formats the text on a worker thread (so the
+loop keeps turning) and honours ``Accept:`` for OpenMetrics.
 """
 
 from __future__ import annotations
@@ -183,6 +184,16 @@ def make_registry(collector: IkecoreCollector) -> CollectorRegistry:
     return registry
 
 
+class _Collected:
+    """Metric families already collected, offered to an encoder as a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
 class MetricsServer:
     """A tiny HTTP/1.0 endpoint serving ``registry`` at ``/metrics`` on the running loop."""
 
@@ -215,7 +226,11 @@ class MetricsServer:
                 status, ctype, body = "404 Not Found", "text/plain", f"metrics are at {self.path}\n".encode()
             else:
                 encoder, ctype = choose_encoder(headers.get("accept", ""))
-                body = encoder(self.registry)
+                # Read the gateway on its loop (one consistent snapshot, a few tens of ms
+                # with 10,000 per-SA series), then format the text on a worker thread: the
+                # loop keeps turning meanwhile (the formatting is most of a scrape's time).
+                families = _Collected(list(self.registry.collect()))
+                body = await asyncio.get_running_loop().run_in_executor(None, encoder, families)
                 status = "200 OK"
                 self.scrapes += 1
             writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
