@@ -13,7 +13,9 @@ from ikecore import auth, wire
 from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.errors import AuthenticationFailed, ConfigError
+from ikecore.hostinfo import HostConfig
 from ikecore.monitor import Monitor
+from ikecore.views import Views
 from ikecore.sa import Phase1State
 from helpers import Link
 from pki import NOW, Issued, issue, make_ca
@@ -86,6 +88,14 @@ def test_main_mode_and_quick_mode_with_certificates(tmp_path: Path, ca: Issued, 
     assert sa.peer_id.id_type == wire.IdType.DER_ASN1_DN
     assert sa.peer_id.data == peers["responder"].certificate.subject.public_bytes()
     assert sa.peer_certificate == peers["responder"].certificate
+    views = Views(link.initiator, Monitor(), clock=lambda: link.now, host=HostConfig())
+    assert views.query("main-mode", "security-associations", "my_id,peer_id")["rows"] == [
+        {"my_id": row["my_id"], "peer_id": row["peer_id"]}]  # the listing names DNs as the snapshot does
+    sa.peer_id = wire.IdPayload(wire.IdType.DER_ASN1_DN, peers["initiator"].certificate.subject.public_bytes())
+    assert views.query("main-mode", "security-associations", "peer_id")["rows"] == [
+        {"peer_id": link.initiator.snapshot(link.now)[0]["peer_id"]}]  # not the certificate's subject: hex
+    assert link.initiator.snapshot(link.now)[0]["peer_id"] == sa.peer_id.data.hex()
+    sa.peer_id = wire.IdPayload(wire.IdType.DER_ASN1_DN, peers["responder"].certificate.subject.public_bytes())
     responder_sa = link.responder.sas()[0]
     assert responder_sa.peer_certificate == peers["initiator"].certificate
     # MM1 offers auth method 3; MM3 and MM4 carry a CR naming our CA by its DN.

@@ -357,7 +357,8 @@ def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) ->
     for i in range(40):
         link.initiator.initiate(RESPONDER, local=(f"127.0.4.{i + 1}", 500), now=link.now)
     link.pump(rounds=100)
-    views = Views(link.responder, Monitor(), clock=lambda: link.now, host=HostConfig())
+    views = Views(link.responder, Monitor(), clock=lambda: link.now, wall=lambda: 1_800_000_000.0,
+                  host=HostConfig())  # a fixed wall clock: "created" cannot move between two reads
 
     async def scenario(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         server = ControlServer(views)

@@ -56,15 +56,21 @@ _DER_ASN1_DN = int(wire.IdType.DER_ASN1_DN)
 class _Memo:
     """What one listing computes once for many SAs (its clocks and the shared values)."""
 
-    __slots__ = ("now", "wall", "suites", "suite_values", "vendors", "seconds", "ids", "slice", "slice_suites")
+    __slots__ = ("now", "wall", "suites", "suite_values", "vendors", "seconds", "ids", "slice", "slice_suites",
+                 "subjects", "names", "keep")
 
     def __init__(self, now: float, wall: float) -> None:
         self.now, self.wall = now, wall
-        self.suites: dict[int, tuple[str, str, str, str]] = {}  # id(chosen) -> names (SAs keep it alive)
+        # Memos keyed by id() hold their object in ``keep``: an SA deleted between two
+        # slices cannot free it and let a new object take its id during the listing.
+        self.keep: list[Any] = []
+        self.suites: dict[int, tuple[str, str, str, str]] = {}  # id(chosen) -> names
         self.suite_values: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
         self.vendors: dict[tuple[bytes, ...], str] = {}
         self.seconds: dict[int, str] = {}
         self.ids: dict[tuple[int, bytes], str] = {}
+        self.subjects: dict[int, bytes] = {}  # id(certificate) -> DER of its subject
+        self.names: dict[bytes, str] = {}  # DER of a subject -> its RFC 4514 text
         self.slice: list[IsakmpSa] | None = None
         self.slice_suites: list[tuple[str, str, str, str]] = []
 
@@ -90,6 +96,7 @@ class _Memo:
                              policy.group_name(chosen.group))
                     self.suite_values[value] = names
             self.suites[id(chosen)] = names
+            self.keep.append(chosen)
         return names
 
     def vendor_ids(self, vids: list[bytes]) -> str:
@@ -120,7 +127,16 @@ class _Memo:
         if id_type == _IPV4 and len(data) == 4:
             return socket.inet_ntoa(data)
         if id_type == _DER_ASN1_DN and certificate is not None:
-            return IsakmpSa._id_text(payload, certificate)
+            subject = self.subjects.get(id(certificate))
+            if subject is None:  # one per certificate object (ours is shared by every SA)
+                subject = self.subjects[id(certificate)] = certificate.subject.public_bytes()
+                self.keep.append(certificate)
+            if subject != data:
+                return id_to_text(id_type, data)
+            text = self.names.get(subject)
+            if text is None:  # RFC 4514 text once per distinct subject (about 8 us each)
+                text = self.names[subject] = str(certificate.subject.rfc4514_string())
+            return text
         key = (id_type, data)
         text = self.ids.get(key)
         if text is None:

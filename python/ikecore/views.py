@@ -268,7 +268,8 @@ class Views:
         configured = self._configured_specific()
         yield list(configured.values())
         seen = set(configured)
-        shared: dict[int, tuple[str, str, str, int, str]] = {}  # id(filter) -> its columns (SAs keep it alive)
+        shared: dict[int, tuple[str, str, str, int, str]] = {}  # id(filter) -> its columns
+        keep: list[Any] = []  # the filters named: no new object takes their id meanwhile
         sas = self.engine.sas()
         for start in range(0, len(sas), slice_size):
             rows = []
@@ -279,6 +280,7 @@ class Views:
                 if consts is None:
                     consts = shared[id(flt)] = (flt.name, flt.ike_policy, _methods(flt.authentication_methods),
                                                 flt.weight, flt.connection_type)
+                    keep.append(flt)
                 name, ike_policy, methods, weight, connection_type = consts
                 for source, destination, direction in ((local, remote, "outbound"), (remote, local, "inbound")):
                     key = (name, source, destination, direction)
@@ -453,7 +455,8 @@ class Views:
         of SAs."""
         now, wall = self.clock(), self.wall()
         main_columns = ["me", "peer", "my_id", "peer_id", "authentication", "initiator_cookie", "responder_cookie"]
-        suites: dict[int, tuple[str, str, str, int]] = {}  # id(proposal) -> names (the SAs keep it alive)
+        suites: dict[int, tuple[str, str, str, int]] = {}  # id(proposal) -> names
+        keep: list[Any] = []  # the proposals named: no new object takes their id meanwhile
         seconds: dict[int, str] = {}
         sas = self.engine.sas()
         for start in range(0, len(sas), slice_size):
@@ -468,6 +471,7 @@ class Views:
                         names = suites[id(suite)] = (
                             suite.encryption_name, suite.integrity_name,
                             policy.group_name(suite.pfs_group) if suite.pfs_group else "", suite.lifetime_kilobytes or 0)
+                        keep.append(suite)
                     second = math.floor(wall - (now - ipsec.created))
                     created = seconds.get(second) or seconds.setdefault(second, _iso(second))
                     rows.append({
