@@ -5,7 +5,8 @@
 //! columns. `RowsWriter` writes the objects straight from the columns instead:
 //! `{"key":value,...}` per row, keys in the caller's order, RFC 8259 string escaping
 //! (control characters as `\u00XX`, `"` and `\` escaped, everything else, non-ASCII
-//! included, copied as UTF-8), non-finite floats as `null` (JSON has no NaN).
+//! included, copied as UTF-8), bytes as lowercase hex strings, non-finite floats as
+//! `null` (JSON has no NaN).
 
 use std::io::Write;
 
@@ -17,6 +18,8 @@ pub enum Cell<'a> {
     Int(i64),
     Float(f64),
     Str(&'a str),
+    /// Bytes, written as a string of lowercase hex digits (cookies, SPIs).
+    Hex(&'a [u8]),
 }
 
 /// Writes the rows of a fixed set of columns as JSON objects separated by commas.
@@ -71,6 +74,14 @@ impl RowsWriter {
             }
             Cell::Float(_) => self.out.extend_from_slice(b"null"),
             Cell::Str(s) => write_str(&mut self.out, s),
+            Cell::Hex(bytes) => {
+                self.out.reserve(bytes.len() * 2 + 2);
+                self.out.push(b'"');
+                for &b in bytes {
+                    self.out.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                }
+                self.out.push(b'"');
+            }
         }
     }
 
@@ -140,19 +151,24 @@ mod tests {
 
     #[test]
     fn rows_are_objects_with_keys_in_order() {
-        let mut w = RowsWriter::new(&["peer", "quick_modes", "dpd", "lifetime_left", "share"], 64);
-        for (peer, qm, dpd, left, share) in [("192.0.2.1", 1, true, Cell::Int(7), 0.5), ("::1", 0, false, Cell::Null, 1e-7)] {
+        let mut w = RowsWriter::new(&["peer", "quick_modes", "dpd", "lifetime_left", "share", "cookie"], 64);
+        let rows = [
+            ("192.0.2.1", 1, true, Cell::Int(7), 0.5, &[0x01u8, 0xab, 0xff][..]),
+            ("::1", 0, false, Cell::Null, 1e-7, &[][..]),
+        ];
+        for (peer, qm, dpd, left, share, cookie) in rows {
             w.start_row();
             w.cell(0, Cell::Str(peer));
             w.cell(1, Cell::Int(qm));
             w.cell(2, Cell::Bool(dpd));
             w.cell(3, left);
             w.cell(4, Cell::Float(share));
+            w.cell(5, Cell::Hex(cookie));
             w.end_row();
         }
         assert_eq!(
             text(w),
-            r#"{"peer":"192.0.2.1","quick_modes":1,"dpd":true,"lifetime_left":7,"share":0.5},{"peer":"::1","quick_modes":0,"dpd":false,"lifetime_left":null,"share":1e-7}"#
+            r#"{"peer":"192.0.2.1","quick_modes":1,"dpd":true,"lifetime_left":7,"share":0.5,"cookie":"01abff"},{"peer":"::1","quick_modes":0,"dpd":false,"lifetime_left":null,"share":1e-7,"cookie":""}"#
         );
     }
 

@@ -76,8 +76,10 @@ def test_json_rows_encodes_cells_and_refuses_what_json_cannot_hold() -> None:
     assert json_rows(["t"], [[type("Text", (str,), {})("x\ty")]]) == b'{"t":"x\\ty"}'
     with pytest.raises(UnicodeEncodeError):
         json_rows(["x"], [["lone \ud800 surrogate"]])
-    with pytest.raises(TypeError, match="cannot encode bytes"):
-        json_rows(["x"], [[b"raw"]])
+    assert json_rows(["cookie", "spi"], [[b"\x00\x9f\xff"], [type("Raw", (bytes,), {})(b"\x01")]]) == \
+        b'{"cookie":"009fff","spi":"01"}'  # bytes as bytes.hex() writes them
+    with pytest.raises(TypeError, match="cannot encode list"):
+        json_rows(["x"], [[[1]]])
     with pytest.raises(ValueError, match='column "y" has 1 rows'):
         json_rows(["x", "y"], [[1, 2], [3]])
     with pytest.raises(ValueError, match="2 keys but 1 columns"):

@@ -293,6 +293,7 @@ class CookieTable:
     def make_cookie(self, peer: bytes, local: bytes) -> bytes: ...
     def rotate_secret(self) -> None: ...
 
-def json_rows(keys: Sequence[str], columns: Sequence[list[str | int | float | bool | None]]) -> bytes:
+def json_rows(keys: Sequence[str], columns: Sequence[list[str | int | float | bool | bytes | None]]) -> bytes:
     """Rows held column by column as JSON objects ``{"key": value, ...}`` joined by commas,
-    without brackets; raises ValueError (shapes) or TypeError (a cell JSON cannot hold)."""
+    without brackets (bytes as hex strings); raises ValueError (shapes) or TypeError (a
+    cell JSON cannot hold)."""

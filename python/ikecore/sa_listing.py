@@ -185,12 +185,21 @@ _BUILDERS: dict[str, _Builder] = {
 }
 assert tuple(_BUILDERS) == COLUMNS
 
+#: Columns whose JSON ``json_rows`` writes from the raw value (bytes as hex): no str per SA.
+_RAW_FOR_JSON: dict[str, _Builder] = {
+    "initiator_cookie": lambda sas, m: [sa.initiator_cookie for sa in sas],
+    "responder_cookie": lambda sas, m: [sa.responder_cookie for sa in sas],
+}
+
 
 def columns_of(sas: list[IsakmpSa], columns: Sequence[str], now: float, wall: float,
-               memo: _Memo | None = None) -> list[list[Any]]:
+               memo: _Memo | None = None, *, for_json: bool = False) -> list[list[Any]]:
     """One list of values per requested column for ``sas`` (``now``: the engine's clock,
-    ``wall``: the same instant as Unix time). Raises KeyError for an unknown column."""
+    ``wall``: the same instant as Unix time). ``for_json``: values for ``json_rows``, which
+    writes bytes as hex itself. Raises KeyError for an unknown column."""
     memo = memo or _Memo(now, wall)
+    if for_json:
+        return [(_RAW_FOR_JSON.get(c) or _BUILDERS[c])(sas, memo) for c in columns]
     return [_BUILDERS[c](sas, memo) for c in columns]
 
 
@@ -255,7 +264,7 @@ def json_slices(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | No
             yield b""
             continue
         part, memo = step
-        yield json_rows(keys, columns_of(part, keys, now, wall, memo)) if part else b""
+        yield json_rows(keys, columns_of(part, keys, now, wall, memo, for_json=True)) if part else b""
 
 
 def join(fragments: Iterable[bytes]) -> bytes:

@@ -9,7 +9,8 @@ use crate::json_rows::{Cell, RowsWriter};
 
 /// The rows held by `columns` (one list per key, all of one length) as JSON objects
 /// `{"key": value, ...}` joined by commas, without the enclosing brackets (so that
-/// slices of a listing concatenate). Cells are str, int, float, bool or None.
+/// slices of a listing concatenate). Cells are str, int, float, bool, None or bytes
+/// (written as lowercase hex, as `bytes.hex()` would).
 #[pyfunction]
 fn json_rows<'py>(py: Python<'py>, keys: Vec<String>, columns: Vec<Bound<'py, PyList>>) -> PyResult<Bound<'py, PyBytes>> {
     if keys.len() != columns.len() {
@@ -23,14 +24,13 @@ fn json_rows<'py>(py: Python<'py>, keys: Vec<String>, columns: Vec<Bound<'py, Py
     // The exact built-in types, compared by address: most cells are one of them, and the
     // comparison saves the type-flag calls of the limited API. Subclasses take the
     // general path below.
-    let (str_type, int_type, bool_type, float_type) = {
-        (
-            &raw mut ffi::PyUnicode_Type,
-            &raw mut ffi::PyLong_Type,
-            &raw mut ffi::PyBool_Type,
-            &raw mut ffi::PyFloat_Type,
-        )
-    };
+    let (str_type, int_type, bool_type, float_type, bytes_type) = (
+        &raw mut ffi::PyUnicode_Type,
+        &raw mut ffi::PyLong_Type,
+        &raw mut ffi::PyBool_Type,
+        &raw mut ffi::PyFloat_Type,
+        &raw mut ffi::PyBytes_Type,
+    );
     let none = py.None();
     for row in 0..rows {
         writer.start_row();
@@ -68,6 +68,15 @@ fn json_rows<'py>(py: Python<'py>, keys: Vec<String>, columns: Vec<Bound<'py, Py
             } else if kind == float_type {
                 // SAFETY: `item` is exactly a float.
                 Cell::Float(unsafe { ffi::PyFloat_AsDouble(item) })
+            } else if kind == bytes_type {
+                let mut data: *mut std::os::raw::c_char = std::ptr::null_mut();
+                let mut size: ffi::Py_ssize_t = 0;
+                // SAFETY: `item` is exactly a bytes object; its buffer lives as long as it.
+                if unsafe { ffi::PyBytes_AsStringAndSize(item, &mut data, &mut size) } < 0 {
+                    return Err(PyErr::fetch(py));
+                }
+                // SAFETY: `size` bytes at `data` (above).
+                Cell::Hex(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size as usize) })
             } else {
                 // SAFETY: as above; a borrowed view of the cell for the general path.
                 let value = unsafe { Borrowed::from_ptr(py, item) };
@@ -80,6 +89,9 @@ fn json_rows<'py>(py: Python<'py>, keys: Vec<String>, columns: Vec<Bound<'py, Py
                     Cell::Int(i.extract::<i64>()?)
                 } else if let Ok(f) = value.cast::<PyFloat>() {
                     Cell::Float(f.value())
+                } else if let Ok(b) = value.cast::<PyBytes>() {
+                    writer.cell(column, Cell::Hex(b.as_bytes()));
+                    continue;
                 } else {
                     return Err(PyTypeError::new_err(format!(
                         "json_rows: column {:?} row {row}: cannot encode {}",
