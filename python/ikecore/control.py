@@ -157,7 +157,7 @@ class ControlServer:
         rows = response.pop("rows_json", None)
         if rows is None:
             return orjson.dumps(response, default=str) + b"\n"
-        # Splice the rows, encoded by the views (with cached per-row JSON), into the answer.
+        # Splice the rows, encoded by the views, into the answer (last, as streamed answers).
         return orjson.dumps(response, default=str)[:-1] + b',"rows":' + rows + b"}\n"
 
     def handle(self, req: Any) -> dict[str, Any]:
