@@ -834,6 +834,9 @@ class Engine:
         if kind == "ipsec-rekey":
             rekey.fire_ipsec_rekey(self, sa, message_id, now)
             return
+        if kind == "ipsec-retire":
+            rekey.retire_ipsec(self, sa, message_id)
+            return
         if qm is None:
             return
         if kind == "qm-retransmit" and qm.next_retransmit == deadline:
