@@ -7,6 +7,8 @@
 pub mod cookies;
 pub mod crypto;
 pub mod error;
+pub mod frontdoor;
+pub mod udpbatch;
 pub mod wire;
 
 #[cfg(feature = "python")]

@@ -6,6 +6,7 @@ mod cipher;
 mod cookies;
 mod crypto;
 mod errors;
+mod frontdoor;
 mod wire;
 
 #[pymodule(gil_used = false)]
@@ -15,5 +16,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crypto::register(m)?;
     cookies::register(m)?;
     cipher::register(m)?;
+    frontdoor::register(m)?;
     Ok(())
 }
