@@ -10,12 +10,19 @@ a burst cannot grow memory without bound: when ``receive_queue`` datagrams wait,
 are dropped and counted (Receive Failures, ``receive_queue_full``). Socket send and
 receive errors, a full queue, driver and store failures are counted by the monitor and
 logged once per kind with rate limiting (``ikecore.faults``); negotiation goes on.
+
+With the Rust receive path (``ikecore.frontdoor``, on by default where the build has it;
+``fast_path=False`` or IKECORE_FAST_PATH=0 turns it off) the gateway owns plain
+non-blocking sockets, registers them with ``loop.add_reader`` and drains each in
+``recvmmsg`` batches; under a flood, message 1 of known offers is answered in Rust and
+never reaches the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +33,7 @@ from collections import deque
 from ikecore import events as ev
 from ikecore.engine import Engine
 from ikecore.faults import FaultLog, udp_drops
+from ikecore.frontdoor import FastPath, available as fast_path_available
 from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
@@ -73,6 +81,31 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.gateway.faults.report("socket receive error", str(exc), self.gateway.loop.time())
 
 
+class _SocketTransport:
+    """The little of asyncio's datagram transport the gateway uses, over a socket it
+    reads itself (the fast path): ``sendto`` (non-blocking; a full buffer is a send
+    failure), ``close``, ``get_extra_info``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        self._sock.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._sock
+        if name == "sockname":
+            return self._sock.getsockname()
+        return default
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
 class Gateway:
     """An asyncio UDP front for an Engine (responder and initiator).
 
@@ -81,11 +114,13 @@ class Gateway:
         on_event: called with every engine event after the built-in listeners.
         receive_queue: most datagrams waiting for the engine; more are dropped and counted.
         faults: where local faults are logged (rate limited).
+        fast_path: read sockets through the Rust receive path (``ikecore.frontdoor``);
+            None: where available, unless the environment says IKECORE_FAST_PATH=0.
     """
 
     def __init__(self, engine: Engine, *, monitor: Any = None,
                  on_event: Callable[[ev.Event], None] | None = None, receive_queue: int = 4096,
-                 faults: FaultLog | None = None) -> None:
+                 faults: FaultLog | None = None, fast_path: bool | None = None) -> None:
         self.engine = engine
         self.monitor = monitor
         self.on_event = on_event
@@ -102,6 +137,9 @@ class Gateway:
         self._draining = False
         self._kernel_drops = 0
         self._poller: asyncio.TimerHandle | None = None
+        if fast_path is None:
+            fast_path = os.environ.get("IKECORE_FAST_PATH", "1") != "0"
+        self.fast_path: FastPath | None = FastPath(engine) if fast_path and fast_path_available() else None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -115,13 +153,37 @@ class Gateway:
         ``reuse_port``: SO_REUSEPORT, so that worker processes share the port (the kernel
         spreads peers over them by address and port)."""
         family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
-        transport, protocol = await self.loop.create_datagram_endpoint(
-            lambda: _Endpoint(self), local_addr=local, family=family, reuse_port=reuse_port or None)
-        endpoint = protocol
+        if self.fast_path is not None:
+            endpoint = self._open_fast(local, family, reuse_port)
+        else:
+            _transport, endpoint = await self.loop.create_datagram_endpoint(
+                lambda: _Endpoint(self), local_addr=local, family=family, reuse_port=reuse_port or None)
         self._endpoints[endpoint.local] = endpoint
         if self._poller is None:
             self._poller = self.loop.call_later(1.0, self.poll_faults)
         return endpoint.local
+
+    def _open_fast(self, local: Address, family: int, reuse_port: bool) -> _Endpoint:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setblocking(False)
+            sock.bind(local)
+        except OSError:
+            sock.close()
+            raise
+        endpoint = _Endpoint(self)
+        endpoint.connection_made(_SocketTransport(self.loop, sock))  # type: ignore[arg-type]
+        self.loop.add_reader(sock.fileno(), self._readable, endpoint, sock.fileno())
+        return endpoint
+
+    def _readable(self, endpoint: _Endpoint, fd: int, max_datagrams: int = 1024) -> None:
+        """A fast-path socket is readable: Rust drains it; the rest joins the queue."""
+        assert self.fast_path is not None
+        for data, remote in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
+            self._enqueue(endpoint, data, remote)
+        self.fast_path.fold(self.monitor)
 
     async def listen(self, addresses: list[Address] | tuple[Address, ...], *,
                      reuse_port: bool = False) -> list[Address]:
