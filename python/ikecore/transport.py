@@ -168,6 +168,8 @@ class Gateway:
         try:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # room for a burst while the loop is busy (the kernel caps it at net.core.rmem_max)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.setblocking(False)
             sock.bind(local)
         except OSError:
