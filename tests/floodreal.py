@@ -175,9 +175,12 @@ def run(*, rate: float = 50000.0, seconds: float = 12.0, peers: int = 1000, wall
                 "invalid_packets_received": int(stats.get("invalid_packets_received", 0)),
                 "invalid_cookies_received": int(stats.get("invalid_cookies_received", 0)),
                 "ike_main_mode": int(stats.get("ike_main_mode", 0)),
+                "message1_in": int(counters.get("messages:identity_protection:1:in", 0)),
                 "rss_start": rss_start, "rss_peak": memory["VmHWM"], "rss_end": memory["VmRSS"],
                 "rss_growth": memory["VmHWM"] - rss_start, "cpu_seconds": round(cpu, 2),
             },
+            "handled_per_cpu_second": round(
+                int(counters.get("messages:identity_protection:1:in", 0)) / cpu, 1) if cpu > 0 else 0.0,
             "accounting": {
                 "sent_to_gateway": flood_report["sent"] + legit_sent,
                 "read_plus_dropped": int(counters.get("fast_path:received", 0)) + drops,

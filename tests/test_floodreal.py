@@ -45,7 +45,10 @@ def test_50k_spoofed_message1_per_second_while_1000_peers_establish() -> None:
     assert gw["kernel_drops_monitor"] == gw["kernel_drops_proc"]
     assert gw["receive_failures"] >= gw["kernel_drops_proc"]
     # the flood was answered statelessly, mostly without entering Python
-    assert gw["stateless_replies_rust"] >= 0.9 * flood["sent"], gw
+    # the flood was answered statelessly without entering Python: the engine saw the
+    # legitimate traffic and at most 1% of the flood (the first offers, stateful mode)
+    assert gw["to_python"] <= legit["datagrams_sent"] + 0.01 * flood["sent"], gw
+    assert gw["stateless_replies_rust"] >= gw["received"] - gw["to_python"]
     assert gw["stateless_cookies_verified"] >= legit["established"]
     assert flood["replies"] + flood["receive_drops"] >= 0.9 * flood["sent"]
     # the stated memory bound

@@ -38,6 +38,9 @@ from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
 
+RECEIVE_BUFFER = 8 << 20          # bytes of kernel receive buffer asked for each fast-path socket
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
 
 def local_address_towards(remote: str) -> str:
     """The address this host uses to reach ``remote`` (asks the routing table, sends nothing)."""
@@ -168,8 +171,12 @@ class Gateway:
         try:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # room for a burst while the loop is busy (the kernel caps it at net.core.rmem_max)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            # room for a burst while the loop is busy in Python: SO_RCVBUFFORCE when
+            # privileged (a gateway on port 500 is), else up to net.core.rmem_max
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.setblocking(False)
             sock.bind(local)
         except OSError:
