@@ -40,10 +40,17 @@ def flood_source(index: int) -> str:
     return f"127.{2 + block // 256}.{block % 256}.{low + 1}"
 
 
-def message1_tail(ike: str) -> bytes:
-    """Message 1 (offer of ``ike``) without its first 8 bytes (the CKY-I)."""
+VARY_BYTES = 16          # random vendor ID bytes per datagram with vary_offer
+
+
+def message1_tail(ike: str, vary_offer: bool = False) -> bytes:
+    """Message 1 (offer of ``ike``) without its first 8 bytes (the CKY-I). With
+    ``vary_offer`` it ends in a vendor ID whose last VARY_BYTES bytes the sender
+    replaces per datagram, so every offer differs (no two share a template)."""
     offer = policy.IkePolicy("flood", policy.parse_ike_proposals(ike, field_name="--ike")).offer()
-    return wire.Message(bytes(8), bytes(8), wire.ExchangeType.IDENTITY_PROTECTION, [offer]).encode()[8:]
+    payloads = [offer, wire.VendorIdPayload(bytes(VARY_BYTES))] if vary_offer else [offer]
+    message = wire.Message(bytes(8), bytes(8), wire.ExchangeType.IDENTITY_PROTECTION, payloads).encode()[8:]
+    return message[:-VARY_BYTES] if vary_offer else message
 
 
 @dataclass
@@ -76,13 +83,14 @@ def own_drops(port: int) -> int:
 
 def run(target: tuple[str, int], *, rate: float, seconds: float, count: int | None = None,
         ike: str = "aes128-sha256-modp2048", sources: int = 65000, linger: float = 1.0,
-        ready: float | None = None) -> FloodReport:
+        ready: float | None = None, vary_offer: bool = False) -> FloodReport:
     """Send the flood; returns what was sent and received. Bounded by ``count`` and by
     ``seconds`` + ``linger`` (the drain of late replies)."""
     total = int(rate * seconds) if count is None else min(count, int(rate * seconds))
     pool = [flood_source(i) for i in range(sources)]
     pool2 = pool + pool
-    tail = message1_tail(ike)
+    tail = message1_tail(ike, vary_offer)
+    extra = VARY_BYTES if vary_offer else 0
     receiver = _core.UdpReceiver(64)
     report = FloodReport(sources=sources)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -105,8 +113,13 @@ def run(target: tuple[str, int], *, rate: float, seconds: float, count: int | No
             due = min(total, int(rate * (now - started)) + 1) - report.sent - report.send_failures
             while due > 0:
                 n = min(due, MAX_BATCH)
-                cookies = os.urandom(8 * n)
-                datagrams = [cookies[i:i + 8] + tail for i in range(0, 8 * n, 8)]
+                if extra:
+                    noise = os.urandom((8 + extra) * n)
+                    step = 8 + extra
+                    datagrams = [noise[i:i + 8] + tail + noise[i + 8:i + step] for i in range(0, step * n, step)]
+                else:
+                    cookies = os.urandom(8 * n)
+                    datagrams = [cookies[i:i + 8] + tail for i in range(0, 8 * n, 8)]
                 start = next_source % sources
                 sent, failed = _core.udp_send_from(fd, datagrams, pool2[start:start + n], target)
                 report.sent += sent
@@ -143,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ike", default="aes128-sha256-modp2048", help="the offer (the gateway's IKE proposal)")
     parser.add_argument("--sources", type=int, default=65000, help="spoofed source addresses (127.2.0.1 up)")
     parser.add_argument("--start-at", type=float, help="time.monotonic() at which to start")
+    parser.add_argument("--vary-offer", action="store_true", help="a different offer in every datagram")
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     report = run((host, int(port)), rate=args.rate, seconds=args.seconds, count=args.count, ike=args.ike,
-                 sources=args.sources, ready=args.start_at)
+                 sources=args.sources, ready=args.start_at, vary_offer=args.vary_offer)
     print(json.dumps(asdict(report)), flush=True)
     return 0
 

@@ -101,7 +101,7 @@ def _gateway_view(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def run(*, rate: float = 50000.0, seconds: float = 12.0, peers: int = 1000, wall_limit: float = 120.0,
-        fast_path: bool = True) -> dict[str, Any]:
+        fast_path: bool = True, vary_offer: bool = False) -> dict[str, Any]:
     """Run the three processes; returns the measurements. Bounded by ``wall_limit``."""
     port = _free_port()
     target = ("127.0.0.1", port)
@@ -129,7 +129,7 @@ def run(*, rate: float = 50000.0, seconds: float = 12.0, peers: int = 1000, wall
         start_at = time.monotonic() + 0.5
         flood = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "floodgen.py"), f"127.0.0.1:{port}", "--rate", str(rate),
-             "--seconds", str(seconds), "--start-at", str(start_at)],
+             "--seconds", str(seconds), "--start-at", str(start_at)] + (["--vary-offer"] if vary_offer else []),
             env=env, stdout=subprocess.PIPE, text=True)
         time.sleep(max(0.0, start_at + 1.0 - time.monotonic()))
         window = max(1.0, seconds - 2.0)
@@ -156,7 +156,7 @@ def run(*, rate: float = 50000.0, seconds: float = 12.0, peers: int = 1000, wall
         cpu = _cpu_seconds(gateway.pid) - cpu_start
         legit_sent = load.datagrams_out - load.fault_counts.get("send_errors", 0)
         return {
-            "fast_path": fast_path,
+            "fast_path": fast_path, "vary_offer": vary_offer,
             "flood": flood_report,
             "legit": {"peers": legit.peers, "established": legit.established, "failed": legit.failed,
                       "unfinished": legit.unfinished, "quick_modes": legit.quick_modes,
@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="flood duration")
     parser.add_argument("--peers", type=int, default=1000, help="legitimate peers (MM + QM)")
     parser.add_argument("--python-path", action="store_true", help="gateway without the Rust receive path")
+    parser.add_argument("--vary-offer", action="store_true", help="a different offer in every flood datagram")
     args = parser.parse_args(argv)
-    result = run(rate=args.rate, seconds=args.seconds, peers=args.peers, fast_path=not args.python_path,
+    result = run(rate=args.rate, seconds=args.seconds, peers=args.peers, fast_path=not args.python_path, vary_offer=args.vary_offer,
                  wall_limit=args.seconds + 90)
     print(json.dumps(result, indent=2))
     legit = result["legit"]
