@@ -361,3 +361,73 @@ def test_gateway_workers_and_generator_workers_share_the_load(capsys: pytest.Cap
 
 def test_gateway_workers_refuse_a_shared_control_socket() -> None:
     assert main(["serve", "--psk", "x", "--workers", "2", "--control", "/nonexistent/c.sock"]) == 2
+
+
+def test_peers_authenticate_with_certificates_and_the_gateway_validates_them(tmp_path: object) -> None:
+    """``loadtest --cert/--key/--ca``: RSA signatures both ways, validated against the CA."""
+    from ikecore.auth import Credentials, credentials_from_flags
+
+    from pki import issue, make_ca
+
+    ca = make_ca()
+    other_ca = make_ca("someone else's CA")
+    gateway = issue(ca, "gateway.lt.test", dns=("gateway.lt.test",))
+    peer = issue(ca, "peer.lt.test")
+    stranger = issue(other_ca, "stranger.lt.test")
+    directory = tmp_path  # type: ignore[assignment]
+    peer_cert, peer_key = peer.write(directory, "peer")  # type: ignore[arg-type]
+    ca_file, _ = ca.write(directory, "ca")  # type: ignore[arg-type]
+    peer_credentials = credentials_from_flags(peer_cert, peer_key, [ca_file])
+    assert peer_credentials is not None
+    gateway_credentials = Credentials(gateway.certificate, gateway.key, (ca.certificate,))
+
+    def run(credentials: Credentials) -> tuple[object, Engine]:
+        spec = LoadSpec(target=TARGET, peers=6, psk="unused", concurrency=3, credentials=credentials)
+        load = LoadTest(spec, random_bytes=seeded_random(21))
+        responder = Engine(make_config(psk="", credentials=gateway_credentials), random=seeded_random(22))
+        report, _now = run_in_memory(load, responder)
+        return report, responder
+
+    report, responder = run(peer_credentials)
+    assert report.established == 6 and report.failed == 0  # type: ignore[attr-defined]
+    rows = [sa.snapshot(0) for sa in responder.sas()]
+    assert len({row["peer"] for row in rows}) == 6  # each peer from its own address
+    assert {row["authentication"] for row in rows} == {"RSA signature"}
+    assert all("peer.lt.test" in row["peer_id"] for row in rows)
+    # a certificate from a CA the gateway does not trust is refused
+    report, responder = run(Credentials(stranger.certificate, stranger.key, (ca.certificate,)))
+    assert report.established == 0 and report.failed == 6  # type: ignore[attr-defined]
+    assert not responder.sas() or all(sa.snapshot(0)["state"] != "ESTABLISHED" for sa in responder.sas())
+    with pytest.raises(ConfigError, match="--cert, --key and --ca go together"):
+        credentials_from_flags(peer_cert, None, None)
+    with pytest.raises(ConfigError, match="--wrong-psk"):
+        LoadSpec(target=TARGET, peers=1, psk="x", credentials=peer_credentials, faults=Faults(wrong_psk=0.5))
+
+
+def test_loadtest_command_with_certificates_against_a_real_gateway(tmp_path: object,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``serve --cert`` and ``loadtest --cert`` over UDP: every peer signs, the gateway validates."""
+    import socket
+
+    from pki import issue, make_ca
+
+    ca = make_ca()
+    gw_cert, gw_key = issue(ca, "gateway.lt.test").write(tmp_path, "gw")  # type: ignore[arg-type]
+    peer_cert, peer_key = issue(ca, "peer.lt.test").write(tmp_path, "peer")  # type: ignore[arg-type]
+    ca_file, _ = ca.write(tmp_path, "ca")  # type: ignore[arg-type]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = subprocess.Popen([sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}",
+                                "--cert", gw_cert, "--key", gw_key, "--ca", ca_file, "--quiet", "--duration", "60"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stderr is not None
+        assert "listening" in gateway.stderr.readline()
+        code = main(["loadtest", f"127.0.0.1:{port}", "--peers", "20", "--cert", peer_cert, "--key", peer_key,
+                     "--ca", ca_file, "--concurrency", "5", "--json", "--max-seconds", "60", "--no-progress"])
+        result = json.loads(capsys.readouterr().out)
+        assert code == 0 and result["established"] == 20 and result["failed"] == 0
+    finally:
+        gateway.terminate()
+        gateway.wait(10)

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 from ikecore import policy, wire
 from ikecore.errors import AuthenticationFailed, ConfigError, InvalidIdInformation
 
-__all__ = ["Credentials", "CertificateServices", "CERT_X509_SIGNATURE", "MAX_CHAIN", "sign", "verify_signature",
+__all__ = ["Credentials", "credentials_from_flags", "CertificateServices", "CERT_X509_SIGNATURE", "MAX_CHAIN", "sign", "verify_signature",
            "validate_chain", "id_matches_certificate", "my_certificate_id", "request_payloads",
            "proof_payloads", "verify_proof", "ike_policy_for"]
 
@@ -95,6 +95,15 @@ class Credentials:
     @property
     def subject_der(self) -> bytes:
         return self.certificate.subject.public_bytes()
+
+
+def credentials_from_flags(cert: str | None, key: str | None, cas: Sequence[str] | None) -> Credentials | None:
+    """``--cert``/``--key``/``--ca`` command-line flags as Credentials (None without them)."""
+    if not (cert or key or cas):
+        return None
+    if not (cert and key and cas):
+        raise ConfigError("--cert", "--cert, --key and --ca go together")
+    return Credentials.load(cert, key, cas, "flags")
 
 
 def _read(path: str, field_name: str) -> bytes:

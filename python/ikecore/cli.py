@@ -80,13 +80,9 @@ def _add_proposal_flags(parser: argparse.ArgumentParser) -> None:
 
 def _credentials(args: argparse.Namespace) -> Any:
     """--cert/--key/--ca as ``ikecore.auth.Credentials`` (None without them)."""
-    if not (args.cert or args.key or args.ca):
-        return None
-    if not (args.cert and args.key and args.ca):
-        raise ConfigError("--cert", "--cert, --key and --ca go together")
-    from ikecore.auth import Credentials
+    from ikecore.auth import credentials_from_flags
 
-    return Credentials.load(args.cert, args.key, args.ca, "flags")
+    return credentials_from_flags(args.cert, args.key, args.ca)
 
 
 def build_parser() -> argparse.ArgumentParser:

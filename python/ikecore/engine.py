@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import datetime
 import heapq
-import ipaddress
 import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import (_core, acquire, aggressive_mode, auth, dpd, informational, main_mode, nat_traversal,
-                     persist, quick_mode, rekey, wire)
+from ikecore import (_core, acquire, aggressive_mode, auth, dpd, informational, keymat, main_mode,
+                     nat_traversal, persist, quick_mode, rekey, wire)
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -79,7 +78,7 @@ _FATAL = (NoProposalChosen, AuthenticationFailed, InvalidIdInformation)
 
 
 def _endpoint_bytes(address: Address) -> bytes:
-    return ipaddress.ip_address(address[0]).packed + address[1].to_bytes(2, "big")
+    return keymat.packed_address(address[0]) + address[1].to_bytes(2, "big")
 
 
 def _needs_marker(local: Address, remote: Address) -> bool:

@@ -40,6 +40,7 @@ key material in its repr.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable
@@ -335,10 +336,16 @@ def keymat(
     return b"".join(blocks)[:length]
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a handshake packs the same two addresses several times
+def packed_address(address: str) -> bytes:
+    """The 4 or 16 network-order bytes of an IP address (ValueError if it is not one)."""
+    return ipaddress.ip_address(address).packed
+
+
 def nat_d(hash_name: str, cky_i: bytes, cky_r: bytes, address: str, port: int) -> bytes:
     """NAT-D payload data (RFC 3947 section 3.2): hash(CKY-I | CKY-R | IP | port),
     with the IPv4 (4 bytes) or IPv6 (16 bytes) address and a 2-byte port."""
-    packed = ipaddress.ip_address(address).packed
+    packed = packed_address(address)
     if not 0 <= port <= 0xFFFF:
         raise CryptoError(f"port {port} out of range")
     return digest(hash_name, cky_i + cky_r + packed + port.to_bytes(2, "big"))

@@ -6,8 +6,10 @@ Design note
 clock, it returns datagrams to send and the next deadline. It owns two initiator
 ``Engine`` objects (the right pre-shared key, and a wrong one for the share of peers the
 fault injection says), a peer schedule and the measurements. Each simulated peer is one
-ISAKMP SA initiated from its own loopback address (127.x.y.z); its identity is that
-address.
+ISAKMP SA initiated from its own loopback address (127.x.y.z). With a pre-shared key its
+identity is that address; with certificates (``LoadSpec.credentials``) every peer signs
+with the one certificate given and names its subject (ID_DER_ASN1_DN), as strongSwan's
+load tester does with a static certificate.
 
 Peer life cycle (one row per peer; ``state`` is a small table, not scattered flags)::
 
@@ -122,8 +124,12 @@ class LoadSpec:
     first_address: str = "127.1.0.1"
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    #: ``ikecore.auth.Credentials``: RSA signatures instead of the pre-shared key.
+    credentials: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.credentials is not None and self.faults.wrong_psk:
+            raise ConfigError("--wrong-psk", "applies to pre-shared keys; leave it out with --cert")
         if not 1 <= self.peers <= 1_000_000:
             raise ConfigError("--peers", "must be between 1 and 1,000,000")
         if self.rate is not None and self.concurrency is not None:
@@ -295,8 +301,9 @@ class LoadTest:
         self.done_times: list[float] = []
 
     def _config(self, psk: str, timing: Timing) -> Config:
-        return config_from_flags(psk=psk, ike=self.spec.ike, esp=self.spec.esp, listen=(),
-                                 remote=self.spec.target[0], timing=timing)
+        signatures = self.spec.credentials is not None
+        return config_from_flags(psk="" if signatures else psk, ike=self.spec.ike, esp=self.spec.esp, listen=(),
+                                 remote=self.spec.target[0], timing=timing, credentials=self.spec.credentials)
 
     # --- schedule -------------------------------------------------------------------------
 
@@ -886,6 +893,11 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("target", metavar="ADDR[:PORT]")
     parser.add_argument("--peers", type=int, required=True, help="simulated peers (one ISAKMP SA each)")
     parser.add_argument("--psk", default="secret", help="pre-shared key")
+    parser.add_argument("--cert", metavar="FILE",
+                        help="X.509 certificate every peer signs with (RSA; with --key and --ca, instead of --psk)")
+    parser.add_argument("--key", metavar="FILE", help="the certificate's RSA private key (PEM or DER)")
+    parser.add_argument("--ca", metavar="FILE", action="append",
+                        help="CA certificate that validates the gateway's certificate (repeatable)")
     parser.add_argument("--ike", default="aes128-sha256-modp2048", help="IKE proposals")
     parser.add_argument("--esp", default="aes128-sha256", help="ESP proposals")
     parser.add_argument("--quick-modes", type=int, default=1, help="Quick Modes per peer (0: Main Mode only)")
@@ -936,6 +948,7 @@ def tune_gc() -> Callable[[], None]:
 
 
 def spec_from_args(args: Any) -> LoadSpec:
+    from ikecore.auth import credentials_from_flags
     from ikecore.config import parse_endpoint
 
     faults = Faults(drop=args.drop, duplicate=args.duplicate, corrupt=args.corrupt, delay=args.delay,
@@ -945,7 +958,7 @@ def spec_from_args(args: Any) -> LoadSpec:
                     rate=args.rate, concurrency=args.concurrency, ramp=args.ramp, duration=args.duration,
                     timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
                     max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
-                    seed=args.seed)
+                    seed=args.seed, credentials=credentials_from_flags(args.cert, args.key, args.ca))
 
 
 def command(args: Any, out: TextIO) -> int:

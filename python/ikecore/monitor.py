@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -145,6 +146,11 @@ class Monitor:
 
     def observe(self, event: ev.Event) -> None:
         """Update the counters from one engine event (the only place they change)."""
+        kind = type(event)
+        if kind is ev.DatagramReceived or kind is ev.DatagramSent:  # most events: first, one lookup
+            self.extended[_message_key(kind is ev.DatagramSent, event.exchange_type,  # type: ignore[attr-defined]
+                                       event.message_number)] += 1  # type: ignore[attr-defined]
+            return
         c, x = self.counters, self.extended
         if isinstance(event, ev.Phase1Started):
             self._isadb.add(event.handle)
@@ -211,10 +217,6 @@ class Monitor:
             elif event.operation == "update_inbound":
                 c[Statistic.KEY_UPDATE_FAILURES] += 1
                 c[Statistic.TOTAL_ACQUIRE] += 1
-        elif isinstance(event, ev.DatagramReceived):
-            x[f"messages:{_exchange_name(event.exchange_type)}:{event.message_number}:in"] += 1
-        elif isinstance(event, ev.DatagramSent):
-            x[f"messages:{_exchange_name(event.exchange_type)}:{event.message_number}:out"] += 1
         elif isinstance(event, ev.RetransmitSent):
             x[f"retransmissions:{_exchange_name(event.exchange_type)}:out"] += 1
         elif isinstance(event, ev.DuplicateReceived):
@@ -336,6 +338,11 @@ _FLOOD_COUNTERS: dict[type, str] = {
     ev.HalfOpenDropped: "flood:half_open_dropped",
     ev.ReplayDropped: "replays_dropped",
 }
+
+
+@functools.lru_cache(maxsize=1024)  # few distinct keys; building the text was a tenth of observe()
+def _message_key(sent: bool, exchange_type: int, message_number: int) -> str:
+    return f"messages:{_exchange_name(exchange_type)}:{message_number}:{'out' if sent else 'in'}"
 
 
 def _exchange_name(exchange_type: int) -> str:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -165,9 +164,9 @@ def my_identification(sa: IsakmpSa, configured: str | None) -> wire.IdPayload:
     """
     text = configured or sa.local[0]
     try:
-        address = ipaddress.ip_address(text)
+        packed = keymat.packed_address(text)
     except ValueError:
         id_type = wire.IdType.USER_FQDN if "@" in text else wire.IdType.FQDN
         return wire.IdPayload(int(id_type), text.encode())
-    id_type = wire.IdType.IPV6_ADDR if address.version == 6 else wire.IdType.IPV4_ADDR
-    return wire.IdPayload(int(id_type), address.packed)
+    id_type = wire.IdType.IPV6_ADDR if len(packed) == 16 else wire.IdType.IPV4_ADDR
+    return wire.IdPayload(int(id_type), packed)

@@ -105,6 +105,7 @@ def group_name(group: int) -> str:
     return _GROUP_BY_NUMBER.get(group, f"group{group}")
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _encryption_name(algorithm: int, key_length: int | None) -> str:
     if algorithm == wire.EncryptionAlgorithm.AES_CBC:
         return f"aes{key_length or 128}"
@@ -114,6 +115,7 @@ def _encryption_name(algorithm: int, key_length: int | None) -> str:
     return f"encr{algorithm}"
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _esp_encryption_name(transform_id: int, key_length: int | None) -> str:
     if transform_id == wire.EspTransform.AES_CBC:
         return f"aes{key_length or 128}"
@@ -123,6 +125,7 @@ def _esp_encryption_name(transform_id: int, key_length: int | None) -> str:
     return f"esp{transform_id}"
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _hash_name(algorithm: int) -> str:
     for name, (ike_id, _esp, _h) in _INTEGRITY.items():
         if ike_id == algorithm:
@@ -130,6 +133,7 @@ def _hash_name(algorithm: int) -> str:
     return f"hash{algorithm}"
 
 
+@functools.lru_cache(maxsize=256)  # pure; names are read for every message
 def _auth_name(algorithm: int) -> str:
     for name, (_ike, esp_id, _h) in _INTEGRITY.items():
         if esp_id == algorithm:
@@ -498,6 +502,14 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text, strict=False)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; every Quick Mode reads two address IDs
+def _host_network(data: bytes) -> str:
+    """An ID_IPV4_ADDR/ID_IPV6_ADDR body as host CIDR text (ValueError for other lengths)."""
+    if len(data) == 4:
+        return "%d.%d.%d.%d/32" % tuple(data)
+    return str(ipaddress.ip_network(ipaddress.ip_address(data)))
+
+
 def subnet_text(data: bytes) -> str:
     """An ID_IPV4/IPV6_ADDR_SUBNET body (address then mask) as CIDR text.
 
@@ -538,7 +550,7 @@ class TrafficSelector:
         """Read an IDci/IDcr; raises ValueError for types that are not address selectors."""
         data, id_type = payload.data, payload.id_type
         if id_type in (wire.IdType.IPV4_ADDR, wire.IdType.IPV6_ADDR):
-            network = str(ipaddress.ip_network(ipaddress.ip_address(data)))
+            network = _host_network(data)
         elif id_type in (wire.IdType.IPV4_ADDR_SUBNET, wire.IdType.IPV6_ADDR_SUBNET):
             network = subnet_text(data)
         elif id_type in (wire.IdType.IPV4_ADDR_RANGE, wire.IdType.IPV6_ADDR_RANGE):

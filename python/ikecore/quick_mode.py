@@ -77,6 +77,9 @@ class Row:
 
 @functools.lru_cache(maxsize=65536)  # pure; parsing addresses was 15% of a load test's CPU
 def _host(address: str) -> str:
+    packed = keymat.packed_address(address)
+    if len(packed) == 4:  # the common case, without building network objects
+        return "%d.%d.%d.%d/32" % tuple(packed)
     return str(ipaddress.ip_network(address))
 
 
@@ -171,6 +174,8 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[I
 
 @functools.lru_cache(maxsize=65536)
 def _inside(network: str, allowed: str) -> bool:
+    if network == allowed:  # both normalised CIDR text: the usual host-to-host case
+        return True
     inner, outer = ipaddress.ip_network(network), ipaddress.ip_network(allowed)
     return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 

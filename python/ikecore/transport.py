@@ -21,6 +21,7 @@ never reaches the queue.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import socket
@@ -50,6 +51,7 @@ def local_address_towards(remote: str) -> str:
         return str(probe.getsockname()[0])
 
 
+@functools.lru_cache(maxsize=64)
 def _wildcard(address: str) -> bool:
     return ipaddress.ip_address(address).is_unspecified
 
@@ -73,6 +75,9 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # asyncio reads into a fresh 256 KiB buffer per datagram (an mmap and munmap each
+        # time); a UDP payload is at most 65,535 bytes
+        transport.max_size = 65535  # type: ignore[attr-defined]
         sockname = transport.get_extra_info("sockname")
         self.local = (str(sockname[0]), int(sockname[1]))
 
@@ -347,10 +352,12 @@ class Gateway:
     def _dispatch(self, event: ev.Event) -> None:
         if self.monitor is not None:
             self.monitor.observe(event)
-        if isinstance(event, (ev.DriverFailed, ev.StoreFailed)):
-            self.faults.report(f"{type(event).__name__} {event.operation}", event.reason, self.loop.time())
-        handle = getattr(event, "handle", None)
-        waiter = self._waiters.get(handle) if handle is not None else None
+        kind = type(event)
+        if kind is ev.DriverFailed or kind is ev.StoreFailed:
+            self.faults.report(f"{kind.__name__} {event.operation}", event.reason,  # type: ignore[attr-defined]
+                               self.loop.time())
+        # a responder has no waiters; an event without a handle has none either
+        waiter = self._waiters.get(getattr(event, "handle", None)) if self._waiters else None  # type: ignore[arg-type]
         if waiter is not None:
             future, result, want_qm = waiter
             done = False
@@ -368,11 +375,12 @@ class Gateway:
                 done = True
             if done:
                 result.ok = not result.reason
-                self._waiters.pop(handle, None)  # type: ignore[arg-type]
+                self._waiters.pop(event.handle, None)  # type: ignore[attr-defined]
                 if not future.done():
                     future.set_result(result)
-        for listener in list(self._listeners):
-            listener(event)
+        if self._listeners:
+            for listener in list(self._listeners):
+                listener(event)
         if self.on_event is not None:
             self.on_event(event)
 
