@@ -197,7 +197,10 @@ class Gateway:
         assert self.fast_path is not None
         for data, remote in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
             self._enqueue(endpoint, data, remote)
-        self.fast_path.fold(self.monitor)
+        counts = self.fast_path.fold(self.monitor)
+        if counts["receive_errors"] or counts["send_failures"]:
+            self.faults.report("fast path socket error", f"{counts['receive_errors']} receive errors, "
+                               f"{counts['send_failures']} replies not sent", self.loop.time())
 
     async def listen(self, addresses: list[Address] | tuple[Address, ...], *,
                      reuse_port: bool = False) -> list[Address]:
