@@ -25,12 +25,19 @@ pub struct Received {
     pub truncated: bool,
     /// Where it came from (None: an address family we do not speak).
     pub source: Option<SocketAddr>,
+    /// The local address it was sent to, when the socket asked for it (IP_PKTINFO,
+    /// IPV6_RECVPKTINFO): on a wildcard socket, the address the peer used.
+    pub dest: Option<IpAddr>,
 }
+
+/// Control buffer per slot: room for one IPv4 or IPv6 packet-info message, aligned.
+type RecvControl = [u64; 8];
 
 /// Receive buffers for up to `slots` datagrams per call.
 pub struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
+    controls: Vec<RecvControl>,
     slots: usize,
 }
 
@@ -47,7 +54,7 @@ impl RecvBatch {
         let slots = slots.clamp(1, MAX_BATCH);
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
         let addrs = (0..slots).map(|_| unsafe { zeroed::<libc::sockaddr_storage>() }).collect();
-        RecvBatch { bufs: vec![0u8; slots * SLOT], addrs, slots }
+        RecvBatch { bufs: vec![0u8; slots * SLOT], addrs, controls: vec![[0u64; 8]; slots], slots }
     }
 
     /// Number of slots.
@@ -72,6 +79,8 @@ impl RecvBatch {
             hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_hdr.msg_iov = &mut iovs[i];
             hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = size_of::<RecvControl>() as _;
         }
         // SAFETY: hdrs has self.slots valid entries; MSG_DONTWAIT never blocks.
         let n = unsafe {
@@ -91,6 +100,7 @@ impl RecvBatch {
                 len: len.min(SLOT),
                 truncated: len > SLOT || hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 source: from_sockaddr(&self.addrs[i], hdr.msg_hdr.msg_namelen),
+                dest: packet_info(&hdr.msg_hdr),
             });
         }
         Ok(n)
@@ -101,6 +111,33 @@ impl RecvBatch {
         let start = index.saturating_mul(SLOT);
         self.bufs.get(start..start.saturating_add(len.min(SLOT))).unwrap_or(&[])
     }
+}
+
+/// The destination address in an IP_PKTINFO or IPV6_PKTINFO control message, if any.
+fn packet_info(msg: &libc::msghdr) -> Option<IpAddr> {
+    if msg.msg_control.is_null() || (msg.msg_controllen as usize) < size_of::<libc::cmsghdr>() {
+        return None;
+    }
+    // SAFETY: the kernel wrote msg_controllen bytes of well-formed control messages
+    // into our buffer; CMSG_FIRSTHDR/NXTHDR stay within it, and each data read is
+    // checked against its cmsg_len first.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let data_len = (c.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO && data_len >= size_of::<libc::in_pktinfo>() {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>());
+                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
+            }
+            if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO && data_len >= size_of::<libc::in6_pktinfo>() {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>());
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    None
 }
 
 /// A socket address from what the kernel wrote (None for other families or lengths).
@@ -244,9 +281,16 @@ mod tests {
 
     #[test]
     fn batch_round_trip_with_chosen_sources() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and option value.
+        let rc = unsafe {
+            libc::setsockopt(rx.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, (&on as *const libc::c_int).cast(),
+                             size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        assert_eq!(rc, 0);
         let tx = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let dest = rx.local_addr().unwrap();
+        let dest: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7)), rx.local_addr().unwrap().port());
         let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
         let msgs: Vec<Outgoing<'_>> = payloads
             .iter()
@@ -262,6 +306,7 @@ mod tests {
                 break;
             }
             for (i, r) in out.iter().enumerate() {
+                assert_eq!(r.dest, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7))));
                 got.push((batch.data(i, r.len).to_vec(), r.source.unwrap(), r.truncated));
             }
             if got.len() < 20 {

@@ -170,26 +170,49 @@ def test_a_peer_answered_by_rust_establishes_main_mode_and_quick_mode() -> None:
     asyncio.run(scenario())
 
 
-def test_wildcard_sockets_and_stateful_mode_leave_everything_to_the_engine() -> None:
+def test_wildcard_sockets_answer_with_the_address_the_peer_used() -> None:
     async def scenario() -> None:
         gateway, address = await _gateway(FloodLimits(cookie_threshold=1), listen="0.0.0.0")
+        fast = gateway.fast_path
+        assert fast is not None
         peer = _Peer()
+        other = ("127.0.0.5", address[1])       # also ours (127/8), not what routing picks for 127.0.0.1
         try:
-            for _ in range(4):
-                reply = await peer.ask(_message1(), address)
-                assert wire.parse(reply[4:]).exchange_type == wire.ExchangeType.IDENTITY_PROTECTION
-            assert gateway.fast_path is not None
-            assert gateway.fast_path.totals["stateless_replies"] == 0
-            assert gateway.fast_path.totals["to_python"] == 4
+            await peer.ask(_message1(), other)                      # stateful: a half-open SA
+            [sa] = gateway.engine.sas()
+            assert sa.local == other                                # IP_PKTINFO, not the routing guess
+            await peer.ask(_message1(), other)                      # engine: stateless, template
+            second = _message1()
+            reply = await peer.ask(second, other)                   # Rust
+            assert fast.totals["stateless_replies"] == 1
+            secret, _until = gateway.engine.admission.current_secret(gateway.loop.time())
+            assert reply[12:20] == _formula(secret, second[:8], _endpoint(peer.address), _endpoint(other),
+                                            _offer(second))
+            initiator = Gateway(Engine(config_from_flags(psk=PSK, ike=IKE, listen=())), monitor=Monitor(),
+                                fast_path=True)
+            try:
+                for _ in range(2):
+                    result = await initiator.connect(other, local=("127.0.0.1", 0), timeout=20)
+                    assert result.ok and result.phase2, result.reason
+            finally:
+                initiator.close()
+            assert fast.totals["stateless_replies"] >= 2
         finally:
             peer.sock.close()
             gateway.close()
+
+    asyncio.run(scenario())
+
+
+def test_stateful_mode_leaves_everything_to_the_engine() -> None:
+    async def scenario() -> None:
         gateway, address = await _gateway(FloodLimits())      # threshold 512: stateful
         peer = _Peer()
         try:
             for _ in range(3):
                 await peer.ask(_message1(), address)
             assert gateway.fast_path is not None and gateway.fast_path.totals["stateless_replies"] == 0
+            assert gateway.fast_path.totals["to_python"] == 3
             assert gateway.engine.flood_stats()["half_open"] == 3
         finally:
             peer.sock.close()

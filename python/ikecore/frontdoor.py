@@ -22,11 +22,12 @@ kernel queue and pushed legitimate peers out. ``FastPath`` puts ``ikecore._core.
   the engine's cookie table already knows) comes back as ``(data, remote)`` and goes to
   the engine unchanged through the gateway's bounded queue.
 
-Preconditions for answering in Rust, else everything goes to Python: the socket is
-bound to a specific address (on a wildcard socket the engine works out the local
-address, which the cookie covers), and the configuration's generic filters choose
-the same filter for every address pair (:func:`uniform_filter`), since message 2 is a
-function of the offer *and* the filter.
+Preconditions for answering in Rust, else everything goes to Python: the local
+address is known (a socket bound to a specific address, or a wildcard socket with
+IP_PKTINFO / IPV6_RECVPKTINFO: the address each datagram was sent to, which the cookie
+covers and which the engine then gets as the local address too), and the
+configuration's generic filters choose the same filter for every address pair
+(:func:`uniform_filter`), since message 2 is a function of the offer *and* the filter.
 
 Accounting: the Rust counters are folded into the monitor after each drain
 (:meth:`FastPath.fold`) as the engine's events would have counted them (message 1 in,
@@ -112,9 +113,11 @@ class FastPath:
         secret, until = gate.current_secret(now)
         self._door.set_state(True, secret, until)
 
-    def drain(self, fd: int, local: Address, now: float, max_datagrams: int = 1024) -> list[tuple[bytes, Address]]:
+    def drain(self, fd: int, local: Address, now: float,
+              max_datagrams: int = 1024) -> list[tuple[bytes, Address, str | None]]:
         """Read what waits on ``fd`` (bound to ``local``); answer what Rust may; return the
-        rest for the engine. Never raises for socket errors (they are counted)."""
+        rest for the engine as (data, remote, local address or None: see ``_core.FrontDoor.drain``).
+        Never raises for socket errors (they are counted)."""
         self.sync(now)
         return self._door.drain(fd, local, now, max_datagrams, self.filter is not None)
 

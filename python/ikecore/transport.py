@@ -25,6 +25,7 @@ import functools
 import ipaddress
 import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
 
 RECEIVE_BUFFER = 8 << 20          # bytes of kernel receive buffer asked for each fast-path socket
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)   # Linux value; Python 3.11 lacks the name
 
 
 def local_address_towards(remote: str) -> str:
@@ -94,12 +96,22 @@ class _SocketTransport:
     reads itself (the fast path): ``sendto`` (non-blocking; a full buffer is a send
     failure), ``close``, ``get_extra_info``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, pktinfo: bool = False) -> None:
         self._loop = loop
         self._sock = sock
+        self.pktinfo = pktinfo   # wildcard socket: datagrams carry their local address both ways
 
-    def sendto(self, data: bytes, addr: Address) -> None:
-        self._sock.sendto(data, addr)
+    def sendto(self, data: bytes, addr: Address, source: str | None = None) -> None:
+        """Send ``data``; from local address ``source`` (IP_PKTINFO / IPV6_PKTINFO) when the
+        socket is bound to the wildcard address and the engine names one."""
+        if source is None or not self.pktinfo:
+            self._sock.sendto(data, addr)
+        elif self._sock.family == socket.AF_INET:
+            info = struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))
+            self._sock.sendmsg([data], [(socket.IPPROTO_IP, _IP_PKTINFO, info)], 0, addr)
+        else:
+            info = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, source), 0)
+            self._sock.sendmsg([data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0, addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":
@@ -140,7 +152,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[ev.Event], None]] = []
         self.faults = faults or FaultLog()
-        self._queue: deque[tuple[_Endpoint, bytes, Address]] = deque()
+        self._queue: deque[tuple[_Endpoint, bytes, Address, str | None]] = deque()
         self._queue_limit = receive_queue
         self._draining = False
         self._kernel_drops = 0
@@ -182,21 +194,26 @@ class Gateway:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            if _wildcard(local[0]):  # learn the address each datagram was sent to
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
             sock.setblocking(False)
             sock.bind(local)
         except OSError:
             sock.close()
             raise
         endpoint = _Endpoint(self)
-        endpoint.connection_made(_SocketTransport(self.loop, sock))  # type: ignore[arg-type]
+        endpoint.connection_made(_SocketTransport(self.loop, sock, _wildcard(local[0])))  # type: ignore[arg-type]
         self.loop.add_reader(sock.fileno(), self._readable, endpoint, sock.fileno())
         return endpoint
 
     def _readable(self, endpoint: _Endpoint, fd: int, max_datagrams: int = 1024) -> None:
         """A fast-path socket is readable: Rust drains it; the rest joins the queue."""
         assert self.fast_path is not None
-        for data, remote in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
-            self._enqueue(endpoint, data, remote)
+        for data, remote, local_ip in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
+            self._enqueue(endpoint, data, remote, local_ip)
         counts = self.fast_path.fold(self.monitor)
         if counts["receive_errors"] or counts["send_failures"]:
             self.faults.report("fast path socket error", f"{counts['receive_errors']} receive errors, "
@@ -292,7 +309,7 @@ class Gateway:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
+    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None) -> None:
         if len(self._queue) >= self._queue_limit:
             if self.monitor is not None:
                 self.monitor.receive_failed()
@@ -300,7 +317,7 @@ class Gateway:
             self.faults.report("receive queue full", f"{self._queue_limit} datagrams waiting; dropped one from "
                                f"{remote[0]}", self.loop.time())
             return
-        self._queue.append((endpoint, data, remote))
+        self._queue.append((endpoint, data, remote, local_ip))
         if self.monitor is not None:
             self.monitor.receive_heap_size = len(self._queue)
         if not self._draining:
@@ -310,8 +327,8 @@ class Gateway:
     def _drain(self, batch: int = 256) -> None:
         """Feed queued datagrams to the engine, a batch per loop iteration."""
         for _ in range(min(batch, len(self._queue))):
-            endpoint, data, remote = self._queue.popleft()
-            self._on_datagram(endpoint, data, remote)
+            endpoint, data, remote, local_ip = self._queue.popleft()
+            self._on_datagram(endpoint, data, remote, local_ip)
         if self.monitor is not None:
             self.monitor.receive_heap_size = len(self._queue)
         if self._queue:
@@ -319,9 +336,11 @@ class Gateway:
         else:
             self._draining = False
 
-    def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
+    def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None) -> None:
         local = endpoint.local
-        if _wildcard(local[0]):
+        if local_ip is not None:  # the address the peer sent to (fast path, wildcard socket)
+            local = (local_ip, local[1])
+        elif _wildcard(local[0]):
             address = self._local_cache.get(remote[0])
             if address is None:
                 address = self._local_cache[remote[0]] = local_address_towards(remote[0])
@@ -343,7 +362,10 @@ class Gateway:
             try:
                 if endpoint is None or endpoint.transport is None:
                     raise OSError(f"no socket for {local}")
-                endpoint.transport.sendto(data, remote)
+                if isinstance(endpoint.transport, _SocketTransport):
+                    endpoint.transport.sendto(data, remote, local[0])
+                else:
+                    endpoint.transport.sendto(data, remote)
             except OSError as exc:
                 if self.monitor is not None:
                     self.monitor.send_failed()

@@ -93,16 +93,17 @@ impl PyFrontDoor {
 
     /// Read up to `max_datagrams` from non-blocking socket `fd` bound to `local`
     /// (batches of `recvmmsg`), answer what the fast path can (one `sendmmsg` per
-    /// batch) and return the rest as ``[(data, (address, port)), ...]`` for the
-    /// engine. `fast`: False passes everything on (for example a wildcard socket,
-    /// whose local address the engine works out itself). Socket errors are counted,
-    /// never raised.
+    /// batch) and return the rest as ``[(data, (address, port), local), ...]`` for the
+    /// engine, ``local`` being the address the datagram was sent to when the socket
+    /// reports it (IP_PKTINFO / IPV6_RECVPKTINFO), else None. On a wildcard socket
+    /// only datagrams with that address can be answered here. `fast`: False passes
+    /// everything on. Socket errors are counted, never raised.
     #[pyo3(signature = (fd, local, now, max_datagrams = 1024, fast = true))]
     fn drain<'py>(&mut self, py: Python<'py>, fd: i32, local: (String, u16), now: f64, max_datagrams: usize,
                   fast: bool) -> PyResult<Bound<'py, PyList>> {
-        let local_addr = socket_addr(&local.0, local.1)?;
-        let fast = fast && !local_addr.ip().is_unspecified();
-        let local_bytes = endpoint_bytes(&local_addr);
+        let bound = socket_addr(&local.0, local.1)?;
+        let wildcard = bound.ip().is_unspecified();
+        let bound_bytes = endpoint_bytes(&bound);
         let list = PyList::empty(py);
         let mut total = 0usize;
         while total < max_datagrams {
@@ -117,7 +118,7 @@ impl PyFrontDoor {
             };
             total += n;
             door.counters.received += n as u64;
-            let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+            let mut replies: Vec<(Vec<u8>, SocketAddr, Option<Ipv4Addr>)> = Vec::new();
             {
                 let table = cookies.as_ref().map(|c| c.get().table());
                 for (i, r) in received.iter().enumerate() {
@@ -131,7 +132,15 @@ impl PyFrontDoor {
                     };
                     let data = batch.data(i, r.len);
                     let mut verdict = Verdict::Python;
-                    if fast {
+                    let local_addr = match (wildcard, r.dest) {
+                        (false, _) => Some(bound),
+                        (true, Some(ip)) if !ip.is_unspecified() => Some(SocketAddr::new(ip, bound.port())),
+                        (true, _) => None,
+                    };
+                    // on a wildcard socket the reply must leave from the address the peer
+                    // used: IPv4 only (send_batch sets IPv4 sources); IPv6 goes to Python
+                    let answerable = !wildcard || local_addr.is_some_and(|a| a.is_ipv4());
+                    if let (true, true, Some(local_addr)) = (fast, answerable, local_addr) {
                         if let Some(first) = door.candidate(data, now) {
                             let source_bytes = endpoint_bytes(&source);
                             let known = table.as_ref().is_some_and(|t| {
@@ -139,24 +148,36 @@ impl PyFrontDoor {
                             });
                             if !known {
                                 let ports = local_addr.port() != 500 && source.port() != 500;
-                                verdict = door.answer(first, &source_bytes, &local_bytes, ports, now);
+                                let own;
+                                let local_bytes: &[u8] = if wildcard {
+                                    own = endpoint_bytes(&local_addr);
+                                    &own
+                                } else {
+                                    &bound_bytes
+                                };
+                                verdict = door.answer(first, &source_bytes, local_bytes, ports, now);
                             }
                         }
                     }
                     match verdict {
                         Verdict::Reply(reply) => {
                             door.counters.stateless_replies += 1;
-                            replies.push((reply, source));
+                            let from = match local_addr {
+                                Some(SocketAddr::V4(a)) if wildcard => Some(*a.ip()),
+                                _ => None,
+                            };
+                            replies.push((reply, source, from));
                         }
                         Verdict::Python => {
                             door.counters.to_python += 1;
-                            list.append((PyBytes::new(py, data), address_tuple(py, &source)?))?;
+                            let dest = if wildcard { local_addr.map(|a| a.ip().to_string()) } else { None };
+                            list.append((PyBytes::new(py, data), address_tuple(py, &source)?, dest))?;
                         }
                     }
                 }
             }
             if !replies.is_empty() {
-                let out: Vec<Outgoing<'_>> = replies.iter().map(|(d, a)| Outgoing { data: d, dest: *a, source: None }).collect();
+                let out: Vec<Outgoing<'_>> = replies.iter().map(|(d, a, from)| Outgoing { data: d, dest: *a, source: *from }).collect();
                 let (_sent, failed) = py.detach(|| send_batch(fd, &out));
                 door.counters.send_failures += failed as u64;
             }
