@@ -101,15 +101,17 @@ def _gateway_view(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def run(*, rate: float = 50000.0, seconds: float = 12.0, peers: int = 1000, wall_limit: float = 120.0,
-        fast_path: bool = True, vary_offer: bool = False) -> dict[str, Any]:
-    """Run the three processes; returns the measurements. Bounded by ``wall_limit``."""
+        fast_path: bool = True, vary_offer: bool = False, wildcard: bool = False) -> dict[str, Any]:
+    """Run the three processes; returns the measurements. Bounded by ``wall_limit``.
+    ``wildcard``: the gateway listens on 0.0.0.0 (as ``ikecore serve`` does by default)."""
     port = _free_port()
     target = ("127.0.0.1", port)
     workdir = tempfile.mkdtemp(prefix="ikecore-floodreal-")
     ctl = os.path.join(workdir, "control")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "IKECORE_FAST_PATH": "1" if fast_path else "0"}
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}", "--psk", PSK, "--quiet",
+        [sys.executable, "-m", "ikecore", "serve", "--listen", f"{'0.0.0.0' if wildcard else '127.0.0.1'}:{port}",
+         "--psk", PSK, "--quiet",
          "--control", ctl, "--duration", str(wall_limit)],
         env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "gateway.log"), "w"))
     flood = None
@@ -156,7 +158,7 @@ def run(*, rate: float = 50000.0, seconds: float = 12.0, peers: int = 1000, wall
         cpu = _cpu_seconds(gateway.pid) - cpu_start
         legit_sent = load.datagrams_out - load.fault_counts.get("send_errors", 0)
         return {
-            "fast_path": fast_path, "vary_offer": vary_offer,
+            "fast_path": fast_path, "vary_offer": vary_offer, "wildcard": wildcard,
             "flood": flood_report,
             "legit": {"peers": legit.peers, "established": legit.established, "failed": legit.failed,
                       "unfinished": legit.unfinished, "quick_modes": legit.quick_modes,
@@ -206,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=1000, help="legitimate peers (MM + QM)")
     parser.add_argument("--python-path", action="store_true", help="gateway without the Rust receive path")
     parser.add_argument("--vary-offer", action="store_true", help="a different offer in every flood datagram")
+    parser.add_argument("--wildcard", action="store_true", help="the gateway listens on 0.0.0.0")
     args = parser.parse_args(argv)
-    result = run(rate=args.rate, seconds=args.seconds, peers=args.peers, fast_path=not args.python_path, vary_offer=args.vary_offer,
+    result = run(rate=args.rate, seconds=args.seconds, peers=args.peers, fast_path=not args.python_path, vary_offer=args.vary_offer, wildcard=args.wildcard,
                  wall_limit=args.seconds + 90)
     print(json.dumps(result, indent=2))
     legit = result["legit"]
