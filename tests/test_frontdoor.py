@@ -246,3 +246,46 @@ def test_malformed_and_oversized_datagrams_reach_the_engine_and_are_counted() ->
             gateway.close()
 
     asyncio.run(scenario())
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_message1_is_answered_in_rust_with_the_16_byte_endpoint_cookie() -> None:
+    async def scenario() -> None:
+        engine = Engine(_config(FloodLimits(cookie_threshold=1)), now=asyncio.get_running_loop().time())
+        gateway = Gateway(engine, monitor=Monitor(), fast_path=True)
+        local = await gateway.open(("::1", 0))
+        address = ("::1", local[1])
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+        sock.settimeout(5.0)
+        loop = asyncio.get_running_loop()
+
+        async def ask(data: bytes) -> bytes:
+            sock.sendto(data, address)
+            return await loop.run_in_executor(None, lambda: sock.recv(65535))
+
+        try:
+            await ask(_message1())
+            first = await ask(_message1())
+            second = _message1()
+            reply = await ask(second)
+            assert gateway.fast_path is not None and gateway.fast_path.totals["stateless_replies"] == 1
+            assert reply[4 + 16:] == first[4 + 16:]
+            secret, _until = engine.admission.current_secret(loop.time())
+            peer = sock.getsockname()
+            assert reply[12:20] == _formula(secret, second[:8], _endpoint((peer[0], peer[1])), _endpoint(address),
+                                            _offer(second))
+        finally:
+            sock.close()
+            gateway.close()
+
+    asyncio.run(scenario())

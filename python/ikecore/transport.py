@@ -15,7 +15,9 @@ With the Rust receive path (``ikecore.frontdoor``, on by default where the build
 ``fast_path=False`` or IKECORE_FAST_PATH=0 turns it off) the gateway owns plain
 non-blocking sockets, registers them with ``loop.add_reader`` and drains each in
 ``recvmmsg`` batches; under a flood, message 1 of known offers is answered in Rust and
-never reaches the queue.
+never reaches the queue. On wildcard sockets each datagram brings its local address
+(IP_PKTINFO / IPV6_RECVPKTINFO): the engine gets the address the peer used, and
+replies leave from it.
 """
 
 from __future__ import annotations
