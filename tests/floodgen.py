@@ -87,6 +87,13 @@ def run(target: tuple[str, int], *, rate: float, seconds: float, count: int | No
     """Send the flood; returns what was sent and received. Bounded by ``count`` and by
     ``seconds`` + ``linger`` (the drain of late replies)."""
     total = int(rate * seconds) if count is None else min(count, int(rate * seconds))
+    if os.geteuid() == 0:
+        # the flood is the load under test: on a busy machine keep it at its rate ahead of
+        # other work (its CPU is ~15% of a core at 50,000/s, mostly the kernel's UDP send)
+        try:
+            os.nice(-5)
+        except OSError:
+            pass
     pool = [flood_source(i) for i in range(sources)]
     pool2 = pool + pool
     tail = message1_tail(ike, vary_offer)
