@@ -9,6 +9,8 @@ pub mod cookies;
 pub mod crypto;
 pub mod error;
 pub mod json_rows;
+pub mod frontdoor;
+pub mod udpbatch;
 pub mod wire;
 
 #[cfg(feature = "python")]

@@ -231,7 +231,9 @@ async def _serve(args: argparse.Namespace) -> int:
         bound = await gateway.listen(config.listen, reuse_port=args.workers > 1)
     except OSError as exc:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
-    print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
+    # one write (workers share stderr; print's separate newline could interleave)
+    sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}\n")
+    sys.stderr.flush()
     services = await monitor_cli.start_services(gateway, args.control, args.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

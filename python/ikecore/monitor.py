@@ -303,6 +303,11 @@ class Monitor:
     def receive_failed(self) -> None:
         self.counters[Statistic.RECEIVE_FAILURES] += 1
 
+    def invalid_packet(self, label: str) -> None:
+        """A datagram the transport dropped as invalid before the engine saw it."""
+        self.counters[Statistic.INVALID_PACKETS_RECEIVED] += 1
+        self.extended[f"invalid_packets:{label}"] += 1
+
     def statistics(self, engine: Any = None) -> dict[str, int]:
         """All 23 statistics (snake_case keys, the seed's order) as of now, in constant time.
 

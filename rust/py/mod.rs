@@ -7,6 +7,7 @@ mod cookies;
 mod crypto;
 mod errors;
 mod rows;
+mod frontdoor;
 mod wire;
 
 #[pymodule(gil_used = false)]
@@ -17,5 +18,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cookies::register(m)?;
     cipher::register(m)?;
     rows::register(m)?;
+    frontdoor::register(m)?;
     Ok(())
 }
