@@ -24,19 +24,14 @@ from ikecore.engine import Engine
 from ikecore.errors import ConfigError
 from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
 from ikecore.transport import Gateway, local_address_towards
+from ikecore.viewtext import text_table
 
 __all__ = ["main", "build_parser", "format_table"]
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain text table with the seed's display names as headers."""
-    headers = [display_name(c) for c in columns]
-    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+    return text_table([display_name(c) for c in columns], rows, columns)
 
 
 class _KeyLog:

@@ -128,8 +128,12 @@ def render(result: dict[str, Any], fmt: str = "table") -> str:
         for row in shown:  # tables show the seed's names; JSON and CSV keep the keys
             row["statistic"] = display_name(row["statistic"]) if row["statistic"] in stat_keys else \
                 row["statistic"].replace("_", " ").title().replace("Sas", "SAs").replace("Spi", "SPI")
-    headers = [column_title(c) for c in columns]
-    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in shown]
+    return text_table([column_title(c) for c in columns], shown, columns)
+
+
+def text_table(headers: list[str], rows: list[dict[str, Any]], columns: Any) -> str:
+    """Rows as a plain text table: a header line, a rule, one line per row (None is blank)."""
+    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
