@@ -70,10 +70,11 @@ FUZZ_TARGET_DIR := fuzz/target/x86_64-unknown-linux-gnu/release
 fuzz: $(BUILT)
 	cd fuzz && RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing" \
 		cargo build --release --quiet --target x86_64-unknown-linux-gnu
-	mkdir -p fuzz/corpus/parse_message fuzz/corpus/parse_chain fuzz/corpus/cookie_dispatch
+	mkdir -p fuzz/corpus/parse_message fuzz/corpus/parse_chain fuzz/corpus/cookie_dispatch fuzz/corpus/frontdoor_classify
 	$(FUZZ_TARGET_DIR)/parse_message fuzz/corpus/parse_message -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
 	$(FUZZ_TARGET_DIR)/parse_chain fuzz/corpus/parse_chain -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
 	$(FUZZ_TARGET_DIR)/cookie_dispatch fuzz/corpus/cookie_dispatch -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
+	$(FUZZ_TARGET_DIR)/frontdoor_classify fuzz/corpus/frontdoor_classify -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(FUZZ_FLAGS)
 	$(VPY) tests/fuzz/engine_fuzz.py --make-corpus fuzz/corpus/engine
 	mkdir -p fuzz/artifacts
 	$(VPY) tests/fuzz/engine_fuzz.py fuzz/corpus/engine -max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=4096 -artifact_prefix=fuzz/artifacts/engine- $(FUZZ_FLAGS)

@@ -1,11 +1,13 @@
 """Benchmark: the monitor at scale.
 
-1. ``mm_json_100k``: list 100,000 Main Mode SAs as JSON in the gateway (``Views.query`` of
-   every column + ``ikecore.views.dumps``, orjson): seconds and peak traced memory (MB);
-   the first listing (rows not yet built), also through the control socket, with the
-   longest time the event loop was held meanwhile. The SA records are
-   copies (fresh handles, cookies and peer addresses) of SAs really negotiated in step 2:
-   negotiating 100,000 would only time the DH. No anchor.
+1. ``mm_json_100k``: list 100,000 Main Mode SAs as JSON in the gateway
+   (``Views.query_json`` of every column: ``ikecore.sa_listing``, nothing cached per SA):
+   seconds, peak traced memory (MB) and the memory kept per SA afterwards; the first
+   listing also through the control socket, with the longest time the event loop was
+   held meanwhile, and the longest hold of every other view. ``mm_rows_100k`` is the
+   in-process dict rows (tables, CSV) then orjson. The SA records are copies (fresh
+   handles, cookies and peer addresses) of SAs really negotiated in step 2: negotiating
+   100,000 would only time the DH. No anchor.
 2. ``mm_list_5k``: an ikecore initiator negotiates 5,000 SAs (Main Mode + Quick Mode) with
    a strongSwan charon responder (the fake-kernel load-tester build of tests/interop), each
    from its own loopback address. Both now hold the same 5,000 SAs. ikecore: the wall time
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import resource
 import statistics
@@ -42,12 +45,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ikecore.config import Timing, config_from_flags
 from ikecore.engine import Engine
 from ikecore.monitor import Monitor, Statistic
 from ikecore.monitor_cli import start_services
 from ikecore.transport import Gateway
-from ikecore.views import Views, dumps
+from ikecore.hostinfo import HostConfig
+from ikecore.views import VIEWS, Views, dumps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -156,8 +162,8 @@ def list_5k(work: Path) -> tuple[Any, list[Any]]:
             _line(f"mm_list_{SAS // 1000}k_request_seconds", request_only, anchor, anchor / request_only,
                   "(ikecore: one control request answered and parsed in this process, no interpreter start)")
         views = services.views
-        t = _median(lambda: dumps(initiator.call(lambda: views.query(
-            "main-mode", "security-associations", all_columns=True))["rows"]))
+        t = _median(lambda: initiator.call(lambda: views.query_json(
+            "main-mode", "security-associations", all_columns=True)))
         _line(f"mm_json_{SAS // 1000}k_inprocess_seconds", t, None, None)
         templates = initiator.call(lambda: [dataclasses.replace(sa, ipsec_sas=list(sa.ipsec_sas))
                                             for sa in engine.sas() if sa.state.value == "ESTABLISHED"])
@@ -197,36 +203,54 @@ def json_100k(config: Any, real: list[Any]) -> None:
         engine._sas[handle] = clone
     views = Views(engine, Monitor())
 
-    def listing() -> str:
-        return dumps(views.query("main-mode", "security-associations", all_columns=True)["rows"])
-    cold = _median(listing, 1)  # the first listing builds every row
+    def listing() -> bytes:
+        return views.query_json("main-mode", "security-associations", all_columns=True)[1]
+    gc.collect()
+    cpu = time.process_time()
+    cold = _median(listing, 1)  # the first listing of these SAs
+    cold_cpu = time.process_time() - cpu
     seconds = _median(listing)
     text = listing()
+    gc.collect()
     tracemalloc.start()
+    before = tracemalloc.take_snapshot()
     listing()
     _current, peak = tracemalloc.get_traced_memory()
+    gc.collect()
+    kept = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
-    _line("mm_json_100k_first_seconds", cold, None, None, "(first listing: every row built)")
+    _line("mm_json_100k_first_seconds", cold, None, None, "(first listing, Views.query_json: every column)")
+    _line("mm_json_100k_first_cpu_seconds", cold_cpu, None, None, "(the same, CPU time of this process)")
     _line("mm_json_100k_seconds", seconds, None, None, f"({len(text) // 1024} KiB JSON, {BIG} SAs)")
-    control = _median(lambda: views.query_json("main-mode", "security-associations", all_columns=True))
-    _line("mm_json_100k_control_path_seconds", control, None, None, "(Views.query_json, the control socket's)")
     _line("mm_json_100k_peak_mb", peak / 1e6, None, None, "(tracemalloc peak while listing)")
-    default = _median(lambda: dumps(views.query("main-mode", "security-associations")["rows"]))
+    _line("mm_json_100k_kept_bytes_per_sa", max(kept, 0) / BIG, None, None,
+          "(memory the views keep after a listing, per SA)")
+    default = _median(lambda: views.query_json("main-mode", "security-associations")[1])
     _line("mm_json_100k_seed_columns_seconds", default, None, None)
+    rows = _median(lambda: dumps(views.query("main-mode", "security-associations", all_columns=True)["rows"]))
+    _line("mm_rows_100k_seconds", rows, None, None, "(Views.query: every row a dict, then JSON)")
     stats = _median(lambda: views.query("main-mode", "statistics"), 50)
     _line("statistics_read_100k_seconds", stats, None, None, "(constant time)")
     total, hold = asyncio.run(_cold_control_listing(engine))
-    _line("mm_json_100k_first_via_control_s", total, None, None, "(cold rows, built in slices between turns)")
+    _line("mm_json_100k_first_via_control_s", total, None, None, "(first listing through the control socket)")
     _line("mm_json_100k_first_longest_hold_s", hold, None, None, "(longest the event loop was held meanwhile)")
+    worst, which = 0.0, ""
+    for mode, names in VIEWS.items():
+        for view in names:
+            _total, held = asyncio.run(_cold_control_listing(engine, mode, view))
+            if held > worst:
+                worst, which = held, f"{mode} {view}"
+    _line("views_100k_longest_hold_s", worst, None, None, f"(every view through the control socket; {which})")
 
 
-async def _cold_control_listing(engine: Engine) -> tuple[float, float]:
-    """A first listing through the control socket (every row cold), and the longest gap
+async def _cold_control_listing(engine: Engine, mode: str = "main-mode",
+                                view: str = "security-associations") -> tuple[float, float]:
+    """A first listing through the control socket (fresh views), and the longest gap
     between two turns of the event loop while it was served (what a negotiation waits)."""
     from ikecore.control import ControlServer
 
     with tempfile.TemporaryDirectory(prefix="ikecore-bench-cold-") as tmp:
-        server = ControlServer(Views(engine, Monitor()))
+        server = ControlServer(Views(engine, Monitor(), host=HostConfig()))
         await server.start(f"{tmp}/cold.sock")
         loop = asyncio.get_running_loop()
         gaps = [0.0]
@@ -242,7 +266,7 @@ async def _cold_control_listing(engine: Engine) -> tuple[float, float]:
         reader, writer = await asyncio.open_unix_connection(f"{tmp}/cold.sock", limit=1 << 30)
         started = time.perf_counter()
         loop.call_soon(tick)
-        writer.write(b'{"op": "view", "mode": "main-mode", "view": "security-associations", "all_columns": true}\n')
+        writer.write(orjson.dumps({"op": "view", "mode": mode, "view": view, "all_columns": True}) + b"\n")
         await reader.readline()
         total = time.perf_counter() - started
         running[0] = False
@@ -273,57 +297,42 @@ def rate_with_poller(work: Path, peers: int = 1200, rounds: int = 3) -> None:
     this process (gateway and peers) spent per SA, and the time the gateway spent
     answering the poller, as a share of the run.
     """
-    from ikecore.control import ControlServer
-
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     serving: list[float] = []
-    answer = ControlServer.answer
-    spent = [0.0]
-
-    def timed_answer(self: ControlServer, line: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return answer(self, line)
-        finally:
-            spent[0] += time.perf_counter() - started
-    ControlServer.answer = timed_answer  # type: ignore[method-assign]
-    try:
-        for round_ in range(rounds):
-            for polled in (False, True) if round_ % 2 == 0 else (True, False):
-                loop = LoopThread()
-                engine = Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING))
-                gateway = Gateway(engine, monitor=Monitor())
-                path = str(work / f"rate{round_}{int(polled)}.sock")
-                services = loop.call(lambda: start_services(gateway, path, None))
-                (server,) = loop.call(lambda: gateway.listen([("127.0.0.1", 0)]))
-                peers_gw = Gateway(Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING)),
-                                   monitor=Monitor())
-                poller = None
-                if polled:
-                    poller = subprocess.Popen([sys.executable, "-c", POLLER, path, "120"], stdout=subprocess.PIPE,
-                                              text=True)
-                    time.sleep(0.5)  # the poller's interpreter is up and polling
-                spent[0] = 0.0
-                before = os.times()
-                ok, seconds = loop.call(lambda: _negotiate(peers_gw, server, peers, first=round_ * 2 * peers
-                                                           + int(polled) * peers))
-                after = os.times()
-                rates[polled].append(ok / seconds)
-                cpu[polled].append((after.user - before.user + after.system - before.system) / max(ok, 1))
-                if polled:
-                    serving.append(spent[0] / seconds)
-                if poller is not None:
-                    poller.terminate()
-                    poller.wait(10)
-                stats = loop.call(lambda: gateway.monitor.statistics())
-                assert stats[Statistic.IKE_MAIN_MODE.key] == ok, stats
-                loop.call(services.close)
-                loop.call(peers_gw.close)
-                loop.call(gateway.close)
-                loop.close()
-    finally:
-        ControlServer.answer = answer  # type: ignore[method-assign]
+    for round_ in range(rounds):
+        for polled in (False, True) if round_ % 2 == 0 else (True, False):
+            loop = LoopThread()
+            engine = Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING))
+            gateway = Gateway(engine, monitor=Monitor())
+            path = str(work / f"rate{round_}{int(polled)}.sock")
+            services = loop.call(lambda: start_services(gateway, path, None))
+            (server,) = loop.call(lambda: gateway.listen([("127.0.0.1", 0)]))
+            peers_gw = Gateway(Engine(config_from_flags(psk=PSK, ike=IKE, esp=ESP, listen=(), timing=TIMING)),
+                               monitor=Monitor())
+            poller = None
+            if polled:
+                poller = subprocess.Popen([sys.executable, "-c", POLLER, path, "120"], stdout=subprocess.PIPE,
+                                          text=True)
+                time.sleep(0.5)  # the poller's interpreter is up and polling
+            busy_before = services.control.busy_seconds
+            before = os.times()
+            ok, seconds = loop.call(lambda: _negotiate(peers_gw, server, peers, first=round_ * 2 * peers
+                                                       + int(polled) * peers))
+            after = os.times()
+            rates[polled].append(ok / seconds)
+            cpu[polled].append((after.user - before.user + after.system - before.system) / max(ok, 1))
+            if polled:
+                serving.append((services.control.busy_seconds - busy_before) / seconds)
+            if poller is not None:
+                poller.terminate()
+                poller.wait(10)
+            stats = loop.call(lambda: gateway.monitor.statistics())
+            assert stats[Statistic.IKE_MAIN_MODE.key] == ok, stats
+            loop.call(services.close)
+            loop.call(peers_gw.close)
+            loop.call(gateway.close)
+            loop.close()
     plain, polled_rate = statistics.median(rates[False]), statistics.median(rates[True])
     _line("negotiation_rate_polled_sas_per_s", polled_rate, plain, polled_rate / plain,
           f"(anchor = same runs without a poller; {peers} peers x {rounds} runs each; "

@@ -1,5 +1,6 @@
 //! ikecore's Rust core: the ISAKMP codec (`wire`), Diffie-Hellman and payload
-//! ciphers (`crypto`) and the cookie table (`cookies`).
+//! ciphers (`crypto`), the cookie table (`cookies`) and the JSON encoding of the
+//! monitor's listings (`json_rows`).
 //!
 //! Everything outside `py/` is plain Rust and builds and tests with `cargo test`
 //! and no Python; `py/` (behind the `python` feature) is the only pyo3 code.
@@ -7,6 +8,9 @@
 pub mod cookies;
 pub mod crypto;
 pub mod error;
+pub mod json_rows;
+pub mod frontdoor;
+pub mod udpbatch;
 pub mod wire;
 
 #[cfg(feature = "python")]

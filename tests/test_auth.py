@@ -13,6 +13,9 @@ from ikecore import auth, wire
 from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.errors import AuthenticationFailed, ConfigError
+from ikecore.hostinfo import HostConfig
+from ikecore.monitor import Monitor
+from ikecore.views import Views
 from ikecore.sa import Phase1State
 from helpers import Link
 from pki import NOW, Issued, issue, make_ca
@@ -85,6 +88,14 @@ def test_main_mode_and_quick_mode_with_certificates(tmp_path: Path, ca: Issued, 
     assert sa.peer_id.id_type == wire.IdType.DER_ASN1_DN
     assert sa.peer_id.data == peers["responder"].certificate.subject.public_bytes()
     assert sa.peer_certificate == peers["responder"].certificate
+    views = Views(link.initiator, Monitor(), clock=lambda: link.now, host=HostConfig())
+    assert views.query("main-mode", "security-associations", "my_id,peer_id")["rows"] == [
+        {"my_id": row["my_id"], "peer_id": row["peer_id"]}]  # the listing names DNs as the snapshot does
+    sa.peer_id = wire.IdPayload(wire.IdType.DER_ASN1_DN, peers["initiator"].certificate.subject.public_bytes())
+    assert views.query("main-mode", "security-associations", "peer_id")["rows"] == [
+        {"peer_id": link.initiator.snapshot(link.now)[0]["peer_id"]}]  # not the certificate's subject: hex
+    assert link.initiator.snapshot(link.now)[0]["peer_id"] == sa.peer_id.data.hex()
+    sa.peer_id = wire.IdPayload(wire.IdType.DER_ASN1_DN, peers["responder"].certificate.subject.public_bytes())
     responder_sa = link.responder.sas()[0]
     assert responder_sa.peer_certificate == peers["initiator"].certificate
     # MM1 offers auth method 3; MM3 and MM4 carry a CR naming our CA by its DN.
@@ -151,6 +162,16 @@ def test_certificate_from_an_unknown_ca_is_rejected(tmp_path: Path, ca: Issued, 
     link.connect(quick_mode=False)
     failures = link.of("responder", ev.AuthenticationFailed)
     assert failures and "no trusted CA" in failures[0].reason
+    assert _failure_kinds(link) == {"certificate": 1}
+
+
+def _failure_kinds(link: Link) -> dict[str, int]:
+    """The responder's authentication failures by kind, as its monitor counts them."""
+    monitor = Monitor()
+    for event in link.events["responder"]:
+        monitor.observe(event)
+    return {key.partition(":")[2]: n for key, n in monitor.extended.items()
+            if key.startswith("authentication_failures:")}
 
 
 def test_wall_clock_decides_validity(ca: Issued, peers: dict[str, Issued]) -> None:
@@ -207,6 +228,7 @@ def test_garbage_proof_is_an_authentication_failure(tmp_path: Path, ca: Issued, 
     link = cert_link(tmp_path, ca, peers["initiator"], peers["responder"])
     link.connect(quick_mode=False)
     (failure,) = link.of("responder", ev.AuthenticationFailed)
+    assert _failure_kinds(link) == {"signature" if garbage == "signature" else "certificate": 1}
     assert link.of("responder", ev.Phase1Failed)[0].notify_type == wire.NotifyType.AUTHENTICATION_FAILED
     assert not link.of("responder", ev.InvalidPacketReceived)  # handled, not an internal error
     assert not link.responder.sas()

@@ -203,6 +203,10 @@ def test_prometheus_endpoint_parses_with_the_official_client(live: LoopGateway) 
     assert counts == {"main_mode": 3, "quick_mode": 3}
     established = families["ikecore_isakmp_sa_established_timestamp_seconds"].samples
     assert len(established) == 3
+    assert sorted(s.labels["peer"] for s in established) == ["127.0.9.1", "127.0.9.2", "127.0.9.3"]
+    sas = live.call(live.engine.sas)
+    assert {(s.labels["initiator_cookie"], s.labels["peer_id"]) for s in established} == {
+        (sa.initiator_cookie.hex(), sa.remote[0]) for sa in sas}  # the peers identify by address
     assert all(abs(s.value - time.time()) < 120 for s in established)  # a Unix timestamp, not an age
     expiry = families["ikecore_isakmp_sa_expiry_timestamp_seconds"].samples
     assert all(e.value > time.time() + 3600 for e in expiry)
@@ -342,21 +346,23 @@ def test_kernel_receive_queue_and_drops_are_read_from_the_sockets() -> None:
 
 
 def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) -> None:
-    """Stale rows are built in slices with the loop turning in between (negotiations go on)."""
+    """Every view is built and sent in slices with the loop turning in between (negotiations
+    go on), and the streamed rows are those of ``Views.query``, sorted alike."""
     from ikecore.control import ControlServer
-    from ikecore.views import Views
+    from ikecore.hostinfo import HostConfig
+    from ikecore.views import VIEWS, Views
     from tests.helpers import RESPONDER, Link
 
     link = Link()
     for i in range(40):
         link.initiator.initiate(RESPONDER, local=(f"127.0.4.{i + 1}", 500), now=link.now)
     link.pump(rounds=100)
-    views = Views(link.responder, Monitor(), clock=lambda: link.now)
-    assert len(views.stale_rows()) == 40
+    views = Views(link.responder, Monitor(), clock=lambda: link.now, wall=lambda: 1_800_000_000.0,
+                  host=HostConfig())  # a fixed wall clock: "created" cannot move between two reads
 
-    async def scenario() -> tuple[int, list[Any]]:
+    async def scenario(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         server = ControlServer(views)
-        server.WARM_SLICE = 4
+        server.SLICE = 4
         await server.start(str(tmp_path / "warm.sock"))
         ticks = 0
         done = False
@@ -368,12 +374,104 @@ def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) ->
                 asyncio.get_running_loop().call_soon(tick)
         asyncio.get_running_loop().call_soon(tick)
         reader, writer = await asyncio.open_unix_connection(str(tmp_path / "warm.sock"))
-        writer.write(b'{"op": "view", "mode": "main-mode", "view": "security-associations"}\n')
+        writer.write(json.dumps(request).encode() + b"\n")
         answer = json.loads(await reader.readline())
         done = True
         writer.close()
         server.close()
-        return ticks, answer["rows"]
-    ticks, rows = asyncio.run(scenario())
-    assert len(rows) == 40 and not views.stale_rows()
-    assert ticks >= 10  # at least one turn of the loop per slice of 4 rows
+        return ticks, answer
+    sliced = {("main-mode", "security-associations"), ("main-mode", "specific-filters"),
+              ("quick-mode", "specific-filters"), ("quick-mode", "security-associations")}
+    for mode, names in VIEWS.items():
+        for view in names:
+            for sort in (None, "name:desc" if "filters" in view else None, "peer:desc" if "associations" in view
+                         else None):
+                ticks, answer = asyncio.run(scenario({"op": "view", "mode": mode, "view": view, "sort": sort,
+                                                      "all_columns": True}))
+                expected = views.query(mode, view, sort=sort, all_columns=True)
+                assert answer["ok"] and answer["rows"] == expected["rows"], (mode, view, sort)
+                assert answer["columns"] == expected["columns"]
+                if (mode, view) in sliced:
+                    assert len(answer["rows"]) >= 40
+                    assert ticks >= 10, (mode, view)  # at least one turn of the loop per slice of 4 SAs
+    ticks, answer = asyncio.run(scenario({"op": "view", "mode": "main-mode", "view": "security-associations",
+                                          "sort": "peer:sideways"}))
+    assert answer == {"ok": False, "error": "sort order 'sideways' must be asc or desc"}
+
+
+def test_monitor_command_imports_no_engine_crypto_or_asyncio(live: LoopGateway, tmp_path: Path) -> None:
+    """``ikecore monitor`` starts without the rest of the command line (interpreter start is
+    most of a one-shot listing) and prints the same rows as the full command line."""
+    path = str(tmp_path / "control.sock")
+    probe = ("import sys, io, contextlib\n"
+             "from ikecore.entry import main\n"
+             "out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')\n"
+             "with contextlib.redirect_stdout(out):\n"
+             "    code = main(['monitor', 'main-mode', 'security-associations', '--control', sys.argv[1],"
+             " '--format', 'json'])\n"
+             "out.flush()\n"
+             "print(code, sorted(m for m in sys.modules if m.startswith(('ikecore', 'asyncio', 'cryptography',"
+             " 'prometheus'))))\n"
+             "print(out.buffer.getvalue().decode())\n")
+    done = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status, listing = done.stdout.split("\n", 1)
+    code, modules = status.split(" ", 1)
+    assert code == "0"
+    loaded = set(eval(modules))  # noqa: S307 - our own probe's printed list
+    assert {"ikecore.monitor_cli", "ikecore.control_client", "ikecore.viewtext"} <= loaded
+    assert not loaded & {"asyncio", "ikecore.engine", "ikecore.views", "ikecore.control", "ikecore.cli",
+                         "ikecore.monitor", "ikecore.config", "ikecore.keymat", "cryptography"}
+    _code, full = _monitor(path, "main-mode", "security-associations", "--format", "json")
+    assert json.loads(listing) == json.loads(full) and len(json.loads(full)) == 3
+    shown = subprocess.run([sys.executable, "-m", "ikecore", "monitor", "main-mode", "security-associations",
+                            "--control", path, "--format", "json", "--columns", "peer,state", "--sort", "peer"],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == [{"peer": f"127.0.9.{i}", "state": "ESTABLISHED"} for i in (1, 2, 3)]
+    bad = subprocess.run([sys.executable, "-m", "ikecore", "monitor", "main-mode", "security-associations",
+                          "--control", path, "--columns", "bogus"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown column 'bogus'" in bad.stderr
+
+
+def test_rows_are_cut_out_of_an_answer_only_when_it_is_one() -> None:
+    from ikecore.control_client import ControlClient
+
+    tricky = [{"peer_id": 'x,"rows":[1]}', "n": 1}]
+    line = b'{"ok":true,"time":1.5,"mode":"main-mode","view":"security-associations","columns":["peer_id","n"],' \
+           b'"rows":' + json.dumps(tricky, separators=(",", ":")).encode() + b"}"
+    assert json.loads(ControlClient.rows_json(line)) == tricky  # type: ignore[arg-type]
+    assert ControlClient.rows_json(b'{"ok":false,"error":"no","rows":[]}') is None
+    assert ControlClient.rows_json(b'{"ok":true,"rows":[1],"more":2}') is None
+    assert ControlClient.rows_json(b'{"ok":true,"x":[,"rows":[1]}') is None  # the head is no JSON
+    assert ControlClient.rows_json(b'{"ok":true,"rows":[]}') is None  # a view answer names its columns
+
+
+def test_a_scrape_reads_on_the_loop_and_formats_off_it(live: LoopGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector reads the gateway on its event loop; the text is formatted on another
+    thread (most of a scrape with many per-SA series), so the loop keeps turning."""
+    from ikecore import exporters
+
+    threads: dict[str, int] = {}
+    real_collect = exporters.IkecoreCollector.collect
+    real_choose = exporters.choose_encoder
+
+    def collect(self: Any) -> Any:
+        threads["collect"] = threading.get_ident()
+        return real_collect(self)
+
+    def choose(accept: str) -> Any:
+        encoder, ctype = real_choose(accept)
+
+        def encode(registry: Any) -> bytes:
+            threads["format"] = threading.get_ident()
+            return encoder(registry)  # type: ignore[no-any-return]
+        return encode, ctype
+    monkeypatch.setattr(exporters.IkecoreCollector, "collect", collect)
+    monkeypatch.setattr(exporters, "choose_encoder", choose)
+    host, port = live.services.metrics_address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    values = {s.name: s.value for f in parse_prometheus(text) for s in f.samples if not s.labels}
+    assert values["ikecore_ike_main_mode_total"] == 3
+    assert threads["collect"] == live.thread.ident != threads["format"]

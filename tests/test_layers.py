@@ -18,10 +18,10 @@ LAYERS: dict[str, int] = {
     "policy": 3, "events": 3, "sa": 3, "config": 3, "driver": 3, "flood": 3,
     "phase1": 3, "auth": 3, "lifetime": 3, "main_mode": 3, "quick_mode": 3, "informational": 3,
     "nat_traversal": 3, "vendor_ids": 3, "dpd": 3, "aggressive_mode": 3, "persist": 3,
-    "engine": 4, "rekey": 4, "acquire": 4, "transport": 4, "faults": 4, "store": 4,
+    "engine": 4, "frontdoor": 4, "rekey": 4, "acquire": 4, "transport": 4, "faults": 4, "store": 4,
     "monitor": 5, "cli": 5, "loadtest": 5, "demo": 5, "workers": 5, "exporters": 5, "decode": 5,
     "control": 5, "__main__": 5, "__init__": 5,
-    "hostinfo": 5, "views": 5, "stream": 4, "monitor_cli": 5,
+    "hostinfo": 5, "views": 5, "stream": 4, "monitor_cli": 5, "sa_listing": 5, "viewtext": 5, "control_client": 5, "entry": 5,
 }
 SANS_IO = {"policy", "auth", "lifetime", "rekey", "acquire", "events", "sa", "config", "driver", "phase1", "main_mode",
            "quick_mode", "informational", "engine", "nat_traversal", "vendor_ids", "dpd", "aggressive_mode", "keymat", "wire", "dh", "cookies",

@@ -135,6 +135,7 @@ def test_wrong_psk_moves_authentication_and_negotiation_failures() -> None:
     stats = responder.statistics()
     assert stats["authentication_failures"] == 1 and stats["negotiation_failures"] == 1
     assert stats["ike_main_mode"] == 0 and stats["isadb_list_size"] == 0
+    assert responder.extended["authentication_failures:decryption"] == 1  # keys from another PSK
     assert responder.extended["notifies:authentication_failed:out"] == 1
     initiator = _observed("initiator", link)
     assert initiator.statistics()["acquire_failures"] == 1

@@ -307,3 +307,27 @@ def test_isakmp_kilobyte_lifetime_rekeys_at_ninety_percent() -> None:
     assert new_sa.handle != handle and new_sa.octets < 2048 * 0.9
     assert len(new_sa.ipsec_sas) >= 3  # the IPsec SAs moved over
     assert_consistent(link, len(new_sa.ipsec_sas))
+
+
+def test_the_replaced_sa_is_deleted_one_retransmission_timeout_after_the_rekey() -> None:
+    """Make before break with a pause: QM3 goes alone, the Delete of the old SA follows
+    later (charon serves one IKE_SA's messages in any order and keeps only three IV
+    chains, so a Delete right behind QM3 can leave QM3 undecryptable)."""
+    link = Link(config(margin=0), config(margin=0))
+    handle = link.connect()
+    (old,) = link.initiator.sas()[0].ipsec_sas
+    link.initiator.rekey(handle, link.now, old.spi_in)
+    sent_before = len(link.sent)
+    for _ in range(4):  # QM1, QM2, QM3 without letting the clock reach a timer
+        for side, datagram in link.collect():
+            link.deliver(side, datagram)
+    exchanges = [data[18] for _side, data in link.sent[sent_before:]]
+    assert exchanges == [wire.ExchangeType.QUICK_MODE] * 3  # no Delete yet
+    assert len(link.of("initiator", ev.Rekeyed)) == 1
+    assert old.superseded and old in link.initiator.sas()[0].ipsec_sas  # still installed
+    link.advance(link.initiator.config.timing.retransmit_timeout)
+    link.pump()
+    deletes = link.of("responder", ev.DeleteReceived)
+    assert len(deletes) == 1
+    assert old not in link.initiator.sas()[0].ipsec_sas
+    assert_consistent(link, 1)

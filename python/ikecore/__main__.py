@@ -1,5 +1,5 @@
 """``python -m ikecore`` runs the command line."""
 
-from ikecore.cli import main
+from ikecore.entry import main
 
 raise SystemExit(main())

@@ -5,7 +5,7 @@ __version__: str
 
 # --- wire (rust/py/wire.rs) -------------------------------------------------
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Self, final
 
 from typing_extensions import disjoint_base
@@ -292,3 +292,43 @@ class CookieTable:
     def forget_first(self, source: bytes, datagram: bytes) -> bool: ...
     def make_cookie(self, peer: bytes, local: bytes) -> bytes: ...
     def rotate_secret(self) -> None: ...
+
+def json_rows(keys: Sequence[str], columns: Sequence[list[str | int | float | bool | bytes | None]]) -> bytes:
+    """Rows held column by column as JSON objects ``{"key": value, ...}`` joined by commas,
+    without brackets (bytes as hex strings); raises ValueError (shapes) or TypeError (a
+    cell JSON cannot hold)."""
+
+# --- receive fast path (rust/frontdoor.rs, rust/udpbatch.rs) ---
+
+@_final
+class FrontDoor:
+    """The gateway's batched receive path and stateless message 2 mirror."""
+
+    def __new__(cls, max_offer_size: int, max_templates: int, cookies: CookieTable | None = None,
+                batch: int = 64) -> FrontDoor: ...
+    def set_state(self, stateless: bool, secret: bytes | None, valid_until: float) -> None: ...
+    def add_template(self, digest: bytes, message2: bytes) -> bool: ...
+    def forget_template(self, digest: bytes) -> bool: ...
+    def clear_templates(self) -> None: ...
+    @property
+    def template_count(self) -> int: ...
+    def take_counters(self) -> dict[str, int]: ...
+    def drain(self, fd: int, local: tuple[str, int], now: float, max_datagrams: int = 1024,
+              fast: bool = True) -> list[tuple[bytes, tuple[str, int], str | None]]: ...
+
+@_final
+class UdpReceiver:
+    """Batch receiver (recvmmsg) for one socket."""
+
+    def __new__(cls, batch: int = 64) -> UdpReceiver: ...
+    def discard(self, fd: int, max_datagrams: int = 65536) -> tuple[int, int]: ...
+    def recv(self, fd: int, max_datagrams: int = 1024) -> list[tuple[bytes, tuple[str, int]]]: ...
+
+def udp_send_from(fd: int, datagrams: list[bytes], sources: list[str], dest: tuple[str, int]) -> tuple[int, int]:
+    """sendmmsg, datagram i from IPv4 address sources[i] (IP_PKTINFO)."""
+
+def stateless_cookie(secret: bytes, cky_i: bytes, source: bytes, local: bytes, digest: bytes) -> bytes:
+    """digest[:2] || HMAC-SHA256(secret, cky_i | source | local | digest)[:6]."""
+
+def offer_digest(offer: bytes) -> bytes:
+    """SHA-256 of an offer."""

@@ -24,19 +24,14 @@ from ikecore.engine import Engine
 from ikecore.errors import ConfigError
 from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
 from ikecore.transport import Gateway, local_address_towards
+from ikecore.viewtext import text_table
 
 __all__ = ["main", "build_parser", "format_table"]
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain text table with the seed's display names as headers."""
-    headers = [display_name(c) for c in columns]
-    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+    return text_table([display_name(c) for c in columns], rows, columns)
 
 
 class _KeyLog:
@@ -231,7 +226,9 @@ async def _serve(args: argparse.Namespace) -> int:
         bound = await gateway.listen(config.listen, reuse_port=args.workers > 1)
     except OSError as exc:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
-    print(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}", file=sys.stderr, flush=True)
+    # one write (workers share stderr; print's separate newline could interleave)
+    sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}\n")
+    sys.stderr.flush()
     services = await monitor_cli.start_services(gateway, args.control, args.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

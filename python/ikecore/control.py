@@ -11,9 +11,11 @@ one JSON object per line each way (NDJSON), several requests per connection allo
 
 Errors answer ``{"ok": false, "error": "..."}`` and keep the connection. Each request is
 served on the gateway's event loop between two datagrams: a snapshot, never a wait on a
-negotiation (a listing of 100,000 SAs holds the loop for a few tenths of a second; the
-Main Mode SA list reuses each unchanged row's JSON, ``Views.query_json``). The socket is
-created mode 0600 (it shows who is connected). Clients: ``request`` (one connection per
+negotiation. Every view is streamed in slices of ``ControlServer.SLICE`` SAs with the
+loop turning between two slices (``Views.listing``; ``rows`` comes last in the answer):
+a listing of 100,000 SAs takes a few tenths of a second and never holds negotiations for
+more than one slice. The socket is created mode 0600 (it shows who is connected).
+Clients (``ikecore.control_client``, re-exported here): ``request`` (one connection per
 request) and ``ControlClient`` (one connection for many, as ``--watch`` and pollers use).
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import stat
@@ -30,24 +31,13 @@ from typing import Any
 
 import orjson
 
+from ikecore import sa_listing
+from ikecore.control_client import ControlClient, ControlError, default_control_path, request
 from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
 
 __all__ = ["ControlServer", "ControlClient", "request", "default_control_path", "ControlError"]
 
 MAX_REQUEST = 65536
-
-
-class ControlError(Exception):
-    """The control socket cannot be reached or answered with an error."""
-
-
-def default_control_path() -> str:
-    """``$IKECORE_CONTROL``, else ``$XDG_RUNTIME_DIR/ikecore.sock``, else ``/tmp/ikecore-UID.sock``."""
-    if os.environ.get("IKECORE_CONTROL"):
-        return os.environ["IKECORE_CONTROL"]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ikecore.sock")
-    return f"/tmp/ikecore-{os.getuid()}.sock"
 
 
 class ControlServer:
@@ -57,6 +47,7 @@ class ControlServer:
         self.views = views
         self.path: str | None = None
         self.requests = 0
+        self.busy_seconds = 0.0  # time spent answering (holding the event loop), for benchmarks
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, path: str) -> None:
@@ -97,8 +88,8 @@ class ControlServer:
                     break
                 if not line:
                     break
-                if b"security-associations" in line:
-                    await self._warm_rows()
+                if await self._stream_listing(line, writer):
+                    continue
                 writer.write(self.answer(line))
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -111,21 +102,54 @@ class ControlServer:
         with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
             await writer.wait_closed()
 
-    async def _warm_rows(self) -> None:
-        """Build stale Main Mode rows in slices of ``WARM_SLICE``, yielding to the event loop
-        between slices: the first listing of 100,000 SAs then never holds negotiations for
-        more than a slice's few milliseconds."""
-        stale = self.views.stale_rows()
-        for start in range(0, len(stale), self.WARM_SLICE):
-            self.views.build_rows(stale[start:start + self.WARM_SLICE])
+    async def _stream_listing(self, line: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer a view request slice by slice (``Views.listing``), letting the event loop
+        turn between slices (``SLICE`` SAs, a few milliseconds each): a listing of 100,000
+        SAs never holds negotiations for longer than one slice. Returns False (nothing
+        written) for any other request and for a bad one, which ``answer`` then serves."""
+        started = time.perf_counter()
+        try:
+            req = orjson.loads(line)
+            if not isinstance(req, dict) or req.get("op", "view") != "view":
+                return False
+            columns, sort = req.get("columns"), req.get("sort")
+            if (columns is not None and not isinstance(columns, (str, list))) or \
+                    (sort is not None and not isinstance(sort, str)):
+                return False  # ``answer`` words the error
+            mode, view = str(req.get("mode")), str(req.get("view"))
+            chosen, slices = self.views.listing(mode, view, columns, sort, all_columns=bool(req.get("all_columns")),
+                                                slice_size=self.SLICE)
+        except (ValueError, ViewError, TypeError):
+            return False
+        self.requests += 1
+        head = orjson.dumps({"ok": True, "time": time.time(), "mode": mode, "view": view, "columns": chosen})
+        writer.write(head[:-1] + b',"rows":[')
+        first = True
+        for part in slices:
+            if part:
+                writer.write(part if first else b"," + part)
+                first = False
+            self.busy_seconds += time.perf_counter() - started
+            await writer.drain()  # the client reads while the next slice is built
             await asyncio.sleep(0)
+            started = time.perf_counter()
+        writer.write(b"]}\n")
+        self.busy_seconds += time.perf_counter() - started
+        return True
 
-    #: Rows built between two turns of the event loop (about 10 ms of work on an idle core).
-    WARM_SLICE = 1000
+    #: SA records per slice of a streamed listing (a few ms of work on an idle core).
+    SLICE = sa_listing.SLICE
 
     def answer(self, line: bytes) -> bytes:
         """The response line for one request line (never raises)."""
         self.requests += 1
+        started = time.perf_counter()
+        try:
+            return self._answer(line)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+
+    def _answer(self, line: bytes) -> bytes:
         try:
             response = self.handle(orjson.loads(line))
         except (ValueError, ViewError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
@@ -133,7 +157,7 @@ class ControlServer:
         rows = response.pop("rows_json", None)
         if rows is None:
             return orjson.dumps(response, default=str) + b"\n"
-        # Splice the rows, encoded by the views (with cached per-row JSON), into the answer.
+        # Splice the rows, encoded by the views, into the answer (last, as streamed answers).
         return orjson.dumps(response, default=str)[:-1] + b',"rows":' + rows + b"}\n"
 
     def handle(self, req: Any) -> dict[str, Any]:
@@ -163,65 +187,3 @@ class ControlServer:
                                              all_columns=bool(req.get("all_columns", False)))
         return {"ok": True, "time": time.time(), "mode": mode, "view": view, "columns": chosen,
                 "rows_json": rows}
-
-
-class ControlClient:
-    """A connection to a gateway's control socket, kept open for many requests (``--watch``,
-    pollers); ``close()`` or ``with`` ends it.
-
-    Raises ControlError when nothing listens at ``path`` or the gateway answers an error.
-    """
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        self._buffer = b""
-        try:
-            self._sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self._sock.close()
-            raise ControlError(f"no gateway listens on {path} ({exc.strerror}); start one with "
-                               f"'ikecore serve --control {path}'") from None
-        except OSError as exc:
-            self._sock.close()
-            raise ControlError(f"control socket {path}: {exc}") from None
-
-    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send one request and wait for its answer."""
-        try:
-            self._sock.sendall(json.dumps(payload).encode() + b"\n")
-            chunks = [self._buffer]
-            while not chunks[-1].endswith(b"\n"):
-                chunk = self._sock.recv(1 << 20)
-                if not chunk:
-                    raise ControlError(f"control socket {self.path} closed the connection")
-                chunks.append(chunk)
-        except OSError as exc:
-            raise ControlError(f"control socket {self.path}: {exc}") from None
-        line, _, self._buffer = b"".join(chunks).partition(b"\n")
-        try:
-            response = orjson.loads(line)
-        except ValueError:
-            raise ControlError(f"control socket {self.path} sent no JSON answer") from None
-        if not isinstance(response, dict) or not response.get("ok"):
-            raise ControlError(str(response.get("error", "request failed") if isinstance(response, dict)
-                                   else "request failed"))
-        return response
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request to the control socket at ``path`` on a new connection; returns the
-    response object. Raises ControlError when nothing listens there or the gateway answers
-    an error."""
-    with ControlClient(path, timeout) as client:
-        return client.request(payload)

@@ -354,6 +354,16 @@ class Engine:
     def half_open(self) -> int:
         return int(self._cookies.half_open)
 
+    @property
+    def admission(self) -> AdmissionControl:
+        """The responder's half-open limits and stateless cookies (``ikecore.flood``)."""
+        return self._admission
+
+    @property
+    def cookie_table(self) -> Any:
+        """The (CKY-I, CKY-R) -> handle table (``ikecore._core.CookieTable``)."""
+        return self._cookies
+
     def flood_stats(self) -> dict[str, int]:
         """Responder half-open SAs, sources holding them, cached offers (ikecore.flood)."""
         return self._admission.stats()
@@ -537,6 +547,7 @@ class Engine:
                     message.initiator_cookie, cky_r, informational.notify(exc.notify_type)), remote, local, marker)
             return
         assert reply is not None
+        self._admission.answered(chain, reply)   # the receive fast path may answer this offer too
         self._emit(ev.StatelessCookieSent(time=now, remote=remote))
         self._emit(ev.DatagramSent(time=now, exchange_type=MM, message_number=2, length=len(reply)))
         self._send_raw(reply, remote, local, marker)
@@ -833,6 +844,9 @@ class Engine:
             return
         if kind == "ipsec-rekey":
             rekey.fire_ipsec_rekey(self, sa, message_id, now)
+            return
+        if kind == "ipsec-retire":
+            rekey.retire_ipsec(self, sa, message_id)
             return
         if qm is None:
             return

@@ -43,6 +43,15 @@ module before it creates one:
   rebuilt: it looks like (and is counted as) an invalid cookie and is dropped, and the
   peer recovers by starting again.
 
+  The formula has one definition, in Rust (``ikecore._core.stateless_cookie`` and
+  ``offer_digest``, ``rust/frontdoor.rs``): this module calls it, and so does the
+  gateway's receive fast path (``ikecore.frontdoor``), which answers message 1 of an
+  offer already answered here with the message 2 this module was told about
+  (:meth:`AdmissionControl.answered`), stamped with the cookie of
+  :meth:`AdmissionControl.current_secret`. When the offer cache forgets an offer it
+  says so (``on_evict``), so the fast path never answers an offer whose message 3
+  could not be rebuilt.
+
   Secrets rotate every ``cookie_epoch`` seconds (engine time); a cookie made just
   before a rotation still verifies for one more epoch. The cookie binds the source
   address and port, so a message 3 replayed from another address does not verify.
@@ -54,11 +63,12 @@ I/O or reads a clock.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ikecore._core import offer_digest, stateless_cookie
 
 __all__ = ["FloodLimits", "AdmissionControl", "OfferCache"]
 
@@ -92,26 +102,31 @@ class OfferCache:
         self._size = size
         self._known: OrderedDict[bytes, bytes] = OrderedDict()
         self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+        self.on_evict: Callable[[bytes], None] | None = None   # called with each forgotten digest
 
     def __len__(self) -> int:
         return len(self._known) + len(self._recent)
 
     def add(self, body: bytes, *, known: bool = False) -> bytes:
         """Remember an offer; returns its digest."""
-        digest = hashlib.sha256(body).digest()
+        digest = offer_digest(body)
         if digest in self._known:
             return digest
         if known:
             self._recent.pop(digest, None)
             self._known[digest] = body
             while len(self._known) > _KNOWN_OFFERS_MAX:
-                self._known.popitem(last=False)
+                self._evicted(self._known.popitem(last=False)[0])
         else:
             self._recent[digest] = body
             self._recent.move_to_end(digest)
             while len(self._recent) > self._size:
-                self._recent.popitem(last=False)
+                self._evicted(self._recent.popitem(last=False)[0])
         return digest
+
+    def _evicted(self, digest: bytes) -> None:
+        if self.on_evict is not None:
+            self.on_evict(digest)
 
     def candidates(self, tag: bytes) -> list[tuple[bytes, bytes]]:
         """(digest, body) of every cached offer whose digest starts with ``tag``."""
@@ -137,6 +152,7 @@ class AdmissionControl:
         self.offers = OfferCache(limits.offer_cache_size)
         self._epoch = -1
         self._secrets: tuple[bytes, bytes] = (b"", b"")
+        self.on_reply: Callable[[bytes, bytes], None] | None = None   # (offer digest, message 2)
 
     # --- half-open bookkeeping ------------------------------------------------------------
 
@@ -184,9 +200,15 @@ class AdmissionControl:
             self._secrets = (self._random(32), b"")
         self._epoch = epoch
 
-    @staticmethod
-    def _mac(secret: bytes, cky_i: bytes, source: bytes, local: bytes, digest: bytes) -> bytes:
-        return hmac.new(secret, cky_i + source + local + digest, hashlib.sha256).digest()[:6]
+    def current_secret(self, now: float) -> tuple[bytes, float]:
+        """The secret that makes cookies at ``now`` and the engine time it stays current until."""
+        self._rotate(now)
+        return self._secrets[0], (self._epoch + 1) * self.limits.cookie_epoch
+
+    def answered(self, offer: bytes, message2: bytes) -> None:
+        """The engine answered ``offer`` statelessly with ``message2`` (tells ``on_reply``)."""
+        if self.on_reply is not None:
+            self.on_reply(offer_digest(offer), message2)
 
     def make_cookie(self, cky_i: bytes, source: bytes, local: bytes, offer: bytes, now: float) -> bytes | None:
         """The stateless CKY-R for this message 1 (``offer``: its payload chain), or None when the
@@ -195,7 +217,7 @@ class AdmissionControl:
             return None
         self._rotate(now)
         digest = self.offers.add(offer)
-        return digest[:2] + self._mac(self._secrets[0], cky_i, source, local, digest)
+        return stateless_cookie(self._secrets[0], cky_i, source, local, digest)
 
     def verify_cookie(self, cky_i: bytes, cky_r: bytes, source: bytes, local: bytes,
                       now: float) -> tuple[bool, bytes | None]:
@@ -205,10 +227,9 @@ class AdmissionControl:
         tag; otherwise an evicted offer looks like a bad cookie. Both are counted.
         """
         self._rotate(now)
-        tag, mac = cky_r[:2], cky_r[2:]
-        for digest, body in self.offers.candidates(tag):
+        for digest, body in self.offers.candidates(cky_r[:2]):
             for secret in self._secrets:
-                if secret and hmac.compare_digest(mac, self._mac(secret, cky_i, source, local, digest)):
+                if secret and hmac.compare_digest(cky_r, stateless_cookie(secret, cky_i, source, local, digest)):
                     self.offers.add(body, known=True)   # a proven peer used it
                     return True, body
         return False, None

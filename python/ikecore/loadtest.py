@@ -651,8 +651,9 @@ def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.
                     local = _destination(ancdata)
                     if local is not None:
                         load.receive_datagram(data, (remote[0], remote[1]), (local, load.local_port), clock())
-                    if len(load._outgoing) > 64:
-                        _send_all(sock, load)
+                    # answer at once: holding replies back for a batch leaves the gateway idle
+                    # meanwhile (the two sides fall into lockstep, each half busy)
+                    _send_all(sock, load)
             now = clock()
             deadline = load.get_timer()
             if deadline is not None and deadline <= now:

@@ -192,7 +192,7 @@ class Monitor:
             self._qm_done(event.handle, event.message_id)
         elif isinstance(event, ev.AuthenticationFailed):
             c[Statistic.AUTHENTICATION_FAILURES] += 1
-            x["authentication_failures:" + ("hash" if "HASH" in event.reason else "decryption")] += 1
+            x["authentication_failures:" + _authentication_failure_kind(event.reason)] += 1
         elif isinstance(event, ev.InvalidCookieReceived):
             c[Statistic.INVALID_COOKIES_RECEIVED] += 1
         elif isinstance(event, ev.InvalidPacketReceived):
@@ -303,6 +303,11 @@ class Monitor:
     def receive_failed(self) -> None:
         self.counters[Statistic.RECEIVE_FAILURES] += 1
 
+    def invalid_packet(self, label: str) -> None:
+        """A datagram the transport dropped as invalid before the engine saw it."""
+        self.counters[Statistic.INVALID_PACKETS_RECEIVED] += 1
+        self.extended[f"invalid_packets:{label}"] += 1
+
     def statistics(self, engine: Any = None) -> dict[str, int]:
         """All 23 statistics (snake_case keys, the seed's order) as of now, in constant time.
 
@@ -338,6 +343,16 @@ _FLOOD_COUNTERS: dict[type, str] = {
 @functools.lru_cache(maxsize=1024)  # few distinct keys; building the text was a tenth of observe()
 def _message_key(sent: bool, exchange_type: int, message_number: int) -> str:
     return f"messages:{_exchange_name(exchange_type)}:{message_number}:{'out' if sent else 'in'}"
+
+
+def _authentication_failure_kind(reason: str) -> str:
+    """hash (pre-shared keys differ), decryption (so do the keys derived from them),
+    signature (SIG does not verify) or certificate (missing, unreadable, not trusted)."""
+    if "HASH" in reason:
+        return "hash"
+    if "decrypt" in reason:
+        return "decryption"
+    return "signature" if "SIG" in reason else "certificate"
 
 
 def _exchange_name(exchange_type: int) -> str:

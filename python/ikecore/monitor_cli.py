@@ -15,20 +15,41 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ikecore.config import parse_endpoint
-from ikecore.control import ControlClient, ControlError, ControlServer, default_control_path
+from ikecore.control_client import ControlClient, ControlError, default_control_path
 from ikecore.errors import ConfigError
-from ikecore.monitor import Statistic
-from ikecore.views import VIEWS, DnsNameCache, Views, render
+from ikecore.viewtext import VIEWS, render
 
-__all__ = ["add_parser", "run", "start_services", "Services", "demo_report"]
+if TYPE_CHECKING:
+    from ikecore.control import ControlServer
+    from ikecore.views import Views
+
+__all__ = ["add_parser", "run", "main", "start_services", "Services", "demo_report"]
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("monitor", help="show a running gateway's IP Security Monitor views")
+    """The ``monitor`` sub-command of ``ikecore`` (``ikecore.cli``)."""
+    _add_arguments(sub.add_parser("monitor", help="show a running gateway's IP Security Monitor views"))
+
+
+def main(argv: list[str]) -> int:
+    """``ikecore monitor ARGS`` on its own (``ikecore.entry``): the same command, without
+    importing the rest of the command line (engine, crypto, asyncio)."""
+    parser = argparse.ArgumentParser(prog="ikecore monitor", description="show a running gateway's IP Security "
+                                                                         "Monitor views")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"ikecore monitor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mode", choices=tuple(VIEWS), help="main-mode or quick-mode")
     parser.add_argument("view", help="generic-filters, specific-filters, ike-policies (main mode), statistics, "
                                      "security-associations or counters")
@@ -53,13 +74,21 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     path = args.control or default_control_path()
     payload = {"op": "view", "mode": args.mode, "view": args.view, "columns": args.columns, "sort": args.sort,
                "all_columns": args.format == "json" and args.columns is None}
+    # JSON of a list view is the answer's rows as the gateway encoded them: copied through.
+    passthrough = args.format == "json" and args.view != "statistics" and not args.watch
     shown = 0
     client: ControlClient | None = None
     while True:
         try:
             if client is None:
                 client = ControlClient(path)
-            result = client.request(payload)
+            line = client.request_line(payload)
+            rows = client.rows_json(line) if passthrough else None
+            if rows is not None:
+                _write_bytes(out, rows + b"\n")
+                client.close()
+                return 0
+            result = client.parse(line)
         except ControlError as exc:
             message = str(exc)
             print(f"ikecore monitor: {message}", file=sys.stderr)
@@ -83,14 +112,26 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             return 0
 
 
-@dataclass
+def _write_bytes(out: TextIO, data: bytes) -> None:
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        out.flush()
+        buffer.write(data)
+        buffer.flush()
+    else:
+        out.write(data.decode())
+        out.flush()
+
+
 class Services:
     """The monitoring services of one gateway; ``close()`` stops them."""
 
-    views: Views
-    control: ControlServer | None = None
-    metrics: Any = None  # ikecore.exporters.MetricsServer
-    metrics_address: tuple[str, int] | None = None
+    def __init__(self, views: Views, control: ControlServer | None = None, metrics: Any = None,
+                 metrics_address: tuple[str, int] | None = None) -> None:
+        self.views = views
+        self.control = control
+        self.metrics = metrics  # ikecore.exporters.MetricsServer
+        self.metrics_address = metrics_address
 
     def close(self) -> None:
         if self.control is not None:
@@ -104,6 +145,11 @@ class Services:
 async def start_services(gateway: Any, control: str | None, metrics: str | None) -> Services:
     """Open the control socket (``control``: a path, '' for the default, None for none) and
     the metrics endpoint (``metrics``: ADDR:PORT or None) of ``gateway``."""
+    from ikecore.config import parse_endpoint  # the gateway side: imported only by ``serve`` and tests
+    from ikecore.control import ControlServer
+    from ikecore.monitor import Statistic
+    from ikecore.views import DnsNameCache, Views
+
     monitor = gateway.monitor
     monitor.gauges[Statistic.ACQUIRE_HEAP_SIZE] = lambda: gateway.pending_connects
     views = Views(gateway.engine, monitor, clock=gateway.loop.time, dns=DnsNameCache())

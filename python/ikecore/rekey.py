@@ -11,7 +11,11 @@ Timers (``Timing.rekey_margin`` seconds, 0 = never rekey, only expire):
   normally rekeys it first; the other side only steps in if that did not happen.
   A rekey is a new Quick Mode with the same selectors (``QuickModeExchange.rekey_of``).
   Make before break: when it is installed, the old SA is marked superseded and deleted
-  (Delete payload to the peer); traffic always has an SA. The hard ``ipsec-expire``
+  (Delete payload to the peer) one retransmission timeout later; traffic always has an
+  SA. The pause matters with charon: it serves the messages of one IKE_SA on several
+  threads in any order and keeps the IV chains of only its three newest Message IDs, so
+  a Delete (a new Message ID) sent right behind QM3 can overtake it and leave QM3
+  undecryptable (seen in interop under load). The hard ``ipsec-expire``
   timer stays as a backstop. A Quick Mode the *peer* starts supersedes our older SAs
   with the same selectors (no more rekeys of them; they go when the peer deletes them or
   expire), which is how charon reads a peer's rekey too. Snapshots show superseded SAs
@@ -110,8 +114,16 @@ def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickMod
             replaced.superseded = True
             engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
                                     old_spi=replaced.spi_in, new_spi=ipsec.spi_in))
-            engine._remove_ipsec(sa, replaced, "rekeyed", notify_peer=True)
+            engine._push_timer(now + engine.config.timing.retransmit_timeout, sa.handle, replaced.message_id,
+                               "ipsec-retire")
     _schedule_ipsec(engine, sa, ipsec)
+
+
+def retire_ipsec(engine: Engine, sa: IsakmpSa, message_id: int) -> None:
+    """The pause after a rekey is over: delete the superseded SA (Delete to the peer)."""
+    for ipsec in list(sa.ipsec_sas):
+        if ipsec.message_id == message_id and ipsec.superseded:
+            engine._remove_ipsec(sa, ipsec, "rekeyed", notify_peer=True)
 
 
 def _schedule_ipsec(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa) -> None:

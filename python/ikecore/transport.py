@@ -10,6 +10,14 @@ a burst cannot grow memory without bound: when ``receive_queue`` datagrams wait,
 are dropped and counted (Receive Failures, ``receive_queue_full``). Socket send and
 receive errors, a full queue, driver and store failures are counted by the monitor and
 logged once per kind with rate limiting (``ikecore.faults``); negotiation goes on.
+
+With the Rust receive path (``ikecore.frontdoor``, on by default where the build has it;
+``fast_path=False`` or IKECORE_FAST_PATH=0 turns it off) the gateway owns plain
+non-blocking sockets, registers them with ``loop.add_reader`` and drains each in
+``recvmmsg`` batches; under a flood, message 1 of known offers is answered in Rust and
+never reaches the queue. On wildcard sockets each datagram brings its local address
+(IP_PKTINFO / IPV6_RECVPKTINFO): the engine gets the address the peer used, and
+replies leave from it.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +37,14 @@ from collections import deque
 from ikecore import events as ev
 from ikecore.engine import Engine
 from ikecore.faults import FaultLog, udp_drops
+from ikecore.frontdoor import FastPath, available as fast_path_available
 from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
+
+RECEIVE_BUFFER = 8 << 20          # bytes of kernel receive buffer asked for each fast-path socket
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)   # Linux value; Python 3.11 lacks the name
 
 
 def local_address_towards(remote: str) -> str:
@@ -78,6 +93,41 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.gateway.faults.report("socket receive error", str(exc), self.gateway.loop.time())
 
 
+class _SocketTransport:
+    """The little of asyncio's datagram transport the gateway uses, over a socket it
+    reads itself (the fast path): ``sendto`` (non-blocking; a full buffer is a send
+    failure), ``close``, ``get_extra_info``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, pktinfo: bool = False) -> None:
+        self._loop = loop
+        self._sock = sock
+        self.pktinfo = pktinfo   # wildcard socket: datagrams carry their local address both ways
+
+    def sendto(self, data: bytes, addr: Address, source: str | None = None) -> None:
+        """Send ``data``; from local address ``source`` (IP_PKTINFO / IPV6_PKTINFO) when the
+        socket is bound to the wildcard address and the engine names one."""
+        if source is None or not self.pktinfo:
+            self._sock.sendto(data, addr)
+        elif self._sock.family == socket.AF_INET:
+            info = struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))
+            self._sock.sendmsg([data], [(socket.IPPROTO_IP, _IP_PKTINFO, info)], 0, addr)
+        else:
+            info = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, source), 0)
+            self._sock.sendmsg([data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._sock
+        if name == "sockname":
+            return self._sock.getsockname()
+        return default
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
 class Gateway:
     """An asyncio UDP front for an Engine (responder and initiator).
 
@@ -86,11 +136,13 @@ class Gateway:
         on_event: called with every engine event after the built-in listeners.
         receive_queue: most datagrams waiting for the engine; more are dropped and counted.
         faults: where local faults are logged (rate limited).
+        fast_path: read sockets through the Rust receive path (``ikecore.frontdoor``);
+            None: where available, unless the environment says IKECORE_FAST_PATH=0.
     """
 
     def __init__(self, engine: Engine, *, monitor: Any = None,
                  on_event: Callable[[ev.Event], None] | None = None, receive_queue: int = 4096,
-                 faults: FaultLog | None = None) -> None:
+                 faults: FaultLog | None = None, fast_path: bool | None = None) -> None:
         self.engine = engine
         self.monitor = monitor
         self.on_event = on_event
@@ -102,11 +154,14 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[ev.Event], None]] = []
         self.faults = faults or FaultLog()
-        self._queue: deque[tuple[_Endpoint, bytes, Address]] = deque()
+        self._queue: deque[tuple[_Endpoint, bytes, Address, str | None]] = deque()
         self._queue_limit = receive_queue
         self._draining = False
         self._kernel_drops = 0
         self._poller: asyncio.TimerHandle | None = None
+        if fast_path is None:
+            fast_path = os.environ.get("IKECORE_FAST_PATH", "1") != "0"
+        self.fast_path: FastPath | None = FastPath(engine) if fast_path and fast_path_available() else None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -120,13 +175,51 @@ class Gateway:
         ``reuse_port``: SO_REUSEPORT, so that worker processes share the port (the kernel
         spreads peers over them by address and port)."""
         family = socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
-        transport, protocol = await self.loop.create_datagram_endpoint(
-            lambda: _Endpoint(self), local_addr=local, family=family, reuse_port=reuse_port or None)
-        endpoint = protocol
+        if self.fast_path is not None:
+            endpoint = self._open_fast(local, family, reuse_port)
+        else:
+            _transport, endpoint = await self.loop.create_datagram_endpoint(
+                lambda: _Endpoint(self), local_addr=local, family=family, reuse_port=reuse_port or None)
         self._endpoints[endpoint.local] = endpoint
         if self._poller is None:
             self._poller = self.loop.call_later(1.0, self.poll_faults)
         return endpoint.local
+
+    def _open_fast(self, local: Address, family: int, reuse_port: bool) -> _Endpoint:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # room for a burst while the loop is busy in Python: SO_RCVBUFFORCE when
+            # privileged (a gateway on port 500 is), else up to net.core.rmem_max
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            if _wildcard(local[0]):  # learn the address each datagram was sent to
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            sock.setblocking(False)
+            sock.bind(local)
+        except OSError:
+            sock.close()
+            raise
+        endpoint = _Endpoint(self)
+        endpoint.connection_made(_SocketTransport(self.loop, sock, _wildcard(local[0])))  # type: ignore[arg-type]
+        self.loop.add_reader(sock.fileno(), self._readable, endpoint, sock.fileno())
+        return endpoint
+
+    def _readable(self, endpoint: _Endpoint, fd: int, max_datagrams: int = 1024) -> None:
+        """A fast-path socket is readable: Rust drains it; the rest joins the queue."""
+        assert self.fast_path is not None
+        for data, remote, local_ip in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
+            self._enqueue(endpoint, data, remote, local_ip)
+        counts = self.fast_path.fold(self.monitor)
+        if counts["receive_errors"] or counts["send_failures"]:
+            self.faults.report("fast path socket error", f"{counts['receive_errors']} receive errors, "
+                               f"{counts['send_failures']} replies not sent", self.loop.time())
 
     async def listen(self, addresses: list[Address] | tuple[Address, ...], *,
                      reuse_port: bool = False) -> list[Address]:
@@ -218,7 +311,7 @@ class Gateway:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
+    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None) -> None:
         if len(self._queue) >= self._queue_limit:
             if self.monitor is not None:
                 self.monitor.receive_failed()
@@ -226,7 +319,7 @@ class Gateway:
             self.faults.report("receive queue full", f"{self._queue_limit} datagrams waiting; dropped one from "
                                f"{remote[0]}", self.loop.time())
             return
-        self._queue.append((endpoint, data, remote))
+        self._queue.append((endpoint, data, remote, local_ip))
         if self.monitor is not None:
             self.monitor.receive_heap_size = len(self._queue)
         if not self._draining:
@@ -236,8 +329,8 @@ class Gateway:
     def _drain(self, batch: int = 256) -> None:
         """Feed queued datagrams to the engine, a batch per loop iteration."""
         for _ in range(min(batch, len(self._queue))):
-            endpoint, data, remote = self._queue.popleft()
-            self._on_datagram(endpoint, data, remote)
+            endpoint, data, remote, local_ip = self._queue.popleft()
+            self._on_datagram(endpoint, data, remote, local_ip)
         if self.monitor is not None:
             self.monitor.receive_heap_size = len(self._queue)
         if self._queue:
@@ -245,9 +338,11 @@ class Gateway:
         else:
             self._draining = False
 
-    def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address) -> None:
+    def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None) -> None:
         local = endpoint.local
-        if _wildcard(local[0]):
+        if local_ip is not None:  # the address the peer sent to (fast path, wildcard socket)
+            local = (local_ip, local[1])
+        elif _wildcard(local[0]):
             address = self._local_cache.get(remote[0])
             if address is None:
                 address = self._local_cache[remote[0]] = local_address_towards(remote[0])
@@ -269,7 +364,10 @@ class Gateway:
             try:
                 if endpoint is None or endpoint.transport is None:
                     raise OSError(f"no socket for {local}")
-                endpoint.transport.sendto(data, remote)
+                if isinstance(endpoint.transport, _SocketTransport):
+                    endpoint.transport.sendto(data, remote, local[0])
+                else:
+                    endpoint.transport.sendto(data, remote)
             except OSError as exc:
                 if self.monitor is not None:
                     self.monitor.send_failed()

@@ -8,7 +8,11 @@ seed's order) and more that can be added; ``select`` adds, removes, rearranges a
 columns the way the seed's results pane does.
 
 Reads are snapshots: ``Views.query`` runs on the gateway's event loop between two
-datagrams, copies what it needs and never waits on a negotiation. Keywords of generic
+datagrams, copies what it needs and never waits on a negotiation. ``Views.listing`` gives
+any view as JSON fragments built one slice of SAs at a time (the control socket lets the
+loop turn between two of them, so a long listing never holds negotiations up); the Main
+Mode SA list is built column by column (``ikecore.sa_listing``), nothing cached per SA.
+Names, columns and rendering live in ``ikecore.viewtext`` (all a monitor client needs). Keywords of generic
 filters (My IP Address, DNS Server, ...) are shown as keywords there and expanded into
 addresses in the specific filters from ``HostConfig``. Quick Mode specific filters can also
 show DNS names for their addresses (``DnsNameCache``: answers only from its cache, looks
@@ -17,107 +21,46 @@ names up in the background within a time limit); Main Mode ones cannot, as in th
 
 from __future__ import annotations
 
-import csv
-import io
 import ipaddress
+import math
 import operator
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
-from ikecore import policy, wire
+from ikecore import policy, sa_listing
 from ikecore.hostinfo import HostConfig
-from ikecore.monitor import Monitor, Statistic, display_name
+from ikecore.monitor import Monitor, Statistic
+from ikecore.viewtext import COLUMNS, DEFAULT_COLUMNS, MM, QM, VIEWS, ViewError, column_title, dumps, render
 
 __all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render", "dumps",
-           "parse_columns", "ViewError"]
+           "parse_columns", "ViewError", "column_title"]
 
 
-class ViewError(ValueError):
-    """A request names an unknown view or column, or a bad sort key."""
+_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]
+assert _MM_SA_COLUMNS == sa_listing.COLUMNS
 
 
-MM, QM = "main-mode", "quick-mode"
-
-#: The views of each mode (the seed's folders).
-VIEWS: dict[str, tuple[str, ...]] = {
-    MM: ("generic-filters", "specific-filters", "ike-policies", "statistics", "security-associations",
-         "counters"),
-    QM: ("generic-filters", "specific-filters", "statistics", "security-associations", "counters"),
-}
-
-#: Every column a view can show, defaults first (in the seed's order).
-COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
-    (MM, "generic-filters"): ("name", "source", "destination", "ike_policy", "authentication_methods",
-                              "connection_type", "weight", "mirrored", "quick_mode_policy"),
-    (MM, "specific-filters"): ("name", "source", "destination", "direction", "ike_policy",
-                               "authentication_methods", "weight", "connection_type"),
-    (MM, "ike-policies"): ("name", "encryption", "integrity", "diffie_hellman", "authentication",
-                           "lifetime", "preference"),
-    (MM, "statistics"): ("statistic", "value"),
-    (MM, "security-associations"): ("me", "my_id", "peer", "peer_id", "authentication", "encryption",
-                                    "integrity", "diffie_hellman", "initiator_cookie", "responder_cookie",
-                                    "state", "role", "created", "lifetime_left", "nat", "vendor_ids",
-                                    "quick_modes", "local_port", "peer_port", "exchange", "nat_t",
-                                    "encapsulated", "dpd"),
-    (QM, "generic-filters"): ("name", "source", "destination", "source_port", "destination_port",
-                              "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
-                              "quick_mode_policy", "mode"),
-    (QM, "specific-filters"): ("name", "source", "destination", "source_port", "destination_port",
-                               "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
-                               "direction", "quick_mode_policy", "weight", "source_dns_name",
-                               "destination_dns_name"),
-    (QM, "statistics"): ("statistic", "value"),
-    (QM, "security-associations"): ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman",
-                                    "spi_in", "spi_out", "mode", "local_ts", "remote_ts", "my_id",
-                                    "peer_id", "authentication", "initiator_cookie", "responder_cookie",
-                                    "created", "lifetime_left", "lifetime_kilobytes"),
-    (MM, "counters"): ("counter", "value"),
-    (QM, "counters"): ("counter", "value"),
-}
-
-_MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]  # cached rows hold exactly these, in order
-
-DEFAULT_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
-    (MM, "generic-filters"): COLUMNS[(MM, "generic-filters")][:6],
-    (MM, "specific-filters"): COLUMNS[(MM, "specific-filters")][:7],
-    (MM, "ike-policies"): COLUMNS[(MM, "ike-policies")][:6],
-    (MM, "statistics"): ("statistic", "value"),
-    (MM, "security-associations"): COLUMNS[(MM, "security-associations")][:8],
-    (QM, "generic-filters"): COLUMNS[(QM, "generic-filters")][:9],
-    (QM, "specific-filters"): COLUMNS[(QM, "specific-filters")][:11],
-    (QM, "statistics"): ("statistic", "value"),
-    (QM, "security-associations"): COLUMNS[(QM, "security-associations")][:8],
-    (MM, "counters"): ("counter", "value"),
-    (QM, "counters"): ("counter", "value"),
-}
-
-_MORE_NAMES = {
-    "name": "Name", "source": "Source", "destination": "Destination", "ike_policy": "IKE Policy",
-    "authentication_methods": "Authentication Methods", "connection_type": "Connection Type",
-    "direction": "Direction", "weight": "Weight", "mirrored": "Mirrored", "quick_mode_policy": "Quick Mode Policy",
-    "lifetime": "Lifetime", "preference": "Preference", "statistic": "Statistic", "value": "Value",
-    "nat": "NAT", "vendor_ids": "Vendor IDs", "source_port": "Source Port", "destination_port": "Destination Port",
-    "source_tunnel_endpoint": "Source Tunnel Endpoint", "destination_tunnel_endpoint": "Destination Tunnel Endpoint",
-    "protocol": "Protocol", "source_dns_name": "Source DNS Name", "destination_dns_name": "Destination DNS Name",
-    "counter": "Counter", "lifetime_kilobytes": "Lifetime (KB)", "quick_modes": "Quick Modes",
-    "exchange": "Exchange", "nat_t": "NAT-T", "encapsulated": "UDP Encapsulated", "dpd": "DPD",
-}
+def _parse_sort(sort: str | None, known: Sequence[str]) -> tuple[str, bool] | None:
+    """``COLUMN[:asc|desc]`` of a view as (column, descending); raises ViewError."""
+    if not sort:
+        return None
+    name, _, direction = sort.partition(":")
+    if direction not in ("", "asc", "desc"):
+        raise ViewError(f"sort order {direction!r} must be asc or desc")
+    if name not in known:
+        raise ViewError(f"cannot sort by unknown column {name!r}")
+    return name, direction == "desc"
 
 #: The gauges among the Quick Mode statistics and the counters they come from.
 QUICK_MODE_STATISTICS = ("active_sas", "pending_key_operations", "key_additions", "key_updates",
                          "key_deletions", "quick_mode_negotiations", "quick_mode_failures",
                          "get_spi_failures", "key_addition_failures", "key_update_failures")
-
-
-def column_title(key: str) -> str:
-    """The header a table shows for a column key."""
-    return _MORE_NAMES.get(key) or display_name(key)
 
 
 def _address_text(pattern: str) -> str:
@@ -251,9 +194,7 @@ class Views:
         self.clock = clock
         self.wall = wall
         self.dns = dns
-        self._sa_rows: dict[int, list[Any]] = {}
         self._host_read_at: float | None = None  # None: injected (never re-read) or not read yet
-        self._fragment_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     #: How long (seconds) the host's configuration read for keyword expansion is reused.
     HOST_TTL = 60.0
@@ -274,17 +215,21 @@ class Views:
     def query(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
               sort: str | None = None, *, all_columns: bool = False) -> dict[str, Any]:
         """One view as ``{"mode", "view", "columns", "rows"}``; raises ViewError."""
+        chosen = self._check(mode, view, columns, all_columns)
+        order = _parse_sort(sort, COLUMNS[(mode, view)])
+        if (mode, view) == (MM, "security-associations"):
+            rows = self._main_mode_security_associations(chosen, order)
+            return {"mode": mode, "view": view, "columns": chosen, "rows": rows}
+        rows = self.rows(mode, view)
+        return {"mode": mode, "view": view, "columns": chosen, "rows": select(rows, chosen, sort)}
+
+    @staticmethod
+    def _check(mode: str, view: str, columns: Sequence[str] | str | None, all_columns: bool) -> list[str]:
         if mode not in VIEWS:
             raise ViewError(f"unknown mode {mode!r}; use {' or '.join(VIEWS)}")
         if view not in VIEWS[mode]:
             raise ViewError(f"unknown {mode} view {view!r}; use one of {', '.join(VIEWS[mode])}")
-        chosen = parse_columns(mode, view, columns, all_columns=all_columns)
-        if (mode, view) == (MM, "security-associations"):
-            needed = chosen + ([sort.partition(":")[0]] if sort else [])
-            rows = self._main_mode_security_associations(needed)
-        else:
-            rows = self.rows(mode, view)
-        return {"mode": mode, "view": view, "columns": chosen, "rows": select(rows, chosen, sort)}
+        return parse_columns(mode, view, columns, all_columns=all_columns)
 
     def rows(self, mode: str, view: str) -> list[dict[str, Any]]:
         """Every column of one view (unsorted)."""
@@ -299,9 +244,9 @@ class Views:
                  "quick_mode_policy": f.esp_policy}
                 for f in self.engine.config.filters]
 
-    def _specific(self) -> list[tuple[policy.SpecificFilter, Any]]:
-        """Specific filters: keyword expansion of each generic filter, then each connection's."""
-        out: dict[tuple[str, str, str, str], tuple[policy.SpecificFilter, Any]] = {}
+    def _configured_specific(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+        """Specific filters from the keyword expansion of each generic filter."""
+        out: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         for flt in self.engine.config.filters:
             if "any" in (flt.source, flt.destination):
                 continue  # only connections make such a filter specific
@@ -310,18 +255,45 @@ class Views:
                     pair = flt.specific(source, destination)
                     for specific in pair if flt.mirrored else pair[:1]:
                         key = (specific.name, specific.source, specific.destination, specific.direction)
-                        out.setdefault(key, (specific, flt))
-        for sa in self.engine.sas():
-            for specific in sa.generic_filter.specific(sa.local[0], sa.remote[0]):
-                key = (specific.name, specific.source, specific.destination, specific.direction)
-                out.setdefault(key, (specific, sa.generic_filter))
-        return list(out.values())
+                        out.setdefault(key, {
+                            "name": specific.name, "source": specific.source, "destination": specific.destination,
+                            "direction": specific.direction, "ike_policy": specific.ike_policy,
+                            "authentication_methods": _methods(specific.authentication_methods),
+                            "weight": specific.weight, "connection_type": flt.connection_type})
+        return out
+
+    def _main_mode_specific_filter_slices(self, slice_size: int) -> Iterator[list[dict[str, Any]]]:
+        """Specific filters: keyword expansion of each generic filter, then each connection's
+        pair (outbound and inbound), once per (filter, addresses); one list per slice of SAs."""
+        configured = self._configured_specific()
+        yield list(configured.values())
+        seen = set(configured)
+        shared: dict[int, tuple[str, str, str, int, str]] = {}  # id(filter) -> its columns
+        keep: list[Any] = []  # the filters named: no new object takes their id meanwhile
+        sas = self.engine.sas()
+        for start in range(0, len(sas), slice_size):
+            rows = []
+            for sa in sas[start:start + slice_size]:
+                flt = sa.generic_filter
+                local, remote = sa.local[0], sa.remote[0]
+                consts = shared.get(id(flt))
+                if consts is None:
+                    consts = shared[id(flt)] = (flt.name, flt.ike_policy, _methods(flt.authentication_methods),
+                                                flt.weight, flt.connection_type)
+                    keep.append(flt)
+                name, ike_policy, methods, weight, connection_type = consts
+                for source, destination, direction in ((local, remote, "outbound"), (remote, local, "inbound")):
+                    key = (name, source, destination, direction)
+                    if key not in seen:
+                        seen.add(key)
+                        rows.append({"name": name, "source": source, "destination": destination,
+                                     "direction": direction, "ike_policy": ike_policy,
+                                     "authentication_methods": methods, "weight": weight,
+                                     "connection_type": connection_type})
+            yield rows
 
     def _main_mode_specific_filters(self) -> list[dict[str, Any]]:
-        return [{"name": s.name, "source": s.source, "destination": s.destination, "direction": s.direction,
-                 "ike_policy": s.ike_policy, "authentication_methods": _methods(s.authentication_methods),
-                 "weight": s.weight, "connection_type": flt.connection_type}
-                for s, flt in self._specific()]
+        return [row for rows in self._main_mode_specific_filter_slices(1 << 30) for row in rows]
 
     def _main_mode_ike_policies(self) -> list[dict[str, Any]]:
         rows = []
@@ -337,89 +309,59 @@ class Views:
         stats = self.monitor.statistics(self.engine)  # the engine adds queued acquires
         return [{"statistic": key, "value": value} for key, value in stats.items()]
 
-    def _main_mode_security_associations(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        return [entry[2] for entry in self._mm_sa_entries(columns)]
+    def _main_mode_security_associations(self, columns: Sequence[str] | None = None,
+                                         sort: tuple[str, bool] | None = None) -> list[dict[str, Any]]:
+        return sa_listing.rows(self.engine, _MM_SA_COLUMNS if columns is None else columns, sort,
+                               self.clock(), self.wall())
 
-    def _mm_sa_entries(self, columns: Sequence[str] | None = None) -> list[list[Any]]:
-        """One cache entry ``[state, IPsec SA count, row, fragment columns, JSON fragment]``
-        per ISAKMP SA. A row is rebuilt only when its SA moved: every field of a row is set
-        on a state transition or with its IPsec SAs, so (state, number of IPsec SAs) tells
-        when. ``lifetime_left`` is refreshed only when ``columns`` asks for it (None: always)."""
-        now = self.clock()
-        wall = self.wall()
-        cache = self._sa_rows
-        entries = []
-        life = columns is None or "lifetime_left" in columns
-        sas = self.engine.sas()
-        for sa in sas:
-            entry = cache.get(sa.handle)
-            if entry is None or entry[0] is not sa.state or entry[1] != len(sa.ipsec_sas):
-                entry = self._build_entry(sa, now, wall)
-            if life:
-                entry[2]["lifetime_left"] = int(max(0.0, sa.expires - now)) if sa.expires is not None else None
-            entries.append(entry)
-        if len(cache) > len(sas):  # SAs left the database: forget their rows (handles never repeat)
-            live = {sa.handle for sa in sas}
-            self._sa_rows = {h: e for h, e in cache.items() if h in live}
-        return entries
+    #: Views whose rows come from the SA database: built one slice of SAs at a time.
+    _SLICED = {(MM, "specific-filters"): "_main_mode_specific_filter_slices",
+               (QM, "specific-filters"): "_quick_mode_specific_filter_slices",
+               (QM, "security-associations"): "_quick_mode_security_association_slices"}
 
-    def _build_entry(self, sa: Any, now: float, wall: float) -> list[Any]:
-        row = sa.snapshot(now)
-        row["created"] = _iso(wall - (now - row["created"]))
-        row.setdefault("nat", "none")  # the NAT-D outcome: none, local, remote or both
-        names = row.get("vendor_ids")
-        row["vendor_ids"] = ", ".join(names if isinstance(names, list) else
-                                      (wire.vendor_id_name(v) or v.hex() for v in sa.vendor_ids))
-        entry = [sa.state, len(sa.ipsec_sas), {c: row.get(c) for c in _MM_SA_COLUMNS}, None, b""]
-        self._sa_rows[sa.handle] = entry
-        return entry
+    def listing(self, mode: str, view: str, columns: Sequence[str] | str | None = None, sort: str | None = None,
+                *, all_columns: bool = False, slice_size: int = sa_listing.SLICE) -> tuple[list[str], Iterator[bytes]]:
+        """One view as (columns, its rows as JSON fragments): comma-separated objects, to be
+        joined with ``,`` inside ``[...]``. The request is checked first (raises ViewError);
+        then the work goes one slice of ``slice_size`` SAs (or rows) per fragment, ``b""``
+        while rows are built or sorted, so that the control socket lets the event loop
+        turn between two fragments and negotiations never wait for a long listing."""
+        chosen = self._check(mode, view, columns, all_columns)
+        order = _parse_sort(sort, COLUMNS[(mode, view)])
+        if (mode, view) == (MM, "security-associations"):
+            return chosen, sa_listing.json_slices(self.engine, chosen, order, self.clock(), self.wall(), slice_size)
+        return chosen, self._json_fragments(self._row_slices(mode, view, slice_size), chosen, order, slice_size)
 
-    def stale_rows(self) -> list[Any]:
-        """The SAs whose Main Mode row must be (re)built before the next listing."""
-        cache = self._sa_rows
-        return [sa for sa in self.engine.sas()
-                if (entry := cache.get(sa.handle)) is None or entry[0] is not sa.state
-                or entry[1] != len(sa.ipsec_sas)]
+    def _row_slices(self, mode: str, view: str, slice_size: int) -> Iterator[list[dict[str, Any]]]:
+        sliced = self._SLICED.get((mode, view))
+        if sliced is not None:  # a dict or two per SA: half a slice of the columnar listing
+            return getattr(self, sliced)(max(1, slice_size // 2))  # type: ignore[no-any-return]
+        return iter([self.rows(mode, view)])
 
-    def build_rows(self, sas: Sequence[Any]) -> None:
-        """Build the rows of ``sas`` now (the control socket does it in slices between
-        datagrams, so a first listing of many SAs does not hold the event loop)."""
-        now, wall = self.clock(), self.wall()
-        for sa in sas:
-            if self.engine.sa(sa.handle) is sa:  # still in the SA database
-                self._build_entry(sa, now, wall)
+    @staticmethod
+    def _json_fragments(slices: Iterator[list[dict[str, Any]]], columns: list[str], order: tuple[str, bool] | None,
+                        slice_size: int) -> Iterator[bytes]:
+        rows: list[dict[str, Any]] = []
+        for part in slices:
+            rows += part
+            yield b""
+        if order is not None:
+            name, descending = order
+            keys: list[tuple[int, Any]] = []
+            for start in range(0, len(rows), slice_size):
+                keys += [_sort_key(row.get(name)) for row in rows[start:start + slice_size]]
+                yield b""
+            rows = [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__, reverse=descending)]
+            yield b""
+        for start in range(0, len(rows), slice_size):
+            yield orjson.dumps(select(rows[start:start + slice_size], columns), default=str)[1:-1]
 
     def query_json(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
                    sort: str | None = None, *, all_columns: bool = False) -> tuple[list[str], bytes]:
-        """Like ``query`` but returns (columns, the rows as JSON bytes). For the Main Mode SA
-        list each row's JSON is cached with its row while the row and columns stay the same
-        (rows with ``lifetime_left`` are encoded each time): the control socket's fast path."""
-        chosen = parse_columns(mode, view, columns, all_columns=all_columns) if mode in VIEWS and \
-            view in VIEWS[mode] else []
-        if (mode, view) != (MM, "security-associations"):
-            result = self.query(mode, view, columns, sort, all_columns=all_columns)
-            return result["columns"], orjson.dumps(result["rows"], default=str)
-        key = tuple(chosen)
-        key = self._fragment_keys.setdefault(key, key)  # one object per column set: compared by identity
-        entries = self._mm_sa_entries(chosen + ([sort.partition(":")[0]] if sort else []))
-        if sort:
-            name, _, direction = sort.partition(":")
-            if direction not in ("", "asc", "desc"):
-                raise ViewError(f"sort order {direction!r} must be asc or desc")
-            if name not in _MM_SA_COLUMNS:
-                raise ViewError(f"cannot sort by unknown column {name!r}")
-            entries = sorted(entries, key=lambda e: _sort_key(e[2].get(name)), reverse=direction == "desc")
-        if "lifetime_left" in key:  # changes every second: encode the rows in one call
-            rows = [entry[2] for entry in entries]
-            if key != _MM_SA_COLUMNS:
-                rows = select(rows, key)
-            return chosen, orjson.dumps(rows, default=str)
-        for entry in [e for e in entries if e[3] is not key]:
-            row = entry[2]
-            entry[4] = orjson.dumps({c: row.get(c) for c in key}, default=str)
-            entry[3] = key
-        parts = [entry[4] for entry in entries]
-        return chosen, b"[" + b",".join(parts) + b"]"
+        """Like ``query`` but returns (columns, the rows as one JSON array): ``listing``
+        in one go. The Main Mode SA list is encoded straight from its columns."""
+        chosen, fragments = self.listing(mode, view, columns, sort, all_columns=all_columns)
+        return chosen, sa_listing.join(fragments)
 
     def _main_mode_counters(self) -> list[dict[str, Any]]:
         rows = [{"counter": key, "value": value} for key, value in sorted(self.monitor.extended.items())]
@@ -446,28 +388,43 @@ class Views:
                          "protocol": _protocol_name(src_proto), "quick_mode_policy": f.esp_policy, "mode": mode})
         return rows
 
+    def _quick_mode_specific_filter_slices(self, slice_size: int) -> Iterator[list[dict[str, Any]]]:
+        """Each IPsec SA's selectors as an outbound and an inbound filter, once per
+        (filter, selectors, direction); one list per slice of SAs."""
+        seen: set[tuple[Any, ...]] = set()
+        parts: dict[str, tuple[str, int, int]] = {}  # selector text -> its parts (many SAs share some)
+        sas = self.engine.sas()
+        for start in range(0, len(sas), slice_size):
+            rows = []
+            for sa in sas[start:start + slice_size]:
+                if not sa.ipsec_sas:
+                    continue
+                flt = sa.generic_filter
+                for ipsec in list(sa.ipsec_sas):
+                    local, proto, local_port = parts.get(ipsec.local_ts) or parts.setdefault(
+                        ipsec.local_ts, _selector_parts(ipsec.local_ts))
+                    remote, _p, remote_port = parts.get(ipsec.remote_ts) or parts.setdefault(
+                        ipsec.remote_ts, _selector_parts(ipsec.remote_ts))
+                    tunnel = ipsec.mode == "tunnel"
+                    for direction, src, dst, sport, dport, s_end, d_end in (
+                            ("outbound", local, remote, local_port, remote_port, sa.local[0], sa.remote[0]),
+                            ("inbound", remote, local, remote_port, local_port, sa.remote[0], sa.local[0])):
+                        key = (flt.name, src, dst, sport, dport, proto, direction)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        rows.append({
+                            "name": flt.name, "source": src, "destination": dst,
+                            "source_port": sport, "destination_port": dport,
+                            "source_tunnel_endpoint": s_end if tunnel else "",
+                            "destination_tunnel_endpoint": d_end if tunnel else "",
+                            "protocol": _protocol_name(proto), "direction": direction,
+                            "quick_mode_policy": flt.esp_policy, "weight": flt.weight,
+                            "source_dns_name": self._dns_name(src), "destination_dns_name": self._dns_name(dst)})
+            yield rows
+
     def _quick_mode_specific_filters(self) -> list[dict[str, Any]]:
-        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for sa in self.engine.sas():
-            for ipsec in list(sa.ipsec_sas):
-                local, proto, local_port = _selector_parts(ipsec.local_ts)
-                remote, _p, remote_port = _selector_parts(ipsec.remote_ts)
-                tunnel = ipsec.mode == "tunnel"
-                for direction, src, dst, sport, dport, s_end, d_end in (
-                        ("outbound", local, remote, local_port, remote_port, sa.local[0], sa.remote[0]),
-                        ("inbound", remote, local, remote_port, local_port, sa.remote[0], sa.local[0])):
-                    key = (sa.generic_filter.name, src, dst, sport, dport, proto, direction)
-                    if key in rows:
-                        continue
-                    rows[key] = {
-                        "name": sa.generic_filter.name, "source": src, "destination": dst,
-                        "source_port": sport, "destination_port": dport,
-                        "source_tunnel_endpoint": s_end if tunnel else "",
-                        "destination_tunnel_endpoint": d_end if tunnel else "",
-                        "protocol": _protocol_name(proto), "direction": direction,
-                        "quick_mode_policy": sa.generic_filter.esp_policy, "weight": sa.generic_filter.weight,
-                        "source_dns_name": self._dns_name(src), "destination_dns_name": self._dns_name(dst)}
-        return list(rows.values())
+        return [row for rows in self._quick_mode_specific_filter_slices(1 << 30) for row in rows]
 
     def _dns_name(self, network: str) -> str:
         if self.dns is None:
@@ -492,27 +449,42 @@ class Views:
         }
         return [{"statistic": key, "value": int(values[key])} for key in QUICK_MODE_STATISTICS]
 
-    def _quick_mode_security_associations(self) -> list[dict[str, Any]]:
+    def _quick_mode_security_association_slices(self, slice_size: int) -> Iterator[list[dict[str, Any]]]:
+        """One row per IPsec SA pair; its ISAKMP SA's fields come column by column
+        (``ikecore.sa_listing``), the suite's names once per proposal; one list per slice
+        of SAs."""
         now, wall = self.clock(), self.wall()
-        rows = []
-        for sa in self.engine.sas():
-            if not sa.ipsec_sas:
-                continue
-            main = sa.snapshot(now)
-            for ipsec in list(sa.ipsec_sas):
-                suite = ipsec.proposal
-                rows.append({
-                    "me": main["me"], "peer": main["peer"], "protocol": "ESP",
-                    "encryption": suite.encryption_name, "integrity": suite.integrity_name,
-                    "diffie_hellman": policy.group_name(suite.pfs_group) if suite.pfs_group else "",
-                    "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
-                    "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts, "my_id": main["my_id"],
-                    "peer_id": main["peer_id"], "authentication": main["authentication"],
-                    "initiator_cookie": main["initiator_cookie"], "responder_cookie": main["responder_cookie"],
-                    "created": _iso(wall - (now - ipsec.created)),
-                    "lifetime_left": int(max(0.0, ipsec.expires - now)),
-                    "lifetime_kilobytes": suite.lifetime_kilobytes or 0})
-        return rows
+        main_columns = ["me", "peer", "my_id", "peer_id", "authentication", "initiator_cookie", "responder_cookie"]
+        suites: dict[int, tuple[str, str, str, int]] = {}  # id(proposal) -> names
+        keep: list[Any] = []  # the proposals named: no new object takes their id meanwhile
+        seconds: dict[int, str] = {}
+        sas = self.engine.sas()
+        for start in range(0, len(sas), slice_size):
+            part = [sa for sa in sas[start:start + slice_size] if sa.ipsec_sas]
+            rows = []
+            for sa, me, peer, my_id, peer_id, authentication, cky_i, cky_r in zip(
+                    part, *sa_listing.columns_of(part, main_columns, now, wall)):
+                for ipsec in list(sa.ipsec_sas):
+                    suite = ipsec.proposal
+                    names = suites.get(id(suite))
+                    if names is None:
+                        names = suites[id(suite)] = (
+                            suite.encryption_name, suite.integrity_name,
+                            policy.group_name(suite.pfs_group) if suite.pfs_group else "", suite.lifetime_kilobytes or 0)
+                        keep.append(suite)
+                    second = math.floor(wall - (now - ipsec.created))
+                    created = seconds.get(second) or seconds.setdefault(second, _iso(second))
+                    rows.append({
+                        "me": me, "peer": peer, "protocol": "ESP", "encryption": names[0], "integrity": names[1],
+                        "diffie_hellman": names[2], "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(),
+                        "mode": ipsec.mode, "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
+                        "my_id": my_id, "peer_id": peer_id, "authentication": authentication,
+                        "initiator_cookie": cky_i, "responder_cookie": cky_r, "created": created,
+                        "lifetime_left": int(max(0.0, ipsec.expires - now)), "lifetime_kilobytes": names[3]})
+            yield rows
+
+    def _quick_mode_security_associations(self) -> list[dict[str, Any]]:
+        return [row for rows in self._quick_mode_security_association_slices(1 << 30) for row in rows]
 
     def _quick_mode_counters(self) -> list[dict[str, Any]]:
         marks = ("phase2", "quick_mode", "ipsec_esp", "driver_failures")
@@ -554,19 +526,7 @@ def parse_columns(mode: str, view: str, spec: Sequence[str] | str | None, *,
     return base
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    if value is None or value == "":
-        return (3, "")
-    if isinstance(value, bool):
-        return (0, int(value))
-    if isinstance(value, (int, float)):
-        return (0, value)
-    text = str(value)
-    try:
-        address = ipaddress.ip_address(text)
-        return (1, (address.version, int(address)))
-    except ValueError:
-        return (2, text.lower())
+_sort_key = sa_listing.sort_key
 
 
 def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None = None) -> list[dict[str, Any]]:
@@ -590,44 +550,3 @@ def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None 
         return [dict(zip(names, pick(row))) for row in rows]
     except KeyError:  # a row without some column: show it empty
         return [{c: row.get(c) for c in columns} for row in rows]
-
-
-def dumps(value: Any) -> str:
-    """JSON text (orjson: a 100,000-SA listing encodes in tens of milliseconds)."""
-    return orjson.dumps(value, default=str).decode()
-
-
-def render(result: dict[str, Any], fmt: str = "table") -> str:
-    """Format a ``Views.query`` result as ``table`` (seed headers), ``json`` or ``csv``.
-
-    JSON of a statistics view is one object ``{statistic_key: value}`` (DESIGN.md); JSON of
-    any other view is a list of objects with the chosen snake_case keys.
-    """
-    columns, rows = result["columns"], result["rows"]
-    if fmt == "json":
-        if result["view"] == "statistics" and "statistic" in columns and "value" in columns:
-            return dumps({row["statistic"]: row["value"] for row in rows})
-        return dumps(rows)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([["" if row[c] is None else row[c] for c in columns] for row in rows])
-        return buffer.getvalue().rstrip("\n")
-    if fmt != "table":
-        raise ViewError(f"unknown format {fmt!r}; use table, json or csv")
-    shown = [dict(row) for row in rows]
-    if result["view"] == "statistics" and "statistic" in columns:
-        for row in shown:  # tables show the seed's names; JSON and CSV keep the keys
-            row["statistic"] = display_name(row["statistic"]) if row["statistic"] in _STAT_KEYS else \
-                row["statistic"].replace("_", " ").title().replace("Sas", "SAs").replace("Spi", "SPI")
-    headers = [column_title(c) for c in columns]
-    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in shown]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
-
-
-_STAT_KEYS = {s.key for s in Statistic}

@@ -21,7 +21,7 @@ pub struct PyCookieTable {
 impl PyCookieTable {
     /// The table, even if a panicking thread poisoned the lock (the maps stay valid:
     /// no method leaves them half-updated).
-    fn table(&self) -> MutexGuard<'_, CookieTable> {
+    pub(crate) fn table(&self) -> MutexGuard<'_, CookieTable> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

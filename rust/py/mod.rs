@@ -6,6 +6,8 @@ mod cipher;
 mod cookies;
 mod crypto;
 mod errors;
+mod rows;
+mod frontdoor;
 mod wire;
 
 #[pymodule(gil_used = false)]
@@ -15,5 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crypto::register(m)?;
     cookies::register(m)?;
     cipher::register(m)?;
+    rows::register(m)?;
+    frontdoor::register(m)?;
     Ok(())
 }
