@@ -290,7 +290,7 @@ print(polls)
 """
 
 
-def rate_with_poller(work: Path, peers: int = 1200, rounds: int = 3) -> None:
+def rate_with_poller(work: Path, peers: int = 2000, rounds: int = 5) -> None:
     """Step 3: alternate plain and polled runs of ``peers`` negotiations each.
 
     Besides the wall-clock rate (noisy on a shared machine) it reports the CPU seconds
