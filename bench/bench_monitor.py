@@ -53,6 +53,7 @@ from ikecore.monitor import Monitor, Statistic
 from ikecore.monitor_cli import start_services
 from ikecore.transport import Gateway
 from ikecore.hostinfo import HostConfig
+from ikecore.loadtest import tune_gc
 from ikecore.views import VIEWS, Views, dumps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -295,8 +296,17 @@ def rate_with_poller(work: Path, peers: int = 2000, rounds: int = 5) -> None:
 
     Besides the wall-clock rate (noisy on a shared machine) it reports the CPU seconds
     this process (gateway and peers) spent per SA, and the time the gateway spent
-    answering the poller, as a share of the run.
+    answering the poller, as a share of the run. The process runs with the garbage
+    collector settings ``ikecore serve`` uses (``loadtest.tune_gc``), like a real gateway.
     """
+    restore_gc = tune_gc()
+    try:
+        _rate_runs(work, peers, rounds)
+    finally:
+        restore_gc()
+
+
+def _rate_runs(work: Path, peers: int, rounds: int) -> None:
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     serving: list[float] = []
