@@ -97,15 +97,16 @@ def ikecore_view(gateway: IkecoreGateway) -> View:
 
 
 def views_match(charon: Charon, gateway: IkecoreGateway, children: int, timeout: float = 15.0,
-                other_than: Any = None) -> tuple[Any, Any]:
+                other_than: Any = None, children_other_than: Any = None) -> tuple[Any, Any]:
     """Wait until both views agree, with one current ISAKMP SA and ``children`` IPsec SAs
-    (and, after a phase 1 rekey, an ISAKMP SA ``other_than`` the old one's cookies: both
-    views still agree on the old SA until the new Main Mode has begun); returns the
-    current (cookies, children)."""
+    (and, after a rekey, SAs ``other_than`` the old cookies / ``children_other_than`` the
+    old SPI pairs: both views still agree on the old SAs until the rekey has begun);
+    returns the current (cookies, children)."""
     deadline = time.monotonic() + timeout
     while True:
         theirs, ours = charon_view(charon), ikecore_view(gateway)
-        if theirs == ours and len(ours[0]) == 1 and len(ours[1]) == children and ours[0] != other_than:
+        if theirs == ours and len(ours[0]) == 1 and len(ours[1]) == children and ours[0] != other_than \
+                and ours[1] != children_other_than:
             return ours[0], ours[1]
         if time.monotonic() > deadline:
             Path("/tmp/ike5b-charon.log").write_text(charon.log_text())
@@ -171,14 +172,14 @@ def test_quick_mode_rekey_by_charon_and_by_ikecore(gateways: Any) -> None:
         _, first = views_match(charon, gateway, 1)
         # charon rekeys: a new Quick Mode, then it deletes the old SA; ikecore follows.
         assert charon.rekey(child=True).returncode == 0
-        _, second = views_match(charon, gateway, 1)
+        _, second = views_match(charon, gateway, 1, children_other_than=first)
         assert second != first
         # ikecore rekeys: new SA first, then a Delete for the old one.
         (row,) = [r for r in gateway.quick_mode() if not r["rekeyed"]]
         handle = gateway.engine.sas()[0].handle
         gateway.call(lambda: (gateway.engine.rekey(handle, gateway.loop.time(), bytes.fromhex(row["spi_in"])),
                               gateway.gateway._flush()))
-        _, third = views_match(charon, gateway, 1)
+        _, third = views_match(charon, gateway, 1, children_other_than=second)
         assert third != second
 
 
@@ -192,7 +193,7 @@ def test_ikecore_rekeys_quick_mode_before_a_short_lifetime_expires(gateways: Any
         assert result.ok, result.reason
         _, first = views_match(charon, gateway, 1)
         time.sleep(17)
-        _, second = views_match(charon, gateway, 1)
+        _, second = views_match(charon, gateway, 1, timeout=20, children_other_than=first)
         assert not first & second
 
 
