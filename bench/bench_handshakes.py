@@ -363,7 +363,7 @@ def main() -> int:
     cores = os.cpu_count() or 2
     # Gateway and generator share the machine: one process each per pair of cores. With no
     # core to spare, DH key pairs are computed inline (a DH thread only adds hand-offs:
-    # about 20% more CPU per SA on 2 cores, measured with --workers 2 --dh-threads 1).
+    # about 25% more CPU per SA on 2 cores, measured with --workers 2 --dh-threads 1).
     parser.add_argument("--workers", type=int, default=max(1, cores // 2),
                         help="ikecore gateway and generator processes each [cores / 2]")
     parser.add_argument("--dh-threads", type=int, default=None,

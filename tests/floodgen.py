@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
 from ikecore import _core, policy, wire  # noqa: E402
+from ikecore.faults import udp_drops  # noqa: E402
 
 MAX_BATCH = 4096          # datagrams per send step
 TICK = 0.002              # seconds between send steps
@@ -67,18 +68,8 @@ class FloodReport:
 
 
 def own_drops(port: int) -> int:
-    """Drops of the UDP socket bound to ``port`` (the last column of /proc/net/udp)."""
-    total = 0
-    try:
-        with open("/proc/net/udp", encoding="ascii") as table:
-            next(table)
-            for line in table:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    total += int(fields[-1])
-    except (OSError, ValueError, IndexError, StopIteration):
-        return 0
-    return total
+    """Drops of the IPv4 UDP socket bound to ``port`` (0 where /proc/net/udp is missing)."""
+    return udp_drops({port}, ("/proc/net/udp",)) or 0
 
 
 def run(target: tuple[str, int], *, rate: float, seconds: float, count: int | None = None,

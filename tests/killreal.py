@@ -44,7 +44,6 @@ import select
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -58,11 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 from ikecore import events as ev  # noqa: E402
 from ikecore.config import Timing, config_from_flags  # noqa: E402
 from ikecore.control import ControlClient, ControlError  # noqa: E402
+from ikecore.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo  # noqa: E402
 from ikecore.driver import MemoryDriver  # noqa: E402
 from ikecore.engine import Engine  # noqa: E402
 from ikecore.loadtest import peer_address  # noqa: E402
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 PSK = "kill-real-secret"
 IKE = "aes128-sha256-ecp256"
 ESP = "aes128-sha256"
@@ -188,8 +187,7 @@ class Peers:
 
     def _send(self) -> None:
         for data, remote, local in self.engine.datagrams_to_send():
-            ancillary = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(local[0]),
-                                                                      bytes(4)))]
+            ancillary = source_pktinfo(local[0])
             for _attempt in range(50):
                 try:
                     self.sock.sendmsg([data], ancillary, 0, remote)
@@ -249,8 +247,7 @@ class Peers:
                         break
                     except OSError:
                         continue   # an ICMP error of an earlier send
-                    local = next((socket.inet_ntoa(d[8:12]) for level, kind, d in ancdata
-                                  if level == socket.IPPROTO_IP and kind == IP_PKTINFO), None)
+                    local = pktinfo_destination(ancdata)
                     if local is not None:
                         self.engine.receive_datagram(data, (remote[0], remote[1]), (local, self.port),
                                                      time.monotonic())

@@ -36,7 +36,6 @@ from ikecore.errors import (
     InvalidIdInformation,
     NoProposalChosen,
     PayloadMalformed,
-    RemoteProtocolError,
 )
 from ikecore.phase1 import (
     NONCE_SIZE,
@@ -45,7 +44,7 @@ from ikecore.phase1 import (
     constant_time_equal,
     my_identification,
     nonce_ok,
-    open_encrypted,
+    open_keyed,
     phase1_keys,
     required,
     run_handler,
@@ -225,13 +224,8 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
         if row.message_number != 3:
             raise PayloadMalformed(f"message {row.message_number} must not be encrypted",
                                    notify_type=wire.NotifyType.INVALID_FLAGS)
-        try:
-            opened = open_encrypted(sa, message)
-            payloads = opened.payloads
-            required(payloads, *row.required)
-        except RemoteProtocolError as exc:
-            raise AuthenticationFailed(f"message 3 does not decrypt to a valid payload chain ({exc}); "
-                                       "pre-shared keys differ?") from exc
+        opened = open_keyed(sa, message, row.message_number, *row.required)
+        payloads = opened.payloads
         next_iv = opened.next_iv
     else:
         payloads = list(message.payloads)

@@ -72,7 +72,7 @@ from ikecore._core import offer_digest, stateless_cookie
 
 __all__ = ["FloodLimits", "AdmissionControl", "OfferCache"]
 
-_KNOWN_OFFERS_MAX = 256
+KNOWN_OFFERS_MAX = 256  # offers proven peers used, kept apart from the LRU of unproven ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class OfferCache:
         if known:
             self._recent.pop(digest, None)
             self._known[digest] = body
-            while len(self._known) > _KNOWN_OFFERS_MAX:
+            while len(self._known) > KNOWN_OFFERS_MAX:
                 self._evicted(self._known.popitem(last=False)[0])
         else:
             self._recent[digest] = body

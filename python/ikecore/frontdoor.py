@@ -43,17 +43,37 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import socket
+import struct
+
 from ikecore import _core, wire
+from ikecore.flood import KNOWN_OFFERS_MAX
 from ikecore.events import Address
 
-__all__ = ["FastPath", "uniform_filter", "available"]
+__all__ = ["FastPath", "uniform_filter", "available", "IP_PKTINFO", "source_pktinfo", "pktinfo_destination"]
 
-_KNOWN_OFFERS = 256   # ikecore.flood's known-offer tier (templates mirror both tiers)
+#: IPv4 packet info (Linux value; Python 3.11 lacks the name): the local address a datagram
+#: was sent to (received) or is to leave from (sent) on a socket bound to 0.0.0.0.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+
 _MM = wire.ExchangeType(wire.ExchangeType.IDENTITY_PROTECTION).name.lower()
 #: Rust counter -> the monitor's extended counter it adds to.
 FAST_PATH_COUNTERS = {"received": "fast_path:received", "stateless_replies": "fast_path:stateless_replies",
                       "to_python": "fast_path:to_python", "truncated": "fast_path:truncated",
                       "send_failures": "fast_path:send_failures", "receive_errors": "fast_path:receive_errors"}
+
+
+def source_pktinfo(address: str) -> list[tuple[int, int, bytes]]:
+    """``sendmsg`` ancillary data that sends a datagram from IPv4 ``address``."""
+    return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(address), bytes(4)))]
+
+
+def pktinfo_destination(ancdata: list[tuple[int, int, bytes]]) -> str | None:
+    """The IPv4 address a datagram received with ``recvmsg`` was sent to (None: not said)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntoa(data[8:12])
+    return None
 
 
 def available() -> bool:
@@ -90,7 +110,7 @@ class FastPath:
         self.engine = engine
         self.filter = uniform_filter(engine.config)
         gate = engine.admission
-        self._door = _core.FrontDoor(gate.limits.max_offer_size, gate.limits.offer_cache_size + _KNOWN_OFFERS,
+        self._door = _core.FrontDoor(gate.limits.max_offer_size, gate.limits.offer_cache_size + KNOWN_OFFERS_MAX,
                                      cookies=engine.cookie_table, batch=batch)
         self.totals: Counter[str] = Counter()
         if self.filter is not None:

@@ -47,7 +47,6 @@ import random
 import resource
 import select
 import socket
-import struct
 import sys
 import time
 from collections import Counter
@@ -60,11 +59,11 @@ from ikecore.config import Config, Timing, config_from_flags
 from ikecore.engine import Engine
 from ikecore.errors import ConfigError
 from ikecore.events import Address
+from ikecore.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo
 
 __all__ = ["Faults", "LoadSpec", "LoadTest", "Report", "peer_address", "run_in_memory", "run_udp",
            "format_report", "ProgressBar"]
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
 MAX_STARTS_PER_STEP = 512
 MAX_DATAGRAMS_PER_READ = 256
 WRONG_PSK_SUFFIX = "-not-the-right-key"
@@ -603,10 +602,6 @@ class Progress(Protocol):
     def close(self) -> None: ...
 
 
-def _pktinfo(source: str) -> list[tuple[int, int, bytes]]:
-    return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4)))]
-
-
 def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.0.0.0") -> Report:
     """Run ``load`` over real UDP: one socket, each peer's source address set per datagram.
 
@@ -648,7 +643,7 @@ def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.
                     except OSError:
                         load.fault_counts["receive_errors"] += 1
                         break
-                    local = _destination(ancdata)
+                    local = pktinfo_destination(ancdata)
                     if local is not None:
                         load.receive_datagram(data, (remote[0], remote[1]), (local, load.local_port), clock())
                     # answer at once: holding replies back for a batch leaves the gateway idle
@@ -672,22 +667,15 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _destination(ancdata: list[tuple[int, int, bytes]]) -> str | None:
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            return socket.inet_ntoa(data[8:12])
-    return None
-
-
 def _send_all(sock: socket.socket, load: LoadTest) -> None:
     for data, remote, local in load.datagrams_to_send():
         try:
-            sock.sendmsg([data], _pktinfo(local[0]), 0, remote)
+            sock.sendmsg([data], source_pktinfo(local[0]), 0, remote)
         except BlockingIOError:
             # the send buffer is full: wait briefly (bounded) and try once more
             select.select([], [sock], [], 0.05)
             try:
-                sock.sendmsg([data], _pktinfo(local[0]), 0, remote)
+                sock.sendmsg([data], source_pktinfo(local[0]), 0, remote)
             except OSError:
                 load.fault_counts["send_errors"] += 1
         except OSError:

@@ -44,7 +44,6 @@ from ikecore.errors import (
     InvalidIdInformation,
     NoProposalChosen,
     PayloadMalformed,
-    RemoteProtocolError,
 )
 from ikecore.phase1 import (
     NONCE_SIZE,
@@ -52,7 +51,7 @@ from ikecore.phase1 import (
     constant_time_equal,
     my_identification,
     nonce_ok,
-    open_encrypted,
+    open_keyed,
     phase1_keys,
     required,
     run_handler,
@@ -278,14 +277,8 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
     if row.encrypted and (sa.crypto is None or not message.body or len(message.body) % sa.crypto.block_size):
         raise PayloadMalformed(f"message {row.message_number}: encrypted body is not whole cipher blocks")
     if row.encrypted:
-        try:
-            opened = open_encrypted(sa, message)
-            payloads = opened.payloads
-            required(payloads, *row.required)
-        except RemoteProtocolError as exc:
-            # RFC 2409 5.4 with a wrong PSK: garbage after decryption.
-            raise AuthenticationFailed(f"message {row.message_number} does not decrypt to a "
-                                       f"valid payload chain ({exc}); pre-shared keys differ?") from exc
+        opened = open_keyed(sa, message, row.message_number, *row.required)
+        payloads = opened.payloads
     else:
         if message.encrypted:
             raise PayloadMalformed(f"message {row.message_number} must not be encrypted",

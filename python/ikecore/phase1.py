@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ikecore import keymat, wire
-from ikecore.errors import InvalidKeyInformation, InvalidPayloadType, PayloadMalformed, RemoteProtocolError
+from ikecore.errors import (AuthenticationFailed, InvalidKeyInformation, InvalidPayloadType, PayloadMalformed,
+                            RemoteProtocolError)
 from ikecore.sa import IsakmpSa
 
-__all__ = ["Services", "Opened", "seal", "seal_hashed", "after_hash", "run_handler", "open_encrypted", "build_plain", "phase1_keys",
+__all__ = ["Services", "Opened", "seal", "seal_hashed", "after_hash", "run_handler", "open_encrypted", "open_keyed", "build_plain", "phase1_keys",
            "my_identification", "required", "nonce_ok", "constant_time_equal"]
 
 NONCE_SIZE = 32
@@ -125,6 +126,24 @@ def open_encrypted(sa: IsakmpSa, message: Any) -> Opened:
     plaintext, next_iv = sa.crypto.decrypt(message.message_id, message.body)
     payloads = wire.parse_payloads(message.next_payload, plaintext)
     return Opened(list(payloads), next_iv)
+
+
+def open_keyed(sa: IsakmpSa, message: Any, number: int, *types: int) -> Opened:
+    """Decrypt phase 1 message ``number`` (MM5/MM6, AM3) and check it carries ``types``.
+
+    Garbage after decryption is what a wrong pre-shared key gives (RFC 2409 5.4): it is an
+    authentication failure, not a malformed message.
+
+    Raises:
+        AuthenticationFailed: it does not decrypt to a valid chain with those payloads.
+    """
+    try:
+        opened = open_encrypted(sa, message)
+        required(opened.payloads, *types)
+    except RemoteProtocolError as exc:
+        raise AuthenticationFailed(f"message {number} does not decrypt to a valid payload chain ({exc}); "
+                                   "pre-shared keys differ?") from exc
+    return opened
 
 
 def required(payloads: list[Any], *types: int) -> dict[int, Any]:

@@ -37,14 +37,14 @@ from collections import deque
 from ikecore import events as ev
 from ikecore.engine import Engine
 from ikecore.faults import FaultLog, udp_drops
-from ikecore.frontdoor import FastPath, available as fast_path_available
+from ikecore.frontdoor import IP_PKTINFO, FastPath, source_pktinfo
+from ikecore.frontdoor import available as fast_path_available
 from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
 
 RECEIVE_BUFFER = 8 << 20          # bytes of kernel receive buffer asked for each fast-path socket
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)   # Linux value; Python 3.11 lacks the name
 
 
 def local_address_towards(remote: str) -> str:
@@ -109,8 +109,7 @@ class _SocketTransport:
         if source is None or not self.pktinfo:
             self._sock.sendto(data, addr)
         elif self._sock.family == socket.AF_INET:
-            info = struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))
-            self._sock.sendmsg([data], [(socket.IPPROTO_IP, _IP_PKTINFO, info)], 0, addr)
+            self._sock.sendmsg([data], source_pktinfo(source), 0, addr)
         else:
             info = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, source), 0)
             self._sock.sendmsg([data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0, addr)
@@ -198,7 +197,7 @@ class Gateway:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             if _wildcard(local[0]):  # learn the address each datagram was sent to
                 if family == socket.AF_INET:
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
                 else:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
             sock.setblocking(False)
