@@ -33,7 +33,8 @@ from helpers import Link, make_config  # noqa: E402
 from pki import issue, make_ca  # noqa: E402
 from test_auth import cert_config  # noqa: E402
 
-from ikecore import auth, wire  # noqa: E402
+from ikecore import wire  # noqa: E402
+from ikecore.protocol import auth  # noqa: E402
 
 
 def rate(run: Callable[[], object], count: int) -> float:

@@ -1,7 +1,7 @@
 """Benchmark: the monitor at scale.
 
 1. ``mm_json_100k``: list 100,000 Main Mode SAs as JSON in the gateway
-   (``Views.query_json`` of every column: ``ikecore.sa_listing``, nothing cached per SA):
+   (``Views.query_json`` of every column: ``ikecore.monitor.listing``, nothing cached per SA):
    seconds, peak traced memory (MB) and the memory kept per SA afterwards; the first
    listing also through the control socket, with the longest time the event loop was
    held meanwhile, and the longest hold of every other view. ``mm_rows_100k`` is the
@@ -48,13 +48,13 @@ from typing import Any
 import orjson
 
 from ikecore.config import Timing, config_from_flags
-from ikecore.engine import Engine
-from ikecore.monitor import Monitor, Statistic
-from ikecore.monitor_cli import start_services
-from ikecore.transport import Gateway
-from ikecore.hostinfo import HostConfig
-from ikecore.loadtest import tune_gc
-from ikecore.views import VIEWS, Views, dumps
+from ikecore.engine.core import Engine
+from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.cli import start_services
+from ikecore.gateway.transport import Gateway
+from ikecore.monitor.hostinfo import HostConfig
+from ikecore.loadtest.generator import tune_gc
+from ikecore.monitor.views import VIEWS, Views, dumps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -155,7 +155,7 @@ def list_5k(work: Path) -> tuple[Any, list[Any]]:
                   f"(ikecore {size // 1024} KiB JSON; swanctl {anchor_size // 1024} KiB, {listed} IKE_SAs)")
         else:
             _line(f"mm_list_{SAS // 1000}k_cli_seconds", ours, None, None, f"(no charon: {reason})")
-        from ikecore.control import request
+        from ikecore.monitor.control import request
 
         request_only = _median(lambda: request(control, {"op": "view", "mode": "main-mode",
                                                         "view": "security-associations", "all_columns": True}))
@@ -248,7 +248,7 @@ async def _cold_control_listing(engine: Engine, mode: str = "main-mode",
                                 view: str = "security-associations") -> tuple[float, float]:
     """A first listing through the control socket (fresh views), and the longest gap
     between two turns of the event loop while it was served (what a negotiation waits)."""
-    from ikecore.control import ControlServer
+    from ikecore.monitor.control import ControlServer
 
     with tempfile.TemporaryDirectory(prefix="ikecore-bench-cold-") as tmp:
         server = ControlServer(Views(engine, Monitor(), host=HostConfig()))
@@ -278,7 +278,7 @@ async def _cold_control_listing(engine: Engine, mode: str = "main-mode",
 
 POLLER = r"""
 import sys, time
-from ikecore.control import ControlClient
+from ikecore.monitor.control import ControlClient
 path, stop = sys.argv[1], time.monotonic() + float(sys.argv[2])
 polls = 0
 with ControlClient(path) as client:  # one connection, as a monitoring agent keeps it

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
 from ikecore import _core, policy, wire  # noqa: E402
-from ikecore.faults import udp_drops  # noqa: E402
+from ikecore.gateway.faults import udp_drops  # noqa: E402
 
 MAX_BATCH = 4096          # datagrams per send step
 TICK = 0.002              # seconds between send steps

@@ -4,11 +4,11 @@ Three processes, all on loopback:
 
 * the gateway: ``python -m ikecore serve --listen 127.0.0.1:PORT --quiet --control SOCK``
   (its own process, so its RSS is the gateway's alone), with the default flood limits
-  and the Rust receive path (``ikecore.frontdoor``; IKECORE_FAST_PATH=0 measures the
+  and the Rust receive path (``ikecore.gateway.frontdoor``; IKECORE_FAST_PATH=0 measures the
   Python path instead);
 * the flood: ``tests/floodgen.py`` (``rate`` spoofed message 1 per second from 65,000
   addresses 127.2.0.1 upwards, for ``seconds``);
-* the legitimate peers: an ``ikecore.loadtest.LoadTest`` run here over real UDP
+* the legitimate peers: an ``ikecore.loadtest.generator.LoadTest`` run here over real UDP
   (``run_udp``, peers 127.1.x.y, Main Mode + one Quick Mode each), started one second
   into the flood and spread over the flood window; it counts every datagram it sends.
 
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ikecore import control  # noqa: E402
-from ikecore.loadtest import LoadSpec, LoadTest, run_udp  # noqa: E402
+from ikecore.monitor import control  # noqa: E402
+from ikecore.loadtest.generator import LoadSpec, LoadTest, run_udp  # noqa: E402
 from floodgen import own_drops  # noqa: E402
 
 PSK = "flood-real-secret"

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 from ikecore import events as ev  # noqa: E402
 from ikecore import wire  # noqa: E402
 from ikecore.config import Config, Timing, config_from_flags  # noqa: E402
-from ikecore.engine import Engine  # noqa: E402
-from ikecore.flood import FloodLimits  # noqa: E402
-from ikecore.monitor import Monitor  # noqa: E402
+from ikecore.engine.core import Engine  # noqa: E402
+from ikecore.engine.admission import FloodLimits  # noqa: E402
+from ikecore.monitor.counters import Monitor  # noqa: E402
 
 GATEWAY = ("127.0.0.1", 500)
 # The stated bound: Python heap of the whole simulation (gateway, 1,000 peers' engine,

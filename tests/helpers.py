@@ -14,7 +14,7 @@ from typing import Any
 from ikecore import events as ev
 from ikecore.config import Config, Timing, config_from_flags
 from ikecore.driver import MemoryDriver
-from ikecore.engine import Engine
+from ikecore.engine.core import Engine
 
 INITIATOR = ("127.0.0.2", 500)
 RESPONDER = ("127.0.0.1", 500)

@@ -56,11 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
 from ikecore import events as ev  # noqa: E402
 from ikecore.config import Timing, config_from_flags  # noqa: E402
-from ikecore.control import ControlClient, ControlError  # noqa: E402
-from ikecore.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo  # noqa: E402
+from ikecore.monitor.control import ControlClient, ControlError  # noqa: E402
+from ikecore.gateway.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo  # noqa: E402
 from ikecore.driver import MemoryDriver  # noqa: E402
-from ikecore.engine import Engine  # noqa: E402
-from ikecore.loadtest import peer_address  # noqa: E402
+from ikecore.engine.core import Engine  # noqa: E402
+from ikecore.loadtest.generator import peer_address  # noqa: E402
 
 PSK = "kill-real-secret"
 IKE = "aes128-sha256-ecp256"

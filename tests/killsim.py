@@ -5,7 +5,7 @@ responder and an initiator playing many peers, each with its own SQLite SA store
 establishes SAs until ``--sas`` exist (then keeps running Quick Modes and DPD
 informationals on random SAs, so the stores keep changing), and appends one line per
 phase 1 it saw established to a log with ``os.write`` -- after the engine handed out the
-event, so (ikecore.store) the SA was already committed. The parent kills it with
+event, so (ikecore.gateway.store) the SA was already committed. The parent kills it with
 SIGKILL at a random moment, ``--kills`` times. After every kill the next child first
 verifies: every logged SA is present in its restored engine with the same cookies, the
 ISAKMP SAs are ESTABLISHED, and a new Quick Mode on each restored ISAKMP SA present on
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 from ikecore import events as ev  # noqa: E402
 from ikecore.config import Config, Timing, config_from_flags  # noqa: E402
 from ikecore.driver import MemoryDriver  # noqa: E402
-from ikecore.engine import Engine  # noqa: E402
-from ikecore.store import SaStore  # noqa: E402
+from ikecore.engine.core import Engine  # noqa: E402
+from ikecore.gateway.store import SaStore  # noqa: E402
 from ikecore import wire  # noqa: E402
 
 GATEWAY = ("127.0.0.1", 500)

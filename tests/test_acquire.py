@@ -7,7 +7,7 @@ from typing import Any
 from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.driver import DriverError, IpsecSaKeys, MemoryDriver
-from ikecore.monitor import Monitor
+from ikecore.monitor.counters import Monitor
 
 from helpers import INITIATOR, RESPONDER, Link
 

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from ikecore import auth, wire
+from ikecore import wire
+from ikecore.protocol import auth
 from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.errors import AuthenticationFailed, ConfigError
-from ikecore.hostinfo import HostConfig
-from ikecore.monitor import Monitor
-from ikecore.views import Views
+from ikecore.monitor.hostinfo import HostConfig
+from ikecore.monitor.counters import Monitor
+from ikecore.monitor.views import Views
 from ikecore.sa import Phase1State
 from helpers import Link
 from pki import NOW, Issued, issue, make_ca

@@ -23,13 +23,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from ikecore import events as ev
-from ikecore.cli import build_parser, main
+from ikecore.cli.main import build_parser, main
 from ikecore.config import Config, Timing, config_from_flags
-from ikecore.control import ControlError, request
-from ikecore.engine import Engine
-from ikecore.monitor import Monitor, Statistic
-from ikecore.monitor_cli import run, start_services
-from ikecore.transport import Gateway
+from ikecore.monitor.control import ControlError, request
+from ikecore.engine.core import Engine
+from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.cli import run, start_services
+from ikecore.gateway.transport import Gateway
 
 PSK = "control-test-secret"
 SEED_SA_KEYS = ["me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity", "diffie_hellman"]
@@ -310,7 +310,7 @@ def test_send_failures_are_counted_by_the_transport() -> None:
 
 
 def test_one_connection_serves_many_requests(live: LoopGateway, tmp_path: Path) -> None:
-    from ikecore.control import ControlClient
+    from ikecore.monitor.control import ControlClient
 
     before = live.services.control.requests
     with ControlClient(str(tmp_path / "control.sock")) as client:
@@ -325,7 +325,7 @@ def test_one_connection_serves_many_requests(live: LoopGateway, tmp_path: Path) 
 
 
 def test_kernel_receive_queue_and_drops_are_read_from_the_sockets() -> None:
-    from ikecore.exporters import udp_receive_queues
+    from ikecore.monitor.exporters import udp_receive_queues
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
@@ -348,9 +348,9 @@ def test_kernel_receive_queue_and_drops_are_read_from_the_sockets() -> None:
 def test_a_first_listing_of_many_sas_yields_to_the_event_loop(tmp_path: Path) -> None:
     """Every view is built and sent in slices with the loop turning in between (negotiations
     go on), and the streamed rows are those of ``Views.query``, sorted alike."""
-    from ikecore.control import ControlServer
-    from ikecore.hostinfo import HostConfig
-    from ikecore.views import VIEWS, Views
+    from ikecore.monitor.control import ControlServer
+    from ikecore.monitor.hostinfo import HostConfig
+    from ikecore.monitor.views import VIEWS, Views
     from tests.helpers import RESPONDER, Link
 
     link = Link()
@@ -404,7 +404,7 @@ def test_monitor_command_imports_no_engine_crypto_or_asyncio(live: LoopGateway, 
     most of a one-shot listing) and prints the same rows as the full command line."""
     path = str(tmp_path / "control.sock")
     probe = ("import sys, io, contextlib\n"
-             "from ikecore.entry import main\n"
+             "from ikecore.cli.entry import main\n"
              "out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')\n"
              "with contextlib.redirect_stdout(out):\n"
              "    code = main(['monitor', 'main-mode', 'security-associations', '--control', sys.argv[1],"
@@ -419,9 +419,9 @@ def test_monitor_command_imports_no_engine_crypto_or_asyncio(live: LoopGateway, 
     code, modules = status.split(" ", 1)
     assert code == "0"
     loaded = set(eval(modules))  # noqa: S307 - our own probe's printed list
-    assert {"ikecore.monitor_cli", "ikecore.control_client", "ikecore.viewtext"} <= loaded
-    assert not loaded & {"asyncio", "ikecore.engine", "ikecore.views", "ikecore.control", "ikecore.cli",
-                         "ikecore.monitor", "ikecore.config", "ikecore.keymat", "cryptography"}
+    assert {"ikecore.monitor.cli", "ikecore.monitor.control_client", "ikecore.monitor.text"} <= loaded
+    assert not loaded & {"asyncio", "ikecore.engine.core", "ikecore.monitor.views", "ikecore.monitor.control", "ikecore.cli.main",
+                         "ikecore.monitor.counters", "ikecore.config", "ikecore.keymat", "cryptography"}
     _code, full = _monitor(path, "main-mode", "security-associations", "--format", "json")
     assert json.loads(listing) == json.loads(full) and len(json.loads(full)) == 3
     shown = subprocess.run([sys.executable, "-m", "ikecore", "monitor", "main-mode", "security-associations",
@@ -435,7 +435,7 @@ def test_monitor_command_imports_no_engine_crypto_or_asyncio(live: LoopGateway, 
 
 
 def test_rows_are_cut_out_of_an_answer_only_when_it_is_one() -> None:
-    from ikecore.control_client import ControlClient
+    from ikecore.monitor.control_client import ControlClient
 
     tricky = [{"peer_id": 'x,"rows":[1]}', "n": 1}]
     line = b'{"ok":true,"time":1.5,"mode":"main-mode","view":"security-associations","columns":["peer_id","n"],' \
@@ -450,7 +450,7 @@ def test_rows_are_cut_out_of_an_answer_only_when_it_is_one() -> None:
 def test_a_scrape_reads_on_the_loop_and_formats_off_it(live: LoopGateway, monkeypatch: pytest.MonkeyPatch) -> None:
     """The collector reads the gateway on its event loop; the text is formatted on another
     thread (most of a scrape with many per-SA series), so the loop keeps turning."""
-    from ikecore import exporters
+    from ikecore.monitor import exporters
 
     threads: dict[str, int] = {}
     real_collect = exporters.IkecoreCollector.collect

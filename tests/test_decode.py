@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ikecore import cli, wire
-from ikecore.decode import datagrams_from_pcap
+from ikecore import wire
+from ikecore.cli import main as cli
+from ikecore.cli.decode import datagrams_from_pcap
 
 CAPTURES = Path(__file__).parent / "vectors" / "captures"
 ICOOKIE = bytes.fromhex("0011223344556677")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 
 import engine_fuzz  # noqa: E402
 from ikecore import wire  # noqa: E402
-from ikecore.engine import Engine  # noqa: E402
+from ikecore.engine.core import Engine  # noqa: E402
 
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz" / "regressions"
 

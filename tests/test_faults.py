@@ -12,15 +12,15 @@ import pytest
 from helpers import Link, make_config
 from ikecore import events as ev
 from ikecore.driver import DriverError, IpsecSaKeys, MemoryDriver
-from ikecore.engine import Engine
-from ikecore.faults import FaultLog
-from ikecore.monitor import Monitor, Statistic
-from ikecore.transport import Gateway
+from ikecore.engine.core import Engine
+from ikecore.gateway.faults import FaultLog
+from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.gateway.transport import Gateway
 
 
 def test_fault_log_logs_once_per_kind_then_rate_limits(caplog: pytest.LogCaptureFixture) -> None:
     faults = FaultLog(interval=10.0)
-    with caplog.at_level(logging.WARNING, logger="ikecore.faults"):
+    with caplog.at_level(logging.WARNING, logger="ikecore.gateway.faults"):
         logged = [faults.report("socket send error", "EPERM", now=t * 0.001) for t in range(1000)]
         logged.append(faults.report("receive queue full", "4096 waiting", now=0.5))
         logged.append(faults.report("socket send error", "EPERM", now=12.0))
@@ -82,7 +82,7 @@ def test_full_receive_queue_drops_and_counts_then_drains(caplog: pytest.LogCaptu
             await asyncio.sleep(0)
         return monitor, len(gateway._queue)
 
-    with caplog.at_level(logging.WARNING, logger="ikecore.faults"):
+    with caplog.at_level(logging.WARNING, logger="ikecore.gateway.faults"):
         monitor, left = asyncio.run(scenario())
     assert left == 0
     assert monitor.counters[Statistic.RECEIVE_FAILURES] == 15
@@ -108,7 +108,7 @@ def test_send_failure_is_counted_logged_once_and_other_peers_go_on(caplog: pytes
         gateway.close()
         return monitor, result.ok
 
-    with caplog.at_level(logging.WARNING, logger="ikecore.faults"):
+    with caplog.at_level(logging.WARNING, logger="ikecore.gateway.faults"):
         monitor, ok = asyncio.run(scenario())
     assert ok
     assert monitor.counters[Statistic.SEND_FAILURES] == 3
@@ -116,7 +116,7 @@ def test_send_failure_is_counted_logged_once_and_other_peers_go_on(caplog: pytes
 
 
 def test_udp_drops_reads_the_drops_column_of_proc_net_udp(tmp_path: Path) -> None:
-    from ikecore.faults import udp_drops
+    from ikecore.gateway.faults import udp_drops
 
     table = tmp_path / "udp"
     table.write_text(

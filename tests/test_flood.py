@@ -1,4 +1,4 @@
-"""Flood resistance (ikecore.flood): half-open limits, stateless cookies, accounting."""
+"""Flood resistance (ikecore.engine.admission): half-open limits, stateless cookies, accounting."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from helpers import INITIATOR, RESPONDER, Link, make_config
 from ikecore import events as ev
 from ikecore import wire
 from ikecore.config import Config, ConfigError, config_from_dict
-from ikecore.engine import Engine
-from ikecore.flood import AdmissionControl, FloodLimits
-from ikecore.monitor import Monitor, Statistic
+from ikecore.engine.core import Engine
+from ikecore.engine.admission import AdmissionControl, FloodLimits
+from ikecore.monitor.counters import Monitor, Statistic
 
 
 def _with_limits(config: Config, limits: FloodLimits) -> Config:
@@ -185,7 +185,7 @@ def test_flood_over_loopback_udp_gateway_keeps_serving() -> None:
     import asyncio
     import socket
 
-    from ikecore.transport import Gateway
+    from ikecore.gateway.transport import Gateway
 
     limits = FloodLimits(cookie_threshold=100, max_half_open=1000)
     rng = random.Random(99)

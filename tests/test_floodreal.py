@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import floodreal  # noqa: E402
-from ikecore import frontdoor  # noqa: E402
+from ikecore.gateway import frontdoor  # noqa: E402
 
 RATE = 50_000
 SECONDS = 12.0

@@ -1,4 +1,4 @@
-"""The gateway's Rust receive path (ikecore.frontdoor, rust/frontdoor.rs) over real loopback UDP.
+"""The gateway's Rust receive path (ikecore.gateway.frontdoor, rust/frontdoor.rs) over real loopback UDP.
 
 Independent truth: the cookie formula is recomputed here with Python's hmac and hashlib;
 message 2 from Rust is compared byte for byte with the one the engine built for the same
@@ -21,11 +21,11 @@ import pytest
 
 from ikecore import _core, policy, wire
 from ikecore.config import Config, config_from_flags
-from ikecore.engine import Engine
-from ikecore.flood import FloodLimits
-from ikecore.frontdoor import available, uniform_filter
-from ikecore.monitor import Monitor
-from ikecore.transport import Gateway
+from ikecore.engine.core import Engine
+from ikecore.config import FloodLimits
+from ikecore.gateway.frontdoor import available, uniform_filter
+from ikecore.monitor.counters import Monitor
+from ikecore.gateway.transport import Gateway
 
 pytestmark = pytest.mark.skipif(not available(), reason="build without the Rust receive path")
 

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from helpers import INITIATOR, RESPONDER, Link, make_config
 from ikecore import events as ev
 from ikecore import wire
-from ikecore.monitor import Monitor, Statistic
+from ikecore.monitor.counters import Monitor, Statistic
 
 MM, QM, INFO = 2, 32, 5
 

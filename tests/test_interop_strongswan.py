@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 import pytest
 
 from ikecore.config import Config, Timing, config_from_flags
-from ikecore.engine import Engine
-from ikecore.monitor import Monitor
-from ikecore.transport import Gateway
+from ikecore.engine.core import Engine
+from ikecore.monitor.counters import Monitor
+from ikecore.gateway.transport import Gateway
 from interop import ikescan, tshark
 from interop.charon import Charon, free_udp_ports
 

@@ -17,10 +17,10 @@ import pytest
 
 from ikecore import dh
 from ikecore import events as ev
-from ikecore.cli import main
-from ikecore.engine import Engine
+from ikecore.cli.main import main
+from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.loadtest import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory, run_udp
+from ikecore.loadtest.generator import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory, run_udp
 from ikecore.sa import Phase1State
 
 from helpers import make_config, seeded_random
@@ -311,7 +311,7 @@ def test_initial_contact_from_one_address_with_many_identities_keeps_the_others(
 
 
 def test_rate_by_tenth_shows_a_slowdown() -> None:
-    from ikecore.loadtest import rate_by_tenth
+    from ikecore.loadtest.generator import rate_by_tenth
 
     steady = [0.1 * (i + 1) for i in range(100)]  # 10 SAs per second throughout
     assert rate_by_tenth(0.0, steady) == pytest.approx([10.0] * 10)
@@ -365,7 +365,7 @@ def test_gateway_workers_refuse_a_shared_control_socket() -> None:
 
 def test_peers_authenticate_with_certificates_and_the_gateway_validates_them(tmp_path: object) -> None:
     """``loadtest --cert/--key/--ca``: RSA signatures both ways, validated against the CA."""
-    from ikecore.auth import Credentials, credentials_from_flags
+    from ikecore.protocol.auth import Credentials, credentials_from_flags
 
     from pki import issue, make_ca
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from ikecore import events as ev
-from ikecore import informational, wire
+from ikecore import wire
+from ikecore.protocol import informational
 from ikecore.driver import DriverError, MemoryDriver
-from ikecore.monitor import DURATION_BUCKETS, Histogram, Monitor, Statistic, failure_reason
+from ikecore.monitor.counters import DURATION_BUCKETS, Histogram, Monitor, Statistic, failure_reason
 from tests.helpers import INITIATOR, RESPONDER, Link, make_config
 
 S = Statistic

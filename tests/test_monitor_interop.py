@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ikecore.config import Timing, config_from_flags
-from ikecore.control import request
-from ikecore.monitor import Statistic
+from ikecore.monitor.control import request
+from ikecore.monitor.counters import Statistic
 from interop.charon import Charon, free_udp_ports
 from tests.test_control import SEED_SA_KEYS, LoopGateway, _monitor
 

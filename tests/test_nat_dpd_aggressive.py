@@ -15,10 +15,11 @@ import ipaddress
 
 import pytest
 
-from ikecore import dpd, nat_traversal, wire
+from ikecore import wire
+from ikecore.protocol import dpd, nat_traversal
 from ikecore import events as ev
 from ikecore.config import Timing
-from ikecore.monitor import Monitor
+from ikecore.monitor.counters import Monitor
 from ikecore.sa import Phase1State
 
 from helpers import INITIATOR, RESPONDER, Link, make_config
@@ -312,7 +313,7 @@ def test_toml_config_enables_aggressive_mode_nat_t_and_dpd_per_filter(tmp_path: 
 def test_aggressive_mode_initial_contact_in_message_3_drops_stale_sas_of_a_rebooted_peer() -> None:
     from helpers import seeded_random
     from ikecore.driver import MemoryDriver
-    from ikecore.engine import Engine
+    from ikecore.engine.core import Engine
 
     config = make_config(aggressive=True)
     link = Link(config, config)

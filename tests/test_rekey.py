@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from ikecore import events as ev
-from ikecore import lifetime, wire
+from ikecore import wire
+from ikecore.protocol import lifetime
 from ikecore.config import config_from_dict
 from ikecore.sa import Phase1State
 
@@ -243,7 +244,7 @@ def test_quick_mode_window_paces_our_quick_modes_and_rekeys() -> None:
 def test_a_rebooted_peer_s_new_main_mode_adopts_nothing() -> None:
     """INITIAL-CONTACT: the old IPsec SAs are stale and go with the old ISAKMP SA."""
     from ikecore.driver import MemoryDriver
-    from ikecore.engine import Engine
+    from ikecore.engine.core import Engine
 
     from helpers import seeded_random
 

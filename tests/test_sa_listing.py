@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from ikecore import sa_listing, wire
+from ikecore import wire
+from ikecore.monitor import listing as sa_listing
 from ikecore._core import json_rows
-from ikecore.hostinfo import HostConfig
-from ikecore.monitor import Monitor
+from ikecore.monitor.hostinfo import HostConfig
+from ikecore.monitor.counters import Monitor
 from ikecore.sa import Phase1State
-from ikecore.views import Views, ViewError
+from ikecore.monitor.views import Views, ViewError
 from tests.helpers import RESPONDER, Link
 
 WALL = 1_800_000_000.5

@@ -1,4 +1,4 @@
-"""The SA store (ikecore.store, ikecore.persist): restart without loss."""
+"""The SA store (ikecore.gateway.store, ikecore.engine.persist): restart without loss."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from helpers import INITIATOR, RESPONDER, Link, make_config
 from ikecore import events as ev
 from ikecore.driver import MemoryDriver
-from ikecore.engine import Engine
-from ikecore.monitor import Monitor
-from ikecore.store import SaStore, StoreError
+from ikecore.engine.core import Engine
+from ikecore.monitor.counters import Monitor
+from ikecore.gateway.store import SaStore, StoreError
 
 TESTS = Path(__file__).resolve().parent
 
@@ -51,7 +51,7 @@ def test_restored_responder_keeps_sas_and_a_new_quick_mode_succeeds(tmp_path: Pa
         link.initiator.initiate_quick_mode(sa.handle, link.now)
     link.pump()
     # both new Quick Modes ran on restored ISAKMP SAs (the second connect's SA adopted the
-    # first one's IPsec SA at establishment, as charon does; see ikecore.rekey)
+    # first one's IPsec SA at establishment, as charon does; see ikecore.engine.rekey)
     assert len(link.of("responder", ev.Phase2Established)) == established + 2
     assert sum(len(sa.ipsec_sas) for sa in engine.sas()) == 4
     # the lifetime left is kept, not reset: the new engine's clock is unrelated to the old
@@ -154,7 +154,7 @@ def test_serve_with_store_survives_kill_minus_9_over_real_sockets(tmp_path: Path
     import socket
     import time
 
-    from ikecore.transport import Gateway
+    from ikecore.gateway.transport import Gateway
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))

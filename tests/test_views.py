@@ -13,9 +13,9 @@ import pytest
 
 from ikecore import policy
 from ikecore.config import config_from_dict
-from ikecore.hostinfo import HostConfig, parse_fib_trie, parse_ip_address_json
-from ikecore.monitor import Monitor, Statistic
-from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, DnsNameCache, Views, ViewError, parse_columns, render
+from ikecore.monitor.hostinfo import HostConfig, parse_fib_trie, parse_ip_address_json
+from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, DnsNameCache, Views, ViewError, parse_columns, render
 from tests.helpers import RESPONDER, Link, make_config
 
 IP_JSON = json.dumps([
@@ -197,7 +197,7 @@ def test_columns_can_be_added_removed_rearranged_and_sorted() -> None:
 
 
 def test_addresses_sort_by_value_not_text() -> None:
-    from ikecore.views import select
+    from ikecore.monitor.views import select
 
     rows = [{"peer": "10.0.0.10"}, {"peer": "10.0.0.9"}, {"peer": "9.0.0.1"}, {"peer": ""}]
     assert [r["peer"] for r in select(rows, ["peer"], "peer")] == ["9.0.0.1", "10.0.0.9", "10.0.0.10", ""]

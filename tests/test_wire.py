@@ -468,7 +468,7 @@ from typing import Any  # noqa: E402
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 
-from ikecore.decode import datagrams_from_pcap  # noqa: E402
+from ikecore.cli.decode import datagrams_from_pcap  # noqa: E402
 
 CAPTURES = Path(__file__).parent / "vectors" / "captures"
 CAPTURE_NAMES = sorted(p.name[: -len(".pcapng")] for p in CAPTURES.glob("*.pcapng"))

@@ -1,5 +1,5 @@
 """``python -m ikecore`` runs the command line."""
 
-from ikecore.entry import main
+from ikecore.cli.entry import main
 
 raise SystemExit(main())

@@ -39,9 +39,28 @@ from typing import Any
 
 from ikecore import policy, wire
 from ikecore.errors import ConfigError
-from ikecore.flood import FloodLimits
 
-__all__ = ["Config", "Timing", "load_config", "config_from_flags", "parse_endpoint"]
+__all__ = ["Config", "Timing", "FloodLimits", "load_config", "config_from_flags", "parse_endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class FloodLimits:
+    """Responder limits against half-open floods (safe defaults; see ``ikecore.engine.admission``)."""
+
+    max_half_open: int = 4096            # responder half-open SAs in total; oldest dropped first
+    max_half_open_per_source: int = 32   # per source IP address; more are refused
+    cookie_threshold: int = 512          # from this many half-open SAs on, message 2 is stateless
+    offer_cache_size: int = 1024         # unproven SA offers remembered in stateless mode
+    max_offer_size: int = 2048           # bytes of one SA payload body accepted statelessly
+    cookie_epoch: float = 120.0          # seconds between cookie secret rotations
+
+    def __post_init__(self) -> None:
+        for name in ("max_half_open", "max_half_open_per_source", "cookie_threshold",
+                     "offer_cache_size", "max_offer_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"flood.{name} must be at least 1")
+        if self.cookie_epoch <= 0:
+            raise ValueError("flood.cookie_epoch must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +211,7 @@ def _credentials(table: dict[str, Any], where: str) -> Any:
         cas = [cas]
     if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
         raise ConfigError(f"{where}.ca", "must be a file path or a list of them")
-    from ikecore.auth import Credentials
+    from ikecore.protocol.auth import Credentials
 
     return Credentials.load(_get(table, "certificate", str, where), _get(table, "private_key", str, where),
                             cas, where)
@@ -278,7 +297,7 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
                       credentials: Any = None) -> Config:
     """The one-filter config that ``serve``/``connect`` flags describe.
 
-    ``credentials`` (``ikecore.auth.Credentials``): RSA signatures, preferred over ``psk``.
+    ``credentials`` (``ikecore.protocol.auth.Credentials``): RSA signatures, preferred over ``psk``.
     """
     if not psk and credentials is None:
         raise ConfigError("--psk", "a pre-shared key (or --cert, --key and --ca) is required")

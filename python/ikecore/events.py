@@ -309,7 +309,7 @@ class DeleteSent(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatelessCookieSent(Event):
-    """Message 1 answered without state (the half-open threshold is passed; ikecore.flood)."""
+    """Message 1 answered without state (the half-open threshold is passed; ikecore.engine.admission)."""
 
     remote: Address
 

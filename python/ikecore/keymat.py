@@ -471,7 +471,7 @@ class CryptoState:
         self._ivs[message_id] = bytes(next_iv)
 
     def export_state(self) -> tuple[str, bytes, bytes]:
-        """(cipher name, key, phase 1 IV chain) for the SA store (``ikecore.persist``): what
+        """(cipher name, key, phase 1 IV chain) for the SA store (``ikecore.engine.persist``): what
         rebuilds this state after a restart. Contains the key: handle as a secret."""
         return self._cipher.name, self._key, self._ivs[0]
 

@@ -592,7 +592,7 @@ class GenericFilter:
     remote_ts: str | None = None
     mirrored: bool = True
     weight: int = 0
-    credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.auth.Credentials
+    credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.protocol.auth.Credentials
     fallback_to_clear: bool = False  # unanswered Main Mode -> soft SA (clear text)
     soft_sa_lifetime: int = 300      # seconds a soft SA lasts (Windows' default)
     quick_mode_window: int = 0       # our Quick Modes in flight per ISAKMP SA; 0 = no limit

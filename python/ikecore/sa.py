@@ -33,7 +33,7 @@ class Phase1State(enum.Enum):
     R_EXPECT_MM1 = "R_EXPECT_MM1"
     R_EXPECT_MM3 = "R_EXPECT_MM3"
     R_EXPECT_MM5 = "R_EXPECT_MM5"
-    I_EXPECT_AM2 = "I_EXPECT_AM2"  # Aggressive Mode (ikecore.aggressive_mode)
+    I_EXPECT_AM2 = "I_EXPECT_AM2"  # Aggressive Mode (ikecore.protocol.aggressive_mode)
     R_EXPECT_AM1 = "R_EXPECT_AM1"
     R_EXPECT_AM3 = "R_EXPECT_AM3"
     ESTABLISHED = "ESTABLISHED"
@@ -165,7 +165,7 @@ class IsakmpSa:
     superseded: bool = False       # a rekeyed ISAKMP SA took over its IPsec SAs
     octets: int = 0                # ISAKMP bytes sent and received once established
     aggressive: bool = False       # negotiated with Aggressive Mode instead of Main Mode
-    nat_t: Any = None              # ikecore.nat_traversal.Variant agreed in the vendor IDs
+    nat_t: Any = None              # ikecore.protocol.nat_traversal.Variant agreed in the vendor IDs
     nat: str = "none"              # NAT-D outcome: none, local, remote or both
     encapsulated: bool = False     # floated to the NAT-T port: IKE with marker, ESP in UDP
     natt_port: int = 4500          # the peer's NAT-T port to float to (initiator)

@@ -70,16 +70,16 @@ if atheris is not None and __name__ == "__main__":
         from ikecore import events as ev
         from ikecore.config import Config, Timing, config_from_flags
         from ikecore.driver import DriverError, MemoryDriver
-        from ikecore.engine import Engine
-        from ikecore.monitor import Monitor
+        from ikecore.engine.core import Engine
+        from ikecore.monitor.counters import Monitor
         from ikecore.sa import Phase1State
 else:
     from ikecore import dh, keymat, wire
     from ikecore import events as ev
     from ikecore.config import Config, Timing, config_from_flags
     from ikecore.driver import DriverError, MemoryDriver
-    from ikecore.engine import Engine
-    from ikecore.monitor import Monitor
+    from ikecore.engine.core import Engine
+    from ikecore.monitor.counters import Monitor
     from ikecore.sa import Phase1State
 
 INITIATOR = ("127.0.0.2", 500)
@@ -447,7 +447,7 @@ def _encode_program(scenario: int, ops: list[tuple[int, bool, bytes]]) -> bytes:
 def seeds() -> list[bytes]:
     """Seed inputs: every real captured datagram as a raw operation in every scenario, and
     the clean negotiations (deliver until quiet)."""
-    from ikecore.decode import datagrams_from_pcap
+    from ikecore.cli.decode import datagrams_from_pcap
 
     captured: list[bytes] = []
     for path in sorted((ROOT / "tests" / "vectors" / "captures").glob("*.pcapng")):

@@ -1,5 +1,5 @@
 """The client side of the gateway's control socket (layer L5): ``ControlClient`` and
-``request`` (protocol: ``ikecore.control``).
+``request`` (protocol: ``ikecore.monitor.control``).
 
 Kept apart from the server so that ``ikecore monitor`` imports only sockets and JSON.
 """
@@ -84,7 +84,7 @@ class ControlClient:
     def rows_json(line: bytes) -> bytes | None:
         """The ``rows`` array of a successful view answer as its JSON text, cut out of the
         line without decoding it, or None when the line is not such an answer. The
-        gateway writes ``rows`` last (``ikecore.control``); the head before it must be a
+        gateway writes ``rows`` last (``ikecore.monitor.control``); the head before it must be a
         JSON object with ``"ok": true`` and the columns, and nothing may follow the array."""
         at = line.find(b',"rows":[')
         if at < 0 or not line.startswith(b'{"ok":true,') or not line.endswith(b"]}"):

@@ -38,8 +38,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import (_core, acquire, aggressive_mode, auth, dpd, informational, keymat, main_mode,
-                     nat_traversal, persist, quick_mode, rekey, wire)
+from ikecore import _core, keymat, wire
+from ikecore.engine import acquire
+from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mode, nat_traversal
+from ikecore.engine import persist
+from ikecore.protocol import quick_mode
+from ikecore.engine import rekey
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -55,7 +59,7 @@ from ikecore.errors import (
     RemoteProtocolError,
 )
 from ikecore.events import Address
-from ikecore.flood import AdmissionControl
+from ikecore.engine.admission import AdmissionControl
 from ikecore.policy import group_name
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
 
@@ -97,7 +101,7 @@ class Engine:
         keylog: called with a Wireshark IKEv1 decryption-table line per ISAKMP SA, when
             the user asked for a key log.
         wall_clock: the UTC time for certificate validity (default: the system clock).
-        store: an ``ikecore.store.SaStore``: established SAs are loaded from it now and
+        store: an ``ikecore.gateway.store.SaStore``: established SAs are loaded from it now and
             written to it whenever they change (before any datagram or event leaves).
         now: the engine time at start (restored lifetimes are rebased on it).
     """
@@ -271,7 +275,7 @@ class Engine:
         return rekey.lifetime_expired(self, spi_in, hard, now)
 
     def acquire(self, remote: Address, *, local: Address, now: float, filter_name: str | None = None) -> int:
-        """The IPsec driver asks for SAs for traffic to ``remote``: see ``ikecore.acquire``.
+        """The IPsec driver asks for SAs for traffic to ``remote``: see ``ikecore.engine.acquire``.
 
         Returns the acquire id that the AcquireSucceeded / AcquireFailed event will carry.
         """
@@ -356,7 +360,7 @@ class Engine:
 
     @property
     def admission(self) -> AdmissionControl:
-        """The responder's half-open limits and stateless cookies (``ikecore.flood``)."""
+        """The responder's half-open limits and stateless cookies (``ikecore.engine.admission``)."""
         return self._admission
 
     @property
@@ -365,7 +369,7 @@ class Engine:
         return self._cookies
 
     def flood_stats(self) -> dict[str, int]:
-        """Responder half-open SAs, sources holding them, cached offers (ikecore.flood)."""
+        """Responder half-open SAs, sources holding them, cached offers (ikecore.engine.admission)."""
         return self._admission.stats()
 
     # --- receive path ---------------------------------------------------------------------
@@ -491,7 +495,7 @@ class Engine:
         else:
             self._send_reply(sa, reply, message.exchange_type, 2)
 
-    # --- flood gate (policy and design note in ikecore.flood) -----------------------------
+    # --- flood gate (policy and design note in ikecore.engine.admission) -----------------------------
 
     def _admit_first(self, message: Any, remote: Address, local: Address, flt: Any, now: float,
                      marker: bool) -> bool:
@@ -1019,7 +1023,7 @@ class Engine:
         sa.dh = None
         sa.next_retransmit = None
 
-    # --- the SA store (design note in ikecore.store, record format in ikecore.persist) ------
+    # --- the SA store (design note in ikecore.gateway.store, record format in ikecore.engine.persist) ------
 
     def _restore(self, now: float) -> None:
         self._now = now

@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m ikecore.decode ...``."""
+    """Stand-alone entry: ``python -m ikecore.cli.decode ...``."""
     parser = argparse.ArgumentParser(prog="ikecore")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["decode", *(sys.argv[1:] if argv is None else argv)])

@@ -49,7 +49,7 @@ from ikecore import events as ev
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, QuickModeExchange, Role
 
 if TYPE_CHECKING:
-    from ikecore.engine import Engine
+    from ikecore.engine.core import Engine
 
 __all__ = ["jitter", "ipsec_established", "fire_ipsec_rekey", "isakmp_established", "fire_isakmp_rekey",
            "rekey_ipsec", "lifetime_expired", "count_octets", "retire"]

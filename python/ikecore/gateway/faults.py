@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 __all__ = ["FaultLog"]
 
-LOG = logging.getLogger("ikecore.faults")
+LOG = logging.getLogger("ikecore.gateway.faults")
 
 
 @dataclass
@@ -30,7 +30,7 @@ class FaultLog:
 
     Args:
         interval: seconds between two log lines of the same kind.
-        logger: where lines go (default ``ikecore.faults``).
+        logger: where lines go (default ``ikecore.gateway.faults``).
     """
 
     def __init__(self, interval: float = 60.0, logger: logging.Logger | None = None) -> None:

@@ -2,7 +2,7 @@
 
 A responder gateway runs in a child process (asyncio ``Gateway`` on 127.0.0.1, its own
 DH key-pair reserve) so that it and the load generator each have a core. The parent
-runs ``ikecore.loadtest`` against it with a progress bar, prints the load test's report,
+runs ``ikecore.loadtest.generator`` against it with a progress bar, prints the load test's report,
 then asks the gateway over a pipe for its Main Mode views (security associations and
 statistics), a Quick Mode summary and its memory growth per ISAKMP SA.
 """
@@ -17,13 +17,15 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from ikecore import dh, loadtest, monitor_cli
+from ikecore import dh
+from ikecore.loadtest import generator as loadtest
+from ikecore.monitor import cli as monitor_cli
 from ikecore.config import config_from_flags
-from ikecore.engine import Engine
+from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor import Monitor
-from ikecore.transport import Gateway
-from ikecore.views import Views
+from ikecore.monitor.counters import Monitor
+from ikecore.gateway.transport import Gateway
+from ikecore.monitor.views import Views
 
 __all__ = ["add_arguments", "run", "rss_bytes", "start_gateway"]
 

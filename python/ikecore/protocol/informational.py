@@ -23,7 +23,7 @@ from typing import Any
 
 from ikecore import keymat, wire
 from ikecore.errors import AuthenticationFailed, InvalidMessageId
-from ikecore.phase1 import after_hash, constant_time_equal, open_encrypted, seal_hashed
+from ikecore.protocol.phase1 import after_hash, constant_time_equal, open_encrypted, seal_hashed
 from ikecore.sa import IsakmpSa
 
 __all__ = ["INFORMATIONAL", "build_protected", "build_unprotected", "receive_protected",

@@ -50,7 +50,7 @@ from ikecore.events import Address
 from ikecore.sa import Phase1State, Role
 
 if TYPE_CHECKING:
-    from ikecore.engine import Engine
+    from ikecore.engine.core import Engine
 
 __all__ = ["Acquire", "AcquireHeap", "SoftSa"]
 

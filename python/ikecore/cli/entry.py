@@ -1,5 +1,5 @@
 """The ``ikecore`` command's entry point (layer L5): ``ikecore monitor`` starts without the
-rest of the command line; every other sub-command goes to ``ikecore.cli``.
+rest of the command line; every other sub-command goes to ``ikecore.cli.main``.
 
 A monitoring agent or an operator's shell loop runs ``ikecore monitor`` again and again:
 importing the engine, the crypto and asyncio would cost more than the listing itself.
@@ -16,9 +16,9 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["monitor"]:
-        from ikecore.monitor_cli import main as monitor_main
+        from ikecore.monitor.cli import main as monitor_main
 
         return monitor_main(args[1:])
-    from ikecore.cli import main as cli_main
+    from ikecore.cli.main import main as cli_main
 
     return cli_main(args)

@@ -3,7 +3,7 @@ titles, and rendering as table, JSON or CSV.
 
 It imports nothing heavy (no engine, crypto or asyncio), so that ``ikecore monitor`` starts
 fast: a one-shot command listing thousands of SAs spends more time starting Python than
-asking the gateway. ``ikecore.views`` builds the rows on the gateway side.
+asking the gateway. ``ikecore.monitor.views`` builds the rows on the gateway side.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def column_title(key: str) -> str:
     """The header a table shows for a column key."""
     title = _MORE_NAMES.get(key)
     if title is None:
-        from ikecore.monitor import display_name  # the seed's names of the SA columns and statistics
+        from ikecore.monitor.counters import display_name  # the seed's names of the SA columns and statistics
 
         title = display_name(key)
     return title
@@ -122,7 +122,7 @@ def render(result: dict[str, Any], fmt: str = "table") -> str:
         raise ViewError(f"unknown format {fmt!r}; use table, json or csv")
     shown = [dict(row) for row in rows]
     if result["view"] == "statistics" and "statistic" in columns:
-        from ikecore.monitor import Statistic, display_name  # tables only: JSON clients need none of it
+        from ikecore.monitor.counters import Statistic, display_name  # tables only: JSON clients need none of it
 
         stat_keys = {s.key for s in Statistic}
         for row in shown:  # tables show the seed's names; JSON and CSV keep the keys

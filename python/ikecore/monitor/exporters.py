@@ -28,8 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from ikecore import sa_listing
-from ikecore.monitor import Monitor, Statistic
+from ikecore.monitor import listing as sa_listing
+from ikecore.monitor.counters import Monitor, Statistic
 
 __all__ = ["IkecoreCollector", "MetricsServer", "GAUGE_STATISTICS", "make_registry", "udp_receive_queues"]
 

@@ -10,12 +10,12 @@ kernel queue and pushed legitimate peers out. ``FastPath`` puts ``ikecore._core.
 * the gateway registers each socket with ``loop.add_reader``; on readiness
   :meth:`FastPath.drain` reads up to ``max_datagrams`` with ``recvmmsg`` batches (GIL
   released during the system calls);
-* while the engine's admission control is in stateless mode (``ikecore.flood``), a
+* while the engine's admission control is in stateless mode (``ikecore.engine.admission``), a
   message 1 whose offer Python already answered is answered in Rust: the message 2
   Python built for that offer (its *template*, registered through
   ``AdmissionControl.on_reply``) with CKY-I and the stateless CKY-R stamped in, sent
   back with ``sendmmsg``. The cookie is ``_core.stateless_cookie``, the formula
-  ``ikecore.flood`` itself uses, with the secret of ``AdmissionControl.current_secret``
+  ``ikecore.engine.admission`` itself uses, with the secret of ``AdmissionControl.current_secret``
   pushed before every batch (:meth:`FastPath.sync`); a template disappears when the
   offer cache forgets its offer (``OfferCache.on_evict``);
 * everything else (other messages, unknown offers, a secret rotation due, a message 1
@@ -47,7 +47,7 @@ import socket
 import struct
 
 from ikecore import _core, wire
-from ikecore.flood import KNOWN_OFFERS_MAX
+from ikecore.engine.admission import KNOWN_OFFERS_MAX
 from ikecore.events import Address
 
 __all__ = ["FastPath", "uniform_filter", "available", "IP_PKTINFO", "source_pktinfo", "pktinfo_destination"]

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ikecore import keymat, lifetime, nat_traversal, policy, wire
+from ikecore import keymat, policy, wire
+from ikecore.protocol import lifetime, nat_traversal
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import (
     AuthenticationFailed,
@@ -40,7 +41,7 @@ from ikecore.errors import (
     NoProposalChosen,
     PayloadMalformed,
 )
-from ikecore.phase1 import (
+from ikecore.protocol.phase1 import (
     NONCE_SIZE,
     Services,
     after_hash,

@@ -17,24 +17,24 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ikecore.control_client import ControlClient, ControlError, default_control_path
+from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path
 from ikecore.errors import ConfigError
-from ikecore.viewtext import VIEWS, render
+from ikecore.monitor.text import VIEWS, render
 
 if TYPE_CHECKING:
-    from ikecore.control import ControlServer
-    from ikecore.views import Views
+    from ikecore.monitor.control import ControlServer
+    from ikecore.monitor.views import Views
 
 __all__ = ["add_parser", "run", "main", "start_services", "Services", "demo_report"]
 
 
 def add_parser(sub: Any) -> None:
-    """The ``monitor`` sub-command of ``ikecore`` (``ikecore.cli``)."""
+    """The ``monitor`` sub-command of ``ikecore`` (``ikecore.cli.main``)."""
     _add_arguments(sub.add_parser("monitor", help="show a running gateway's IP Security Monitor views"))
 
 
 def main(argv: list[str]) -> int:
-    """``ikecore monitor ARGS`` on its own (``ikecore.entry``): the same command, without
+    """``ikecore monitor ARGS`` on its own (``ikecore.cli.entry``): the same command, without
     importing the rest of the command line (engine, crypto, asyncio)."""
     parser = argparse.ArgumentParser(prog="ikecore monitor", description="show a running gateway's IP Security "
                                                                          "Monitor views")
@@ -130,7 +130,7 @@ class Services:
                  metrics_address: tuple[str, int] | None = None) -> None:
         self.views = views
         self.control = control
-        self.metrics = metrics  # ikecore.exporters.MetricsServer
+        self.metrics = metrics  # ikecore.monitor.exporters.MetricsServer
         self.metrics_address = metrics_address
 
     def close(self) -> None:
@@ -146,9 +146,9 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None)
     """Open the control socket (``control``: a path, '' for the default, None for none) and
     the metrics endpoint (``metrics``: ADDR:PORT or None) of ``gateway``."""
     from ikecore.config import parse_endpoint  # the gateway side: imported only by ``serve`` and tests
-    from ikecore.control import ControlServer
-    from ikecore.monitor import Statistic
-    from ikecore.views import DnsNameCache, Views
+    from ikecore.monitor.control import ControlServer
+    from ikecore.monitor.counters import Statistic
+    from ikecore.monitor.views import DnsNameCache, Views
 
     monitor = gateway.monitor
     monitor.gauges[Statistic.ACQUIRE_HEAP_SIZE] = lambda: gateway.pending_connects
@@ -163,7 +163,7 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None)
             raise ConfigError("--control", f"cannot serve {path}: {exc}") from None
         print(f"ikecore serve: control socket {path}", file=sys.stderr, flush=True)
     if metrics is not None:
-        from ikecore.exporters import IkecoreCollector, MetricsServer, make_registry  # only when asked
+        from ikecore.monitor.exporters import IkecoreCollector, MetricsServer, make_registry  # only when asked
 
         host, port = parse_endpoint(metrics, 9500, "--metrics")
         services.metrics = MetricsServer(make_registry(IkecoreCollector(

@@ -9,9 +9,9 @@ Received datagrams go through a bounded queue drained in batches on the event lo
 a burst cannot grow memory without bound: when ``receive_queue`` datagrams wait, more
 are dropped and counted (Receive Failures, ``receive_queue_full``). Socket send and
 receive errors, a full queue, driver and store failures are counted by the monitor and
-logged once per kind with rate limiting (``ikecore.faults``); negotiation goes on.
+logged once per kind with rate limiting (``ikecore.gateway.faults``); negotiation goes on.
 
-With the Rust receive path (``ikecore.frontdoor``, on by default where the build has it;
+With the Rust receive path (``ikecore.gateway.frontdoor``, on by default where the build has it;
 ``fast_path=False`` or IKECORE_FAST_PATH=0 turns it off) the gateway owns plain
 non-blocking sockets, registers them with ``loop.add_reader`` and drains each in
 ``recvmmsg`` batches; under a flood, message 1 of known offers is answered in Rust and
@@ -35,10 +35,10 @@ from typing import Any
 from collections import deque
 
 from ikecore import events as ev
-from ikecore.engine import Engine
-from ikecore.faults import FaultLog, udp_drops
-from ikecore.frontdoor import IP_PKTINFO, FastPath, source_pktinfo
-from ikecore.frontdoor import available as fast_path_available
+from ikecore.engine.core import Engine
+from ikecore.gateway.faults import FaultLog, udp_drops
+from ikecore.gateway.frontdoor import IP_PKTINFO, FastPath, source_pktinfo
+from ikecore.gateway.frontdoor import available as fast_path_available
 from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
@@ -135,7 +135,7 @@ class Gateway:
         on_event: called with every engine event after the built-in listeners.
         receive_queue: most datagrams waiting for the engine; more are dropped and counted.
         faults: where local faults are logged (rate limited).
-        fast_path: read sockets through the Rust receive path (``ikecore.frontdoor``);
+        fast_path: read sockets through the Rust receive path (``ikecore.gateway.frontdoor``);
             None: where available, unless the environment says IKECORE_FAST_PATH=0.
     """
 
@@ -289,8 +289,8 @@ class Gateway:
             self._listeners.remove(listener)
 
     def sa_events(self, *, maxsize: int = 10000) -> Any:
-        """An async iterator of this gateway's SA events (``ikecore.stream.SaEventStream``)."""
-        from ikecore.stream import SaEventStream
+        """An async iterator of this gateway's SA events (``ikecore.gateway.stream.SaEventStream``)."""
+        from ikecore.gateway.stream import SaEventStream
 
         return SaEventStream(self, maxsize=maxsize)
 

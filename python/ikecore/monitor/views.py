@@ -11,8 +11,8 @@ Reads are snapshots: ``Views.query`` runs on the gateway's event loop between tw
 datagrams, copies what it needs and never waits on a negotiation. ``Views.listing`` gives
 any view as JSON fragments built one slice of SAs at a time (the control socket lets the
 loop turn between two of them, so a long listing never holds negotiations up); the Main
-Mode SA list is built column by column (``ikecore.sa_listing``), nothing cached per SA.
-Names, columns and rendering live in ``ikecore.viewtext`` (all a monitor client needs). Keywords of generic
+Mode SA list is built column by column (``ikecore.monitor.listing``), nothing cached per SA.
+Names, columns and rendering live in ``ikecore.monitor.text`` (all a monitor client needs). Keywords of generic
 filters (My IP Address, DNS Server, ...) are shown as keywords there and expanded into
 addresses in the specific filters from ``HostConfig``. Quick Mode specific filters can also
 show DNS names for their addresses (``DnsNameCache``: answers only from its cache, looks
@@ -33,10 +33,11 @@ from typing import Any
 
 import orjson
 
-from ikecore import policy, sa_listing
-from ikecore.hostinfo import HostConfig
-from ikecore.monitor import Monitor, Statistic
-from ikecore.viewtext import COLUMNS, DEFAULT_COLUMNS, MM, QM, VIEWS, ViewError, column_title, dumps, render
+from ikecore import policy
+from ikecore.monitor import listing as sa_listing
+from ikecore.monitor.hostinfo import HostConfig
+from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.text import COLUMNS, DEFAULT_COLUMNS, MM, QM, VIEWS, ViewError, column_title, dumps, render
 
 __all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render", "dumps",
            "parse_columns", "ViewError", "column_title"]
@@ -451,7 +452,7 @@ class Views:
 
     def _quick_mode_security_association_slices(self, slice_size: int) -> Iterator[list[dict[str, Any]]]:
         """One row per IPsec SA pair; its ISAKMP SA's fields come column by column
-        (``ikecore.sa_listing``), the suite's names once per proposal; one list per slice
+        (``ikecore.monitor.listing``), the suite's names once per proposal; one list per slice
         of SAs."""
         now, wall = self.clock(), self.wall()
         main_columns = ["me", "peer", "my_id", "peer_id", "authentication", "initiator_cookie", "responder_cookie"]

@@ -29,7 +29,7 @@ class SaEventStream:
     """Async iterator over a gateway's SA events; ``close()`` (or ``async with``) ends it.
 
     Args:
-        gateway: the ``ikecore.transport.Gateway`` to listen to.
+        gateway: the ``ikecore.gateway.transport.Gateway`` to listen to.
         kinds: the event classes to keep (default ``SA_EVENTS``).
         maxsize: events kept for a slow reader before the oldest are dropped.
     """

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ikecore import nat_traversal, wire
+from ikecore import wire
+from ikecore.protocol import nat_traversal
 from ikecore.sa import IsakmpSa
 
 __all__ = ["initiator_vendor_ids", "responder_vendor_ids", "record", "names"]

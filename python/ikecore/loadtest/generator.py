@@ -56,10 +56,10 @@ from typing import Any, Protocol, TextIO
 
 from ikecore import events as ev
 from ikecore.config import Config, Timing, config_from_flags
-from ikecore.engine import Engine
+from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
 from ikecore.events import Address
-from ikecore.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo
+from ikecore.gateway.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo
 
 __all__ = ["Faults", "LoadSpec", "LoadTest", "Report", "peer_address", "run_in_memory", "run_udp",
            "format_report", "ProgressBar"]
@@ -123,7 +123,7 @@ class LoadSpec:
     first_address: str = "127.1.0.1"
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
-    #: ``ikecore.auth.Credentials``: RSA signatures instead of the pre-shared key.
+    #: ``ikecore.protocol.auth.Credentials``: RSA signatures instead of the pre-shared key.
     credentials: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -937,7 +937,7 @@ def tune_gc() -> Callable[[], None]:
 
 
 def spec_from_args(args: Any) -> LoadSpec:
-    from ikecore.auth import credentials_from_flags
+    from ikecore.protocol.auth import credentials_from_flags
     from ikecore.config import parse_endpoint
 
     faults = Faults(drop=args.drop, duplicate=args.duplicate, corrupt=args.corrupt, delay=args.delay,

@@ -11,13 +11,13 @@ gauges follow the same events, so ``statistics()`` is constant time:
 * Active Receive: 0 (a datagram is handled as soon as the loop takes it from the queue);
   Receive Heap Size: datagrams waiting in the gateway's bounded receive queue (set by the
   transport); the kernel's queue in front of the sockets is exported as bytes and drops
-  (``ikecore.exporters``), and its drops count as Receive Failures;
+  (``ikecore.monitor.exporters``), and its drops count as Receive Failures;
 * Soft Associations: 0, ikecore never falls back to cleartext.
 
 Beyond the seed, ``extended`` counts ``prefix:label...`` keys: messages by exchange, number
 and direction, retransmissions, notifies by type, DPD, deletes, failures by phase and
 reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
-histograms of negotiation times. The views (``ikecore.views``) read all of it.
+histograms of negotiation times. The views (``ikecore.monitor.views``) read all of it.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ module before it creates one:
 
   The formula has one definition, in Rust (``ikecore._core.stateless_cookie`` and
   ``offer_digest``, ``rust/frontdoor.rs``): this module calls it, and so does the
-  gateway's receive fast path (``ikecore.frontdoor``), which answers message 1 of an
+  gateway's receive fast path (``ikecore.gateway.frontdoor``), which answers message 1 of an
   offer already answered here with the message 2 this module was told about
   (:meth:`AdmissionControl.answered`), stamped with the cookie of
   :meth:`AdmissionControl.current_secret`. When the offer cache forgets an offer it
@@ -69,30 +69,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ikecore._core import offer_digest, stateless_cookie
+from ikecore.config import FloodLimits
 
 __all__ = ["FloodLimits", "AdmissionControl", "OfferCache"]
 
 KNOWN_OFFERS_MAX = 256  # offers proven peers used, kept apart from the LRU of unproven ones
-
-
-@dataclass(frozen=True, slots=True)
-class FloodLimits:
-    """Responder limits against half-open floods (safe defaults; see the design note)."""
-
-    max_half_open: int = 4096            # responder half-open SAs in total; oldest dropped first
-    max_half_open_per_source: int = 32   # per source IP address; more are refused
-    cookie_threshold: int = 512          # from this many half-open SAs on, message 2 is stateless
-    offer_cache_size: int = 1024         # unproven SA offers remembered in stateless mode
-    max_offer_size: int = 2048           # bytes of one SA payload body accepted statelessly
-    cookie_epoch: float = 120.0          # seconds between cookie secret rotations
-
-    def __post_init__(self) -> None:
-        for name in ("max_half_open", "max_half_open_per_source", "cookie_threshold",
-                     "offer_cache_size", "max_offer_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"flood.{name} must be at least 1")
-        if self.cookie_epoch <= 0:
-            raise ValueError("flood.cookie_epoch must be positive")
 
 
 class OfferCache:

@@ -15,7 +15,7 @@ negotiation. Every view is streamed in slices of ``ControlServer.SLICE`` SAs wit
 loop turning between two slices (``Views.listing``; ``rows`` comes last in the answer):
 a listing of 100,000 SAs takes a few tenths of a second and never holds negotiations for
 more than one slice. The socket is created mode 0600 (it shows who is connected).
-Clients (``ikecore.control_client``, re-exported here): ``request`` (one connection per
+Clients (``ikecore.monitor.control_client``, re-exported here): ``request`` (one connection per
 request) and ``ControlClient`` (one connection for many, as ``--watch`` and pollers use).
 """
 
@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
-from ikecore import sa_listing
-from ikecore.control_client import ControlClient, ControlError, default_control_path, request
-from ikecore.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
+from ikecore.monitor import listing as sa_listing
+from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path, request
+from ikecore.monitor.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
 
 __all__ = ["ControlServer", "ControlClient", "request", "default_control_path", "ControlError"]
 

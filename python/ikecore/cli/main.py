@@ -1,7 +1,7 @@
 """The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only.
 
 Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``monitor`` (views of a
-running gateway, ``ikecore.monitor_cli``), ``demo`` (the
+running gateway, ``ikecore.monitor.cli``), ``demo`` (the
 self-contained main job of ``make run``) and ``decode`` (ISAKMP dissector).
 User errors print one line naming the flag and the fix, and exit 2.
 """
@@ -18,13 +18,17 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, decode, demo, dh, loadtest, monitor_cli, workers
+from ikecore import __version__, dh
+from ikecore.cli import decode, demo
+from ikecore.loadtest import generator as loadtest
+from ikecore.monitor import cli as monitor_cli
+from ikecore.gateway import workers
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
-from ikecore.engine import Engine
+from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
-from ikecore.transport import Gateway, local_address_towards
-from ikecore.viewtext import text_table
+from ikecore.monitor.counters import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
+from ikecore.gateway.transport import Gateway, local_address_towards
+from ikecore.monitor.text import text_table
 
 __all__ = ["main", "build_parser", "format_table"]
 
@@ -74,8 +78,8 @@ def _add_proposal_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _credentials(args: argparse.Namespace) -> Any:
-    """--cert/--key/--ca as ``ikecore.auth.Credentials`` (None without them)."""
-    from ikecore.auth import credentials_from_flags
+    """--cert/--key/--ca as ``ikecore.protocol.auth.Credentials`` (None without them)."""
+    from ikecore.protocol.auth import credentials_from_flags
 
     return credentials_from_flags(args.cert, args.key, args.ca)
 
@@ -199,7 +203,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if name in ("DatagramReceived", "DatagramSent", "SpiAllocated", "KeyAdded", "KeyUpdated"):
             return
         if name in ("StatelessCookieSent", "HalfOpenRefused", "HalfOpenDropped", "ReplayDropped"):
-            # come in floods: counted by the monitor, logged rate-limited (ikecore.faults)
+            # come in floods: counted by the monitor, logged rate-limited (ikecore.gateway.faults)
             gateway.faults.report(name, str(vars_of(event).get("remote", "")), time.monotonic())
             return
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
@@ -210,7 +214,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     store = None
     if args.store:
-        from ikecore.store import SaStore, StoreError
+        from ikecore.gateway.store import SaStore, StoreError
 
         try:
             store = SaStore(args.store, key_file=args.store_key)

@@ -30,14 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ikecore import keymat, nat_traversal, policy, vendor_ids, wire
+from ikecore import keymat, policy, wire
+from ikecore.protocol import nat_traversal, vendor_ids
 from ikecore.errors import (
     AuthenticationFailed,
     InvalidIdInformation,
     NoProposalChosen,
     PayloadMalformed,
 )
-from ikecore.phase1 import (
+from ikecore.protocol.phase1 import (
     NONCE_SIZE,
     Services,
     build_plain,

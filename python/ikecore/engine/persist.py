@@ -18,7 +18,7 @@ relative to ``now`` at the time of saving, and :func:`load_sa` rebases them on t
 restarted engine's ``now`` minus the wall-clock time the store says has passed.
 
 The encoding is JSON (bytes as hex): versioned, inspectable, no code execution on load.
-The record holds keys: the store file is 0600 and may be encrypted (ikecore.store).
+The record holds keys: the store file is 0600 and may be encrypted (ikecore.gateway.store).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ikecore import keymat, nat_traversal, policy, wire
+from ikecore import keymat, policy, wire
+from ikecore.protocol import nat_traversal
 from ikecore.config import Config
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import ConfigError

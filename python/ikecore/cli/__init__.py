@@ -1,0 +1,1 @@
+"""The ikecore command: serve, connect, decode, demo, and the entry point."""

@@ -1,0 +1,1 @@
+"""The IP Security Monitor: counters, views, listings, text, exporters, the control socket."""
