@@ -11,7 +11,7 @@ BUILT  := $(VENV)/.build-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
 PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "atheris>=2.3"
 
-.PHONY: all build run test test-rust test-python stubtest bench fuzz clean openssl-dev
+.PHONY: all build run test test-rust test-python stubtest typecheck bench fuzz clean openssl-dev
 
 all: build
 
@@ -51,7 +51,13 @@ test-rust: | openssl-dev
 stubtest: $(BUILT)
 	cd /tmp && $(abspath $(VPY)) -m mypy.stubtest ikecore._core --allowlist $(abspath .mypy-stubtest-allowlist)
 
-test-python: $(BUILT) stubtest
+# Types are checked, not only declared: --strict on the sans-IO wings (and the root
+# vocabulary they import), the default checks on the whole package.
+typecheck: $(BUILT)
+	$(VPY) -m mypy --strict python/ikecore/protocol python/ikecore/engine
+	$(VPY) -m mypy python/ikecore
+
+test-python: $(BUILT) stubtest typecheck
 	$(VPY) -m pytest -q
 
 bench: $(BUILT)
