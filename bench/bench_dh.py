@@ -6,7 +6,7 @@ case: ``name  ikecore  anchor  ratio`` (rates per second; ratio = ikecore/anchor
 The pool lines compare ``DhPool(2)`` (ikecore column) against ``DhPool(1)``
 (anchor column) on the same jobs: wall-clock rate, then jobs per CPU-second. Seeded peers; no sockets.
 
-Targets (issue 3): group 14 ratio >= 1.0, group 19 >= 0.8, pool 2/1 >= 1.8.
+Targets: group 14 ratio >= 1.0, group 19 >= 0.8, pool 2/1 >= 1.8.
 Run: ``.venv/bin/python bench/bench_dh.py`` (or ``make bench``).
 """
 
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ikecore import _core, dh
+from ikecore.gateway.dh_pool import DhPool
 
 warnings.filterwarnings("ignore", message="Diffie-Hellman over finite fields")
 
@@ -98,7 +99,7 @@ def pool_rates(group: int, jobs: int) -> tuple[tuple[float, float], tuple[float,
     alternating the two so that a noisy neighbour hurts both alike."""
     peer = dh.keypair(group).public
     peers = [peer] * jobs
-    pools = {2: dh.DhPool(2), 1: dh.DhPool(1)}
+    pools = {2: DhPool(2), 1: DhPool(1)}
     wall = {2: 0.0, 1: 0.0}
     per_cpu = {2: 0.0, 1: 0.0}
     try:

@@ -4,8 +4,8 @@ Every case is Main Mode + one Quick Mode, PSK, AES-128/SHA2-256/MODP-2048 (ESP
 aes128-sha256), measured on this machine in this run:
 
 * ``ikecore -> ikecore``: ``ikecore serve`` (one process) and ``ikecore loadtest`` (another
-  process, peers from 127.1.x.y) on loopback. This is also issue 4's "ikecore initiator vs
-  ikecore responder on loopback, 1,000 peers" line.
+  process, peers from 127.1.x.y) on loopback: ikecore initiator vs ikecore responder,
+  1,000 peers.
 * ``strongSwan -> strongSwan`` (the anchor): two charons of the private load-tester build
   (``tests/interop/build-strongswan.sh``) in a namespace pair on port 500, like the
   interop recipe ``loadtest.sh``: 4 initiator threads, init_limit 100, fake kernel.
@@ -408,7 +408,7 @@ def main() -> int:
         mine = (ours["cpu_seconds"] + ours["gateway_cpu_seconds"]) / max(1, ours["established"])
         other = (theirs["initiator_cpu_seconds"] + theirs["responder_cpu_seconds"]) / max(1, theirs["established"])
         line(f"sas_per_cpu_second_both_sides_{n}", 1 / mine, 1 / other)
-    note(f"ikecore -> ikecore (issue 4 line): {ours['established']}/{n} established, failed {ours['failed']}, "
+    note(f"ikecore -> ikecore: {ours['established']}/{n} established, failed {ours['failed']}, "
          f"{ours['sas_per_second']:.0f} SAs/s, retransmissions {ours['retransmissions']}, "
          f"latency p50/p99 {ours['latency_ms']['total'].get('p50')}/{ours['latency_ms']['total'].get('p99')} ms, "
          f"gateway RSS growth {ours['gateway_rss_growth'] / max(1, ours['established']) / 1024:.2f} KiB/SA")

@@ -13,7 +13,7 @@ ikecore.dh on merge.)
 
 Output lines: `name  ikecore  anchor  ratio`, times in microseconds per operation,
 ratio = anchor time / ikecore time (how many key schedules fit in one DH side); the
-issue's target "key schedule <= 5% of DH" is ratio >= 20.
+target "key schedule <= 5% of DH" is ratio >= 20.
 
 Run: .venv/bin/python bench/bench_keymat.py
 """
@@ -48,7 +48,7 @@ MODP_2048 = int(
 )
 
 
-# cryptography deprecates finite-field DH; it is still the anchor the issue names.
+# cryptography deprecates finite-field DH; it is still the anchor.
 warnings.filterwarnings("ignore", message=".*Diffie-Hellman over finite fields.*")
 
 GROUP14 = dh.DHParameterNumbers(MODP_2048, 2).parameters()

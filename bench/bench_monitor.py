@@ -53,7 +53,7 @@ from ikecore.monitor.counters import Monitor, Statistic
 from ikecore.monitor.cli import start_services
 from ikecore.gateway.transport import Gateway
 from ikecore.monitor.hostinfo import HostConfig
-from ikecore.loadtest.generator import tune_gc
+from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.monitor.views import VIEWS, Views, dumps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -227,7 +227,7 @@ def json_100k(config: Any, real: list[Any]) -> None:
     _line("mm_json_100k_kept_bytes_per_sa", max(kept, 0) / BIG, None, None,
           "(memory the views keep after a listing, per SA)")
     default = _median(lambda: views.query_json("main-mode", "security-associations")[1])
-    _line("mm_json_100k_seed_columns_seconds", default, None, None)
+    _line("mm_json_100k_document_columns_seconds", default, None, None)
     rows = _median(lambda: dumps(views.query("main-mode", "security-associations", all_columns=True)["rows"]))
     _line("mm_rows_100k_seconds", rows, None, None, "(Views.query: every row a dict, then JSON)")
     stats = _median(lambda: views.query("main-mode", "statistics"), 50)
@@ -297,7 +297,8 @@ def rate_with_poller(work: Path, peers: int = 2000, rounds: int = 5) -> None:
     Besides the wall-clock rate (noisy on a shared machine) it reports the CPU seconds
     this process (gateway and peers) spent per SA, and the time the gateway spent
     answering the poller, as a share of the run. The process runs with the garbage
-    collector settings ``ikecore serve`` uses (``loadtest.tune_gc``), like a real gateway.
+    collector settings ``ikecore serve`` uses (``ikecore.gateway.gc_tuning.tune_gc``), like a
+    real gateway.
     """
     restore_gc = tune_gc()
     try:

@@ -8,7 +8,7 @@ Three processes, all on loopback:
   Python path instead);
 * the flood: ``tests/floodgen.py`` (``rate`` spoofed message 1 per second from 65,000
   addresses 127.2.0.1 upwards, for ``seconds``);
-* the legitimate peers: an ``ikecore.loadtest.generator.LoadTest`` run here over real UDP
+* the legitimate peers: an ``ikecore.loadtest.LoadTest`` run here over real UDP
   (``run_udp``, peers 127.1.x.y, Main Mode + one Quick Mode each), started one second
   into the flood and spread over the flood window; it counts every datagram it sends.
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ikecore.monitor import control  # noqa: E402
-from ikecore.loadtest.generator import LoadSpec, LoadTest, run_udp  # noqa: E402
+from ikecore.loadtest import LoadSpec, LoadTest, run_udp  # noqa: E402
 from floodgen import own_drops  # noqa: E402
 
 PSK = "flood-real-secret"

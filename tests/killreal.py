@@ -57,10 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 from ikecore import events as ev  # noqa: E402
 from ikecore.config import Timing, config_from_flags  # noqa: E402
 from ikecore.monitor.control import ControlClient, ControlError  # noqa: E402
+from ikecore.monitor import listing as sa_listing
 from ikecore.gateway.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo  # noqa: E402
 from ikecore.driver import MemoryDriver  # noqa: E402
 from ikecore.engine.core import Engine  # noqa: E402
-from ikecore.loadtest.generator import peer_address  # noqa: E402
+from ikecore.loadtest import peer_address  # noqa: E402
 
 PSK = "kill-real-secret"
 IKE = "aes128-sha256-ecp256"
@@ -302,7 +303,7 @@ def verify(gateway: Gateway, peers: Peers, qm_sample: int, rng: random.Random, q
         if row is None:
             failures.append(f"SA {cookies} of {peers.address_of[handle]} established before the kill is missing")
             continue
-        view = sa.snapshot(now)
+        view = sa_listing.main_mode_row(sa, now)
         if row["state"] != "ESTABLISHED" or row["peer"] != peers.address_of[handle] or row["role"] != "responder":
             failures.append(f"SA {cookies}: {row['state']} {row['peer']} {row['role']}")
         if any(row[column] != view[column] for column in SUITE):

@@ -83,7 +83,7 @@ def test_acquire_negotiates_main_mode_then_quick_mode_and_reports() -> None:
     values = stats(link, monitor, seen)
     assert values["active_acquire"] == values["acquire_heap_size"] == 0
     assert values["acquire_failures"] == 0 and values["soft_associations"] == 0
-    # Get SPI + key addition + key update: three driver work items (the seed's Total Acquire).
+    # Get SPI + key addition + key update: three driver work items (the IP Security Monitor document's Total Acquire).
     assert values["total_acquire"] == 3 and values["total_get_spi"] == 1
     # A second acquire rides on the established ISAKMP SA: Quick Mode only.
     link.initiator.acquire(RESPONDER, local=INITIATOR, now=link.now)

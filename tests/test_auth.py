@@ -10,11 +10,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ikecore import wire
+from ikecore.credentials import Credentials
 from ikecore.protocol import auth
 from ikecore import events as ev
 from ikecore.config import config_from_dict
 from ikecore.errors import AuthenticationFailed, ConfigError
 from ikecore.monitor.hostinfo import HostConfig
+from ikecore.monitor import listing
 from ikecore.monitor.counters import Monitor
 from ikecore.monitor.views import Views
 from ikecore.sa import Phase1State
@@ -82,7 +84,7 @@ def test_main_mode_and_quick_mode_with_certificates(tmp_path: Path, ca: Issued, 
     assert len(link.of("responder", ev.Phase2Established)) == 1
     sa = link.initiator.sa(handle)
     assert sa is not None and sa.state is Phase1State.ESTABLISHED
-    row = link.initiator.snapshot(link.now)[0]
+    row = listing.main_mode_row(link.initiator.sas()[0], link.now)
     assert row["authentication"] == "RSA signature"
     assert row["peer_id"] == "CN=responder.test,O=ikecore test,C=CH"
     assert row["my_id"] == "CN=initiator.test,O=ikecore test,C=CH"
@@ -91,11 +93,11 @@ def test_main_mode_and_quick_mode_with_certificates(tmp_path: Path, ca: Issued, 
     assert sa.peer_certificate == peers["responder"].certificate
     views = Views(link.initiator, Monitor(), clock=lambda: link.now, host=HostConfig())
     assert views.query("main-mode", "security-associations", "my_id,peer_id")["rows"] == [
-        {"my_id": row["my_id"], "peer_id": row["peer_id"]}]  # the listing names DNs as the snapshot does
+        {"my_id": row["my_id"], "peer_id": row["peer_id"]}]  # the view names DNs as one SA's row does
     sa.peer_id = wire.IdPayload(wire.IdType.DER_ASN1_DN, peers["initiator"].certificate.subject.public_bytes())
-    assert views.query("main-mode", "security-associations", "peer_id")["rows"] == [
-        {"peer_id": link.initiator.snapshot(link.now)[0]["peer_id"]}]  # not the certificate's subject: hex
-    assert link.initiator.snapshot(link.now)[0]["peer_id"] == sa.peer_id.data.hex()
+    hex_id = listing.main_mode_row(link.initiator.sas()[0], link.now)["peer_id"]
+    assert views.query("main-mode", "security-associations", "peer_id")["rows"] == [{"peer_id": hex_id}]
+    assert hex_id == sa.peer_id.data.hex()  # not the certificate's subject: hex
     sa.peer_id = wire.IdPayload(wire.IdType.DER_ASN1_DN, peers["responder"].certificate.subject.public_bytes())
     responder_sa = link.responder.sas()[0]
     assert responder_sa.peer_certificate == peers["initiator"].certificate
@@ -115,7 +117,7 @@ def test_fqdn_user_fqdn_and_address_ids_are_matched_against_subject_alt_names(
                          initiator_keys={"local_id": local_id}, responder_keys={"remote_id": local_id})
         link.connect(quick_mode=False)
         assert len(link.of("responder", ev.Phase1Established)) == 1, local_id
-        assert link.responder.snapshot(link.now)[0]["peer_id"] == local_id
+        assert listing.main_mode_row(link.responder.sas()[0], link.now)["peer_id"] == local_id
 
 
 def test_id_not_in_certificate_is_invalid_id_information(tmp_path: Path, ca: Issued,
@@ -205,10 +207,10 @@ def test_credentials_config_errors(tmp_path: Path, ca: Issued, peers: dict[str, 
     _cert, other_key = peers["responder"].write(tmp_path, "b")
     ca_path, _ = ca.write(tmp_path, "ca")
     with pytest.raises(ConfigError, match="does not belong"):
-        auth.Credentials.load(cert, other_key, [ca_path])
+        Credentials.load(cert, other_key, [ca_path])
     with pytest.raises(ConfigError, match="go together"):
         config_from_dict({"filter": [{"certificate": cert, "ca": ca_path}]})
-    credentials = auth.Credentials.load(cert, _key, [ca_path])
+    credentials = Credentials.load(cert, _key, [ca_path])
     assert "PRIVATE" not in repr(credentials) and "private_key" not in repr(credentials)
 
 
@@ -217,7 +219,7 @@ def test_garbage_proof_is_an_authentication_failure(tmp_path: Path, ca: Issued, 
                                                     monkeypatch: pytest.MonkeyPatch, garbage: str) -> None:
     real = auth.proof_payloads
 
-    def broken(credentials: auth.Credentials, digest: bytes) -> list[Any]:
+    def broken(credentials: Credentials, digest: bytes) -> list[Any]:
         cert, sig = real(credentials, digest)
         if garbage == "certificate":
             return [wire.CertPayload(4, b"\x30\x03\x02\x01\x00"), sig]

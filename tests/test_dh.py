@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ikecore import _core, dh
 from ikecore.errors import CryptoError, InvalidKeyInformation
+from ikecore.gateway.dh_pool import DhPool
 
 pytestmark = pytest.mark.filterwarnings("ignore:Diffie-Hellman over finite fields")
 
@@ -328,7 +329,7 @@ def test_pool_results_match_openssl() -> None:
         warnings.simplefilter("ignore")
         theirs = [pn.parameters().generate_private_key() for _ in range(6)]
     peers = [_b(t.public_key().public_numbers().y, 256) for t in theirs]
-    with dh.DhPool(2) as pool:
+    with DhPool(2) as pool:
         results = pool.map_one_side(14, peers)
         kp = pool.keypair(19).result()
         other = dh.keypair(19)
@@ -341,11 +342,11 @@ def test_pool_results_match_openssl() -> None:
 
 
 def test_pool_reports_invalid_peers_and_bad_sizes() -> None:
-    with dh.DhPool() as pool:
+    with DhPool() as pool:
         assert pool.threads >= 1
         with pytest.raises(InvalidKeyInformation):
             pool.one_side(14, b"\0" * 256).result()
         with pytest.raises(InvalidKeyInformation):
             pool.map_one_side(19, [dh.keypair(19).public, b"\0" * 64])
     with pytest.raises(ValueError):
-        dh.DhPool(0)
+        DhPool(0)

@@ -11,6 +11,7 @@ import pytest
 
 from ikecore import events as ev
 from ikecore import wire
+from ikecore.monitor import listing
 from ikecore.sa import Phase1State
 
 from helpers import INITIATOR, RESPONDER, Link, make_config
@@ -55,7 +56,7 @@ def test_every_cipher_and_hash_establishes_main_and_quick_mode(suite: str) -> No
     link = Link(config, config)
     link.connect()
     _established(link)
-    assert link.responder.snapshot(link.now)[0]["encryption"] == suite.split("-")[0]
+    assert listing.main_mode_row(link.responder.sas()[0], link.now)["encryption"] == suite.split("-")[0]
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -64,7 +65,7 @@ def test_every_group_establishes(group: str) -> None:
     link = Link(config, config)
     link.connect()
     _established(link)
-    assert link.initiator.snapshot(link.now)[0]["diffie_hellman"] == group
+    assert listing.main_mode_row(link.initiator.sas()[0], link.now)["diffie_hellman"] == group
 
 
 def test_quick_mode_with_pfs_and_transport_mode() -> None:
@@ -122,7 +123,7 @@ def test_responder_chooses_first_acceptable_offer_in_initiator_order() -> None:
     link = Link(make_config(ike="3des-sha1-modp1024,aes128-sha256-modp2048,aes256-sha256-ecp256"),
                 make_config(ike="aes256-sha256-ecp256,aes128-sha256-modp2048"))
     link.connect()
-    assert link.responder.snapshot(link.now)[0]["encryption"] == "aes128"
+    assert listing.main_mode_row(link.responder.sas()[0], link.now)["encryption"] == "aes128"
 
 
 @pytest.mark.parametrize("lost", [1, 2, 3, 4, 5, 6, 7, 8])

@@ -24,6 +24,7 @@ import pytest
 from ikecore.config import Config, Timing, config_from_flags
 from ikecore.engine.core import Engine
 from ikecore.monitor.counters import Monitor
+from ikecore.monitor import listing
 from ikecore.gateway.transport import Gateway
 from interop import ikescan, tshark
 from interop.charon import Charon, free_udp_ports
@@ -64,10 +65,10 @@ class IkecoreGateway:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def main_mode(self) -> list[dict[str, Any]]:
-        return self.call(lambda: self.engine.snapshot(self.loop.time()))
+        return self.call(lambda: listing.main_mode_rows(self.engine.sas(), self.loop.time()))
 
     def quick_mode(self) -> list[dict[str, Any]]:
-        return self.call(lambda: self.engine.quick_mode_snapshot(self.loop.time()))
+        return self.call(lambda: listing.quick_mode_rows(self.engine.sas(), self.loop.time()))
 
     def close(self) -> None:
         self.call(self.gateway.close)

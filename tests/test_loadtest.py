@@ -15,12 +15,13 @@ import time
 
 import pytest
 
-from ikecore import dh
 from ikecore import events as ev
 from ikecore.cli.main import main
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.loadtest.generator import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory, run_udp
+from ikecore.gateway.dh_pool import DhPool, KeypairReserve
+from ikecore.loadtest import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory, run_udp
+from ikecore.monitor import listing
 from ikecore.sa import Phase1State
 
 from helpers import make_config, seeded_random
@@ -79,7 +80,7 @@ def test_every_peer_establishes_main_and_quick_mode_with_its_own_address_and_ide
     assert len(sas) == 60
     peers = {sa.remote[0] for sa in sas}
     assert peers == {peer_address("127.1.0.1", i) for i in range(60)}
-    ids = {sa.snapshot(0)["peer_id"] for sa in sas}
+    ids = {listing.main_mode_row(sa, 0)["peer_id"] for sa in sas}
     assert ids == peers  # each peer's identity is its own address
     assert sum(len(sa.ipsec_sas) for sa in sas) == 60
     assert responder.count(ev.Phase2Established) == 60
@@ -170,8 +171,8 @@ def test_open_loop_rate_ramp_and_duration() -> None:
 
 
 def test_keypair_reserve_hands_out_valid_distinct_pairs() -> None:
-    with dh.DhPool(2) as pool:
-        reserve = dh.KeypairReserve(pool, depth=4)
+    with DhPool(2) as pool:
+        reserve = KeypairReserve(pool, depth=4)
         first = reserve(14)
         time.sleep(0.2)  # the pool fills the reserve meanwhile
         pairs = [first] + [reserve(14) for _ in range(6)]
@@ -214,8 +215,8 @@ def test_gateway_flag_identity_is_what_the_peers_see() -> None:
     responder = Engine(make_config(psk="secret", my_id="responder.lt.test"), random=seeded_random(9))
     report, _now = run_in_memory(load, responder)
     assert report.established == 3
-    assert {sa.snapshot(0)["peer_id"] for sa in load.right.sas()} == {"responder.lt.test"}
-    assert {sa.snapshot(0)["my_id"] for sa in responder.sas()} == {"responder.lt.test"}
+    assert {listing.main_mode_row(sa, 0)["peer_id"] for sa in load.right.sas()} == {"responder.lt.test"}
+    assert {listing.main_mode_row(sa, 0)["my_id"] for sa in responder.sas()} == {"responder.lt.test"}
 
 
 @pytest.mark.interop("charon")
@@ -301,17 +302,18 @@ def test_initial_contact_from_one_address_with_many_identities_keeps_the_others(
         initiator = Engine(make_config(psk="secret", my_id=f"init{n}.lt.test"), random=seeded_random(30 + n))
         _handshake(initiator, responder, local, 10.0 + n)
         assert initiator.sas()[0].initial_contact
-    assert sorted(sa.snapshot(0)["peer_id"] for sa in responder.sas()) == [
+    assert sorted(listing.main_mode_row(sa, 0)["peer_id"] for sa in responder.sas()) == [
         "init0.lt.test", "init1.lt.test", "init2.lt.test"]
     rebooted = Engine(make_config(psk="secret", my_id="init1.lt.test"), random=seeded_random(40))
     _handshake(rebooted, responder, local, 20.0)
-    ids = sorted(sa.snapshot(0)["peer_id"] for sa in responder.sas())
+    ids = sorted(listing.main_mode_row(sa, 0)["peer_id"] for sa in responder.sas())
     assert ids == ["init0.lt.test", "init1.lt.test", "init2.lt.test"]
-    assert min(sa.started for sa in responder.sas() if sa.snapshot(0)["peer_id"] == "init1.lt.test") == 20.0
+    assert min(sa.started for sa in responder.sas()
+               if listing.main_mode_row(sa, 0)["peer_id"] == "init1.lt.test") == 20.0
 
 
 def test_rate_by_tenth_shows_a_slowdown() -> None:
-    from ikecore.loadtest.generator import rate_by_tenth
+    from ikecore.loadtest.report import rate_by_tenth
 
     steady = [0.1 * (i + 1) for i in range(100)]  # 10 SAs per second throughout
     assert rate_by_tenth(0.0, steady) == pytest.approx([10.0] * 10)
@@ -365,7 +367,7 @@ def test_gateway_workers_refuse_a_shared_control_socket() -> None:
 
 def test_peers_authenticate_with_certificates_and_the_gateway_validates_them(tmp_path: object) -> None:
     """``loadtest --cert/--key/--ca``: RSA signatures both ways, validated against the CA."""
-    from ikecore.protocol.auth import Credentials, credentials_from_flags
+    from ikecore.credentials import Credentials, credentials_from_flags
 
     from pki import issue, make_ca
 
@@ -390,14 +392,14 @@ def test_peers_authenticate_with_certificates_and_the_gateway_validates_them(tmp
 
     report, responder = run(peer_credentials)
     assert report.established == 6 and report.failed == 0  # type: ignore[attr-defined]
-    rows = [sa.snapshot(0) for sa in responder.sas()]
+    rows = listing.main_mode_rows(responder.sas(), 0)
     assert len({row["peer"] for row in rows}) == 6  # each peer from its own address
     assert {row["authentication"] for row in rows} == {"RSA signature"}
     assert all("peer.lt.test" in row["peer_id"] for row in rows)
     # a certificate from a CA the gateway does not trust is refused
     report, responder = run(Credentials(stranger.certificate, stranger.key, (ca.certificate,)))
     assert report.established == 0 and report.failed == 6  # type: ignore[attr-defined]
-    assert not responder.sas() or all(sa.snapshot(0)["state"] != "ESTABLISHED" for sa in responder.sas())
+    assert not responder.sas() or all(listing.main_mode_row(sa, 0)["state"] != "ESTABLISHED" for sa in responder.sas())
     with pytest.raises(ConfigError, match="--cert, --key and --ca go together"):
         credentials_from_flags(peer_cert, None, None)
     with pytest.raises(ConfigError, match="--wrong-psk"):

@@ -1,4 +1,4 @@
-"""The monitor: every statistic moved by the event that defines it (the seed's meanings), and
+"""The monitor: every statistic moved by the event that defines it (the IP Security Monitor document's meanings), and
 only by it; the extended counters from real negotiations; the gauges under load."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _changed(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
-# Each event alone, on a fresh monitor, and the statistics it must move (the seed's meanings).
+# Each event alone, on a fresh monitor, and the statistics it must move (the IP Security Monitor document's meanings).
 SINGLE_EVENTS: list[tuple[ev.Event, dict[str, int]]] = [
     (ev.Phase1Established(time=T, handle=1, role="responder", local=ADDR, remote=ADDR, initiator_cookie=b"i" * 8,
                           responder_cookie=b"r" * 8, proposal="aes128-sha256-modp2048", duration=0.1),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from ikecore.protocol import dpd, nat_traversal
 from ikecore import events as ev
 from ikecore.config import Timing
 from ikecore.monitor.counters import Monitor
+from ikecore.monitor import listing
 from ikecore.sa import Phase1State
 
 from helpers import INITIATOR, RESPONDER, Link, make_config
@@ -43,6 +45,12 @@ def _messages(link: Link, side: str, exchange_type: int | None = None) -> list[t
     return out
 
 
+def _main_mode_rows(link: Link) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Main Mode row of the initiator's first SA and of the responder's."""
+    return (listing.main_mode_row(link.initiator.sas()[0], link.now),
+            listing.main_mode_row(link.responder.sas()[0], link.now))
+
+
 def _rfc3947_hash(cky_i: bytes, cky_r: bytes, address: tuple[str, int]) -> bytes:
     """NAT-D by hand: SHA-256 (the negotiated prf hash) of CKY-I | CKY-R | IP | port."""
     return hashlib.sha256(cky_i + cky_r + ipaddress.ip_address(address[0]).packed
@@ -64,7 +72,7 @@ def test_no_nat_means_no_float_plain_modes_and_rfc_vendor_ids() -> None:
     (i_sa,), (r_sa,) = link.initiator.sas(), link.responder.sas()
     assert [p.data for p in nat_d] == [_rfc3947_hash(i_sa.initiator_cookie, i_sa.responder_cookie, RESPONDER),
                                        _rfc3947_hash(i_sa.initiator_cookie, i_sa.responder_cookie, INITIATOR)]
-    for snap in (link.initiator.snapshot(link.now)[0], link.responder.snapshot(link.now)[0]):
+    for snap in _main_mode_rows(link):
         assert (snap["nat"], snap["nat_t"], snap["encapsulated"]) == ("none", "RFC 3947", False)
         assert (snap["local_port"], snap["peer_port"]) == (500, 500)
     assert not any(marker for marker, _ in _messages(link, "initiator"))
@@ -75,7 +83,7 @@ def test_nat_in_front_of_initiator_floats_to_4500_with_udp_encapsulated_esp() ->
     link = Link(nat=NAT_IP)
     link.connect()
     _established(link)
-    i_snap, r_snap = link.initiator.snapshot(link.now)[0], link.responder.snapshot(link.now)[0]
+    i_snap, r_snap = _main_mode_rows(link)
     assert (i_snap["nat"], r_snap["nat"]) == ("local", "remote")
     assert i_snap["encapsulated"] and r_snap["encapsulated"]
     assert (i_snap["local_port"], i_snap["peer_port"]) == (4500, 4500)
@@ -90,7 +98,7 @@ def test_nat_in_front_of_initiator_floats_to_4500_with_udp_encapsulated_esp() ->
     (i_sa,) = link.initiator.sas()
     qm = i_sa.ipsec_sas[0]
     assert qm.mode == "tunnel"
-    assert link.initiator.quick_mode_snapshot(link.now)[0]["mode"] == "tunnel"
+    assert listing.quick_mode_rows(link.initiator.sas(), link.now)[0]["mode"] == "tunnel"
 
 
 def test_udp_tunnel_mode_number_in_quick_mode_is_rfc_3_and_draft_61443(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +122,7 @@ def test_forced_encapsulation_without_nat_makes_the_peer_see_a_nat() -> None:
     link = Link(make_config(nat_traversal="force"), make_config())
     link.connect()
     _established(link)
-    i_snap, r_snap = link.initiator.snapshot(link.now)[0], link.responder.snapshot(link.now)[0]
+    i_snap, r_snap = _main_mode_rows(link)
     assert (i_snap["nat"], r_snap["nat"]) == ("none", "remote")
     assert i_snap["encapsulated"] and r_snap["encapsulated"]
     assert all(sa.udp_encapsulation for sa in link.responder_driver.outbound.values())
@@ -126,7 +134,7 @@ def test_nat_t_off_on_the_responder_means_no_vendor_id_and_no_nat_d() -> None:
     _established(link)
     mm3 = _messages(link, "initiator", wire.ExchangeType.IDENTITY_PROTECTION)[1][1]
     assert wire.PayloadType.NAT_D not in [p.payload_type for p in mm3.payloads]
-    assert link.initiator.snapshot(link.now)[0]["nat_t"] == ""
+    assert listing.main_mode_row(link.initiator.sas()[0], link.now)["nat_t"] == ""
 
 
 def test_missing_nat_d_after_agreeing_nat_t_fails_the_negotiation() -> None:
@@ -191,7 +199,7 @@ def test_dpd_off_without_the_peer_vendor_id() -> None:
     link.silent.add("responder")
     link.advance(60.0)
     assert not link.of("initiator", ev.DeadPeerDetected)
-    assert link.initiator.snapshot(link.now)[0]["dpd"] is False
+    assert listing.main_mode_row(link.initiator.sas()[0], link.now)["dpd"] is False
 
 
 def test_dpd_ack_with_a_wrong_sequence_number_or_spi_is_ignored() -> None:
@@ -221,8 +229,8 @@ def test_aggressive_mode_establishes_with_three_messages_and_quick_mode() -> Non
     am += [m for _, m in _messages(link, "responder", wire.ExchangeType.AGGRESSIVE)]
     assert len(am) == 3
     assert not _messages(link, "initiator", wire.ExchangeType.IDENTITY_PROTECTION)
-    assert link.responder.snapshot(link.now)[0]["exchange"] == "aggressive"
-    assert link.responder.snapshot(link.now)[0]["peer_id"] == INITIATOR[0]
+    assert listing.main_mode_row(link.responder.sas()[0], link.now)["exchange"] == "aggressive"
+    assert listing.main_mode_row(link.responder.sas()[0], link.now)["peer_id"] == INITIATOR[0]
 
 
 def test_aggressive_mode_is_refused_unless_the_responder_filter_allows_it() -> None:
@@ -249,8 +257,7 @@ def test_aggressive_mode_behind_nat_floats_for_message_3() -> None:
     _established(link)
     markers = [marker for marker, _ in _messages(link, "initiator", wire.ExchangeType.AGGRESSIVE)]
     assert markers == [False, True]
-    assert (link.initiator.snapshot(link.now)[0]["nat"], link.responder.snapshot(link.now)[0]["nat"]) == (
-        "local", "remote")
+    assert tuple(row["nat"] for row in _main_mode_rows(link)) == ("local", "remote")
     _keys_agree(link)
     # The initiator stays on the NAT-T port it floated to: AM2's source must not pull it back.
     (sa,) = link.initiator.sas()
@@ -274,7 +281,7 @@ def test_vendor_ids_of_other_stacks_are_recognised_and_recorded() -> None:
                        [offer, *(wire.VendorIdPayload(v) for v in (unity, xauth, frag, ms, wire.VID_DPD,
                                                                     wire.VID_NAT_T_RFC3947, unknown))]).encode()
     link.responder.receive_datagram(mm1, INITIATOR, RESPONDER, link.now)
-    (snap,) = link.responder.snapshot(link.now)
+    (snap,) = listing.main_mode_rows(link.responder.sas(), link.now)
     assert snap["vendor_ids"] == ["Cisco Unity", "XAUTH", "IKE fragmentation", "MS NT5 ISAKMPOAKLEY",
                                   "Dead Peer Detection v1.0", "RFC 3947 NAT-T", unknown.hex()]
     assert snap["dpd"] is True and snap["nat_t"] == "RFC 3947"

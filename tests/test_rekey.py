@@ -13,6 +13,7 @@ import pytest
 
 from ikecore import events as ev
 from ikecore import wire
+from ikecore.monitor import listing
 from ikecore.protocol import lifetime
 from ikecore.config import config_from_dict
 from ikecore.sa import Phase1State
@@ -124,7 +125,7 @@ def test_responder_lifetime_is_sent_and_honoured() -> None:
     assert [(e.sent, e.seconds, e.kilobytes) for e in honoured] == [(False, 300, 5000)]
     for driver in (link.initiator_driver, link.responder_driver):
         assert {(k.lifetime, k.lifetime_kilobytes) for k in driver.outbound.values()} == {(300, 5000)}
-    assert link.initiator.quick_mode_snapshot(link.now)[0]["lifetime_left"] == pytest.approx(300, abs=1)
+    assert listing.quick_mode_rows(link.initiator.sas(), link.now)[0]["lifetime_left"] == pytest.approx(300, abs=1)
     link.advance(301)  # both ends expire together
     assert pairs(link) == (set(), set())
 

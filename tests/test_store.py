@@ -16,6 +16,7 @@ from ikecore import events as ev
 from ikecore.driver import MemoryDriver
 from ikecore.engine.core import Engine
 from ikecore.monitor.counters import Monitor
+from ikecore.monitor import listing
 from ikecore.gateway.store import SaStore, StoreError
 
 TESTS = Path(__file__).resolve().parent
@@ -209,9 +210,9 @@ def test_aggressive_mode_and_nat_t_sas_are_restored_with_their_state(tmp_path: P
     link.responder = Engine(link.responder_config, driver=link.responder_driver,
                             store=SaStore(tmp_path / "sa.db"), now=link.now)
     link.connect()
-    (before,) = link.responder.snapshot(link.now)
+    (before,) = listing.main_mode_rows(link.responder.sas(), link.now)
     engine = _restart_responder(link, SaStore(tmp_path / "sa.db"), link.now)
-    (after,) = engine.snapshot(link.now)
+    (after,) = listing.main_mode_rows(engine.sas(), link.now)
     for key in ("initiator_cookie", "responder_cookie", "peer", "peer_port", "local_port", "state"):
         assert after[key] == before[key], key
     sa = engine.sas()[0]

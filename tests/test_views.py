@@ -265,7 +265,7 @@ def test_quick_mode_specific_filters_show_dns_names_from_the_cache() -> None:
     count = len(calls)
     views.query("quick-mode", "specific-filters", "all")
     assert len(calls) == count                              # answered from the cache
-    assert not any("dns_name" in c for c in COLUMNS[("main-mode", "specific-filters")])  # as in the seed
+    assert not any("dns_name" in c for c in COLUMNS[("main-mode", "specific-filters")])  # as in the IP Security Monitor document
     dns.close()
 
 

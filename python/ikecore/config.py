@@ -1,4 +1,4 @@
-"""Gateway configuration (layer L3 leaf): one frozen ``Config``, from TOML or from flags.
+"""Gateway configuration: one frozen ``Config``, from TOML or from flags.
 
 A TOML file says everything::
 
@@ -211,7 +211,7 @@ def _credentials(table: dict[str, Any], where: str) -> Any:
         cas = [cas]
     if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
         raise ConfigError(f"{where}.ca", "must be a file path or a list of them")
-    from ikecore.protocol.auth import Credentials
+    from ikecore.credentials import Credentials
 
     return Credentials.load(_get(table, "certificate", str, where), _get(table, "private_key", str, where),
                             cas, where)
@@ -264,11 +264,14 @@ def config_from_dict(data: dict[str, Any]) -> Config:
                     for i, table in enumerate(_get(data, "filter", list, "config", [])))
     timing_table = _get(data, "timing", dict, "config", {})
     _check_keys(timing_table, set(Timing.__dataclass_fields__), "timing")
-    timing = Timing(**{k: float(v) if k != "retransmit_tries" else int(v) for k, v in timing_table.items()})
+    timing_values: dict[str, Any] = {k: float(v) if k != "retransmit_tries" else int(v)
+                                     for k, v in timing_table.items()}
+    timing = Timing(**timing_values)
     flood_table = _get(data, "flood", dict, "config", {})
     _check_keys(flood_table, set(FloodLimits.__dataclass_fields__), "flood")
     try:
-        flood = FloodLimits(**{k: float(v) if k == "cookie_epoch" else int(v) for k, v in flood_table.items()})
+        flood_values: dict[str, Any] = {k: float(v) if k == "cookie_epoch" else int(v) for k, v in flood_table.items()}
+        flood = FloodLimits(**flood_values)
     except (TypeError, ValueError) as exc:
         raise ConfigError("flood", f"{exc}; use positive numbers") from None
     return Config(listen=listen, my_id=_get(gateway, "my_id", str, "gateway"), ike_policies=ike,
@@ -297,7 +300,7 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
                       credentials: Any = None) -> Config:
     """The one-filter config that ``serve``/``connect`` flags describe.
 
-    ``credentials`` (``ikecore.protocol.auth.Credentials``): RSA signatures, preferred over ``psk``.
+    ``credentials`` (``ikecore.credentials.Credentials``): RSA signatures, preferred over ``psk``.
     """
     if not psk and credentials is None:
         raise ConfigError("--psk", "a pre-shared key (or --cert, --key and --ca) is required")

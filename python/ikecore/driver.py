@@ -1,4 +1,4 @@
-"""The IPsec driver interface (layer L3 leaf): where Quick Mode SAs go.
+"""The IPsec driver interface: where Quick Mode SAs go.
 
 The engine asks the driver for an inbound SPI (Get SPI), then adds the outbound SA
 (Key Addition) and the inbound SA (Key Update), and deletes them when the SA ends.

@@ -1,4 +1,4 @@
-"""Every exception ikecore raises (layer L0: imports nothing from ikecore).
+"""Every exception ikecore raises (imports nothing from ikecore).
 
 The hierarchy follows h11's split of protocol errors by who broke the rules:
 

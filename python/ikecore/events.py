@@ -1,4 +1,4 @@
-"""Events (layer L3 leaf): frozen facts the engine reports; they carry no behaviour.
+"""Events: frozen facts the engine reports; they carry no behaviour.
 
 The monitor counts them; applications read them with ``Engine.next_event()``.
 Addresses are ``(ip, port)`` tuples; cookies and SPIs are bytes.

@@ -1,9 +1,9 @@
-"""The IKEv1 key schedule, IVs and payload encryption (layer L2, sans-IO).
+"""The IKEv1 key schedule, IVs and payload encryption (sans-IO).
 
-Everything here is RFC 2409 section 5 and appendix B, with the formulas of
-../docs PROTOCOL.md sections 3 to 6. ``prf`` is HMAC with the negotiated hash
-(computed in Rust, ``ikecore._core.prf``: 4x faster than ``hmac`` per call);
-``digest`` is the plain hash (used for IVs, NAT-D and public-key SKEYID).
+Everything here is RFC 2409 section 5 and appendix B, with the formulas below.
+``prf`` is HMAC with the negotiated hash (computed in Rust, ``ikecore._core.prf``:
+4x faster than ``hmac`` per call); ``digest`` is the plain hash (used for IVs, NAT-D
+and public-key SKEYID).
 
 Phase 1 (section 5)::
 

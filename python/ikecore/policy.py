@@ -1,4 +1,4 @@
-"""Negotiation policy (layer L3 leaf): proposals, IKE policies, filters; pure data and matching.
+"""Negotiation policy: proposals, IKE policies, filters; pure data and matching.
 
 Proposals are written the way strongSwan users write them:
 
@@ -78,7 +78,7 @@ _INTEGRITY_ALIASES = {"sha": "sha1", "sha2_256": "sha256", "sha2_384": "sha384",
 #: ESP integrity key sizes in bytes (RFC 2403, 2404, 4868).
 _AUTH_KEY_BYTES = {"md5": 16, "sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 
-_AUTH_METHOD_NAMES = {
+_AUTH_METHOD_NAMES: dict[int, str] = {
     wire.AuthMethod.PRE_SHARED_KEY: "Preshared key",
     wire.AuthMethod.DSS: "DSS signature",
     wire.AuthMethod.RSA_SIG: "RSA signature",
@@ -387,7 +387,7 @@ def parse_esp_proposals(text: str, *, lifetime: int = DEFAULT_ESP_LIFETIME,
 
 @dataclass(frozen=True, slots=True)
 class IkePolicy:
-    """A named, ordered list of Main Mode protection suites (the seed's "IKE policy")."""
+    """A named, ordered list of Main Mode protection suites (the IP Security Monitor document's "IKE policy")."""
 
     name: str
     proposals: tuple[IkeProposal, ...]
@@ -556,7 +556,7 @@ class TrafficSelector:
         elif id_type in (wire.IdType.IPV4_ADDR_RANGE, wire.IdType.IPV6_ADDR_RANGE):
             half = len(data) // 2
             first, last = ipaddress.ip_address(data[:half]), ipaddress.ip_address(data[half:])
-            nets = list(ipaddress.summarize_address_range(first, last))  # type: ignore[type-var]
+            nets = list(ipaddress.summarize_address_range(first, last))
             if len(nets) != 1:
                 raise ValueError("address range is not a single subnet")
             network = str(nets[0])
@@ -592,7 +592,7 @@ class GenericFilter:
     remote_ts: str | None = None
     mirrored: bool = True
     weight: int = 0
-    credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.protocol.auth.Credentials
+    credentials: Any = field(default=None, repr=False, compare=False)  # ikecore.credentials.Credentials
     fallback_to_clear: bool = False  # unanswered Main Mode -> soft SA (clear text)
     soft_sa_lifetime: int = 300      # seconds a soft SA lasts (Windows' default)
     quick_mode_window: int = 0       # our Quick Modes in flight per ISAKMP SA; 0 = no limit

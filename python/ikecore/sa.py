@@ -1,9 +1,9 @@
-"""SA records (layer L3 leaf): the state of one ISAKMP SA and of its Quick Mode exchanges.
+"""SA records: the state of one ISAKMP SA and of its Quick Mode exchanges.
 
 These are plain mutable records owned by the engine; the state machines in
 ``main_mode``, ``quick_mode`` and ``informational`` change them, and the monitor reads
-immutable snapshots of them (``IsakmpSa.snapshot``). Secrets live in ``crypto`` (keys
-inside the Rust cipher) and ``skeyid``; snapshots never contain them.
+them into rows (``ikecore.monitor.listing``). Secrets live in ``crypto`` (keys inside the
+Rust cipher) and ``skeyid``; rows never contain them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ikecore import policy, wire
+from ikecore.dh import KeyPair
 from ikecore.events import Address
 
 __all__ = ["Role", "Phase1State", "Phase2State", "IsakmpSa", "QuickModeExchange", "IpsecSa",
@@ -107,7 +108,7 @@ class QuickModeExchange:
     spi_out: bytes = b""
     chosen: policy.EspProposal | None = None
     mode: int = wire.EncapsulationMode.TUNNEL
-    dh: Any = None                 # single-use ikecore.dh.KeyPair for PFS
+    dh: KeyPair | None = None      # single use, for PFS
     g_qm_xy: bytes | None = None   # the PFS shared secret, kept until the SAs are installed
     id_ci: wire.IdPayload | None = None
     id_cr: wire.IdPayload | None = None
@@ -138,7 +139,7 @@ class IsakmpSa:
     non_esp_marker: bool = False
     chosen: policy.IkeProposal | None = None
     sa_b: bytes = b""              # SAi_b: the initiator's SA payload body (RFC 2409 section 5)
-    dh: Any = None                 # single-use ikecore.dh.KeyPair
+    dh: KeyPair | None = None      # single use
     g_xi: bytes = b""
     g_xr: bytes = b""
     nonce_i: bytes = b""
@@ -191,43 +192,3 @@ class IsakmpSa:
         self.sa_b = self.g_xi = self.g_xr = self.nonce_i = self.nonce_r = b""
         if self.skeyid is not None:
             self.skeyid = replace(self.skeyid, skeyid=b"", skeyid_e=b"")
-
-    @staticmethod
-    def _id_text(payload: wire.IdPayload | None, certificate: Any) -> str:
-        """An ID as text; a DER_ASN1_DN as the certificate subject's RFC 4514 string."""
-        if payload is None:
-            return ""
-        if (payload.id_type == wire.IdType.DER_ASN1_DN and certificate is not None
-                and certificate.subject.public_bytes() == payload.data):
-            return str(certificate.subject.rfc4514_string())
-        return id_to_text(payload.id_type, payload.data)
-
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """An immutable view for the monitor: the seed's columns plus cookies and state."""
-        chosen = self.chosen
-        return {
-            "me": self.local[0],
-            "my_id": self._id_text(self.my_id, getattr(self.generic_filter.credentials, "certificate", None)),
-            "peer": self.remote[0],
-            "peer_id": self._id_text(self.peer_id, self.peer_certificate),
-            "authentication": chosen.auth_method_name if chosen else "",
-            "encryption": chosen.encryption_name if chosen else "",
-            "integrity": chosen.hash_name if chosen else "",
-            "diffie_hellman": policy.group_name(chosen.group) if chosen else "",
-            "initiator_cookie": self.initiator_cookie.hex(),
-            "responder_cookie": self.responder_cookie.hex(),
-            "state": self.state.value,
-            "role": self.role.value,
-            "local_port": self.local[1],
-            "peer_port": self.remote[1],
-            "created": self.established if self.established is not None else self.started,
-            "lifetime_left": max(0.0, self.expires - now) if self.expires is not None else None,
-            "quick_modes": len(self.ipsec_sas),
-            "rekeyed": self.superseded,
-            "exchange": "aggressive" if self.aggressive else "main",
-            "nat": self.nat,
-            "nat_t": self.nat_t.name if self.nat_t is not None else "",
-            "encapsulated": self.encapsulated,
-            "dpd": self.dpd,
-            "vendor_ids": [wire.vendor_id_name(v) or v.hex() for v in self.vendor_ids],
-        }

@@ -1,4 +1,4 @@
-"""ISAKMP wire codec (layer L1): the Rust classes of ``ikecore._core`` plus the
+"""ISAKMP wire codec: the Rust classes of ``ikecore._core`` plus the
 RFC number spaces as IntEnums.
 
 Parsing and encoding happen in Rust (``rust/wire/``); this module only re-exports

@@ -1,4 +1,4 @@
-"""``ikecore decode``: dissect ISAKMP messages (layer L5).
+"""``ikecore decode``: dissect ISAKMP messages.
 
 Input: hex strings on the command line, a file (one hex datagram per line, or
 one raw binary datagram), or a capture file (pcap or pcapng, read here with

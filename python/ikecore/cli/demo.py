@@ -1,10 +1,11 @@
-"""``ikecore demo`` (layer L5), the main job behind ``make run``: a gateway and a load test.
+"""``ikecore demo``, the main job behind ``make run``: a gateway and a load test.
 
 A responder gateway runs in a child process (asyncio ``Gateway`` on 127.0.0.1, its own
 DH key-pair reserve) so that it and the load generator each have a core. The parent
-runs ``ikecore.loadtest.generator`` against it with a progress bar, prints the load test's report,
-then asks the gateway over a pipe for its Main Mode views (security associations and
-statistics), a Quick Mode summary and its memory growth per ISAKMP SA.
+runs the load generator (``ikecore.loadtest``) against it with a progress bar, prints
+the load test's report, then asks the gateway over a pipe for its Main Mode views
+(security associations and statistics), a Quick Mode summary and its memory growth per
+ISAKMP SA.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from ikecore import dh
-from ikecore.loadtest import generator as loadtest
+from ikecore import loadtest
+from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.monitor import cli as monitor_cli
+from ikecore.monitor import listing
 from ikecore.config import config_from_flags
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
@@ -56,8 +58,8 @@ def _gateway_main(conn: Connection, ike: str, esp: str, dh_threads: int) -> None
 
 async def _gateway(conn: Connection, ike: str, esp: str, dh_threads: int) -> None:
     config = config_from_flags(psk=PSK, ike=ike, esp=esp, listen=(("127.0.0.1", 0),))
-    pool = dh.DhPool(dh_threads) if dh_threads else None
-    engine = Engine(config, keypair=dh.KeypairReserve(pool) if pool is not None else None)
+    pool = DhPool(dh_threads) if dh_threads else None
+    engine = Engine(config, keypair=KeypairReserve(pool) if pool is not None else None)
     monitor = Monitor()
     gateway = Gateway(engine, monitor=monitor)
     loop = asyncio.get_running_loop()
@@ -72,7 +74,8 @@ async def _gateway(conn: Connection, ike: str, esp: str, dh_threads: int) -> Non
             if request == "views":
                 text = io.StringIO()
                 monitor_cli.demo_report(text, Views(engine, monitor, clock=loop.time))
-                conn.send({"report": text.getvalue(), "quick_mode": len(engine.quick_mode_snapshot(loop.time())),
+                quick_mode = listing.quick_mode_rows(engine.sas(), loop.time())
+                conn.send({"report": text.getvalue(), "quick_mode": len(quick_mode),
                            "rss_growth": rss_bytes() - rss_before, "sas": len(engine.sas())})
             else:
                 done.set()
@@ -126,8 +129,8 @@ def run(args: Any, out: TextIO) -> int:
         out.flush()
         spec = loadtest.LoadSpec(target=server, peers=args.peers, psk=PSK, ike=args.ike, esp=args.esp,
                                  concurrency=args.concurrency, max_seconds=300.0)
-        with dh.DhPool(1) as pool:
-            load = loadtest.LoadTest(spec, keypair=dh.KeypairReserve(pool))
+        with DhPool(1) as pool:
+            load = loadtest.LoadTest(spec, keypair=KeypairReserve(pool))
             progress = None if args.no_progress else loadtest.ProgressBar(sys.stderr, spec.peers)
             report = loadtest.run_udp(load, progress=progress)
         out.write("\n" + loadtest.format_report(report) + "\n")

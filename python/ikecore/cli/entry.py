@@ -1,4 +1,4 @@
-"""The ``ikecore`` command's entry point (layer L5): ``ikecore monitor`` starts without the
+"""The ``ikecore`` command's entry point: ``ikecore monitor`` starts without the
 rest of the command line; every other sub-command goes to ``ikecore.cli.main``.
 
 A monitoring agent or an operator's shell loop runs ``ikecore monitor`` again and again:

@@ -1,4 +1,4 @@
-"""The ``ikecore`` command line (layer L5): argparse sub-commands, formatting only.
+"""The ``ikecore`` command line: argparse sub-commands, formatting only.
 
 Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``monitor`` (views of a
 running gateway, ``ikecore.monitor.cli``), ``demo`` (the
@@ -18,11 +18,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ikecore import __version__, dh
+from ikecore import __version__
 from ikecore.cli import decode, demo
-from ikecore.loadtest import generator as loadtest
+from ikecore.loadtest import cli as loadtest
 from ikecore.monitor import cli as monitor_cli
+from ikecore.monitor import listing
 from ikecore.gateway import workers
+from ikecore.gateway.dh_pool import DhPool, KeypairReserve
+from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
@@ -34,7 +37,7 @@ __all__ = ["main", "build_parser", "format_table"]
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain text table with the seed's display names as headers."""
+    """A plain text table with the IP Security Monitor document's display names as headers."""
     return text_table([display_name(c) for c in columns], rows, columns)
 
 
@@ -78,8 +81,8 @@ def _add_proposal_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _credentials(args: argparse.Namespace) -> Any:
-    """--cert/--key/--ca as ``ikecore.protocol.auth.Credentials`` (None without them)."""
-    from ikecore.protocol.auth import credentials_from_flags
+    """--cert/--key/--ca as ``ikecore.credentials.Credentials`` (None without them)."""
+    from ikecore.credentials import credentials_from_flags
 
     return credentials_from_flags(args.cert, args.key, args.ca)
 
@@ -139,6 +142,17 @@ def _timing(args: argparse.Namespace) -> Timing:
                   dpd_delay=args.dpd_delay, dpd_timeout=args.dpd_timeout)
 
 
+#: What ``ikecore connect --json`` prints of the SA's Main Mode row and of its Quick Mode
+#: rows (``ikecore.monitor.listing`` defines them), in this order.
+_CONNECT_MAIN_MODE = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity",
+                      "diffie_hellman", "initiator_cookie", "responder_cookie", "state", "role", "local_port",
+                      "peer_port", "created", "lifetime_left", "quick_modes", "rekeyed", "exchange", "nat", "nat_t",
+                      "encapsulated", "dpd", "vendor_ids")
+_CONNECT_QUICK_MODE = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity",
+                       "diffie_hellman", "initiator_cookie", "responder_cookie", "spi_in", "spi_out", "mode",
+                       "local_ts", "remote_ts", "lifetime_left", "rekeyed")
+
+
 async def _connect(args: argparse.Namespace, out: TextIO) -> int:
     remote = parse_endpoint(args.peer, 500, "peer")
     if args.local:
@@ -158,8 +172,9 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
                                        natt_port=args.natt_port)
         sa = engine.sa(result.handle)
         now = gateway.loop.time()
-        main = sa.snapshot(now) if sa is not None else None
-        quick = [row for row in engine.quick_mode_snapshot(now)
+        mine = listing.main_mode_row(sa, now) if sa is not None else None
+        main = {key: mine[key] for key in _CONNECT_MAIN_MODE} if mine is not None else None
+        quick = [{key: row[key] for key in _CONNECT_QUICK_MODE} for row in listing.quick_mode_rows(engine.sas(), now)
                  if main is not None and row["initiator_cookie"] == main["initiator_cookie"]]
         if args.json:
             json.dump({"main_mode": main if result.phase1 else None, "quick_mode": quick,
@@ -220,10 +235,10 @@ async def _serve(args: argparse.Namespace) -> int:
             store = SaStore(args.store, key_file=args.store_key)
         except StoreError as exc:
             raise ConfigError("--store", str(exc)) from None
-    loadtest.tune_gc()
-    pool = dh.DhPool(args.dh_threads) if args.dh_threads > 0 else None
+    tune_gc()
+    pool = DhPool(args.dh_threads) if args.dh_threads > 0 else None
     engine = Engine(config, keylog=_KeyLog(args.keylog or config.keylog),
-                    keypair=dh.KeypairReserve(pool) if pool is not None else None, store=store,
+                    keypair=KeypairReserve(pool) if pool is not None else None, store=store,
                     now=asyncio.get_running_loop().time())
     gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
     try:

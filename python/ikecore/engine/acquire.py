@@ -1,4 +1,4 @@
-"""Acquires and soft SAs (layer L4, the engine's helper): on-demand negotiation.
+"""Acquires and soft SAs: on-demand negotiation, a helper of the engine (``EngineServices``).
 
 Design note
 -----------
@@ -25,16 +25,18 @@ event: ``AcquireSucceeded`` (Quick Mode SAs installed, or ``soft=True``) or
 Mode, or one whose Quick Mode runs); *queued* ones wait behind another acquire's Main Mode
 to the same peer. The monitor counts every negotiation we run as an outstanding acquire
 (``connect``/``initiate`` and rekeys are acquires too) and adds the queued ones from
-``counts()``: Active Acquire = outstanding + queued (the seed: "the outstanding request and
-the number of queued requests") = Acquire Heap Size. Acquire Failures count failed
-negotiations of ours plus acquires that failed without one (no filter, queued behind a
-Main Mode that failed, SA deleted); a
-soft SA follows a failed (unanswered) Main Mode, which stays counted as such. Driver
-failures (Get SPI, key addition, key update) fail the Quick Mode and so the acquire.
+``counts()``: Active Acquire = outstanding + queued (the IP Security Monitor document: "the
+outstanding request and the number of queued requests") = Acquire Heap Size. Acquire
+Failures count failed negotiations of ours plus acquires that failed without one (no
+filter, queued behind a Main Mode that failed, SA deleted); a soft SA follows a failed
+(unanswered) Main Mode, which stays counted as such. Driver failures (Get SPI, key
+addition, key update) fail the Quick Mode and so the acquire.
 
-The heap follows the engine's events (``observe``), so every path that ends a negotiation
--- replies, timeouts, retransmission limits, deletes -- settles the acquires waiting on it.
-A soft SA lasts ``soft_sa_lifetime`` seconds of the filter; afterwards a new acquire tries
+The engine tells the heap where a negotiation ends, right after it queues the event that
+reports it: ``phase1_established``, ``phase1_failed``, ``quick_mode_ended`` (established or
+failed) and ``isakmp_deleted``. Every path that ends a negotiation -- replies, timeouts,
+retransmission limits, deletes -- passes through one of them, so it settles the acquires
+waiting on it; their own events follow the event that settled them. A soft SA lasts ``soft_sa_lifetime`` seconds of the filter; afterwards a new acquire tries
 Main Mode again.
 """
 
@@ -42,15 +44,13 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ikecore import events as ev
+from ikecore.engine.services import EngineServices
 from ikecore.errors import ConfigError
 from ikecore.events import Address
 from ikecore.sa import Phase1State, Role
-
-if TYPE_CHECKING:
-    from ikecore.engine.core import Engine
 
 __all__ = ["Acquire", "AcquireHeap", "SoftSa"]
 
@@ -91,15 +91,12 @@ class AcquireHeap:
         self._soft: list[SoftSa] = []
         self._next = 1
 
-    @property
-    def waiting(self) -> bool:
-        return bool(self._entries)
-
     def counts(self) -> tuple[int, int]:
         """(acquires in the heap, of which queued: no negotiation of their own in flight)."""
         return len(self._entries), sum(1 for entry in self._entries.values() if not entry.active)
 
     def soft_snapshot(self, now: float) -> list[dict[str, Any]]:
+        """The soft SAs still in force at ``now``, one row (JSON-ready) each."""
         self._soft = [s for s in self._soft if s.expires > now]
         return [{"me": s.local[0], "peer": s.remote[0], "filter": s.filter_name, "encryption": "none",
                  "integrity": "none", "created": s.created, "lifetime_left": s.expires - now}
@@ -107,18 +104,20 @@ class AcquireHeap:
 
     # --- requests -----------------------------------------------------------------------
 
-    def start(self, engine: Engine, remote: Address, local: Address, now: float, filter_name: str | None) -> int:
+    def start(self, engine: EngineServices, remote: Address, local: Address, now: float,
+              filter_name: str | None) -> int:
+        """A new acquire; returns its id (its result event may already be queued)."""
         ident = self._next
         self._next += 1
-        engine._emit(ev.AcquireStarted(time=now, acquire=ident, local=local, remote=remote, filter=filter_name))
+        engine.emit(ev.AcquireStarted(time=now, acquire=ident, local=local, remote=remote, filter=filter_name))
         try:
-            flt = engine._filter(local, remote, filter_name)
+            flt = engine.filter_for(local, remote, filter_name)
         except ConfigError as exc:
-            engine._emit(ev.AcquireFailed(time=now, acquire=ident, reason=str(exc), cause="filter"))
+            engine.emit(ev.AcquireFailed(time=now, acquire=ident, reason=str(exc), cause="filter"))
             return ident
         self._soft = [s for s in self._soft if s.expires > now]
         if any(s.remote[0] == remote[0] and s.filter_name == flt.name for s in self._soft):
-            engine._emit(ev.AcquireSucceeded(time=now, acquire=ident, handle=0, spi_in=None, soft=True))
+            engine.emit(ev.AcquireSucceeded(time=now, acquire=ident, handle=0, spi_in=None, soft=True))
             return ident
         entry = Acquire(ident, local, remote, flt.name, now)
         self._entries[ident] = entry
@@ -141,7 +140,7 @@ class AcquireHeap:
             entry.active = True
         return ident
 
-    def _quick_mode(self, engine: Engine, entry: Acquire, handle: int, now: float) -> None:
+    def _quick_mode(self, engine: EngineServices, entry: Acquire, handle: int, now: float) -> None:
         entry.handle, entry.active = handle, True
         message_id = engine.initiate_quick_mode(handle, now)
         sa = engine.sa(handle)
@@ -150,60 +149,70 @@ class AcquireHeap:
             return
         entry.message_id = message_id
 
-    def _finish(self, engine: Engine, entry: Acquire, now: float, *, failed: str | None = None,
+    def _finish(self, engine: EngineServices, entry: Acquire, now: float, *, failed: str | None = None,
                 spi_in: bytes | None = None, soft: bool = False, cause: str = "negotiation") -> None:
         if self._entries.pop(entry.ident, None) is None:
             return
         self._heap = [item for item in self._heap if item[1] != entry.ident]
         heapq.heapify(self._heap)
         if failed is not None:
-            engine._emit(ev.AcquireFailed(time=now, acquire=entry.ident, reason=failed, cause=cause))
+            engine.emit(ev.AcquireFailed(time=now, acquire=entry.ident, reason=failed, cause=cause))
         else:
-            engine._emit(ev.AcquireSucceeded(time=now, acquire=entry.ident, handle=entry.handle or 0,
+            engine.emit(ev.AcquireSucceeded(time=now, acquire=entry.ident, handle=entry.handle or 0,
                                              spi_in=spi_in, soft=soft))
 
     def _ordered(self) -> list[Acquire]:
         return [self._entries[ident] for _t, ident in sorted(self._heap) if ident in self._entries]
 
-    # --- engine events --------------------------------------------------------------------
+    # --- where negotiations end (the engine calls these) -----------------------------------
 
-    def observe(self, engine: Engine, event: ev.Event) -> None:
-        """Advance the acquires waiting on the negotiation ``event`` reports."""
-        now = event.time
-        if isinstance(event, ev.Phase1Established):
-            for entry in self._ordered():
-                if entry.handle == event.handle and entry.message_id is None:
-                    self._quick_mode(engine, entry, event.handle, now)
-        elif isinstance(event, ev.Phase1Failed):
-            waiting = [e for e in self._ordered() if e.handle == event.handle and event.handle]
-            if waiting:
-                self._phase1_failed(engine, waiting, event, now)
-        elif isinstance(event, ev.Phase2Established):
-            for entry in self._ordered():
-                if (entry.handle, entry.message_id) == (event.handle, event.message_id):
-                    self._finish(engine, entry, now, spi_in=event.spi_in)
-        elif isinstance(event, ev.Phase2Failed):
-            for entry in self._ordered():
-                if (entry.handle, entry.message_id) == (event.handle, event.message_id):
-                    self._finish(engine, entry, now, failed=event.reason)
-        elif isinstance(event, ev.SaDeleted) and event.phase == 1:
-            for entry in self._ordered():
-                if entry.handle == event.handle:
-                    self._finish(engine, entry, now, failed=f"ISAKMP SA deleted: {event.reason}", cause="deleted")
+    def phase1_established(self, engine: EngineServices, handle: int, now: float) -> None:
+        """ISAKMP SA ``handle`` is up: start the Quick Mode of every acquire waiting on it."""
+        if not self._entries:
+            return
+        for entry in self._ordered():
+            if entry.handle == handle and entry.message_id is None:
+                self._quick_mode(engine, entry, handle, now)
 
-    def _phase1_failed(self, engine: Engine, waiting: list[Acquire], event: ev.Phase1Failed, now: float) -> None:
-        sa = engine.sa(event.handle)
+    def phase1_failed(self, engine: EngineServices, handle: int, reason: str, now: float) -> None:
+        """The Main Mode of ISAKMP SA ``handle`` failed (the SA is not forgotten yet)."""
+        if not self._entries or not handle:
+            return
+        waiting = [e for e in self._ordered() if e.handle == handle]
+        if not waiting:
+            return
+        sa = engine.sa(handle)
         unanswered = sa is not None and sa.responder_cookie == ZERO_COOKIE
         flt = sa.generic_filter if sa is not None else None
         if unanswered and flt is not None and flt.fallback_to_clear:
             first = waiting[0]
             soft = SoftSa(first.local, first.remote, flt.name, now, now + flt.soft_sa_lifetime)
             self._soft.append(soft)
-            engine._emit(ev.SoftSaCreated(time=now, acquire=first.ident, local=soft.local, remote=soft.remote,
-                                          expires=soft.expires))
+            engine.emit(ev.SoftSaCreated(time=now, acquire=first.ident, local=soft.local, remote=soft.remote,
+                                         expires=soft.expires))
             for entry in waiting:
                 self._finish(engine, entry, now, soft=True)
             return
         for entry in waiting:  # queued ones had no negotiation of their own to count
-            self._finish(engine, entry, now, failed=f"Main Mode failed: {event.reason}",
+            self._finish(engine, entry, now, failed=f"Main Mode failed: {reason}",
                          cause="negotiation" if entry.active else "queued")
+
+    def quick_mode_ended(self, engine: EngineServices, event: ev.Phase2Established | ev.Phase2Failed) -> None:
+        """A Quick Mode was established or failed: settle the acquire that started it."""
+        if not self._entries:
+            return
+        key = (event.handle, event.message_id)
+        for entry in self._ordered():
+            if (entry.handle, entry.message_id) == key:
+                if isinstance(event, ev.Phase2Established):
+                    self._finish(engine, entry, event.time, spi_in=event.spi_in)
+                else:
+                    self._finish(engine, entry, event.time, failed=event.reason)
+
+    def isakmp_deleted(self, engine: EngineServices, handle: int, reason: str, now: float) -> None:
+        """ISAKMP SA ``handle`` is gone: the acquires waiting on it fail."""
+        if not self._entries:
+            return
+        for entry in self._ordered():
+            if entry.handle == handle:
+                self._finish(engine, entry, now, failed=f"ISAKMP SA deleted: {reason}", cause="deleted")

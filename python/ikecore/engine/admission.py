@@ -1,4 +1,4 @@
-"""Flood resistance for the responder (layer L3): half-open limits and stateless cookies.
+"""Flood resistance for the responder: half-open limits and stateless cookies.
 
 Design note
 -----------

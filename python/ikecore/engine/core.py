@@ -1,4 +1,4 @@
-"""The sans-IO engine (layer L4): many ISAKMP SAs, dispatch by cookie pair, timers.
+"""The sans-IO engine: many ISAKMP SAs, dispatch by cookie pair, timers.
 
 Design note
 -----------
@@ -7,21 +7,33 @@ I/O and reads no clock (the aioquic pattern): callers feed it
 
 * ``receive_datagram(data, remote, local, now)`` for each UDP datagram,
 * ``handle_timer(now)`` when the deadline from ``get_timer()`` has passed,
-* ``initiate(...)`` / ``initiate_quick_mode(...)`` / ``delete(...)`` for local requests,
+* ``initiate(...)`` / ``initiate_quick_mode(...)`` / ``delete(...)`` / ``acquire(...)`` for
+  local requests,
 
 and drain ``datagrams_to_send()`` and ``next_event()`` afterwards.
 
-Dispatch: a message whose responder cookie is zero and that no SA knows starts a responder
-Main Mode (after the filter lookup; no DH work before message 3). A retransmitted message 1
-is recognised by the table's first-message hash and answered with the same message 2.
-Other messages go to their SA by (CKY-I, CKY-R), falling back to the half-open (CKY-I, 0)
-entry of our own initiator SAs; then by exchange type to ``main_mode``, ``quick_mode``
-(by Message ID) or ``informational``.
+Flow: receive -> dispatch by cookie -> the exchange's transition table -> send and emit.
 
-Reliability: requests are retransmitted as the identical datagram with exponential backoff
-(``Timing``) up to a limit; a duplicate of the last request is answered by resending the
-last reply and changes nothing; every negotiation has a deadline; established SAs expire
-at their lifetime with a Delete.
+* Dispatch: a message whose responder cookie is zero and that no SA knows starts a
+  responder Main Mode (after the filter lookup and the flood gate, ``engine.admission``;
+  no DH work before message 3). A retransmitted message 1 is recognised by the table's
+  first-message hash and answered with the same message 2. Other messages go to their SA
+  by (CKY-I, CKY-R), falling back to the half-open (CKY-I, 0) entry of our own initiator
+  SAs; then by exchange type to ``main_mode``/``aggressive_mode``, ``quick_mode`` (by
+  Message ID) or ``informational`` (``ikecore.protocol``), whose transition tables decide
+  the reply.
+* Send and emit: replies and requests go to the outgoing queue, facts to the event queue
+  (``emit``); both leave only when the caller drains them, after the SA store is written.
+* Timers: one heap of (deadline, sequence, SA, Message ID, ``TimerKind``), each kind with
+  one handler here (``engine.timers``). Requests are retransmitted as the identical
+  datagram with exponential backoff (``Timing``) up to a limit; a duplicate of the last
+  request is answered by resending the last reply and changes nothing; every negotiation
+  has a deadline; established SAs expire at their lifetime with a Delete.
+* Helpers: rekeying (``engine.rekey``) and acquires (``engine.acquire``) act through the
+  public ``EngineServices`` methods (``engine.services``) and never import this module.
+  The engine tells them where a negotiation ends, right after emitting the event that says
+  so: ``_established``, ``_fail``, ``remove_sa`` and ``_quick_mode_ended`` call the acquire
+  heap, which may start a Quick Mode or settle acquires there and then.
 
 Peer errors never escape ``receive_datagram``: wire-level garbage is counted
 (``InvalidPacketReceived``) and dropped, leaving the SA as it was; a semantic failure
@@ -39,11 +51,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ikecore import _core, keymat, wire
-from ikecore.engine import acquire
-from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mode, nat_traversal
-from ikecore.engine import persist
-from ikecore.protocol import quick_mode
-from ikecore.engine import rekey
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -58,9 +65,13 @@ from ikecore.errors import (
     NoProposalChosen,
     RemoteProtocolError,
 )
-from ikecore.events import Address
+from ikecore.engine import acquire, persist, rekey
 from ikecore.engine.admission import AdmissionControl
-from ikecore.policy import group_name
+from ikecore.engine.timers import TimerKind
+from ikecore.events import Address
+from ikecore.policy import GenericFilter
+from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mode, nat_traversal, quick_mode
+from ikecore.protocol.transitions import Row, Send
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
 
 __all__ = ["Engine"]
@@ -79,6 +90,9 @@ SPENT_MESSAGE_IDS = 4096
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
 _FATAL = (NoProposalChosen, AuthenticationFailed, InvalidIdInformation)
+
+# A timer handler: (ISAKMP SA, Message ID, deadline, now).
+TimerHandler = Callable[[IsakmpSa, int, float, float], None]
 
 
 def _endpoint_bytes(address: Address) -> bytes:
@@ -108,10 +122,10 @@ class Engine:
 
     def __init__(self, config: Config, *, driver: IpsecDriver | None = None,
                  random: Callable[[int], bytes] = os.urandom,
-                 keypair: Callable[[int], Any] | None = None,
+                 keypair: Callable[[int], dh_module.KeyPair] | None = None,
                  keylog: Callable[[str], None] | None = None,
-                 wall_clock: Callable[[], datetime.datetime] | None = None, store: Any = None,
-                 now: float = 0.0) -> None:
+                 wall_clock: Callable[[], datetime.datetime] | None = None,
+                 store: persist.RecordStore | None = None, now: float = 0.0) -> None:
         self.config = config
         self.driver: IpsecDriver = driver if driver is not None else MemoryDriver()
         self._random = random
@@ -126,8 +140,9 @@ class Engine:
         self._next_handle = 1
         self._outgoing: list[tuple[bytes, Address, Address]] = []
         self._events: deque[ev.Event] = deque()
-        self._timers: list[tuple[float, int, int, int, str]] = []
+        self._timers: list[tuple[float, int, int, int, TimerKind]] = []
         self._timer_seq = 0
+        self._on_timer = self._timer_handlers()
         self._now = 0.0
         self._acquires = acquire.AcquireHeap()
         self._rotate_secret_at = float("-inf")
@@ -136,14 +151,16 @@ class Engine:
         self._dirty: set[int] = set()
         self._stored: set[int] = set()
         if store is not None:
-            self._restore(now)
+            self._restore(store, now)
 
-    # --- services lent to the state machines ------------------------------------------
+    # --- services lent to the state machines (protocol.services.Services, quick_mode's) and
+    # to the helpers (engine.services.EngineServices: also emit, push_timer, filter_for,
+    # sa, sas, initiate, initiate_quick_mode, remove_sa, remove_ipsec) ------------------
 
     def random(self, size: int) -> bytes:
         return self._random(size)
 
-    def keypair(self, group: int) -> Any:
+    def keypair(self, group: int) -> dh_module.KeyPair:
         return self._keypair(group)
 
     def wall_clock(self) -> datetime.datetime:
@@ -157,10 +174,10 @@ class Engine:
         try:
             spi = self.driver.get_spi(sa.remote[0], sa.local[0], wire.ProtocolId.IPSEC_ESP)
         except DriverError as exc:
-            self._emit(ev.SpiAllocated(time=self._now, spi=None))
-            self._emit(ev.DriverFailed(time=self._now, operation="get_spi", reason=str(exc)))
+            self.emit(ev.SpiAllocated(time=self._now, spi=None))
+            self.emit(ev.DriverFailed(time=self._now, operation="get_spi", reason=str(exc)))
             raise NoProposalChosen(f"IPsec driver has no SPI: {exc}") from exc
-        self._emit(ev.SpiAllocated(time=self._now, spi=spi))
+        self.emit(ev.SpiAllocated(time=self._now, spi=spi))
         return spi
 
     def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
@@ -170,14 +187,14 @@ class Engine:
             try:
                 getattr(self.driver, operation)(keys)
             except DriverError as exc:
-                self._emit(ev.DriverFailed(time=self._now, operation=operation, reason=str(exc)))
+                self.emit(ev.DriverFailed(time=self._now, operation=operation, reason=str(exc)))
                 if operation == "update_inbound":  # no half-installed pair left behind
                     try:
                         self.driver.delete(outbound.spi, outbound.destination, outbound.protocol_id)
                     except DriverError:
                         pass
                 raise NoProposalChosen(f"IPsec driver refused {operation}: {exc}") from exc
-            self._emit(done(time=self._now, spi=keys.spi))
+            self.emit(done(time=self._now, spi=keys.spi))
         qm.installed = (outbound, inbound)
 
     # --- public API -----------------------------------------------------------------------
@@ -191,7 +208,7 @@ class Engine:
         Returns the SA handle. Raises ConfigError when no filter covers the address pair.
         """
         self._now = now
-        flt = self._filter(local, remote, filter_name)
+        flt = self.filter_for(local, remote, filter_name)
         sa = self._new_sa(Role.INITIATOR, Phase1State.I_EXPECT_MM2, self._cookie(), ZERO_COOKIE,
                           local, remote, flt, now)
         sa.want_quick_mode = quick_mode
@@ -199,7 +216,7 @@ class Engine:
         sa.non_esp_marker = _needs_marker(local, remote)
         sa.natt_port = natt_port or (nat_traversal.NAT_T_PORT if remote[1] == 500 else remote[1])
         self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
-        self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
         if flt.aggressive:
             self._send_request(sa, aggressive_mode.start_initiator(sa, self), now, AM, 1)
             return sa.handle
@@ -219,7 +236,7 @@ class Engine:
         qm = QuickModeExchange(message_id, Role.INITIATOR, Phase2State.I_EXPECT_QM2, now, sa.esp_policy)
         qm.rekey_of = rekey_of
         sa.quick_modes[message_id] = qm
-        self._emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
+        self.emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
         window = sa.generic_filter.quick_mode_window
         if window and sum(1 for q in sa.quick_modes.values() if q.state is Phase2State.I_EXPECT_QM2) > window:
             qm.state = Phase2State.I_QUEUED  # started when one of ours in flight ends
@@ -233,11 +250,12 @@ class Engine:
             datagram = quick_mode.start_initiator(sa, qm, self)
         except NoProposalChosen as exc:
             del sa.quick_modes[qm.message_id]
-            self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id, role="initiator",
-                                       reason=str(exc)))
+            self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
+                                                   role="initiator", reason=str(exc)))
             return
         self._send_qm_request(sa, qm, datagram, now, 1)
-        self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-timeout")
+        self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id,
+                        TimerKind.QM_TIMEOUT)
 
     def _next_quick_mode(self, handle: int) -> None:
         """An initiator Quick Mode ended: start the oldest one the window held back."""
@@ -253,7 +271,7 @@ class Engine:
         self._now = now
         sa = self._sas.get(handle)
         if sa is not None:
-            self._remove_sa(sa, reason, notify_peer=True)
+            self.remove_sa(sa, reason, notify_peer=True)
 
     def rekey(self, handle: int, now: float, spi_in: bytes | None = None) -> None:
         """Rekey now: the ISAKMP SA (new Main Mode), or its IPsec SA ``spi_in`` (new Quick Mode)."""
@@ -287,7 +305,7 @@ class Engine:
         return self._acquires.counts()
 
     def soft_sas(self, now: float) -> list[dict[str, Any]]:
-        """Soft associations (clear text after an unanswered Main Mode) still in force."""
+        """Soft associations (clear text after an unanswered Main Mode) still in force: JSON rows."""
         return self._acquires.soft_snapshot(now)
 
     def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
@@ -319,40 +337,19 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, expiries."""
         self._now = now
-        while self._timers and self._timers[0][0] <= now:
-            deadline, _seq, handle, message_id, kind = heapq.heappop(self._timers)
+        timers, on_timer = self._timers, self._on_timer
+        while timers and timers[0][0] <= now:
+            deadline, _seq, handle, message_id, kind = heapq.heappop(timers)
             self._dirty.add(handle)
             sa = self._sas.get(handle)
             if sa is not None:
-                self._fire(sa, message_id, kind, deadline, now)
+                on_timer[kind](sa, message_id, deadline, now)
 
     def sa(self, handle: int) -> IsakmpSa | None:
         return self._sas.get(handle)
 
     def sas(self) -> list[IsakmpSa]:
         return list(self._sas.values())
-
-    def snapshot(self, now: float) -> list[dict[str, Any]]:
-        """The Main Mode security associations view: one dict per ISAKMP SA."""
-        return [sa.snapshot(now) for sa in list(self._sas.values())]
-
-    def quick_mode_snapshot(self, now: float) -> list[dict[str, Any]]:
-        """The Quick Mode security associations view: one dict per IPsec SA pair."""
-        rows = []
-        for sa in list(self._sas.values()):
-            main = sa.snapshot(now)
-            for ipsec in list(sa.ipsec_sas):
-                rows.append({
-                    "me": main["me"], "my_id": main["my_id"], "peer": main["peer"], "peer_id": main["peer_id"],
-                    "authentication": main["authentication"], "encryption": ipsec.proposal.encryption_name,
-                    "integrity": ipsec.proposal.integrity_name,
-                    "diffie_hellman": group_name(ipsec.proposal.pfs_group) if ipsec.proposal.pfs_group else "",
-                    "initiator_cookie": main["initiator_cookie"], "responder_cookie": main["responder_cookie"],
-                    "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(), "mode": ipsec.mode,
-                    "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
-                    "lifetime_left": max(0.0, ipsec.expires - now), "rekeyed": ipsec.superseded,
-                })
-        return rows
 
     @property
     def half_open(self) -> int:
@@ -364,7 +361,7 @@ class Engine:
         return self._admission
 
     @property
-    def cookie_table(self) -> Any:
+    def cookie_table(self) -> _core.CookieTable:
         """The (CKY-I, CKY-R) -> handle table (``ikecore._core.CookieTable``)."""
         return self._cookies
 
@@ -388,22 +385,21 @@ class Engine:
             if data[8:16] == ZERO_COOKIE:
                 self._receive_first(data, remote, local, now, marker)
             elif not self._stateless_mm3(data, remote, local, now, marker):
-                self._emit(ev.InvalidCookieReceived(time=now, remote=remote))
+                self.emit(ev.InvalidCookieReceived(time=now, remote=remote))
             return
         sa = self._sas[handle]
         self._dirty.add(handle)
         if remote[0] != sa.remote[0]:
             raise InvalidCookie(f"cookies of SA {handle} arrived from {remote[0]}, not {sa.remote[0]}")
         if exchange_type in (MM, AM) and data == sa.last_received:
-            # Only a responder answers a repeated request; an initiator that sees a
-            # repeated response ignores it (its own retransmission timer runs).
-            if sa.role is Role.RESPONDER and sa.last_sent:
-                self._resend_reply(sa, sa.last_sent, MM)
-            elif sa.aggressive and sa.state is Phase1State.ESTABLISHED and sa.last_sent:
-                self._resend_reply(sa, sa.last_sent, AM)  # AM2 again: our AM3 was lost
+            # The row that handled it says whether the peer missed our answer (we resend
+            # it) or our own retransmission timer runs (we ignore the repeat).
+            handled = (aggressive_mode.HANDLED if exchange_type == AM else main_mode.HANDLED).get((sa.role, sa.state))
+            if handled is not None and handled.answers_repeat and sa.last_sent:
+                self._resend_reply(sa, sa.last_sent, exchange_type)
             return
         message = wire.parse(data)
-        self._emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, length=len(data),
+        self.emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, length=len(data),
                                        message_number=_message_number(sa, exchange_type, message.message_id)))
         if exchange_type == AM:
             # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
@@ -425,7 +421,7 @@ class Engine:
             return
         self._dispatch(sa, message, data, now)
 
-    def _dispatch(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
+    def _dispatch(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
         exchange_type = message.exchange_type
         if exchange_type in (MM, AM):
             self._main_mode(sa, message, data, now)
@@ -443,16 +439,17 @@ class Engine:
         known = self._cookies.find_first(source, data)
         if known is not None and known in self._sas:
             sa = self._sas[known]
-            if sa.last_sent:
-                self._resend_reply(sa, sa.last_sent, MM)
+            first = aggressive_mode.FIRST if data[18] == AM else main_mode.FIRST
+            if first.answers_repeat and sa.last_sent:
+                self._resend_reply(sa, sa.last_sent, data[18])
             return
         message = wire.parse(data)
-        self._emit(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
+        self.emit(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
                                        length=len(data)))
         if message.exchange_type == INFO:
             for payload in message.payloads:
-                if payload.payload_type == wire.PayloadType.N:
-                    self._emit(ev.NotifyReceived(time=now, handle=None, remote=remote,
+                if isinstance(payload, wire.NotifyPayload):
+                    self.emit(ev.NotifyReceived(time=now, handle=None, remote=remote,
                                                  notify_type=payload.notify_type, protected=False))
             return
         if message.exchange_type not in (MM, AM):
@@ -466,7 +463,7 @@ class Engine:
             self._rotate_secret_at = now + COOKIE_SECRET_LIFETIME
         cookie_r = bytes(self._cookies.make_cookie(source, _endpoint_bytes(local)))
         if flt is None:
-            self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote,
+            self.emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote,
                                        reason="no filter matches the peer", notify_type=wire.NotifyType.NO_PROPOSAL_CHOSEN))
             self._send_raw(informational.build_unprotected(
                 message.initiator_cookie, cookie_r, informational.notify(wire.NotifyType.NO_PROPOSAL_CHOSEN)),
@@ -479,9 +476,10 @@ class Engine:
                           message.initiator_cookie, cookie_r, local, remote, flt, now)
         self._admission.opened(sa.handle, remote[0])
         sa.non_esp_marker = marker or _needs_marker(local, remote)
-        self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        module = aggressive_mode if aggressive else main_mode
         try:
-            reply = (aggressive_mode if aggressive else main_mode).receive(sa, message, self)
+            reply = module.receive(sa, message, self)
         except RemoteProtocolError as exc:
             self._fail(sa, str(exc), exc.notify_type, now)
             return
@@ -490,23 +488,20 @@ class Engine:
         sa.first_message = data
         sa.last_received = data
         assert reply is not None
-        if aggressive:
-            self._send_request(sa, reply, now, AM, 2)  # AM2 is resent until AM3 arrives
-        else:
-            self._send_reply(sa, reply, message.exchange_type, 2)
+        self._send_next(sa, module.FIRST, reply, message.exchange_type, now)
 
     # --- flood gate (policy and design note in ikecore.engine.admission) -----------------------------
 
-    def _admit_first(self, message: Any, remote: Address, local: Address, flt: Any, now: float,
-                     marker: bool) -> bool:
+    def _admit_first(self, message: wire.Message, remote: Address, local: Address, flt: GenericFilter,
+                     now: float, marker: bool) -> bool:
         """True when message 1 was answered statelessly or refused; False: keep an SA."""
         gate = self._admission
         if gate.stateless():
             if message.exchange_type == AM:
                 # Aggressive Mode answers message 1 with a DH value: never for an
                 # unproven source under flood. The peer may retry, or use Main Mode.
-                self._emit(ev.HalfOpenRefused(time=now, remote=remote,
-                                              reason="Aggressive Mode refused above the cookie threshold"))
+                self.emit(ev.HalfOpenRefused(time=now, remote=remote,
+                                             reason="Aggressive Mode refused above the cookie threshold"))
                 return True
             self._stateless_mm2(message, remote, local, flt, now, marker)
             return True
@@ -516,18 +511,18 @@ class Engine:
         """Apply the half-open limits for one more SA from ``remote``; False: refused."""
         gate = self._admission
         if gate.source_full(remote[0]):
-            self._emit(ev.HalfOpenRefused(time=now, remote=remote, reason="per-source half-open limit"))
+            self.emit(ev.HalfOpenRefused(time=now, remote=remote, reason="per-source half-open limit"))
             return False
         for handle in gate.make_room():
             gate.closed(handle)
             victim = self._sas.get(handle)
             if victim is not None:
-                self._emit(ev.HalfOpenDropped(time=now, handle=handle, remote=victim.remote))
+                self.emit(ev.HalfOpenDropped(time=now, handle=handle, remote=victim.remote))
                 self._fail(victim, "half-open limit: oldest dropped", None, now, answer=False)
         return True
 
-    def _stateless_mm2(self, message: Any, remote: Address, local: Address, flt: Any, now: float,
-                       marker: bool) -> None:
+    def _stateless_mm2(self, message: wire.Message, remote: Address, local: Address, flt: GenericFilter,
+                       now: float, marker: bool) -> None:
         if not any(p.payload_type == wire.PayloadType.SA for p in message.payloads):
             raise wire_error("Main Mode message 1 without an SA payload", wire.NotifyType.INVALID_PAYLOAD_TYPE)
         # the whole payload chain (SA and vendor IDs: NAT-T, DPD) is what message 3 rebuilds
@@ -535,7 +530,7 @@ class Engine:
         cky_r = self._admission.make_cookie(message.initiator_cookie, _endpoint_bytes(remote),
                                             _endpoint_bytes(local), chain, now)
         if cky_r is None:
-            self._emit(ev.HalfOpenRefused(time=now, remote=remote, reason="offer too large for a stateless reply"))
+            self.emit(ev.HalfOpenRefused(time=now, remote=remote, reason="offer too large for a stateless reply"))
             return
         probe = IsakmpSa(0, Role.RESPONDER, Phase1State.R_EXPECT_MM1, message.initiator_cookie, cky_r, local,
                          remote, flt, self.config.ike_policies[flt.ike_policy],
@@ -544,16 +539,16 @@ class Engine:
         try:
             reply = main_mode.receive(probe, message, self)
         except RemoteProtocolError as exc:
-            self._emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote, reason=str(exc),
-                                       notify_type=exc.notify_type))
+            self.emit(ev.Phase1Failed(time=now, handle=0, role="responder", remote=remote, reason=str(exc),
+                                      notify_type=exc.notify_type))
             if exc.notify_type is not None:
                 self._send_raw(informational.build_unprotected(
                     message.initiator_cookie, cky_r, informational.notify(exc.notify_type)), remote, local, marker)
             return
         assert reply is not None
         self._admission.answered(chain, reply)   # the receive fast path may answer this offer too
-        self._emit(ev.StatelessCookieSent(time=now, remote=remote))
-        self._emit(ev.DatagramSent(time=now, exchange_type=MM, message_number=2, length=len(reply)))
+        self.emit(ev.StatelessCookieSent(time=now, remote=remote))
+        self.emit(ev.DatagramSent(time=now, exchange_type=MM, message_number=2, length=len(reply)))
         self._send_raw(reply, remote, local, marker)
 
     def _stateless_mm3(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> bool:
@@ -574,19 +569,19 @@ class Engine:
         sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, cky_i, cky_r, local, remote, flt, now)
         self._admission.opened(sa.handle, remote[0])
         sa.non_esp_marker = marker or _needs_marker(local, remote)
-        self._emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
-        self._emit(ev.StatelessCookieVerified(time=now, handle=sa.handle, remote=remote))
+        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self.emit(ev.StatelessCookieVerified(time=now, handle=sa.handle, remote=remote))
         try:
             sa.last_sent = main_mode.receive(sa, first, self) or b""
         except RemoteProtocolError as exc:  # pragma: no cover - the same choice succeeded at message 1
             self._fail(sa, str(exc), exc.notify_type, now)
             return True
         self._cookies.insert(cky_i, cky_r, sa.handle)
-        self._emit(ev.DatagramReceived(time=now, exchange_type=MM, message_number=3, length=len(data)))
+        self.emit(ev.DatagramReceived(time=now, exchange_type=MM, message_number=3, length=len(data)))
         self._main_mode(sa, message, data, now)
         return True
 
-    def _main_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
+    def _main_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
         state_before = sa.state
         exchange = message.exchange_type
         module: Any = aggressive_mode if exchange == AM else main_mode
@@ -594,7 +589,7 @@ class Engine:
             reply = module.receive(sa, message, self)
         except _FATAL as exc:
             if isinstance(exc, AuthenticationFailed):
-                self._emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
+                self.emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
             self._fail(sa, str(exc), exc.notify_type, now)
             return
         except RemoteProtocolError as exc:
@@ -608,12 +603,8 @@ class Engine:
         sa.next_retransmit = None
         if state_before in (Phase1State.I_EXPECT_MM2, Phase1State.I_EXPECT_AM2):
             self._cookies.promote(sa.initiator_cookie, sa.responder_cookie, sa.handle)
-        number = module.TRANSITIONS[(state_before, exchange)].message_number + 1
         if reply is not None:
-            if sa.role is Role.INITIATOR and sa.state is not Phase1State.ESTABLISHED:
-                self._send_request(sa, reply, now, exchange, number)
-            else:
-                self._send_reply(sa, reply, exchange, number)
+            self._send_next(sa, module.TRANSITIONS[(state_before, exchange)], reply, exchange, now)
         if sa.state is Phase1State.ESTABLISHED:
             self._established(sa, now)
 
@@ -626,38 +617,38 @@ class Engine:
             self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
             sa.first_message = b""
         sa.forget_negotiation()
-        self._push_timer(sa.expires, sa.handle, 0, "expire")
+        self.push_timer(sa.expires, sa.handle, 0, TimerKind.EXPIRE)
         rekey.isakmp_established(self, sa, now)
         self._dirty.update(self._pairs.get((sa.local[0], sa.remote[0]), ()))  # adoption moved IPsec SAs
         sa.last_heard = now
         if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
-            self._push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, "nat-keepalive")
+            self.push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, TimerKind.NAT_KEEPALIVE)
         if dpd.enabled(sa, self.config.timing.dpd_delay):
-            self._push_timer(now + self.config.timing.dpd_delay, sa.handle, 0, "dpd")
+            self.push_timer(now + self.config.timing.dpd_delay, sa.handle, 0, TimerKind.DPD)
         if sa.role is Role.RESPONDER and sa.initial_contact:
-            self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
-                                         notify_type=wire.NotifyType.INITIAL_CONTACT, protected=True))
+            self.emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                        notify_type=wire.NotifyType.INITIAL_CONTACT, protected=True))
             self._drop_stale_sas(sa)
-        self._emit(ev.Phase1Established(
+        self.emit(ev.Phase1Established(
             time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
             initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
             proposal=sa.chosen.name, duration=now - sa.started))
+        self._acquires.phase1_established(self, sa.handle, now)
         if sa.want_quick_mode:
             sa.want_quick_mode = False
             self.initiate_quick_mode(sa.handle, now)
 
-    def _quick_mode(self, sa: IsakmpSa, message: Any, data: bytes, now: float) -> None:
+    def _quick_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
         if sa.state is not Phase1State.ESTABLISHED:
             raise wire_error("Quick Mode before the ISAKMP SA is established", wire.NotifyType.INVALID_EXCHANGE_TYPE)
         if message.message_id == 0 or not message.encrypted:
             raise wire_error("Quick Mode needs a Message ID and encryption", wire.NotifyType.INVALID_MESSAGE_ID)
         qm = sa.quick_modes.get(message.message_id)
         if qm is not None and data == qm.last_received:
-            # Answer a repeated QM1 with QM2 (responder) and a repeated QM2 with QM3
-            # (initiator, whose QM3 was lost); anything else repeated is ignored.
-            answer = (qm.role is Role.RESPONDER and qm.state is Phase2State.R_EXPECT_QM3) or (
-                qm.role is Role.INITIATOR and qm.state is Phase2State.ESTABLISHED)
-            if answer and qm.last_sent:
+            # The row that handled it says whether to answer (QM2 again for a repeated QM1,
+            # QM3 again for a repeated QM2) or to ignore the repeat.
+            handled = quick_mode.HANDLED.get((qm.role, qm.state))
+            if handled is not None and handled.answers_repeat and qm.last_sent:
                 self._resend_reply(sa, qm.last_sent, QM)
             return
         new = qm is None
@@ -673,8 +664,9 @@ class Engine:
             spent_dh = qm.dh is None and state_before is Phase2State.I_EXPECT_QM2 \
                 and bool(qm.esp_policy.pfs_group)   # our PFS value is gone (tests/enginefuzz.py)
             if (isinstance(exc, _FATAL) or spent_dh) and state_before is not Phase2State.ESTABLISHED:
-                self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
-                                           role=qm.role.value, reason=str(exc), notify_type=exc.notify_type))
+                self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
+                                                       role=qm.role.value, reason=str(exc),
+                                                       notify_type=exc.notify_type))
                 self._notify_protected(sa, exc.notify_type)
                 sa.quick_modes.pop(qm.message_id, None)
                 self._spend(sa, qm.message_id)
@@ -682,23 +674,24 @@ class Engine:
             raise
         if new:
             sa.quick_modes[qm.message_id] = qm
-            self._emit(ev.Phase2Started(time=now, handle=sa.handle, message_id=qm.message_id, role="responder"))
-            self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-timeout")
+            self.emit(ev.Phase2Started(time=now, handle=sa.handle, message_id=qm.message_id, role="responder"))
+            self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, TimerKind.QM_TIMEOUT)
         qm.last_received = data
         qm.next_retransmit = None
         if reply is not None:
-            if qm.state is Phase2State.R_EXPECT_QM3:
-                self._send_qm_request(sa, qm, reply, now, 2)  # QM2 is resent until QM3 arrives
+            row = quick_mode.TRANSITIONS[(state_before, QM)]
+            if row.send is Send.REQUEST:
+                self._send_qm_request(sa, qm, reply, now, row.message_number + 1)
             else:
                 qm.last_sent = reply
-                self._send(sa, reply, QM, 3)
+                self._send(sa, reply, QM, row.message_number + 1)
         if qm.state is Phase2State.ESTABLISHED:
             self._quick_mode_established(sa, qm, now)
 
     def _check_replay(self, sa: IsakmpSa, message_id: int, now: float) -> None:
         """A protected message whose Message ID is spent is a replay: counted, no effect."""
         if message_id in sa.spent_message_ids:
-            self._emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=sa.remote, message_id=message_id))
+            self.emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=sa.remote, message_id=message_id))
             raise wire_error(f"Message ID {message_id:#010x} was already used (replay)",
                              wire.NotifyType.INVALID_MESSAGE_ID)
 
@@ -717,21 +710,22 @@ class Engine:
                         str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime, keys=qm.installed)
         sa.ipsec_sas.append(ipsec)
         self._spend(sa, qm.message_id)  # a restored engine must know it too
-        self._push_timer(ipsec.expires, sa.handle, qm.message_id, "ipsec-expire")
+        self.push_timer(ipsec.expires, sa.handle, qm.message_id, TimerKind.IPSEC_EXPIRE)
         rekey.ipsec_established(self, sa, ipsec, qm, now)
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
-        self._push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, "qm-forget")
-        self._emit(ev.Phase2Established(time=now, handle=sa.handle, message_id=qm.message_id,
-                                        role=qm.role.value, spi_in=qm.spi_in, spi_out=qm.spi_out,
-                                        proposal=qm.chosen.name, duration=now - qm.started))
+        self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id,
+                        TimerKind.QM_FORGET)
+        self._quick_mode_ended(ev.Phase2Established(
+            time=now, handle=sa.handle, message_id=qm.message_id, role=qm.role.value, spi_in=qm.spi_in,
+            spi_out=qm.spi_out, proposal=qm.chosen.name, duration=now - qm.started))
 
-    def _informational(self, sa: IsakmpSa, message: Any, now: float) -> None:
+    def _informational(self, sa: IsakmpSa, message: wire.Message, now: float) -> None:
         if not message.encrypted:
             for payload in message.payloads:
-                if payload.payload_type != wire.PayloadType.N:
+                if not isinstance(payload, wire.NotifyPayload):
                     continue
-                self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
-                                             notify_type=payload.notify_type, protected=False))
+                self.emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                            notify_type=payload.notify_type, protected=False))
                 if sa.state is not Phase1State.ESTABLISHED and payload.notify_type < 8192:
                     name = _notify_name(payload.notify_type)
                     self._fail(sa, f"peer sent {name}", None, now, answer=False)
@@ -743,20 +737,20 @@ class Engine:
         self._check_replay(sa, message.message_id, now)
         payloads = informational.receive_protected(sa, message)
         self._spend(sa, message.message_id)
-        for payload in payloads:
-            if payload.payload_type == wire.PayloadType.N:
+        for payload in payloads:  # N and D payloads only
+            if isinstance(payload, wire.NotifyPayload):
                 self._on_notify(sa, payload, now)
-            elif self._on_delete(sa, payload, now):
+            elif isinstance(payload, wire.DeletePayload) and self._on_delete(sa, payload, now):
                 return
 
-    def _on_notify(self, sa: IsakmpSa, payload: Any, now: float) -> None:
-        self._emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
-                                     notify_type=payload.notify_type, protected=True))
+    def _on_notify(self, sa: IsakmpSa, payload: wire.NotifyPayload, now: float) -> None:
+        self.emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
+                                    notify_type=payload.notify_type, protected=True))
         if payload.notify_type == wire.NotifyType.R_U_THERE:
             ack = informational.notify(wire.NotifyType.R_U_THERE_ACK, spi=payload.spi, data=payload.data)
             self._send(sa, informational.build_protected(sa, [ack], self._message_id(sa)), INFO, 1)
-            self._emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
-                                     notify_type=wire.NotifyType.R_U_THERE_ACK, protected=True))
+            self.emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
+                                    notify_type=wire.NotifyType.R_U_THERE_ACK, protected=True))
         elif payload.notify_type == wire.NotifyType.R_U_THERE_ACK:
             dpd.on_ack(sa, payload, now)
         elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
@@ -771,111 +765,143 @@ class Engine:
         for other in [self._sas[h] for h in list(candidates) if h in self._sas]:
             if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED \
                     and _same_id(other.peer_id, sa.peer_id):
-                self._remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
+                self.remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
 
-    def _on_delete(self, sa: IsakmpSa, payload: Any, now: float) -> bool:
+    def _on_delete(self, sa: IsakmpSa, payload: wire.DeletePayload, now: float) -> bool:
         """Honour a Delete payload; True when the ISAKMP SA itself is gone."""
         spis = tuple(bytes(s) for s in payload.spis)
-        self._emit(ev.DeleteReceived(time=now, handle=sa.handle, protocol_id=payload.protocol_id, spis=spis))
+        self.emit(ev.DeleteReceived(time=now, handle=sa.handle, protocol_id=payload.protocol_id, spis=spis))
         if payload.protocol_id == wire.ProtocolId.ISAKMP:
             if sa.initiator_cookie + sa.responder_cookie in spis:
-                self._remove_sa(sa, "deleted by peer", notify_peer=False)
+                self.remove_sa(sa, "deleted by peer", notify_peer=False)
                 return True
             return False
         for ipsec in list(sa.ipsec_sas):
             if ipsec.spi_out in spis:
-                self._remove_ipsec(sa, ipsec, "deleted by peer", notify_peer=False)
+                self.remove_ipsec(sa, ipsec, "deleted by peer", notify_peer=False)
         return False
 
-    # --- timers ---------------------------------------------------------------------------
+    # --- timers (the kinds and their design note: engine.timers) --------------------------
 
-    def _push_timer(self, deadline: float, handle: int, message_id: int, kind: str) -> None:
+    def push_timer(self, deadline: float, handle: int, message_id: int, kind: TimerKind) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (deadline, self._timer_seq, handle, message_id, kind))
 
-    def _fire(self, sa: IsakmpSa, message_id: int, kind: str, deadline: float, now: float) -> None:
-        timing = self.config.timing
-        if kind == "retransmit" and sa.next_retransmit == deadline:
-            if sa.retransmits >= timing.retransmit_tries:
-                self._fail(sa, "retransmission limit reached; peer does not answer", None, now, answer=False)
-                return
-            sa.retransmits += 1
-            self._emit(ev.RetransmitSent(time=now, handle=sa.handle, exchange_type=MM, attempt=sa.retransmits))
-            self._transmit(sa, sa.last_sent)
-            sa.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** sa.retransmits
-            self._push_timer(sa.next_retransmit, sa.handle, 0, "retransmit")
-        elif kind == "timeout" and sa.state is not Phase1State.ESTABLISHED:
-            self._fail(sa, "negotiation timed out", None, now, answer=False)
-        elif kind == "timeout":  # established long enough that no MM5/AM3 repeat is coming
-            sa.last_sent = sa.last_received = b""
-        elif kind == "expire" and sa.expires == deadline:
-            self._remove_sa(sa, "lifetime expired", notify_peer=True)
-        elif kind == "rekey":
-            rekey.fire_isakmp_rekey(self, sa, now)
-        elif kind == "retire":
-            rekey.retire(self, sa)
-        elif kind == "nat-keepalive" and sa.state is Phase1State.ESTABLISHED:
-            self._send_raw(KEEPALIVE, sa.remote, sa.local, False)  # RFC 3948 2.3: one 0xFF, no marker
-            self._emit(ev.NatKeepaliveSent(time=now, handle=sa.handle))
-            self._push_timer(now + timing.nat_keepalive, sa.handle, 0, "nat-keepalive")
-        elif kind == "dpd" and sa.state is Phase1State.ESTABLISHED:
-            self._fire_dpd(sa, now)
-        else:
-            self._fire_quick_mode(sa, message_id, kind, deadline, now)
+    def _timer_handlers(self) -> dict[TimerKind, TimerHandler]:
+        """Every timer kind's handler: (sa, message_id, deadline, now), run when it is due."""
+        handlers: dict[TimerKind, TimerHandler] = {
+            TimerKind.RETRANSMIT: self._on_retransmit,
+            TimerKind.TIMEOUT: self._on_timeout,
+            TimerKind.EXPIRE: self._on_expire,
+            TimerKind.REKEY: self._on_rekey,
+            TimerKind.RETIRE: self._on_retire,
+            TimerKind.NAT_KEEPALIVE: self._on_nat_keepalive,
+            TimerKind.DPD: self._on_dpd,
+            TimerKind.QM_RETRANSMIT: self._on_qm_retransmit,
+            TimerKind.QM_TIMEOUT: self._on_qm_timeout,
+            TimerKind.QM_FORGET: self._on_qm_forget,
+            TimerKind.IPSEC_EXPIRE: self._on_ipsec_expire,
+            TimerKind.IPSEC_REKEY: self._on_ipsec_rekey,
+            TimerKind.IPSEC_RETIRE: self._on_ipsec_retire,
+        }
+        assert handlers.keys() == set(TimerKind), "every timer kind needs a handler"
+        return handlers
 
-    def _fire_dpd(self, sa: IsakmpSa, now: float) -> None:
+    def _on_retransmit(self, sa: IsakmpSa, _message_id: int, deadline: float, now: float) -> None:
+        if sa.next_retransmit != deadline:
+            return  # answered, or a later retransmission took over
+        timing = self.config.timing
+        if sa.retransmits >= timing.retransmit_tries:
+            self._fail(sa, "retransmission limit reached; peer does not answer", None, now, answer=False)
+            return
+        sa.retransmits += 1
+        self.emit(ev.RetransmitSent(time=now, handle=sa.handle, exchange_type=MM, attempt=sa.retransmits))
+        self._transmit(sa, sa.last_sent)
+        sa.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** sa.retransmits
+        self.push_timer(sa.next_retransmit, sa.handle, 0, TimerKind.RETRANSMIT)
+
+    def _on_timeout(self, sa: IsakmpSa, _message_id: int, _deadline: float, now: float) -> None:
+        if sa.state is not Phase1State.ESTABLISHED:
+            self._fail(sa, "negotiation timed out", None, now, answer=False)
+        else:  # established long enough that no MM5/AM3 repeat is coming
+            sa.last_sent = sa.last_received = b""
+
+    def _on_expire(self, sa: IsakmpSa, _message_id: int, deadline: float, _now: float) -> None:
+        if sa.expires == deadline:
+            self.remove_sa(sa, "lifetime expired", notify_peer=True)
+
+    def _on_rekey(self, sa: IsakmpSa, _message_id: int, _deadline: float, now: float) -> None:
+        rekey.fire_isakmp_rekey(self, sa, now)
+
+    def _on_retire(self, sa: IsakmpSa, _message_id: int, _deadline: float, _now: float) -> None:
+        rekey.retire(self, sa)
+
+    def _on_nat_keepalive(self, sa: IsakmpSa, _message_id: int, _deadline: float, now: float) -> None:
+        if sa.state is Phase1State.ESTABLISHED:
+            self._send_raw(KEEPALIVE, sa.remote, sa.local, False)  # RFC 3948 2.3: one 0xFF, no marker
+            self.emit(ev.NatKeepaliveSent(time=now, handle=sa.handle))
+            self.push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, TimerKind.NAT_KEEPALIVE)
+
+    def _on_dpd(self, sa: IsakmpSa, _message_id: int, _deadline: float, now: float) -> None:
+        if sa.state is not Phase1State.ESTABLISHED:
+            return
         timing = self.config.timing
         action = dpd.on_timer(sa, now, timing.dpd_delay, timing.dpd_timeout, timing.retransmit_timeout)
         if action.kind == "dead":
-            self._emit(ev.DeadPeerDetected(time=now, handle=sa.handle, remote=sa.remote,
-                                           unanswered=len(sa.dpd_pending)))
-            self._remove_sa(sa, "dead peer (no R-U-THERE-ACK)", notify_peer=False)
+            self.emit(ev.DeadPeerDetected(time=now, handle=sa.handle, remote=sa.remote,
+                                          unanswered=len(sa.dpd_pending)))
+            self.remove_sa(sa, "dead peer (no R-U-THERE-ACK)", notify_peer=False)
             return
-        if action.kind == "probe":
+        if action.kind == "probe" and action.payload is not None:
             self._send(sa, informational.build_protected(sa, [action.payload], self._message_id(sa)), INFO, 1)
-            self._emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
-                                     notify_type=wire.NotifyType.R_U_THERE, protected=True))
+            self.emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
+                                    notify_type=wire.NotifyType.R_U_THERE, protected=True))
         if action.next_check is not None:
-            self._push_timer(action.next_check, sa.handle, 0, "dpd")
+            self.push_timer(action.next_check, sa.handle, 0, TimerKind.DPD)
 
-    def _fire_quick_mode(self, sa: IsakmpSa, message_id: int, kind: str, deadline: float, now: float) -> None:
-        timing = self.config.timing
+    def _on_qm_retransmit(self, sa: IsakmpSa, message_id: int, deadline: float, now: float) -> None:
         qm = sa.quick_modes.get(message_id)
-        if kind == "ipsec-expire":
-            for ipsec in list(sa.ipsec_sas):
-                if ipsec.message_id == message_id and ipsec.expires == deadline:
-                    self._remove_ipsec(sa, ipsec, "lifetime expired", notify_peer=True)
+        if qm is None or qm.next_retransmit != deadline:
             return
-        if kind == "ipsec-rekey":
-            rekey.fire_ipsec_rekey(self, sa, message_id, now)
+        timing = self.config.timing
+        if qm.retransmits >= timing.retransmit_tries:
+            self._quick_mode_failed(sa, qm, "retransmission limit reached", now)
             return
-        if kind == "ipsec-retire":
-            rekey.retire_ipsec(self, sa, message_id)
-            return
-        if qm is None:
-            return
-        if kind == "qm-retransmit" and qm.next_retransmit == deadline:
-            if qm.retransmits >= timing.retransmit_tries:
-                self._quick_mode_failed(sa, qm, "retransmission limit reached", now)
-                return
-            qm.retransmits += 1
-            self._emit(ev.RetransmitSent(time=now, handle=sa.handle, exchange_type=QM, attempt=qm.retransmits))
-            self._transmit(sa, qm.last_sent)
-            qm.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** qm.retransmits
-            self._push_timer(qm.next_retransmit, sa.handle, message_id, "qm-retransmit")
-        elif kind == "qm-timeout" and qm.state is not Phase2State.ESTABLISHED:
+        qm.retransmits += 1
+        self.emit(ev.RetransmitSent(time=now, handle=sa.handle, exchange_type=QM, attempt=qm.retransmits))
+        self._transmit(sa, qm.last_sent)
+        qm.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** qm.retransmits
+        self.push_timer(qm.next_retransmit, sa.handle, message_id, TimerKind.QM_RETRANSMIT)
+
+    def _on_qm_timeout(self, sa: IsakmpSa, message_id: int, _deadline: float, now: float) -> None:
+        qm = sa.quick_modes.get(message_id)
+        if qm is not None and qm.state is not Phase2State.ESTABLISHED:
             self._quick_mode_failed(sa, qm, "Quick Mode timed out", now)
-        elif kind == "qm-forget" and qm.state is Phase2State.ESTABLISHED:
+
+    def _on_qm_forget(self, sa: IsakmpSa, message_id: int, _deadline: float, _now: float) -> None:
+        qm = sa.quick_modes.get(message_id)
+        if qm is not None and qm.state is Phase2State.ESTABLISHED:
             sa.quick_modes.pop(message_id, None)
             sa.crypto.forget(message_id)
             self._spend(sa, message_id)
+
+    def _on_ipsec_expire(self, sa: IsakmpSa, message_id: int, deadline: float, _now: float) -> None:
+        for ipsec in list(sa.ipsec_sas):
+            if ipsec.message_id == message_id and ipsec.expires == deadline:
+                self.remove_ipsec(sa, ipsec, "lifetime expired", notify_peer=True)
+
+    def _on_ipsec_rekey(self, sa: IsakmpSa, message_id: int, _deadline: float, now: float) -> None:
+        rekey.fire_ipsec_rekey(self, sa, message_id, now)
+
+    def _on_ipsec_retire(self, sa: IsakmpSa, message_id: int, _deadline: float, _now: float) -> None:
+        rekey.retire_ipsec(self, sa, message_id)
 
     def _quick_mode_failed(self, sa: IsakmpSa, qm: QuickModeExchange, reason: str, now: float) -> None:
         sa.quick_modes.pop(qm.message_id, None)
         sa.crypto.forget(qm.message_id)
         self._spend(sa, qm.message_id)
-        self._emit(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
-                                   role=qm.role.value, reason=reason))
+        self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
+                                               role=qm.role.value, reason=reason))
 
     # --- sending --------------------------------------------------------------------------
 
@@ -886,8 +912,8 @@ class Engine:
         self._outgoing.append((wire.NON_ESP_MARKER + datagram if marker else datagram, remote, local))
 
     def _send(self, sa: IsakmpSa, datagram: bytes, exchange_type: int, number: int) -> None:
-        self._emit(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
-                                   length=len(datagram)))
+        self.emit(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
+                                  length=len(datagram)))
         self._transmit(sa, datagram)
         rekey.count_octets(self, sa, len(datagram), self._now)
 
@@ -895,23 +921,31 @@ class Engine:
         sa.last_sent = datagram
         sa.retransmits = 0
         sa.next_retransmit = now + self.config.timing.retransmit_timeout
-        self._push_timer(sa.next_retransmit, sa.handle, 0, "retransmit")
+        self.push_timer(sa.next_retransmit, sa.handle, 0, TimerKind.RETRANSMIT)
         self._send(sa, datagram, exchange_type, number)
 
     def _send_reply(self, sa: IsakmpSa, datagram: bytes, exchange_type: int, number: int) -> None:
         sa.last_sent = datagram
         self._send(sa, datagram, exchange_type, number)
 
+    def _send_next(self, sa: IsakmpSa, row: Row[Phase1State, Any], datagram: bytes, exchange_type: int,
+                   now: float) -> None:
+        """Send the phase 1 message that ``row``'s handler returned, the way the row says."""
+        if row.send is Send.REQUEST:
+            self._send_request(sa, datagram, now, exchange_type, row.message_number + 1)
+        else:
+            self._send_reply(sa, datagram, exchange_type, row.message_number + 1)
+
     def _send_qm_request(self, sa: IsakmpSa, qm: QuickModeExchange, datagram: bytes, now: float,
                          number: int) -> None:
         qm.last_sent = datagram
         qm.retransmits = 0
         qm.next_retransmit = now + self.config.timing.retransmit_timeout
-        self._push_timer(qm.next_retransmit, sa.handle, qm.message_id, "qm-retransmit")
+        self.push_timer(qm.next_retransmit, sa.handle, qm.message_id, TimerKind.QM_RETRANSMIT)
         self._send(sa, datagram, QM, number)
 
     def _resend_reply(self, sa: IsakmpSa, datagram: bytes, exchange_type: int) -> None:
-        self._emit(ev.DuplicateReceived(time=self._now, handle=sa.handle, exchange_type=exchange_type))
+        self.emit(ev.DuplicateReceived(time=self._now, handle=sa.handle, exchange_type=exchange_type))
         self._transmit(sa, datagram)
 
     def _notify_protected(self, sa: IsakmpSa, notify_type: int | None) -> None:
@@ -919,16 +953,17 @@ class Engine:
             return
         payload = informational.notify(notify_type)
         self._send(sa, informational.build_protected(sa, [payload], self._message_id(sa)), INFO, 1)
-        self._emit(ev.NotifySent(time=self._now, handle=sa.handle, remote=sa.remote,
-                                 notify_type=notify_type, protected=True))
+        self.emit(ev.NotifySent(time=self._now, handle=sa.handle, remote=sa.remote,
+                                notify_type=notify_type, protected=True))
 
     # --- SA lifecycle ---------------------------------------------------------------------
 
-    def _filter(self, local: Address, remote: Address, name: str | None) -> Any:
+    def filter_for(self, local: Address, remote: Address, name: str | None) -> GenericFilter:
+        """The filter named ``name``, else the one covering the address pair (ConfigError if none)."""
         if name is not None:
-            for flt in self.config.filters:
-                if flt.name == name:
-                    return flt
+            for named in self.config.filters:
+                if named.name == name:
+                    return named
             raise ConfigError("filter", f"no filter named {name!r}")
         flt = self.config.filter_for(local[0], remote[0])
         if flt is None:
@@ -936,7 +971,7 @@ class Engine:
         return flt
 
     def _new_sa(self, role: Role, state: Phase1State, cookie_i: bytes, cookie_r: bytes,
-                local: Address, remote: Address, flt: Any, now: float) -> IsakmpSa:
+                local: Address, remote: Address, flt: GenericFilter, now: float) -> IsakmpSa:
         handle = self._next_handle
         self._next_handle += 1
         sa = IsakmpSa(handle, role, state, cookie_i, cookie_r, local, remote, flt,
@@ -944,7 +979,7 @@ class Engine:
                       self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
         self._pairs.setdefault((local[0], remote[0]), []).append(handle)
-        self._push_timer(now + self.config.timing.negotiation_timeout, handle, 0, "timeout")
+        self.push_timer(now + self.config.timing.negotiation_timeout, handle, 0, TimerKind.TIMEOUT)
         return sa
 
     def _cookie(self) -> bytes:
@@ -968,41 +1003,45 @@ class Engine:
             else:
                 self._send(sa, informational.build_unprotected(
                     sa.initiator_cookie, sa.responder_cookie, informational.notify(notify_type)), INFO, 1)
-                self._emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
-                                         notify_type=notify_type, protected=False))
+                self.emit(ev.NotifySent(time=now, handle=sa.handle, remote=sa.remote,
+                                        notify_type=notify_type, protected=False))
         sa.failure = reason
         sa.state = Phase1State.FAILED
-        self._emit(ev.Phase1Failed(time=now, handle=sa.handle, role=sa.role.value, remote=sa.remote,
-                                   reason=reason, notify_type=notify_type))
+        self.emit(ev.Phase1Failed(time=now, handle=sa.handle, role=sa.role.value, remote=sa.remote,
+                                  reason=reason, notify_type=notify_type))
+        self._acquires.phase1_failed(self, sa.handle, reason, now)
         self._forget(sa)
 
-    def _remove_sa(self, sa: IsakmpSa, reason: str, *, notify_peer: bool) -> None:
+    def remove_sa(self, sa: IsakmpSa, reason: str, *, notify_peer: bool) -> None:
+        """Delete an ISAKMP SA and its IPsec SAs (Delete payloads to the peer if asked)."""
         for ipsec in list(sa.ipsec_sas):
-            self._remove_ipsec(sa, ipsec, reason, notify_peer=notify_peer)
+            self.remove_ipsec(sa, ipsec, reason, notify_peer=notify_peer)
         if notify_peer and sa.state is Phase1State.ESTABLISHED:
             delete = informational.delete_isakmp(sa)
             self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
-            self._emit(ev.DeleteSent(time=self._now, handle=sa.handle, protocol_id=wire.ProtocolId.ISAKMP,
-                                     spis=(sa.initiator_cookie + sa.responder_cookie,)))
+            self.emit(ev.DeleteSent(time=self._now, handle=sa.handle, protocol_id=wire.ProtocolId.ISAKMP,
+                                    spis=(sa.initiator_cookie + sa.responder_cookie,)))
         sa.state = Phase1State.DELETED
-        self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=1, spi=None, reason=reason))
+        self.emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=1, spi=None, reason=reason))
+        self._acquires.isakmp_deleted(self, sa.handle, reason, self._now)
         self._forget(sa)
 
-    def _remove_ipsec(self, sa: IsakmpSa, ipsec: IpsecSa, reason: str, *, notify_peer: bool) -> None:
+    def remove_ipsec(self, sa: IsakmpSa, ipsec: IpsecSa, reason: str, *, notify_peer: bool) -> None:
+        """Delete one IPsec SA (a Delete payload to the peer if asked)."""
         if ipsec not in sa.ipsec_sas:
             return
         sa.ipsec_sas.remove(ipsec)
         if notify_peer and sa.state is Phase1State.ESTABLISHED:
             delete = informational.delete_esp([ipsec.spi_in])
             self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
-            self._emit(ev.DeleteSent(time=self._now, handle=sa.handle, protocol_id=wire.ProtocolId.IPSEC_ESP,
-                                     spis=(ipsec.spi_in,)))
+            self.emit(ev.DeleteSent(time=self._now, handle=sa.handle, protocol_id=wire.ProtocolId.IPSEC_ESP,
+                                    spis=(ipsec.spi_in,)))
         for spi, destination in ((ipsec.spi_in, sa.local[0]), (ipsec.spi_out, sa.remote[0])):
             try:
                 self.driver.delete(spi, destination, wire.ProtocolId.IPSEC_ESP)
             except DriverError as exc:
-                self._emit(ev.DriverFailed(time=self._now, operation="delete", reason=str(exc)))
-        self._emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=2, spi=ipsec.spi_in, reason=reason))
+                self.emit(ev.DriverFailed(time=self._now, operation="delete", reason=str(exc)))
+        self.emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=2, spi=ipsec.spi_in, reason=reason))
 
     def _forget(self, sa: IsakmpSa) -> None:
         self._admission.closed(sa.handle)
@@ -1023,19 +1062,19 @@ class Engine:
         sa.dh = None
         sa.next_retransmit = None
 
-    # --- the SA store (design note in ikecore.gateway.store, record format in ikecore.engine.persist) ------
+    # --- the SA store (design note in ikecore.gateway.store, records: engine.persist) -------
 
-    def _restore(self, now: float) -> None:
+    def _restore(self, store: persist.RecordStore, now: float) -> None:
         self._now = now
         isakmp = ipsec_count = 0
         restored: list[tuple[int, int]] = []
-        for handle, record, elapsed in self._store.load():
+        for handle, record, elapsed in store.load():
             self._stored.add(handle)
             self._next_handle = max(self._next_handle, handle + 1)
             try:
                 sa = persist.load_sa(record, self.config, now, elapsed)
             except (ValueError, KeyError, TypeError, IndexError, IkeError) as exc:
-                self._emit(ev.StoreFailed(time=now, operation="load", reason=f"record {handle} skipped: {exc}"))
+                self.emit(ev.StoreFailed(time=now, operation="load", reason=f"record {handle} skipped: {exc}"))
                 continue
             if sa.expires is not None and sa.expires <= now:
                 self._dirty.add(handle)  # expired while we were down: deleted at the next write
@@ -1044,13 +1083,12 @@ class Engine:
             self._pairs.setdefault((sa.local[0], sa.remote[0]), []).append(handle)
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
             if sa.expires is not None:
-                self._push_timer(sa.expires, handle, 0, "expire")
-                if sa.role is Role.INITIATOR and (at := rekey._rekey_at(self, now, sa.expires, True)) is not None:
-                    self._push_timer(at, handle, 0, "rekey")
+                self.push_timer(sa.expires, handle, 0, TimerKind.EXPIRE)
+                rekey.schedule_isakmp(self, sa, now)
             if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
-                self._push_timer(now + self.config.timing.nat_keepalive, handle, 0, "nat-keepalive")
+                self.push_timer(now + self.config.timing.nat_keepalive, handle, 0, TimerKind.NAT_KEEPALIVE)
             if dpd.enabled(sa, self.config.timing.dpd_delay):
-                self._push_timer(now + self.config.timing.dpd_delay, handle, 0, "dpd")
+                self.push_timer(now + self.config.timing.dpd_delay, handle, 0, TimerKind.DPD)
             isakmp += 1
             for ipsec in list(sa.ipsec_sas):
                 if ipsec.expires <= now:
@@ -1058,12 +1096,12 @@ class Engine:
                     self._dirty.add(handle)
                     continue
                 self._reinstall(ipsec)
-                self._push_timer(ipsec.expires, handle, ipsec.message_id, "ipsec-expire")
+                self.push_timer(ipsec.expires, handle, ipsec.message_id, TimerKind.IPSEC_EXPIRE)
                 if not ipsec.superseded:
-                    rekey._schedule_ipsec(self, sa, ipsec)
+                    rekey.schedule_ipsec(self, sa, ipsec)
                 ipsec_count += 1
             restored.append((handle, len(sa.ipsec_sas)))
-        self._emit(ev.SasRestored(time=now, isakmp=isakmp, ipsec=ipsec_count, sas=tuple(restored)))
+        self.emit(ev.SasRestored(time=now, isakmp=isakmp, ipsec=ipsec_count, sas=tuple(restored)))
 
     def _reinstall(self, ipsec: IpsecSa) -> None:
         """Hand a restored IPsec SA's keys to the driver again (a fresh driver lost them)."""
@@ -1075,7 +1113,7 @@ class Engine:
                 self.driver.add_outbound(ipsec.keys[0])
                 self.driver.update_inbound(ipsec.keys[1])
         except (DriverError, IndexError) as exc:
-            self._emit(ev.DriverFailed(time=self._now, operation="restore", reason=str(exc)))
+            self.emit(ev.DriverFailed(time=self._now, operation="restore", reason=str(exc)))
 
     def _persist(self) -> None:
         """Write every changed SA to the store in one transaction (no-op without a store)."""
@@ -1083,7 +1121,8 @@ class Engine:
             self._dirty.clear()
             return
         dirty, self._dirty = self._dirty, set()
-        upserts, deletes = [], []
+        upserts: list[tuple[int, bytes]] = []
+        deletes: list[int] = []
         for handle in dirty:
             sa = self._sas.get(handle)
             if sa is not None and sa.state is Phase1State.ESTABLISHED:
@@ -1094,22 +1133,27 @@ class Engine:
             self._store.write(upserts, deletes)
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop negotiation
             self._dirty |= dirty
-            self._emit(ev.StoreFailed(time=self._now, operation="write", reason=str(exc)))
+            self.emit(ev.StoreFailed(time=self._now, operation="write", reason=str(exc)))
             return
         self._stored.update(handle for handle, _record in upserts)
         self._stored.difference_update(deletes)
 
     # --- events ---------------------------------------------------------------------------
 
-    def _emit(self, event: ev.Event) -> None:
+    def emit(self, event: ev.Event) -> None:
+        """Queue ``event`` for ``next_event``."""
         self._events.append(event)
-        if isinstance(event, (ev.Phase2Established, ev.Phase2Failed)) and event.role == "initiator":
+
+    def _quick_mode_ended(self, event: ev.Phase2Established | ev.Phase2Failed) -> None:
+        """Queue a Quick Mode's outcome, then move what waited for it: the next Quick Mode
+        the window held back (after one of ours), then the acquires (engine.acquire)."""
+        self._events.append(event)
+        if event.role == "initiator":
             self._next_quick_mode(event.handle)
-        if self._acquires.waiting:
-            self._acquires.observe(self, event)
+        self._acquires.quick_mode_ended(self, event)
 
     def _invalid(self, remote: Address, reason: str, notify_type: int | None) -> None:
-        self._emit(ev.InvalidPacketReceived(time=self._now, remote=remote, reason=reason, notify_type=notify_type))
+        self.emit(ev.InvalidPacketReceived(time=self._now, remote=remote, reason=reason, notify_type=notify_type))
 
 
 def wire_error(reason: str, notify_type: int | None = None) -> RemoteProtocolError:
@@ -1119,7 +1163,7 @@ def wire_error(reason: str, notify_type: int | None = None) -> RemoteProtocolErr
     return PayloadMalformed(reason, notify_type=notify_type)
 
 
-def _same_id(a: Any, b: Any) -> bool:
+def _same_id(a: wire.IdPayload | None, b: wire.IdPayload | None) -> bool:
     return a is None or b is None or (a.id_type, bytes(a.data)) == (b.id_type, bytes(b.data))
 
 

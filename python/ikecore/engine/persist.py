@@ -1,4 +1,4 @@
-"""SA records to bytes and back (layer L3, sans-IO): what the SA store keeps.
+"""SA records to bytes and back: what the SA store keeps.
 
 Design note
 -----------
@@ -9,9 +9,10 @@ SKEYID_e are dropped at establishment, ``IsakmpSa.forget_negotiation``), the pay
 cipher and its key, the phase 1 IV chain
 (Message ID 0; the start IV of every later Message ID derives from it), the spent
 Message IDs (replay protection survives a restart), IDs, vendor IDs, the NAT-T state
-(variant, NAT-D outcome, floated port, marker), DPD, the remaining lifetime, and each IPsec SA with both directions' keys (so the
-driver can be given them again). In-flight Quick Modes and half-open SAs are not kept:
-a peer retransmits, and a half-open SA is cheap to negotiate again.
+(variant, NAT-D outcome, floated port, marker), DPD, the remaining lifetime, and each
+IPsec SA with both directions' keys (so the driver can be given them again). In-flight
+Quick Modes and half-open SAs are not kept: a peer retransmits, and a half-open SA is
+cheap to negotiate again.
 
 Times are engine times (whatever clock the caller feeds); a record stores lifetimes
 relative to ``now`` at the time of saving, and :func:`load_sa` rebases them on the
@@ -19,12 +20,16 @@ restarted engine's ``now`` minus the wall-clock time the store says has passed.
 
 The encoding is JSON (bytes as hex): versioned, inspectable, no code execution on load.
 The record holds keys: the store file is 0600 and may be encrypted (ikecore.gateway.store).
+The engine sees the store only as a :class:`RecordStore`.
+
+Records are JSON objects, so ``Any`` stays here for their values.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from ikecore import keymat, policy, wire
 from ikecore.protocol import nat_traversal
@@ -33,9 +38,21 @@ from ikecore.driver import IpsecSaKeys
 from ikecore.errors import ConfigError
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Role
 
-__all__ = ["dump_sa", "load_sa", "FORMAT"]
+__all__ = ["dump_sa", "load_sa", "FORMAT", "RecordStore"]
 
 FORMAT = 1
+
+
+class RecordStore(Protocol):
+    """Where the engine keeps SA records (``ikecore.gateway.store.SaStore``)."""
+
+    def load(self) -> Iterable[tuple[int, bytes, float]]:
+        """Every stored record as (handle, record, wall seconds since it was saved)."""
+        ...
+
+    def write(self, upserts: list[tuple[int, bytes]], deletes: list[int]) -> None:
+        """Apply one change set atomically: records to insert or replace, handles to delete."""
+        ...
 
 
 def _keys(keys: IpsecSaKeys) -> dict[str, Any]:
@@ -110,7 +127,7 @@ def load_sa(data: bytes, config: Config, now: float, elapsed: float = 0.0) -> Is
     cookies = bytes.fromhex(record["cookies"])
     now_base = now - elapsed
     sa = IsakmpSa(record["handle"], Role(record["role"]), Phase1State.ESTABLISHED, cookies[:8], cookies[8:],
-                  tuple(record["local"]), tuple(record["remote"]), flt,  # type: ignore[arg-type]
+                  tuple(record["local"]), tuple(record["remote"]), flt,
                   config.ike_policies[flt.ike_policy], config.esp_policies[flt.esp_policy], now_base - record["age"])
     encryption, key_length, hash_id, group, auth_method, lifetime = record["chosen"]
     sa.chosen = policy.IkeProposal(encryption, key_length, hash_id, group, auth_method, lifetime)

@@ -1,4 +1,4 @@
-"""Lifetimes and rekeying of both phases (layer L4, the engine's helper).
+"""Lifetimes and rekeying of both phases: a helper of the engine (``EngineServices``).
 
 Design note
 -----------
@@ -43,25 +43,23 @@ delete the other; only the side that initiated the loser sends the Delete. Nothi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ikecore import events as ev
-from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, QuickModeExchange, Role
+from ikecore.engine.services import EngineServices
+from ikecore.engine.timers import TimerKind
+from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
 
-if TYPE_CHECKING:
-    from ikecore.engine.core import Engine
-
-__all__ = ["jitter", "ipsec_established", "fire_ipsec_rekey", "isakmp_established", "fire_isakmp_rekey",
-           "rekey_ipsec", "lifetime_expired", "count_octets", "retire"]
+__all__ = ["jitter", "ipsec_established", "schedule_ipsec", "retire_ipsec", "fire_ipsec_rekey", "rekey_ipsec",
+           "lifetime_expired", "count_octets", "isakmp_established", "schedule_isakmp", "fire_isakmp_rekey",
+           "retire"]
 
 
-def jitter(engine: Engine, margin: float) -> float:
+def jitter(engine: EngineServices, margin: float) -> float:
     """Uniform in [0, margin/4): spreads the rekeys of SAs made at the same moment."""
     fraction = int.from_bytes(engine.random(4), "big") / 2**32
     return fraction * margin / 4
 
 
-def _rekey_at(engine: Engine, created: float, expires: float, early: bool) -> float | None:
+def _rekey_at(engine: EngineServices, created: float, expires: float, early: bool) -> float | None:
     margin = engine.config.timing.rekey_margin
     if margin <= 0:
         return None
@@ -75,14 +73,15 @@ def _same_selectors(a: IpsecSa, b: IpsecSa) -> bool:
     return (a.local_ts, a.remote_ts) == (b.local_ts, b.remote_ts)
 
 
-def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickModeExchange, now: float) -> None:
+def ipsec_established(engine: EngineServices, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickModeExchange,
+                      now: float) -> None:
     """Record where a new IPsec SA came from, retire what it replaces, schedule its rekey."""
     ipsec.started = qm.started
     ipsec.initiated = qm.role is Role.INITIATOR
     ipsec.rekey_of = qm.rekey_of
     ipsec.tiebreak = qm.nonce_i + qm.nonce_r
     if qm.lifetime_notify is not None:
-        engine._emit(ev.ResponderLifetime(time=now, handle=sa.handle, message_id=qm.message_id,
+        engine.emit(ev.ResponderLifetime(time=now, handle=sa.handle, message_id=qm.message_id,
                                           sent=qm.role is Role.RESPONDER, seconds=qm.lifetime_notify[0],
                                           kilobytes=qm.lifetime_notify[1]))
     for other in list(sa.ipsec_sas):
@@ -94,9 +93,9 @@ def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickMod
         if overlapped and len(ours) == 1 and len(theirs) == 1:
             winner, loser = sorted((ipsec, other), key=lambda s: s.tiebreak)
             loser.superseded = True
-            engine._emit(ev.RekeyCollision(time=now, handle=sa.handle, winner_spi=winner.spi_in,
+            engine.emit(ev.RekeyCollision(time=now, handle=sa.handle, winner_spi=winner.spi_in,
                                            loser_spi=loser.spi_in))
-            engine._remove_ipsec(sa, loser, "rekey collision", notify_peer=loser.initiated)
+            engine.remove_ipsec(sa, loser, "rekey collision", notify_peer=loser.initiated)
             if loser is ipsec:
                 return
     if not ipsec.initiated:
@@ -106,55 +105,56 @@ def ipsec_established(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, qm: QuickMod
         for old in sa.ipsec_sas:
             if old is not ipsec and not old.superseded and _same_selectors(old, ipsec) and old.created < ipsec.started:
                 old.superseded = True
-                engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
+                engine.emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
                                         old_spi=old.spi_in, new_spi=ipsec.spi_in))
     elif ipsec.rekey_of is not None:
         replaced = next((s for s in sa.ipsec_sas if s.spi_in == ipsec.rekey_of), None)
         if replaced is not None:
             replaced.superseded = True
-            engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
+            engine.emit(ev.Rekeyed(time=now, handle=sa.handle, phase=2, old_handle=sa.handle,
                                     old_spi=replaced.spi_in, new_spi=ipsec.spi_in))
-            engine._push_timer(now + engine.config.timing.retransmit_timeout, sa.handle, replaced.message_id,
-                               "ipsec-retire")
-    _schedule_ipsec(engine, sa, ipsec)
+            engine.push_timer(now + engine.config.timing.retransmit_timeout, sa.handle, replaced.message_id,
+                               TimerKind.IPSEC_RETIRE)
+    schedule_ipsec(engine, sa, ipsec)
 
 
-def retire_ipsec(engine: Engine, sa: IsakmpSa, message_id: int) -> None:
+def retire_ipsec(engine: EngineServices, sa: IsakmpSa, message_id: int) -> None:
     """The pause after a rekey is over: delete the superseded SA (Delete to the peer)."""
     for ipsec in list(sa.ipsec_sas):
         if ipsec.message_id == message_id and ipsec.superseded:
-            engine._remove_ipsec(sa, ipsec, "rekeyed", notify_peer=True)
+            engine.remove_ipsec(sa, ipsec, "rekeyed", notify_peer=True)
 
 
-def _schedule_ipsec(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa) -> None:
+def schedule_ipsec(engine: EngineServices, sa: IsakmpSa, ipsec: IpsecSa) -> None:
+    """Set the rekey timer of ``ipsec`` (none when rekeying is off)."""
     at = _rekey_at(engine, ipsec.created, ipsec.expires, ipsec.initiated)
     if at is not None:
-        engine._push_timer(at, sa.handle, ipsec.message_id, "ipsec-rekey")
+        engine.push_timer(at, sa.handle, ipsec.message_id, TimerKind.IPSEC_REKEY)
 
 
-def rekey_ipsec(engine: Engine, sa: IsakmpSa, ipsec: IpsecSa, now: float) -> int | None:
+def rekey_ipsec(engine: EngineServices, sa: IsakmpSa, ipsec: IpsecSa, now: float) -> int | None:
     """Start a Quick Mode that replaces ``ipsec``; returns its Message ID (None if not possible)."""
     if ipsec.superseded or ipsec not in sa.ipsec_sas or sa.state is not Phase1State.ESTABLISHED:
         return None
-    if any(qm.rekey_of == ipsec.spi_in for qm in sa.quick_modes.values() if qm.state.value != "ESTABLISHED"):
+    if any(qm.rekey_of == ipsec.spi_in and qm.state is not Phase2State.ESTABLISHED for qm in sa.quick_modes.values()):
         return None  # already rekeying it
-    engine._emit(ev.RekeyStarted(time=now, handle=sa.handle, phase=2, spi=ipsec.spi_in))
+    engine.emit(ev.RekeyStarted(time=now, handle=sa.handle, phase=2, spi=ipsec.spi_in))
     return engine.initiate_quick_mode(sa.handle, now, rekey_of=ipsec.spi_in)
 
 
-def fire_ipsec_rekey(engine: Engine, sa: IsakmpSa, message_id: int, now: float) -> None:
+def fire_ipsec_rekey(engine: EngineServices, sa: IsakmpSa, message_id: int, now: float) -> None:
     for ipsec in list(sa.ipsec_sas):
         if ipsec.message_id == message_id:
             rekey_ipsec(engine, sa, ipsec, now)
 
 
-def lifetime_expired(engine: Engine, spi_in: bytes, hard: bool, now: float) -> bool:
+def lifetime_expired(engine: EngineServices, spi_in: bytes, hard: bool, now: float) -> bool:
     """The driver's byte (kilobyte) limit of inbound SA ``spi_in`` was reached."""
     for sa in engine.sas():
         for ipsec in list(sa.ipsec_sas):
             if ipsec.spi_in == spi_in:
                 if hard:
-                    engine._remove_ipsec(sa, ipsec, "kilobyte lifetime expired", notify_peer=True)
+                    engine.remove_ipsec(sa, ipsec, "kilobyte lifetime expired", notify_peer=True)
                 else:
                     rekey_ipsec(engine, sa, ipsec, now)
                 return True
@@ -164,7 +164,7 @@ def lifetime_expired(engine: Engine, spi_in: bytes, hard: bool, now: float) -> b
 SOFT_FRACTION = 0.9
 
 
-def count_octets(engine: Engine, sa: IsakmpSa, octets: int, now: float) -> None:
+def count_octets(engine: EngineServices, sa: IsakmpSa, octets: int, now: float) -> None:
     """Account ISAKMP traffic against the ISAKMP SA's kilobyte lifetime, if it has one."""
     chosen = sa.chosen
     if sa.state is not Phase1State.ESTABLISHED or chosen is None or not chosen.lifetime_kilobytes:
@@ -175,18 +175,15 @@ def count_octets(engine: Engine, sa: IsakmpSa, octets: int, now: float) -> None:
     if sa.octets >= limit:
         if engine.sa(sa.handle) is sa and not sa.superseded:
             sa.superseded = True  # also guards against the Delete below, which is counted too
-            engine._remove_sa(sa, "kilobyte lifetime expired", notify_peer=True)
+            engine.remove_sa(sa, "kilobyte lifetime expired", notify_peer=True)
     elif (before < SOFT_FRACTION * limit <= sa.octets and sa.role is Role.INITIATOR
           and engine.config.timing.rekey_margin > 0):
         fire_isakmp_rekey(engine, sa, now)
 
 
-def isakmp_established(engine: Engine, sa: IsakmpSa, now: float) -> None:
+def isakmp_established(engine: EngineServices, sa: IsakmpSa, now: float) -> None:
     """Schedule the phase 1 rekey; if this SA replaces another, take over its IPsec SAs."""
-    if sa.role is Role.INITIATOR and sa.expires is not None:
-        at = _rekey_at(engine, now, sa.expires, True)
-        if at is not None:
-            engine._push_timer(at, sa.handle, 0, "rekey")
+    schedule_isakmp(engine, sa, now)
     if sa.role is Role.RESPONDER:
         # The peer re-authenticated: adopt the IPsec SAs of its older ISAKMP SAs, which it
         # is about to delete (charon's IKEv1 "adopt children" does the same) -- unless it
@@ -198,42 +195,50 @@ def isakmp_established(engine: Engine, sa: IsakmpSa, now: float) -> None:
                     and old.peer_id is not None and sa.peer_id is not None and old.peer_id.body == sa.peer_id.body
                     and old.generic_filter.name == sa.generic_filter.name):
                 _adopt(engine, sa, old)
-                engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=old.handle,
+                engine.emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=old.handle,
                                         old_spi=None, new_spi=None))
         return
     previous = engine.sa(sa.rekey_of) if sa.rekey_of is not None else None
     if previous is None or previous.state is not Phase1State.ESTABLISHED:
         return
     _adopt(engine, sa, previous)
-    engine._emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=previous.handle, old_spi=None,
+    engine.emit(ev.Rekeyed(time=now, handle=sa.handle, phase=1, old_handle=previous.handle, old_spi=None,
                             new_spi=None))
     # Delete the old one a little later: a peer that adopts its CHILD_SAs when the new SA
     # checks in (charon) must not see the Delete first, or the children go with it.
-    engine._push_timer(now + engine.config.timing.retransmit_timeout, previous.handle, 0, "retire")
+    engine.push_timer(now + engine.config.timing.retransmit_timeout, previous.handle, 0, TimerKind.RETIRE)
 
 
-def retire(engine: Engine, sa: IsakmpSa) -> None:
+def schedule_isakmp(engine: EngineServices, sa: IsakmpSa, now: float) -> None:
+    """Set the rekey timer of an ISAKMP SA that we initiated (none when rekeying is off)."""
+    if sa.role is Role.INITIATOR and sa.expires is not None:
+        at = _rekey_at(engine, now, sa.expires, True)
+        if at is not None:
+            engine.push_timer(at, sa.handle, 0, TimerKind.REKEY)
+
+
+def retire(engine: EngineServices, sa: IsakmpSa) -> None:
     """The grace period of a rekeyed ISAKMP SA is over: delete it (Delete to the peer)."""
     if sa.superseded and engine.sa(sa.handle) is sa and sa.state is Phase1State.ESTABLISHED:
-        engine._remove_sa(sa, "rekeyed", notify_peer=True)
+        engine.remove_sa(sa, "rekeyed", notify_peer=True)
 
 
-def _adopt(engine: Engine, sa: IsakmpSa, old: IsakmpSa) -> None:
+def _adopt(engine: EngineServices, sa: IsakmpSa, old: IsakmpSa) -> None:
     old.superseded = True
     for ipsec in list(old.ipsec_sas):
         old.ipsec_sas.remove(ipsec)
         ipsec.handle = sa.handle
         sa.ipsec_sas.append(ipsec)
-        engine._push_timer(ipsec.expires, sa.handle, ipsec.message_id, "ipsec-expire")
-        _schedule_ipsec(engine, sa, ipsec)
+        engine.push_timer(ipsec.expires, sa.handle, ipsec.message_id, TimerKind.IPSEC_EXPIRE)
+        schedule_ipsec(engine, sa, ipsec)
 
 
-def fire_isakmp_rekey(engine: Engine, sa: IsakmpSa, now: float) -> None:
+def fire_isakmp_rekey(engine: EngineServices, sa: IsakmpSa, now: float) -> None:
     if sa.state is not Phase1State.ESTABLISHED or sa.superseded:
         return
     if any(other.rekey_of == sa.handle for other in engine.sas()):
         return
-    engine._emit(ev.RekeyStarted(time=now, handle=sa.handle, phase=1, spi=None))
+    engine.emit(ev.RekeyStarted(time=now, handle=sa.handle, phase=1, spi=None))
     handle = engine.initiate(sa.remote, local=sa.local, now=now, quick_mode=False,
                              filter_name=sa.generic_filter.name)
     new = engine.sa(handle)

@@ -1,6 +1,9 @@
-"""asyncio and the operating system: sockets, the Rust front door, worker processes, the store.
+"""asyncio and the operating system: sockets, the Rust front door, DH threads, worker
+processes, the SA store.
 
-``Gateway`` (``gateway.transport``) drives an ``ikecore.engine.Engine`` on asyncio.
+``Gateway`` (``gateway.transport``) drives an ``ikecore.engine.Engine`` on asyncio;
+``dh_pool.KeypairReserve`` makes its DH key pairs ahead on threads, ``store.SaStore``
+keeps its SAs across restarts, ``workers.run`` forks it N times over shared ports.
 """
 
 from ikecore.gateway.transport import Gateway

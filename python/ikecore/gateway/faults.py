@@ -1,4 +1,4 @@
-"""Local faults (layer L4 helper): log each kind once, then at most once per interval.
+"""Local faults: log each kind once, then at most once per interval.
 
 A gateway under stress fails in bulk -- a full socket buffer drops thousands of
 datagrams, a full disk fails every store write. The statistics count every one (the

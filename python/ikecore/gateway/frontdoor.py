@@ -1,10 +1,10 @@
-"""The gateway's receive fast path (layer L4): batched receive and stateless message 2 in Rust.
+"""The gateway's receive fast path: batched receive and stateless message 2 in Rust.
 
 Design note
 -----------
-``transport.Gateway`` handed the engine one datagram per asyncio callback, about 4,000
-datagrams per second per core: a spoofed message 1 flood above that rate filled the
-kernel queue and pushed legitimate peers out. ``FastPath`` puts ``ikecore._core.FrontDoor``
+Handing the engine one datagram per asyncio callback reaches about 4,000 datagrams
+per second per core: a spoofed message 1 flood above that rate would fill the kernel
+queue and push legitimate peers out. ``FastPath`` puts ``ikecore._core.FrontDoor``
 (``rust/frontdoor.rs``) in front of the engine:
 
 * the gateway registers each socket with ``loop.add_reader``; on readiness

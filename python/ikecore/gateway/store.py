@@ -1,4 +1,4 @@
-"""The SA store (layer L4): established SAs in SQLite, so a restarted gateway keeps its tunnels.
+"""The SA store: established SAs in SQLite, so a restarted gateway keeps its tunnels.
 
 Design note
 -----------

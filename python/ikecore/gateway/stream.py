@@ -1,4 +1,4 @@
-"""An async stream of SA events (layer L4) for programs that import ikecore.
+"""An async stream of SA events for programs that import ikecore.
 
 ``async for event in gateway.sa_events(): ...`` yields the SA lifecycle events of one
 ``Gateway`` as they happen: phase 1 and phase 2 started, established, failed,

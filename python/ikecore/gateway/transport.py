@@ -1,4 +1,4 @@
-"""asyncio transport (layer L4): the only module touching sockets, the event loop and the clock.
+"""asyncio transport: the engine on the event loop, with its UDP sockets and its clock.
 
 ``Gateway`` drives one ``Engine``: it opens UDP sockets (listening ones, and ephemeral or
 named local ones for initiators), feeds every datagram to the engine with ``loop.time()``,

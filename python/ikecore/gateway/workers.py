@@ -1,4 +1,4 @@
-"""Worker processes (layer L5): run one function in N forked processes.
+"""Worker processes: run one function in N forked processes.
 
 Used by ``ikecore serve --workers N``: every worker binds the same ports with
 SO_REUSEPORT, the kernel spreads peers over them by source address and port (so all

@@ -1,4 +1,4 @@
-"""``ikecore monitor`` and the gateway's monitoring services (layer L5).
+"""``ikecore monitor`` and the gateway's monitoring services.
 
 ``ikecore monitor main-mode|quick-mode VIEW [--control PATH] [--columns ...]
 [--sort COL[:desc]] [--format table|json|csv] [--watch]`` asks a running gateway's control

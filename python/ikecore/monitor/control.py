@@ -1,4 +1,4 @@
-"""The gateway's control socket (layer L5): JSON requests over a unix socket.
+"""The gateway's control socket: JSON requests over a unix socket.
 
 ``ikecore serve --control PATH`` serves it; ``ikecore monitor`` asks it. The protocol is
 one JSON object per line each way (NDJSON), several requests per connection allowed:

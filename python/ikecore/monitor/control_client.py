@@ -1,4 +1,4 @@
-"""The client side of the gateway's control socket (layer L5): ``ControlClient`` and
+"""The client side of the gateway's control socket: ``ControlClient`` and
 ``request`` (protocol: ``ikecore.monitor.control``).
 
 Kept apart from the server so that ``ikecore monitor`` imports only sockets and JSON.

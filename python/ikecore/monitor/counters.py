@@ -1,4 +1,4 @@
-"""The monitor (layer L5): the IP Security Monitor's statistics and views.
+"""The monitor: the IP Security Monitor's statistics and views.
 
 Counters are an enum updated in one place, ``Monitor.observe(event)``, from the engine's
 events (never incremented inside handlers); the transport adds Send/Receive Failures. The
@@ -14,7 +14,7 @@ gauges follow the same events, so ``statistics()`` is constant time:
   (``ikecore.monitor.exporters``), and its drops count as Receive Failures;
 * Soft Associations: 0, ikecore never falls back to cleartext.
 
-Beyond the seed, ``extended`` counts ``prefix:label...`` keys: messages by exchange, number
+Beyond the IP Security Monitor document, ``extended`` counts ``prefix:label...`` keys: messages by exchange, number
 and direction, retransmissions, notifies by type, DPD, deletes, failures by phase and
 reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
 histograms of negotiation times. The views (``ikecore.monitor.views``) read all of it.
@@ -37,7 +37,7 @@ __all__ = ["Statistic", "Monitor", "Histogram", "failure_reason", "DURATION_BUCK
 
 
 class Statistic(enum.Enum):
-    """The 23 Main Mode statistics of the IP Security Monitor, in the seed's order."""
+    """The 23 Main Mode statistics of the IP Security Monitor, in the IP Security Monitor document's order."""
 
     ACTIVE_ACQUIRE = "Active Acquire"
     ACTIVE_RECEIVE = "Active Receive"
@@ -83,7 +83,7 @@ _DISPLAY = {
 
 
 def display_name(key: str) -> str:
-    """The seed's column header for a snake_case key."""
+    """The IP Security Monitor document's column header for a snake_case key."""
     return _DISPLAY.get(key) or next((s.value for s in Statistic if s.key == key), key)
 
 
@@ -123,7 +123,7 @@ class Monitor:
     """Counts engine events; the transport adds socket failures and queue gauges.
 
     Every counter changes in ``observe`` (from an engine event) or in ``send_failed`` /
-    ``receive_failed`` (from the transport). The gauges of the seed are kept up to date
+    ``receive_failed`` (from the transport). The gauges of the IP Security Monitor document are kept up to date
     from the same events (sets keyed by SA handle and Message ID), so ``statistics`` runs
     in constant time whatever the number of SAs. ``gauges`` lets the transport add the
     gauges only it can see (for example Acquire Heap Size: its pending ``connect`` calls).
@@ -309,7 +309,7 @@ class Monitor:
         self.extended[f"invalid_packets:{label}"] += 1
 
     def statistics(self, engine: Any = None) -> dict[str, int]:
-        """All 23 statistics (snake_case keys, the seed's order) as of now, in constant time.
+        """All 23 statistics (snake_case keys, the IP Security Monitor document's order) as of now, in constant time.
 
         ``engine`` is accepted for callers of the first version and not needed: the gauges
         follow the events.

@@ -1,4 +1,4 @@
-"""Prometheus/OpenMetrics exporter (layer L5) built on the official ``prometheus_client``.
+"""Prometheus/OpenMetrics exporter built on the official ``prometheus_client``.
 
 ``IkecoreCollector`` turns a gateway's ``Monitor`` and ``Engine`` into metric families at
 scrape time: the 23 statistics (counters as ``ikecore_<statistic>_total``, gauges as
@@ -33,13 +33,13 @@ from ikecore.monitor.counters import Monitor, Statistic
 
 __all__ = ["IkecoreCollector", "MetricsServer", "GAUGE_STATISTICS", "make_registry", "udp_receive_queues"]
 
-#: Statistics of the seed that are gauges (the others only grow).
+#: Statistics of the IP Security Monitor document that are gauges (the others only grow).
 GAUGE_STATISTICS = frozenset({
     Statistic.ACTIVE_ACQUIRE, Statistic.ACTIVE_RECEIVE, Statistic.ACQUIRE_HEAP_SIZE,
     Statistic.RECEIVE_HEAP_SIZE, Statistic.ISADB_LIST_SIZE, Statistic.CONNECTION_LIST_SIZE,
 })
 
-_SEED_HELP = "IP Security Monitor Main Mode statistic"
+_DOCUMENT_HELP = "IP Security Monitor Main Mode statistic"
 
 # extended counter key prefix -> (metric name, help, label names)
 _EXTENDED: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -100,7 +100,7 @@ class IkecoreCollector:
         stats = self.monitor.statistics(self.engine)  # the engine adds queued acquires
         for stat in Statistic:
             name = f"ikecore_{stat.key.removeprefix('total_')}"  # Total Acquire -> ikecore_acquire_total
-            doc = f"{_SEED_HELP}: {stat.value}"
+            doc = f"{_DOCUMENT_HELP}: {stat.value}"
             family: Metric
             if stat in GAUGE_STATISTICS:
                 family = GaugeMetricFamily(name, doc, value=stats[stat.key])
@@ -180,7 +180,7 @@ def udp_receive_queues(sockets: list[Any]) -> tuple[int, int]:
 def make_registry(collector: IkecoreCollector) -> CollectorRegistry:
     """A registry holding only ikecore's collector (no process/platform defaults)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     return registry
 
 

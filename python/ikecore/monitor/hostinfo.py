@@ -1,6 +1,6 @@
-"""The host's network configuration (layer L5): what the filter keywords expand into.
+"""The host's network configuration: what the filter keywords expand into.
 
-Generic filters may name a keyword instead of an address (the seed: My IP Address, DNS
+Generic filters may name a keyword instead of an address (the IP Security Monitor document: My IP Address, DNS
 Server, DHCP Server, WINS Servers, Default Gateway). The specific filters show the actual
 addresses, read here from the host's real configuration:
 

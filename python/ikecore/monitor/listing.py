@@ -1,15 +1,28 @@
-"""The Main Mode security-association listing (layer L5): rows built column by column.
+"""The security-association listings: every Main Mode row and every Quick Mode row, defined once.
 
-Design note. A listing of 100,000 ISAKMP SAs must take well under a second even the first
+Design note. One definition: ``_MAIN_MODE`` says how each column of a Main Mode row is
+computed from an ``IsakmpSa``, ``_QUICK_MODE`` how each column of a Quick Mode row is
+computed from an ``IpsecSa`` and the ISAKMP SA it belongs to; each column is one list
+comprehension over a slice of SAs. Everything else derives from these two tables:
+
+* the views (tables, CSV, JSON, the exporters) show the values as they are, except three
+  (``_SHOWN``): ``created`` as UTC ISO 8601 of the wall clock, ``lifetime_left`` in whole
+  seconds, ``vendor_ids`` as one string;
+* one SA's row for in-process callers (``main_mode_row``, ``main_mode_rows``,
+  ``quick_mode_rows``: ``ikecore connect``, the demo, tests) holds the values themselves:
+  ``created`` in seconds of the engine's clock, ``lifetime_left`` in seconds, ``vendor_ids``
+  as a list of names, plus ``rekeyed`` (a newer SA took over), which no view shows.
+
+Speed. A listing of 100,000 ISAKMP SAs must take well under a second even the first
 time, must not hold the gateway's event loop for more than a few tens of milliseconds at
 a time, and must not cost memory per SA (a gateway holds 100,000 SAs in under 4 KiB each;
 a cached row with its JSON would add more than half of that again). So nothing is cached
 per SA: every listing reads the SA records afresh, in slices of ``SLICE`` SAs.
 
 * Columns, not rows: each requested column is one list comprehension over a slice of SA
-  records (``_BUILDERS``), so a column nobody asked for costs nothing, and the values
-  that many SAs share (the suite's names, vendor ID lists, identities, creation
-  seconds) are computed once per listing (``_Memo``).
+  records, so a column nobody asked for costs nothing, and the values that many SAs share
+  (the suite's names, vendor ID lists, identities, creation seconds) are computed once per
+  listing (``_Memo``).
 * JSON in Rust: ``ikecore._core.json_rows`` writes ``{"key": value, ...}`` objects
   straight from the column lists (no dict per row); ``rows`` builds dicts only for
   callers that want Python rows (tables, CSV, the demo).
@@ -18,10 +31,8 @@ per SA: every listing reads the SA records afresh, in slices of ``SLICE`` SAs.
   so negotiations go on while a long listing is produced. A listing shows the SAs of the
   database when it started that are still there when their slice is built; each row is
   consistent in itself (read in one go between two datagrams). Sorting reads the sort
-  column in slices too, then orders the SA records once.
-
-The values match ``IsakmpSa.snapshot`` (the engine's own view of an SA) with ``created``
-as UTC ISO 8601, ``lifetime_left`` in whole seconds, ``vendor_ids`` as one string.
+  column in slices too, then orders the SA records once. ``quick_mode_slices`` gives the
+  Quick Mode rows one slice of ISAKMP SAs at a time the same way.
 """
 
 from __future__ import annotations
@@ -36,14 +47,27 @@ from typing import Any
 
 from ikecore import policy, wire
 from ikecore._core import json_rows
-from ikecore.sa import IsakmpSa, id_to_text
+from ikecore.sa import IpsecSa, IsakmpSa, id_to_text
 
-__all__ = ["COLUMNS", "SLICE", "columns_of", "rows", "json_slices", "json_array", "join", "sort_key"]
+__all__ = ["COLUMNS", "QUICK_MODE_COLUMNS", "MAIN_MODE_ROW", "QUICK_MODE_ROW", "SLICE", "main_mode_row",
+           "main_mode_rows", "quick_mode_rows", "columns_of", "rows", "json_slices", "json_array",
+           "quick_mode_slices", "join", "sort_key"]
 
-#: Every column of the Main Mode security-associations view, the seed's first.
+#: Every column of the Main Mode security-associations view, in the IP Security Monitor
+#: document's order (its columns first).
 COLUMNS = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity", "diffie_hellman",
            "initiator_cookie", "responder_cookie", "state", "role", "created", "lifetime_left", "nat",
            "vendor_ids", "quick_modes", "local_port", "peer_port", "exchange", "nat_t", "encapsulated", "dpd")
+
+#: Every column of the Quick Mode security-associations view, in the same document's order.
+QUICK_MODE_COLUMNS = ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman", "spi_in", "spi_out",
+                      "mode", "local_ts", "remote_ts", "my_id", "peer_id", "authentication", "initiator_cookie",
+                      "responder_cookie", "created", "lifetime_left", "lifetime_kilobytes")
+
+#: The keys of one SA's row (``main_mode_row``, ``quick_mode_rows``): the view's columns and
+#: whether a newer SA took over.
+MAIN_MODE_ROW = (*COLUMNS, "rekeyed")
+QUICK_MODE_ROW = (*QUICK_MODE_COLUMNS, "rekeyed")
 
 #: SA records per slice: what one turn of the gateway's event loop handles at most.
 SLICE = 2000
@@ -53,11 +77,16 @@ _ntoa, _pton, _INET = socket.inet_ntoa, socket.inet_pton, socket.AF_INET
 _DER_ASN1_DN = int(wire.IdType.DER_ASN1_DN)
 
 
+def _vendor_names(vids: Sequence[bytes]) -> list[str]:
+    """The vendor IDs a peer sent, by name where known, else in hex."""
+    return [wire.vendor_id_name(v) or v.hex() for v in vids]
+
+
 class _Memo:
     """What one listing computes once for many SAs (its clocks and the shared values)."""
 
-    __slots__ = ("now", "wall", "suites", "suite_values", "vendors", "seconds", "ids", "slice", "slice_suites",
-                 "subjects", "names", "keep")
+    __slots__ = ("now", "wall", "suites", "suite_values", "proposals", "vendors", "seconds", "ids", "slice",
+                 "slice_suites", "children", "children_proposals", "subjects", "names", "keep")
 
     def __init__(self, now: float, wall: float) -> None:
         self.now, self.wall = now, wall
@@ -66,6 +95,7 @@ class _Memo:
         self.keep: list[Any] = []
         self.suites: dict[int, tuple[str, str, str, str]] = {}  # id(chosen) -> names
         self.suite_values: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+        self.proposals: dict[int, tuple[str, str, str, int]] = {}  # id(ESP proposal) -> names, kilobytes
         self.vendors: dict[tuple[bytes, ...], str] = {}
         self.seconds: dict[int, str] = {}
         self.ids: dict[tuple[int, bytes], str] = {}
@@ -73,6 +103,8 @@ class _Memo:
         self.names: dict[bytes, str] = {}  # DER of a subject -> its RFC 4514 text
         self.slice: list[IsakmpSa] | None = None
         self.slice_suites: list[tuple[str, str, str, str]] = []
+        self.children: list[IpsecSa] | None = None
+        self.children_proposals: list[tuple[str, str, str, int]] = []
 
     def suites_of(self, sas: list[IsakmpSa]) -> list[tuple[str, str, str, str]]:
         """The suite names of each SA of a slice (computed once for the four columns)."""
@@ -99,28 +131,43 @@ class _Memo:
             self.keep.append(chosen)
         return names
 
-    def vendor_ids(self, vids: list[bytes]) -> str:
-        if not vids:
-            return ""
+    def proposals_of(self, children: list[IpsecSa]) -> list[tuple[str, str, str, int]]:
+        """(encryption, integrity, diffie_hellman, lifetime_kilobytes) of each IPsec SA's suite
+        (computed once for the four columns)."""
+        if self.children is not children:
+            get, proposal = self.proposals.get, self.proposal
+            self.children_proposals = [get(id(p)) or proposal(p) for p in [ipsec.proposal for ipsec in children]]
+            self.children = children
+        return self.children_proposals
+
+    def proposal(self, suite: policy.EspProposal) -> tuple[str, str, str, int]:
+        names = self.proposals[id(suite)] = (
+            suite.encryption_name, suite.integrity_name,
+            policy.group_name(suite.pfs_group) if suite.pfs_group else "", suite.lifetime_kilobytes or 0)
+        self.keep.append(suite)
+        return names
+
+    def vendor_text(self, vids: list[bytes]) -> str:
+        """The ``vendor_ids`` value as the views show it: the names joined, once per list."""
         key = tuple(vids)
         text = self.vendors.get(key)
         if text is None:
-            text = self.vendors[key] = ", ".join(wire.vendor_id_name(v) or v.hex() for v in vids)
+            text = self.vendors[key] = ", ".join(_vendor_names(vids))
         return text
 
-    def created_of(self, sas: list[IsakmpSa]) -> list[str]:
-        """When each SA was established (else started), UTC ISO 8601 to the second."""
-        offset = self.wall - self.now
-        seconds = [math.floor(offset + (sa.started if (at := sa.established) is None else at)) for sa in sas]
+    def iso_of(self, clock: list[float]) -> list[str]:
+        """Instants of the engine's clock as the wall clock's UTC ISO 8601, to the second."""
+        wall, now = self.wall, self.now
         get, iso = self.seconds.get, self.iso
-        return [get(second) or iso(second) for second in seconds]
+        return [get(second) or iso(second) for second in [math.floor(wall - (now - at)) for at in clock]]
 
     def iso(self, second: int) -> str:
         text = self.seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
         return text
 
-    def id_text(self, payload: Any, certificate: Any) -> str:
-        """``IsakmpSa._id_text``, with IPv4 addresses decoded in C and the rest memoised."""
+    def id_text(self, payload: wire.IdPayload | None, certificate: Any) -> str:
+        """An ID as text; a DER_ASN1_DN as the certificate subject's RFC 4514 string when it
+        is the certificate's subject. IPv4 addresses are decoded in C, the rest memoised."""
         if payload is None:
             return ""
         id_type, data = payload.id_type, payload.data
@@ -148,14 +195,21 @@ def _my_certificate(sa: IsakmpSa) -> Any:
     return getattr(sa.generic_filter.credentials, "certificate", None)
 
 
-def _lifetimes_left(sas: list[IsakmpSa], now: float) -> list[int | None]:
-    """Whole seconds until each SA expires (0 once past; None: no lifetime)."""
-    return [None if (expires := sa.expires) is None else int(expires - now) if expires > now else 0 for sa in sas]
+def _lifetimes_left(sas: list[IsakmpSa], now: float) -> list[float | None]:
+    """Seconds until each SA expires (0 once past; None: no lifetime)."""
+    return [None if (expires := sa.expires) is None else expires - now if expires > now else 0.0 for sa in sas]
 
+
+def _pairs_left(children: list[IpsecSa], now: float) -> list[float]:
+    """Seconds until each IPsec SA pair expires (0 once past)."""
+    return [expires - now if (expires := ipsec.expires) > now else 0.0 for ipsec in children]
+
+
+# --- Main Mode: one column per entry, computed from a slice of ISAKMP SAs ------------------
 
 _Builder = Callable[[list[IsakmpSa], _Memo], list[Any]]
 
-_BUILDERS: dict[str, _Builder] = {
+_MAIN_MODE: dict[str, _Builder] = {
     "me": lambda sas, m: [sa.local[0] for sa in sas],
     "my_id": lambda sas, m: [_ntoa(d) if (p := sa.my_id) is not None and p.id_type == _IPV4 and len(d := p.data) == 4
                              else m.id_text(p, _my_certificate(sa)) for sa in sas],
@@ -170,11 +224,11 @@ _BUILDERS: dict[str, _Builder] = {
     "responder_cookie": lambda sas, m: [sa.responder_cookie.hex() for sa in sas],
     "state": lambda sas, m: [sa.state._value_ for sa in sas],
     "role": lambda sas, m: [sa.role._value_ for sa in sas],
-    "created": lambda sas, m: m.created_of(sas),
+    # When the SA was established (else started), in seconds of the engine's clock.
+    "created": lambda sas, m: [sa.started if (at := sa.established) is None else at for sa in sas],
     "lifetime_left": lambda sas, m: _lifetimes_left(sas, m.now),
     "nat": lambda sas, m: [sa.nat for sa in sas],
-    "vendor_ids": lambda sas, m: [(m.vendors.get(tuple(v)) or m.vendor_ids(v)) if (v := sa.vendor_ids) else ""
-                                  for sa in sas],
+    "vendor_ids": lambda sas, m: [_vendor_names(sa.vendor_ids) for sa in sas],
     "quick_modes": lambda sas, m: [len(sa.ipsec_sas) for sa in sas],
     "local_port": lambda sas, m: [sa.local[1] for sa in sas],
     "peer_port": lambda sas, m: [sa.remote[1] for sa in sas],
@@ -182,25 +236,142 @@ _BUILDERS: dict[str, _Builder] = {
     "nat_t": lambda sas, m: [sa.nat_t.name if sa.nat_t is not None else "" for sa in sas],
     "encapsulated": lambda sas, m: [sa.encapsulated for sa in sas],
     "dpd": lambda sas, m: [sa.dpd for sa in sas],
+    "rekeyed": lambda sas, m: [sa.superseded for sa in sas],
 }
-assert tuple(_BUILDERS) == COLUMNS
+assert tuple(_MAIN_MODE) == MAIN_MODE_ROW
 
-#: Columns whose JSON ``json_rows`` writes from the raw value (bytes as hex): no str per SA.
+
+def _whole_seconds(values: list[Any]) -> list[Any]:
+    return [value if value is None else int(value) for value in values]
+
+
+#: How the views show the values that they do not show as they are.
+_SHOWN: dict[str, _Builder] = {
+    "created": lambda sas, m: m.iso_of(_MAIN_MODE["created"](sas, m)),
+    "lifetime_left": lambda sas, m: _whole_seconds(_MAIN_MODE["lifetime_left"](sas, m)),
+    # The names of ``_vendor_names`` joined, once per distinct list of vendor IDs.
+    "vendor_ids": lambda sas, m: [(m.vendors.get(tuple(v)) or m.vendor_text(v)) if (v := sa.vendor_ids) else ""
+                                  for sa in sas],
+}
+
+#: The view's builder of each column.
+_VIEW: dict[str, _Builder] = {c: _SHOWN.get(c) or _MAIN_MODE[c] for c in COLUMNS}
+
+#: Columns whose JSON ``json_rows`` writes from the raw value (bytes as hex, as ``bytes.hex``
+#: writes them): no str per SA.
 _RAW_FOR_JSON: dict[str, _Builder] = {
     "initiator_cookie": lambda sas, m: [sa.initiator_cookie for sa in sas],
     "responder_cookie": lambda sas, m: [sa.responder_cookie for sa in sas],
 }
 
 
+# --- Quick Mode: one column per entry, from IPsec SAs and the ISAKMP SA of each -----------
+
+_QuickBuilder = Callable[[list[IsakmpSa], list[IpsecSa], _Memo], list[Any]]
+
+
+def _of_main_mode(column: str) -> _QuickBuilder:
+    """A Quick Mode column that is its ISAKMP SA's Main Mode column."""
+    build = _MAIN_MODE[column]
+    return lambda owners, children, m: build(owners, m)
+
+
+_QUICK_MODE: dict[str, _QuickBuilder] = {
+    "me": _of_main_mode("me"),
+    "peer": _of_main_mode("peer"),
+    "protocol": lambda owners, children, m: ["ESP"] * len(children),
+    "encryption": lambda owners, children, m: [names[0] for names in m.proposals_of(children)],
+    "integrity": lambda owners, children, m: [names[1] for names in m.proposals_of(children)],
+    "diffie_hellman": lambda owners, children, m: [names[2] for names in m.proposals_of(children)],
+    "spi_in": lambda owners, children, m: [ipsec.spi_in.hex() for ipsec in children],
+    "spi_out": lambda owners, children, m: [ipsec.spi_out.hex() for ipsec in children],
+    "mode": lambda owners, children, m: [ipsec.mode for ipsec in children],
+    "local_ts": lambda owners, children, m: [ipsec.local_ts for ipsec in children],
+    "remote_ts": lambda owners, children, m: [ipsec.remote_ts for ipsec in children],
+    "my_id": _of_main_mode("my_id"),
+    "peer_id": _of_main_mode("peer_id"),
+    "authentication": _of_main_mode("authentication"),
+    "initiator_cookie": _of_main_mode("initiator_cookie"),
+    "responder_cookie": _of_main_mode("responder_cookie"),
+    # When the pair was installed, in seconds of the engine's clock.
+    "created": lambda owners, children, m: [ipsec.created for ipsec in children],
+    "lifetime_left": lambda owners, children, m: _pairs_left(children, m.now),
+    "lifetime_kilobytes": lambda owners, children, m: [names[3] for names in m.proposals_of(children)],
+    "rekeyed": lambda owners, children, m: [ipsec.superseded for ipsec in children],
+}
+assert tuple(_QUICK_MODE) == QUICK_MODE_ROW
+
+_QUICK_MODE_SHOWN: dict[str, _QuickBuilder] = {
+    "created": lambda owners, children, m: m.iso_of(_QUICK_MODE["created"](owners, children, m)),
+    "lifetime_left": lambda owners, children, m: _whole_seconds(_QUICK_MODE["lifetime_left"](owners, children, m)),
+}
+_QUICK_MODE_VIEW: dict[str, _QuickBuilder] = {c: _QUICK_MODE_SHOWN.get(c) or _QUICK_MODE[c]
+                                              for c in QUICK_MODE_COLUMNS}
+
+
+def _ipsec_pairs(sas: Iterable[IsakmpSa]) -> tuple[list[IsakmpSa], list[IpsecSa]]:
+    """Every IPsec SA of ``sas`` and, at the same index, the ISAKMP SA it belongs to."""
+    owners: list[IsakmpSa] = []
+    children: list[IpsecSa] = []
+    for sa in sas:
+        if sa.ipsec_sas:
+            pairs = list(sa.ipsec_sas)
+            owners += repeat(sa, len(pairs))
+            children += pairs
+    return owners, children
+
+
+def _dicts(names: Sequence[str], columns: list[list[Any]]) -> list[dict[str, Any]]:
+    return list(map(dict, map(zip, repeat(names), zip(*columns))))
+
+
+# --- one SA's row ---------------------------------------------------------------------------
+
+
+def main_mode_rows(sas: Iterable[IsakmpSa], now: float) -> list[dict[str, Any]]:
+    """One row (``MAIN_MODE_ROW``) per ISAKMP SA of ``sas``: the values themselves (see the
+    design note); ``now`` is the engine's clock."""
+    sas = list(sas)
+    memo = _Memo(now, now)
+    return _dicts(MAIN_MODE_ROW, [_MAIN_MODE[c](sas, memo) for c in MAIN_MODE_ROW])
+
+
+def main_mode_row(sa: IsakmpSa, now: float) -> dict[str, Any]:
+    """One ISAKMP SA's row (``MAIN_MODE_ROW``); ``now`` is the engine's clock."""
+    return main_mode_rows([sa], now)[0]
+
+
+def quick_mode_rows(sas: Iterable[IsakmpSa], now: float) -> list[dict[str, Any]]:
+    """One row (``QUICK_MODE_ROW``) per IPsec SA pair of the ISAKMP SAs ``sas`` (an engine's
+    ``sas()``, or one SA in a list): the values themselves; ``now`` is the engine's clock."""
+    owners, children = _ipsec_pairs(sas)
+    memo = _Memo(now, now)
+    return _dicts(QUICK_MODE_ROW, [_QUICK_MODE[c](owners, children, memo) for c in QUICK_MODE_ROW])
+
+
+# --- the views: columns as shown, in slices ------------------------------------------------
+
+
 def columns_of(sas: list[IsakmpSa], columns: Sequence[str], now: float, wall: float,
                memo: _Memo | None = None, *, for_json: bool = False) -> list[list[Any]]:
-    """One list of values per requested column for ``sas`` (``now``: the engine's clock,
-    ``wall``: the same instant as Unix time). ``for_json``: values for ``json_rows``, which
-    writes bytes as hex itself. Raises KeyError for an unknown column."""
+    """One list of values per requested Main Mode column for ``sas``, as the views show them
+    (``now``: the engine's clock, ``wall``: the same instant as Unix time). ``for_json``:
+    values for ``json_rows``, which writes bytes as hex itself. Raises KeyError for an
+    unknown column."""
     memo = memo or _Memo(now, wall)
     if for_json:
-        return [(_RAW_FOR_JSON.get(c) or _BUILDERS[c])(sas, memo) for c in columns]
-    return [_BUILDERS[c](sas, memo) for c in columns]
+        return [(_RAW_FOR_JSON.get(c) or _VIEW[c])(sas, memo) for c in columns]
+    return [_VIEW[c](sas, memo) for c in columns]
+
+
+def quick_mode_slices(engine: Any, now: float, wall: float, slice_size: int = SLICE) -> Iterator[list[dict[str, Any]]]:
+    """The Quick Mode view's rows (every column of ``QUICK_MODE_COLUMNS``, as shown), one
+    list per slice of ``slice_size`` ISAKMP SAs; each slice is read when it is built."""
+    memo = _Memo(now, wall)
+    sas = engine.sas()
+    for start in range(0, len(sas), slice_size):
+        owners, children = _ipsec_pairs(sas[start:start + slice_size])
+        yield _dicts(QUICK_MODE_COLUMNS, [_QUICK_MODE_VIEW[c](owners, children, memo) for c in QUICK_MODE_COLUMNS])
 
 
 def sort_key(value: Any) -> tuple[int, Any]:
@@ -232,7 +403,7 @@ def _sorted(sas: list[IsakmpSa], sort: tuple[str, bool] | None,
     column, descending = sort
     keys: list[tuple[int, Any]] = []
     for start in range(0, len(sas), slice_size):
-        keys += map(sort_key, _BUILDERS[column](sas[start:start + slice_size], memo))
+        keys += map(sort_key, _VIEW[column](sas[start:start + slice_size], memo))
         yield None
     order = sorted(range(len(sas)), key=keys.__getitem__, reverse=descending)
     yield [sas[i] for i in order]
@@ -255,9 +426,9 @@ def _plan(engine: Any, sort: tuple[str, bool] | None, now: float, wall: float,
 
 def json_slices(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | None, now: float, wall: float,
                 slice_size: int = SLICE) -> Iterator[bytes]:
-    """The listing as JSON fragments, one per slice (``b""`` while sorting): comma-separated
-    row objects, to be joined with ``b","`` inside ``[...]``. The caller may let other work
-    run between two fragments; each SA is read when its slice is built."""
+    """The Main Mode listing as JSON fragments, one per slice (``b""`` while sorting):
+    comma-separated row objects, to be joined with ``b","`` inside ``[...]``. The caller
+    may let other work run between two fragments; each SA is read when its slice is built."""
     keys = list(columns)
     for step in _plan(engine, sort, now, wall, slice_size):
         if step is None:
@@ -281,20 +452,21 @@ def join(fragments: Iterable[bytes]) -> bytes:
 
 def json_array(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | None, now: float,
                wall: float) -> bytes:
-    """The whole listing as one JSON array, in one go (built in slices all the same: a
-    few MB of JSON at a time stay in the processor's caches and the allocator's pools)."""
+    """The whole Main Mode listing as one JSON array, in one go (built in slices all the
+    same: a few MB of JSON at a time stay in the processor's caches and the allocator's pools)."""
     return join(json_slices(engine, columns, sort, now, wall))
 
 
 def rows(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | None, now: float,
          wall: float) -> list[dict[str, Any]]:
-    """The listing as dicts with the keys ``columns`` (tables, CSV, in-process callers)."""
+    """The Main Mode listing as dicts with the keys ``columns``, as the views show them
+    (tables, CSV, in-process callers)."""
     names = list(columns)
     out: list[dict[str, Any]] = []
     for step in _plan(engine, sort, now, wall, 1 << 30):
         if step is not None:
             part, memo = step
-            out += map(dict, map(zip, repeat(names), zip(*columns_of(part, names, now, wall, memo))))
+            out += _dicts(names, columns_of(part, names, now, wall, memo))
     if not names:
         return [{} for _sa in engine.sas()]
     return out

@@ -1,4 +1,4 @@
-"""What a monitor client needs of the views (layer L5): their names and columns, column
+"""What a monitor client needs of the views: their names and columns, column
 titles, and rendering as table, JSON or CSV.
 
 It imports nothing heavy (no engine, crypto or asyncio), so that ``ikecore monitor`` starts
@@ -23,14 +23,14 @@ class ViewError(ValueError):
 
 MM, QM = "main-mode", "quick-mode"
 
-#: The views of each mode (the seed's folders).
+#: The views of each mode (the IP Security Monitor document's folders).
 VIEWS: dict[str, tuple[str, ...]] = {
     MM: ("generic-filters", "specific-filters", "ike-policies", "statistics", "security-associations",
          "counters"),
     QM: ("generic-filters", "specific-filters", "statistics", "security-associations", "counters"),
 }
 
-#: Every column a view can show, defaults first (in the seed's order).
+#: Every column a view can show, defaults first (in the IP Security Monitor document's order).
 COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (MM, "generic-filters"): ("name", "source", "destination", "ike_policy", "authentication_methods",
                               "connection_type", "weight", "mirrored", "quick_mode_policy"),
@@ -90,7 +90,7 @@ def column_title(key: str) -> str:
     """The header a table shows for a column key."""
     title = _MORE_NAMES.get(key)
     if title is None:
-        from ikecore.monitor.counters import display_name  # the seed's names of the SA columns and statistics
+        from ikecore.monitor.counters import display_name  # the IP Security Monitor document's names of the SA columns and statistics
 
         title = display_name(key)
     return title
@@ -104,7 +104,7 @@ def dumps(value: Any) -> str:
 def render(result: dict[str, Any], fmt: str = "table") -> str:
     """Format a ``Views.query`` result as ``table`` (seed headers), ``json`` or ``csv``.
 
-    JSON of a statistics view is one object ``{statistic_key: value}`` (DESIGN.md); JSON of
+    JSON of a statistics view is one object ``{statistic_key: value}`` (docs/MONITORING.md, Output formats); JSON of
     any other view is a list of objects with the chosen snake_case keys.
     """
     columns, rows = result["columns"], result["rows"]
@@ -125,7 +125,7 @@ def render(result: dict[str, Any], fmt: str = "table") -> str:
         from ikecore.monitor.counters import Statistic, display_name  # tables only: JSON clients need none of it
 
         stat_keys = {s.key for s in Statistic}
-        for row in shown:  # tables show the seed's names; JSON and CSV keep the keys
+        for row in shown:  # tables show the IP Security Monitor document's names; JSON and CSV keep the keys
             row["statistic"] = display_name(row["statistic"]) if row["statistic"] in stat_keys else \
                 row["statistic"].replace("_", " ").title().replace("Sas", "SAs").replace("Spi", "SPI")
     return text_table([column_title(c) for c in columns], shown, columns)

@@ -1,28 +1,29 @@
-"""The IP Security Monitor's views (layer L5): tables of rows with snake_case keys.
+"""The IP Security Monitor's views: tables of rows with snake_case keys.
 
 Main Mode: ``generic-filters``, ``specific-filters``, ``ike-policies``, ``statistics``,
 ``security-associations``; Quick Mode: ``generic-filters``, ``specific-filters``,
 ``statistics``, ``security-associations``; both: ``counters`` (the extended counters and
-the negotiation-time histograms). Each view has default columns (the seed's, in the
-seed's order) and more that can be added; ``select`` adds, removes, rearranges and sorts
-columns the way the seed's results pane does.
+the negotiation-time histograms). Each view has default columns (those of the IP Security
+Monitor document, in its order) and more that can be added; ``select`` adds, removes,
+rearranges and sorts columns the way that document's results pane does.
 
 Reads are snapshots: ``Views.query`` runs on the gateway's event loop between two
 datagrams, copies what it needs and never waits on a negotiation. ``Views.listing`` gives
 any view as JSON fragments built one slice of SAs at a time (the control socket lets the
-loop turn between two of them, so a long listing never holds negotiations up); the Main
-Mode SA list is built column by column (``ikecore.monitor.listing``), nothing cached per SA.
+loop turn between two of them, so a long listing never holds negotiations up). The rows of
+both SA lists are defined once, in ``ikecore.monitor.listing``, and built column by column,
+nothing cached per SA.
 Names, columns and rendering live in ``ikecore.monitor.text`` (all a monitor client needs). Keywords of generic
 filters (My IP Address, DNS Server, ...) are shown as keywords there and expanded into
 addresses in the specific filters from ``HostConfig``. Quick Mode specific filters can also
 show DNS names for their addresses (``DnsNameCache``: answers only from its cache, looks
-names up in the background within a time limit); Main Mode ones cannot, as in the seed.
+names up in the background within a time limit); Main Mode ones cannot, as in the IP
+Security Monitor document.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import operator
 import socket
 import threading
@@ -45,6 +46,7 @@ __all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "sele
 
 _MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]
 assert _MM_SA_COLUMNS == sa_listing.COLUMNS
+assert COLUMNS[(QM, "security-associations")] == sa_listing.QUICK_MODE_COLUMNS
 
 
 def _parse_sort(sort: str | None, known: Sequence[str]) -> tuple[str, bool] | None:
@@ -65,17 +67,13 @@ QUICK_MODE_STATISTICS = ("active_sas", "pending_key_operations", "key_additions"
 
 
 def _address_text(pattern: str) -> str:
-    """A generic filter's Source/Destination as the seed shows it (keywords by name)."""
+    """A generic filter's Source/Destination as the IP Security Monitor document shows it
+    (keywords by name)."""
     return policy.KEYWORDS.get(pattern, pattern)
 
 
 def _methods(methods: Iterable[policy.AuthenticationMethod]) -> str:
     return ", ".join(m.display for m in methods)
-
-
-def _iso(wall: float) -> str:
-    """UTC ISO 8601 to the second: ``2026-11-26T23:30:00Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 def _selector_parts(text: str) -> tuple[str, int, int]:
@@ -336,7 +334,7 @@ class Views:
     def _row_slices(self, mode: str, view: str, slice_size: int) -> Iterator[list[dict[str, Any]]]:
         sliced = self._SLICED.get((mode, view))
         if sliced is not None:  # a dict or two per SA: half a slice of the columnar listing
-            return getattr(self, sliced)(max(1, slice_size // 2))  # type: ignore[no-any-return]
+            return getattr(self, sliced)(max(1, slice_size // 2))
         return iter([self.rows(mode, view)])
 
     @staticmethod
@@ -451,38 +449,8 @@ class Views:
         return [{"statistic": key, "value": int(values[key])} for key in QUICK_MODE_STATISTICS]
 
     def _quick_mode_security_association_slices(self, slice_size: int) -> Iterator[list[dict[str, Any]]]:
-        """One row per IPsec SA pair; its ISAKMP SA's fields come column by column
-        (``ikecore.monitor.listing``), the suite's names once per proposal; one list per slice
-        of SAs."""
-        now, wall = self.clock(), self.wall()
-        main_columns = ["me", "peer", "my_id", "peer_id", "authentication", "initiator_cookie", "responder_cookie"]
-        suites: dict[int, tuple[str, str, str, int]] = {}  # id(proposal) -> names
-        keep: list[Any] = []  # the proposals named: no new object takes their id meanwhile
-        seconds: dict[int, str] = {}
-        sas = self.engine.sas()
-        for start in range(0, len(sas), slice_size):
-            part = [sa for sa in sas[start:start + slice_size] if sa.ipsec_sas]
-            rows = []
-            for sa, me, peer, my_id, peer_id, authentication, cky_i, cky_r in zip(
-                    part, *sa_listing.columns_of(part, main_columns, now, wall)):
-                for ipsec in list(sa.ipsec_sas):
-                    suite = ipsec.proposal
-                    names = suites.get(id(suite))
-                    if names is None:
-                        names = suites[id(suite)] = (
-                            suite.encryption_name, suite.integrity_name,
-                            policy.group_name(suite.pfs_group) if suite.pfs_group else "", suite.lifetime_kilobytes or 0)
-                        keep.append(suite)
-                    second = math.floor(wall - (now - ipsec.created))
-                    created = seconds.get(second) or seconds.setdefault(second, _iso(second))
-                    rows.append({
-                        "me": me, "peer": peer, "protocol": "ESP", "encryption": names[0], "integrity": names[1],
-                        "diffie_hellman": names[2], "spi_in": ipsec.spi_in.hex(), "spi_out": ipsec.spi_out.hex(),
-                        "mode": ipsec.mode, "local_ts": ipsec.local_ts, "remote_ts": ipsec.remote_ts,
-                        "my_id": my_id, "peer_id": peer_id, "authentication": authentication,
-                        "initiator_cookie": cky_i, "responder_cookie": cky_r, "created": created,
-                        "lifetime_left": int(max(0.0, ipsec.expires - now)), "lifetime_kilobytes": names[3]})
-            yield rows
+        """One row per IPsec SA pair (``ikecore.monitor.listing``); one list per slice of SAs."""
+        yield from sa_listing.quick_mode_slices(self.engine, self.clock(), self.wall(), slice_size)
 
     def _quick_mode_security_associations(self) -> list[dict[str, Any]]:
         return [row for rows in self._quick_mode_security_association_slices(1 << 30) for row in rows]

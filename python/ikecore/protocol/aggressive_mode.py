@@ -17,8 +17,10 @@ is why Aggressive Mode is off by default and allowed only per filter
 One IKE suite only: the DH group must be known before the responder answers, so the
 initiator offers the suites of its IKE policy that share the first suite's group.
 
-``TRANSITIONS`` maps (state, exchange type) to a row like Main Mode's; handlers are named
-``_on_amN_send_amM``. NAT-T: vendor IDs in AM1/AM2, NAT-D in AM2 and AM3, and the
+``TRANSITIONS`` maps (state, exchange type) to a ``transitions.Row`` like Main Mode's;
+handlers are named ``_on_amN_send_amM``. The responder's AM2 is a request, retransmitted
+until AM3 arrives; the initiator's AM3 is a reply, sent again when AM2 is repeated (our
+AM3 was lost). NAT-T: vendor IDs in AM1/AM2, NAT-D in AM2 and AM3, and the
 initiator floats to the NAT-T port for AM3 (RFC 3947 section 4). AM3 is sent encrypted
 (as charon and Libreswan do) and accepted either way. HASH_I and HASH_R are the Main
 Mode formulas over SAi_b and the ID bodies as sent. Nothing here does I/O or reads a clock.
@@ -27,44 +29,25 @@ Mode formulas over SAi_b and the ID bodies as sent. Nothing here does I/O or rea
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from ikecore import keymat, policy, wire
+from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import nat_traversal, vendor_ids
-from ikecore.errors import (
-    AuthenticationFailed,
-    InvalidIdInformation,
-    NoProposalChosen,
-    PayloadMalformed,
-)
-from ikecore.protocol.phase1 import (
-    NONCE_SIZE,
-    Services,
-    build_plain,
-    constant_time_equal,
-    my_identification,
-    nonce_ok,
-    open_keyed,
-    phase1_keys,
-    required,
-    run_handler,
-    seal,
-)
-from ikecore.sa import IsakmpSa, Phase1State, id_to_text
+from ikecore.protocol.messages import (NONCE_SIZE, build_plain, constant_time_equal, open_keyed, required,
+                                       run_handler, seal)
+from ikecore.protocol.phase1 import (check_peer_id, exchange, my_identification, nat_d, phase1_keys,
+                                     take_ke_nonce)
+from ikecore.protocol.services import Services
+from ikecore.protocol.transitions import Row, Send, handled_by
+from ikecore.sa import IsakmpSa, Phase1State
 
-__all__ = ["TRANSITIONS", "Row", "start_initiator", "receive", "AGGRESSIVE_MODE"]
+__all__ = ["TRANSITIONS", "HANDLED", "FIRST", "Handler", "start_initiator", "receive", "AGGRESSIVE_MODE"]
 
 AGGRESSIVE_MODE = wire.ExchangeType.AGGRESSIVE
 P = wire.PayloadType
 
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    handler: Callable[[IsakmpSa, Any, list[Any], Services], bytes | None]
-    next_state: Phase1State
-    required: tuple[int, ...]
-    message_number: int
+#: ``(sa, message, its payloads, services) -> the next message``, None when none follows.
+Handler = Callable[[IsakmpSa, wire.Message, list[wire.Payload], Services], bytes | None]
 
 
 def _offer(sa: IsakmpSa) -> wire.SaPayload:
@@ -89,36 +72,14 @@ def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
                                              sa.my_id, *vendor_ids.initiator_vendor_ids(sa)])
 
 
-def _take_ke_nonce(payloads: list[Any]) -> tuple[bytes, bytes]:
-    found = required(payloads, P.KE, P.NONCE)
-    nonce = found[P.NONCE].data
-    if not nonce_ok(nonce):
-        raise PayloadMalformed(f"nonce of {len(nonce)} bytes (RFC 2409 allows 8-256)")
-    return found[P.KE].data, nonce
 
 
-def _exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
-    try:
-        return bytes(sa.dh.exchange(peer_public))
-    finally:
-        sa.dh = None
 
 
-def _check_peer_id(sa: IsakmpSa, peer_id: Any) -> None:
-    expected = sa.generic_filter.remote_id
-    if expected is not None and id_to_text(peer_id.id_type, peer_id.data) != expected:
-        raise InvalidIdInformation(f"peer ID {id_to_text(peer_id.id_type, peer_id.data)!r} "
-                                   f"is not the configured {expected!r}")
 
 
-def _nat_d(sa: IsakmpSa, services: Services) -> list[Any]:
-    if sa.nat_t is None:
-        return []
-    forced = sa.generic_filter.nat_traversal == "force"
-    return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None)
-
-
-def _on_am1_send_am2(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+def _on_am1_send_am2(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
     if not sa.generic_filter.aggressive:
         raise NoProposalChosen(f"Aggressive Mode is not enabled in filter {sa.generic_filter.name!r}")
     found = required(payloads, P.SA, P.KE, P.NONCE, P.ID)
@@ -127,16 +88,16 @@ def _on_am1_send_am2(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     if chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY or sa.generic_filter.psk() is None:
         raise NoProposalChosen("only pre-shared key authentication is configured")
     peer_id = found[P.ID]
-    _check_peer_id(sa, peer_id)
+    check_peer_id(sa, peer_id)
     sa.aggressive = True
     sa.chosen = chosen
     sa.sa_b = sa_payload.body
     sa.peer_id = peer_id
     vendor_ids.record(sa, payloads)
-    sa.g_xi, sa.nonce_i = _take_ke_nonce(payloads)
+    sa.g_xi, sa.nonce_i = take_ke_nonce(payloads)
     sa.dh = services.keypair(chosen.group)
     sa.g_xr = sa.dh.public
-    g_xy = _exchange(sa, sa.g_xi)
+    g_xy = exchange(sa, sa.g_xi)
     sa.nonce_r = services.random(NONCE_SIZE)
     phase1_keys(sa, services, g_xy)
     sa.my_id = my_identification(sa, sa.generic_filter.local_id)
@@ -146,10 +107,11 @@ def _on_am1_send_am2(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
                            doi=sa_payload.doi, situation=sa_payload.situation)
     return build_plain(sa, AGGRESSIVE_MODE, [reply, wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r),
                                              sa.my_id, wire.HashPayload(hash_r),
-                                             *vendor_ids.responder_vendor_ids(sa), *_nat_d(sa, services)])
+                                             *vendor_ids.responder_vendor_ids(sa), *nat_d(sa, services)])
 
 
-def _on_am2_send_am3(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+def _on_am2_send_am3(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
     found = required(payloads, P.SA, P.KE, P.NONCE, P.ID, P.HASH)
     sa_payload = found[P.SA]
     if len(sa_payload.proposals) != 1 or len(sa_payload.proposals[0].transforms) != 1:
@@ -161,30 +123,31 @@ def _on_am2_send_am3(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     sa.chosen = chosen
     sa.responder_cookie = message.responder_cookie
     vendor_ids.record(sa, payloads)
-    sa.g_xr, sa.nonce_r = _take_ke_nonce(payloads)
-    g_xy = _exchange(sa, sa.g_xr)
+    sa.g_xr, sa.nonce_r = take_ke_nonce(payloads)
+    g_xy = exchange(sa, sa.g_xr)
     phase1_keys(sa, services, g_xy)
     peer_id = found[P.ID]
     expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
     if not constant_time_equal(found[P.HASH].data, expected):
         raise AuthenticationFailed("HASH_R does not verify (pre-shared keys differ?)")
-    _check_peer_id(sa, peer_id)
+    check_peer_id(sa, peer_id)
     sa.peer_id = peer_id
     if sa.nat_t is not None:
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
-    nat_d = _nat_d(sa, services)  # hashes of the addresses before the float
+    our_nat_d = nat_d(sa, services)  # hashes of the addresses before the float
     hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)  # type: ignore[union-attr]
-    notify = []
+    notify: list[wire.Payload] = []
     if sa.initial_contact:  # we hold no other ISAKMP SA with this peer (RFC 2407 4.6.3.3)
         notify.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
                                          spi=sa.initiator_cookie + sa.responder_cookie))
     nat_traversal.float_initiator(sa)
-    return seal(sa, AGGRESSIVE_MODE, [wire.HashPayload(hash_i), *notify, *nat_d], 0)
+    return seal(sa, AGGRESSIVE_MODE, [wire.HashPayload(hash_i), *notify, *our_nat_d], 0)
 
 
-def _on_am3_established(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> None:
+def _on_am3_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                        services: Services) -> None:
     found = required(payloads, P.HASH)
     assert sa.peer_id is not None
     expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
@@ -193,21 +156,28 @@ def _on_am3_established(sa: IsakmpSa, message: Any, payloads: list[Any], service
         raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")
     if sa.nat_t is not None:
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
-    sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
+    sa.initial_contact = any(isinstance(p, wire.NotifyPayload) and p.notify_type == wire.NotifyType.INITIAL_CONTACT
                              for p in payloads)
     return None
 
 
-TRANSITIONS: dict[tuple[Phase1State, int], Row] = {
-    (Phase1State.R_EXPECT_AM1, AGGRESSIVE_MODE): Row(_on_am1_send_am2, Phase1State.R_EXPECT_AM3,
-                                                     (P.SA, P.KE, P.NONCE, P.ID), 1),
-    (Phase1State.I_EXPECT_AM2, AGGRESSIVE_MODE): Row(_on_am2_send_am3, Phase1State.ESTABLISHED,
-                                                     (P.SA, P.KE, P.NONCE, P.ID, P.HASH), 2),
-    (Phase1State.R_EXPECT_AM3, AGGRESSIVE_MODE): Row(_on_am3_established, Phase1State.ESTABLISHED, (P.HASH,), 3),
+_S = Phase1State
+TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Handler]] = {
+    (_S.R_EXPECT_AM1, AGGRESSIVE_MODE): Row(_on_am1_send_am2, _S.R_EXPECT_AM3, (P.SA, P.KE, P.NONCE, P.ID), 1,
+                                            send=Send.REQUEST, answers_repeat=True),
+    (_S.I_EXPECT_AM2, AGGRESSIVE_MODE): Row(_on_am2_send_am3, _S.ESTABLISHED, (P.SA, P.KE, P.NONCE, P.ID, P.HASH), 2,
+                                            send=Send.REPLY, answers_repeat=True),
+    (_S.R_EXPECT_AM3, AGGRESSIVE_MODE): Row(_on_am3_established, _S.ESTABLISHED, (P.HASH,), 3,
+                                            # A repeated AM3 gets our AM2 again, as a responder answers every repeat.
+                                            send=Send.NOTHING, answers_repeat=True, encrypted=True),
 }
+#: The row that handled message 1: how the responder answers it and a repeat of it.
+FIRST = TRANSITIONS[(Phase1State.R_EXPECT_AM1, AGGRESSIVE_MODE)]
+#: ``(role, state) -> the row that led there``: whether a repeat of the last message is answered.
+HANDLED = handled_by(TRANSITIONS)
 
 
-def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
+def receive(sa: IsakmpSa, message: wire.Message, services: Services) -> bytes | None:
     """Process one Aggressive Mode message for ``sa``; return the reply datagram, if any.
 
     AM1 and AM2 must be plain; AM3 may be encrypted (committing the IV only when the
@@ -222,7 +192,7 @@ def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
                                notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
     next_iv = None
     if message.encrypted:
-        if row.message_number != 3:
+        if not row.encrypted:
             raise PayloadMalformed(f"message {row.message_number} must not be encrypted",
                                    notify_type=wire.NotifyType.INVALID_FLAGS)
         opened = open_keyed(sa, message, row.message_number, *row.required)

@@ -1,9 +1,9 @@
-"""RSA signature authentication with X.509 certificates (RFC 2409 section 5.1), layer L3.
+"""RSA signature authentication with X.509 certificates (RFC 2409 section 5.1).
 
 Design note
 -----------
 With signatures, Main Mode carries the same six messages as with pre-shared keys; what
-changes (RFC 2409 5.1, PROTOCOL.md section 7 item 10):
+changes (RFC 2409 section 5.1):
 
 * ``SKEYID = prf(Ni_b | Nr_b, g^xy)`` (``keymat.derive_skeyid`` with ``psk=None``);
 * messages 3 and 4 may carry CR payloads naming the CAs we trust (encoding 4, X.509
@@ -17,10 +17,10 @@ changes (RFC 2409 5.1, PROTOCOL.md section 7 item 10):
   certificate (DER_ASN1_DN = subject, FQDN / USER_FQDN / IPv4 / IPv6 = a subjectAltName
   entry), then verifies the signature with the certificate's public key.
 
-``Credentials`` holds one filter's certificate, private key and CA certificates; it never
-prints the key. Everything here raises ``ikecore.errors`` classes (AuthenticationFailed,
-InvalidIdInformation) for the engine to count; nothing does I/O except ``Credentials.load``,
-which reads configuration files once at start-up.
+The certificate, private key and CA certificates of a filter are its
+``ikecore.credentials.Credentials``, read from files at start-up. Everything here raises
+``ikecore.errors`` classes (AuthenticationFailed, InvalidIdInformation) for the engine to
+count; nothing does I/O.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import dataclasses
 import datetime
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -39,9 +38,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 
 from ikecore import policy, wire
-from ikecore.errors import AuthenticationFailed, ConfigError, InvalidIdInformation
+from ikecore.credentials import Credentials
+from ikecore.errors import AuthenticationFailed, InvalidIdInformation
+from ikecore.sa import id_to_text
 
-__all__ = ["Credentials", "credentials_from_flags", "CertificateServices", "CERT_X509_SIGNATURE", "MAX_CHAIN", "sign", "verify_signature",
+__all__ = ["CertificateServices", "CERT_X509_SIGNATURE", "MAX_CHAIN", "sign", "verify_signature",
            "validate_chain", "id_matches_certificate", "my_certificate_id", "request_payloads",
            "proof_payloads", "verify_proof", "ike_policy_for"]
 
@@ -49,78 +50,12 @@ __all__ = ["Credentials", "credentials_from_flags", "CertificateServices", "CERT
 CERT_X509_SIGNATURE = 4
 #: Longest chain (end entity + intermediates) we follow before giving up.
 MAX_CHAIN = 8
-P = wire.PayloadType
 
 
 class CertificateServices(Protocol):
     """What certificate validation needs from the engine: the wall-clock time (UTC)."""
 
     def wall_clock(self) -> datetime.datetime: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """One filter's X.509 identity: certificate, RSA private key, trusted CA certificates."""
-
-    certificate: x509.Certificate
-    private_key: rsa.RSAPrivateKey = field(repr=False)
-    cas: tuple[x509.Certificate, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.private_key, rsa.RSAPrivateKey):
-            raise ConfigError("private_key", "must be an RSA private key")
-        if self.private_key.public_key().public_numbers() != self.certificate.public_key().public_numbers():  # type: ignore[union-attr]
-            raise ConfigError("private_key", "does not belong to the certificate")
-
-    @classmethod
-    def load(cls, certificate: str, private_key: str, cas: Sequence[str], where: str = "filter") -> Credentials:
-        """Read PEM or DER files; raises ConfigError naming the key and the fix."""
-        cert = _load_certificate(certificate, f"{where}.certificate")
-        try:
-            data = _read(private_key, f"{where}.private_key")
-            key: Any = (serialization.load_pem_private_key(data, None) if b"-----BEGIN" in data
-                        else serialization.load_der_private_key(data, None))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}.private_key", f"{private_key} is not an unencrypted RSA key: {exc}") from None
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ConfigError(f"{where}.private_key", f"{private_key} is not an RSA key")
-        if not cas:
-            raise ConfigError(f"{where}.ca", "name at least one CA certificate file to validate peers")
-        authorities = tuple(_load_certificate(path, f"{where}.ca") for path in cas)
-        try:
-            return cls(cert, key, authorities)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.{exc.field}", exc.problem) from None
-
-    @property
-    def subject_der(self) -> bytes:
-        return self.certificate.subject.public_bytes()
-
-
-def credentials_from_flags(cert: str | None, key: str | None, cas: Sequence[str] | None) -> Credentials | None:
-    """``--cert``/``--key``/``--ca`` command-line flags as Credentials (None without them)."""
-    if not (cert or key or cas):
-        return None
-    if not (cert and key and cas):
-        raise ConfigError("--cert", "--cert, --key and --ca go together")
-    return Credentials.load(cert, key, cas, "flags")
-
-
-def _read(path: str, field_name: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ConfigError(field_name, f"cannot read {path}: {exc.strerror}") from None
-
-
-def _load_certificate(path: str, field_name: str) -> x509.Certificate:
-    data = _read(path, field_name)
-    try:
-        return (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
-                else x509.load_der_x509_certificate(data))
-    except ValueError as exc:
-        raise ConfigError(field_name, f"{path} is not an X.509 certificate: {exc}") from None
 
 
 # --- signatures ----------------------------------------------------------------------------
@@ -237,18 +172,18 @@ def my_certificate_id(credentials: Credentials, configured: str | None) -> wire.
 # --- Main Mode payloads --------------------------------------------------------------------
 
 
-def request_payloads(credentials: Credentials) -> list[Any]:
+def request_payloads(credentials: Credentials) -> list[wire.Payload]:
     """CR payloads for messages 3 and 4: one per trusted CA, named by its subject DN."""
     return [wire.CrPayload(CERT_X509_SIGNATURE, ca.subject.public_bytes()) for ca in credentials.cas]
 
 
-def proof_payloads(credentials: Credentials, digest: bytes) -> list[Any]:
+def proof_payloads(credentials: Credentials, digest: bytes) -> list[wire.Payload]:
     """``CERT, SIG`` for message 5 or 6: our certificate and the signed HASH_I/HASH_R."""
     der = credentials.certificate.public_bytes(serialization.Encoding.DER)
     return [wire.CertPayload(CERT_X509_SIGNATURE, der), wire.SigPayload(sign(credentials.private_key, digest))]
 
 
-def verify_proof(credentials: Credentials, payloads: list[Any], peer_id: Any, digest: bytes,
+def verify_proof(credentials: Credentials, payloads: list[wire.Payload], peer_id: wire.IdPayload, digest: bytes,
                  when: datetime.datetime, expected_id: str | None = None) -> x509.Certificate:
     """Check the peer's ``[CERT,] SIG`` against its ID and our CAs; returns its certificate.
 
@@ -259,14 +194,14 @@ def verify_proof(credentials: Credentials, payloads: list[Any], peer_id: Any, di
     certs = []
     signature = None
     for payload in payloads:
-        if payload.payload_type == P.CERT:
+        if isinstance(payload, wire.CertPayload):
             if payload.encoding != CERT_X509_SIGNATURE:
                 continue
             try:
                 certs.append(x509.load_der_x509_certificate(payload.data))
             except ValueError as exc:
                 raise AuthenticationFailed(f"CERT payload is not a DER X.509 certificate: {exc}") from None
-        elif payload.payload_type == P.SIG and signature is None:
+        elif isinstance(payload, wire.SigPayload) and signature is None:
             signature = payload.data
     if signature is None:
         raise AuthenticationFailed("signature authentication without a SIG payload")
@@ -283,15 +218,13 @@ def verify_proof(credentials: Credentials, payloads: list[Any], peer_id: Any, di
     return end_entity
 
 
-def _expected(expected: str, peer_id: Any, cert: x509.Certificate) -> bool:
+def _expected(expected: str, peer_id: wire.IdPayload, cert: x509.Certificate) -> bool:
     """A configured remote_id names the peer: an RFC 4514 DN, or the text of its ID."""
     if "=" in expected:
         try:
             return x509.Name.from_rfc4514_string(expected) == cert.subject
         except ValueError:
             return False
-    from ikecore.sa import id_to_text
-
     return id_to_text(peer_id.id_type, peer_id.data) == expected
 
 

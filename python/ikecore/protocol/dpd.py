@@ -1,4 +1,4 @@
-"""Dead Peer Detection, RFC 3706 (layer L3): our own liveness checks of an ISAKMP SA.
+"""Dead Peer Detection, RFC 3706: our own liveness checks of an ISAKMP SA.
 
 Design note
 -----------
@@ -20,7 +20,6 @@ ID, the filter allows DPD and ``Timing.dpd_delay`` is positive::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from ikecore import wire
 from ikecore.sa import IsakmpSa
@@ -35,14 +34,14 @@ class Action:
 
     kind: str                  # "probe", "dead" or "wait"
     next_check: float | None
-    payload: Any = None
+    payload: wire.NotifyPayload | None = None
 
 
 def enabled(sa: IsakmpSa, delay: float) -> bool:
     return sa.dpd and sa.generic_filter.dpd and delay > 0
 
 
-def r_u_there(sa: IsakmpSa) -> Any:
+def r_u_there(sa: IsakmpSa) -> wire.NotifyPayload:
     """A fresh R-U-THERE notify; its sequence number becomes pending."""
     sa.dpd_sequence = (sa.dpd_sequence + 1) & 0xFFFFFFFF
     sa.dpd_pending.append(sa.dpd_sequence)
@@ -51,7 +50,7 @@ def r_u_there(sa: IsakmpSa) -> Any:
                               data=sa.dpd_sequence.to_bytes(4, "big"))
 
 
-def on_ack(sa: IsakmpSa, payload: Any, now: float) -> bool:
+def on_ack(sa: IsakmpSa, payload: wire.NotifyPayload, now: float) -> bool:
     """An R-U-THERE-ACK arrived; True when it answers one of our pending sequence numbers."""
     data = bytes(payload.data)
     if len(data) != 4 or bytes(payload.spi) != sa.initiator_cookie + sa.responder_cookie:

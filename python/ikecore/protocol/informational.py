@@ -19,34 +19,31 @@ sender's inbound SPIs, which are the receiver's outbound ones.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ikecore import keymat, wire
 from ikecore.errors import AuthenticationFailed, InvalidMessageId
-from ikecore.protocol.phase1 import after_hash, constant_time_equal, open_encrypted, seal_hashed
+from ikecore.protocol.messages import constant_time_equal, leading_hash, open_encrypted, seal_hashed
 from ikecore.sa import IsakmpSa
 
 __all__ = ["INFORMATIONAL", "build_protected", "build_unprotected", "receive_protected",
            "delete_isakmp", "delete_esp", "notify"]
 
 INFORMATIONAL = wire.ExchangeType.INFORMATIONAL
-P = wire.PayloadType
 
 
 def notify(notify_type: int, *, protocol_id: int = wire.ProtocolId.ISAKMP, spi: bytes = b"",
-           data: bytes = b"") -> Any:
+           data: bytes = b"") -> wire.NotifyPayload:
     return wire.NotifyPayload(int(notify_type), protocol_id=int(protocol_id), spi=spi, data=data)
 
 
-def delete_isakmp(sa: IsakmpSa) -> Any:
+def delete_isakmp(sa: IsakmpSa) -> wire.DeletePayload:
     return wire.DeletePayload(wire.ProtocolId.ISAKMP, [sa.initiator_cookie + sa.responder_cookie])
 
 
-def delete_esp(spis: list[bytes]) -> Any:
+def delete_esp(spis: list[bytes]) -> wire.DeletePayload:
     return wire.DeletePayload(wire.ProtocolId.IPSEC_ESP, list(spis))
 
 
-def build_protected(sa: IsakmpSa, payloads: list[Any], message_id: int) -> bytes:
+def build_protected(sa: IsakmpSa, payloads: list[wire.Payload], message_id: int) -> bytes:
     """``HDR*, HASH(1), N/D...`` under the SA's keys with a fresh Message ID."""
     datagram = seal_hashed(sa, INFORMATIONAL, payloads, message_id, lambda chain: keymat.informational_hash(
         sa.hash_name, sa.skeyid.skeyid_a, message_id, chain))
@@ -54,12 +51,12 @@ def build_protected(sa: IsakmpSa, payloads: list[Any], message_id: int) -> bytes
     return datagram
 
 
-def build_unprotected(initiator_cookie: bytes, responder_cookie: bytes, payload: Any) -> bytes:
+def build_unprotected(initiator_cookie: bytes, responder_cookie: bytes, payload: wire.Payload) -> bytes:
     """``HDR, N``: an error notify sent before keys exist (RFC 2408 section 5.1)."""
     return wire.Message(initiator_cookie, responder_cookie, INFORMATIONAL, [payload]).encode()
 
 
-def receive_protected(sa: IsakmpSa, message: Any) -> list[Any]:
+def receive_protected(sa: IsakmpSa, message: wire.Message) -> list[wire.NotifyPayload | wire.DeletePayload]:
     """Decrypt and verify a protected informational message; return its N and D payloads.
 
     Raises:
@@ -72,8 +69,8 @@ def receive_protected(sa: IsakmpSa, message: Any) -> list[Any]:
     finally:
         sa.crypto.forget(message.message_id)
     payloads = opened.payloads
-    after = after_hash(payloads)
+    received, after = leading_hash(payloads)
     expected = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message.message_id, after)
-    if not constant_time_equal(payloads[0].data, expected):
+    if not constant_time_equal(received, expected):
         raise AuthenticationFailed("informational HASH(1) does not verify")
-    return [p for p in payloads[1:] if p.payload_type in (P.N, P.D)]
+    return [p for p in payloads[1:] if isinstance(p, (wire.NotifyPayload, wire.DeletePayload))]

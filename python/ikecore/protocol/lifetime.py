@@ -1,11 +1,11 @@
-"""SA lifetimes on the wire (layer L3): life attributes and the RESPONDER-LIFETIME notify.
+"""SA lifetimes on the wire: life attributes and the RESPONDER-LIFETIME notify.
 
 RFC 2407 section 4.6.3.1: a Quick Mode responder that accepts a proposal but wants a
 shorter lifetime (seconds or kilobytes) than the initiator offered returns the offered
 transform unchanged and adds a RESPONDER-LIFETIME notify (24576, protocol ESP, SPI of the
 SA) whose data are SA Life Type / SA Life Duration attributes. The initiator then uses the
 responder's values, so both ends expire (and rekey) at the same time -- the "tunnel drops
-every N minutes" cause when peers ignore it (PROTOCOL.md section 7 item 5).
+every N minutes" cause when peers ignore it.
 
 Attributes are RFC 2408 section 3.3 data attributes: AF=1 (TV, 2-byte value) when the value
 fits 16 bits, else AF=0 (TLV, 4-byte value).
@@ -14,7 +14,6 @@ fits 16 bits, else AF=0 (TLV, 4-byte value).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from ikecore import policy, wire
 from ikecore.errors import PayloadMalformed
@@ -72,7 +71,7 @@ def decode_life(data: bytes) -> tuple[int | None, int | None]:
 
 
 def responder_lifetime_notify(offered: policy.EspProposal, chosen: policy.EspProposal,
-                              spi: bytes) -> Any | None:
+                              spi: bytes) -> wire.NotifyPayload | None:
     """The notify a responder adds to QM2 when ``chosen`` limits are shorter than offered."""
     shorter_seconds = chosen.lifetime < offered.lifetime
     shorter_kb = bool(chosen.lifetime_kilobytes) and (
@@ -83,10 +82,10 @@ def responder_lifetime_notify(offered: policy.EspProposal, chosen: policy.EspPro
                               spi=spi, data=encode_life(chosen.lifetime, chosen.lifetime_kilobytes))
 
 
-def read_responder_lifetime(payloads: list[Any]) -> tuple[int | None, int | None] | None:
+def read_responder_lifetime(payloads: list[wire.Payload]) -> tuple[int | None, int | None] | None:
     """The (seconds, kilobytes) of a RESPONDER-LIFETIME notify among ``payloads``, if any."""
     for payload in payloads:
-        if payload.payload_type == wire.PayloadType.N and payload.notify_type == wire.NotifyType.RESPONDER_LIFETIME:
+        if isinstance(payload, wire.NotifyPayload) and payload.notify_type == wire.NotifyType.RESPONDER_LIFETIME:
             return decode_life(payload.data)
     return None
 

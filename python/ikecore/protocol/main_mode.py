@@ -19,61 +19,45 @@ With RSA signatures MM3 and MM4 add CR payloads (our CAs), MM5/MM6 carry
 the rows require only the ID and the handlers check HASH or CERT/SIG by method.
 
 The state names say which message the SA waits for. ``TRANSITIONS`` maps (state,
-exchange type) to a row: the handler, the next state, the payloads the message must
-carry and whether it must be encrypted. The engine looks the row up; a message with
-no row is a protocol error, counted and dropped. Handlers are symmetric in style:
-``_on_mmN_send_mmM`` processes message N and returns message M (or None when the
-exchange is over). They raise ``ikecore.errors`` classes; the engine turns those into
-counters, notifies and failures. Nothing here does I/O or reads a clock.
+exchange type) to a ``transitions.Row``: the handler, the next state, the payloads the
+message must carry, whether it must be encrypted, and how the engine sends what the
+handler returns: MM3 and MM5 are requests the initiator retransmits until answered; MM2,
+MM4 and MM6 are replies the responder sends again only when the initiator repeats the
+message they answer. A message with no row is a protocol error, counted and dropped.
+Handlers are symmetric in style: ``_on_mmN_send_mmM`` processes message N and returns
+message M (or None when the exchange is over). They raise ``ikecore.errors`` classes; the
+engine turns those into counters, notifies and failures. Nothing here does I/O or reads a
+clock.
 
-Pitfalls handled here (../docs PROTOCOL.md section 7): HASH_I/HASH_R over the bytes of
-SAi_b and ID bodies exactly as sent or received; the PSK is chosen by the peer's address
-before its ID is known (item 12); a wrong PSK shows as an MM5 that does not decrypt to a
-payload chain or whose HASH_I does not verify (AUTHENTICATION-FAILED).
+Pitfalls handled here: HASH_I/HASH_R cover the bytes of SAi_b and of the ID bodies exactly
+as sent or received (RFC 2409 section 5); the pre-shared key is chosen by the peer's
+address, since its ID arrives only encrypted in MM5 (section 5.4); a wrong pre-shared key
+shows as an MM5 that does not decrypt to a payload chain or whose HASH_I does not verify
+(AUTHENTICATION-FAILED).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from ikecore import keymat, policy, wire
+from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import auth, nat_traversal, vendor_ids
-from ikecore.errors import (
-    AuthenticationFailed,
-    InvalidIdInformation,
-    NoProposalChosen,
-    PayloadMalformed,
-)
-from ikecore.protocol.phase1 import (
-    NONCE_SIZE,
-    Services,
-    constant_time_equal,
-    my_identification,
-    nonce_ok,
-    open_keyed,
-    phase1_keys,
-    required,
-    run_handler,
-    seal,
-    build_plain,
-)
+from ikecore.protocol.messages import (NONCE_SIZE, build_plain, constant_time_equal, open_keyed, required,
+                                       run_handler, seal)
+from ikecore.protocol.phase1 import (check_peer_id, exchange, my_identification, nat_d, phase1_keys,
+                                     take_ke_nonce)
+from ikecore.protocol.services import Services
+from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase1State
 
-__all__ = ["TRANSITIONS", "Row", "start_initiator", "receive", "MAIN_MODE"]
+__all__ = ["TRANSITIONS", "HANDLED", "FIRST", "Handler", "start_initiator", "receive", "MAIN_MODE"]
 
 MAIN_MODE = wire.ExchangeType.IDENTITY_PROTECTION
 P = wire.PayloadType
 
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    handler: Callable[[IsakmpSa, Any, list[Any], Services], bytes | None]
-    next_state: Phase1State
-    required: tuple[int, ...]
-    encrypted: bool
-    message_number: int
+#: ``(sa, message, its payloads, services) -> the next message``, None when none follows.
+Handler = Callable[[IsakmpSa, wire.Message, list[wire.Payload], Services], bytes | None]
 
 
 def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
@@ -84,7 +68,8 @@ def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
     return build_plain(sa, MAIN_MODE, [offer, *vendor_ids.initiator_vendor_ids(sa)])
 
 
-def _on_mm1_send_mm2(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+def _on_mm1_send_mm2(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
     sa_payload = required(payloads, P.SA)[P.SA]
     proposal, transform, chosen = policy.choose_ike_transform(sa_payload, sa.ike_policy)
     if not _can_authenticate(sa, chosen.auth_method):
@@ -98,7 +83,8 @@ def _on_mm1_send_mm2(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     return build_plain(sa, MAIN_MODE, [reply, *vendor_ids.responder_vendor_ids(sa)])
 
 
-def _on_mm2_send_mm3(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+def _on_mm2_send_mm3(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
     sa_payload = required(payloads, P.SA)[P.SA]
     if len(sa_payload.proposals) != 1 or len(sa_payload.proposals[0].transforms) != 1:
         raise NoProposalChosen("responder must choose exactly one proposal and transform")
@@ -112,7 +98,7 @@ def _on_mm2_send_mm3(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     sa.g_xi = sa.dh.public
     sa.nonce_i = services.random(NONCE_SIZE)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xi), wire.NoncePayload(sa.nonce_i),
-                                       *_nat_d(sa, services), *_cert_requests(sa)])
+                                       *nat_d(sa, services), *_cert_requests(sa)])
 
 
 def _signatures(sa: IsakmpSa) -> bool:
@@ -125,7 +111,7 @@ def _can_authenticate(sa: IsakmpSa, method: int) -> bool:
     return method == wire.AuthMethod.PRE_SHARED_KEY and sa.generic_filter.psk() is not None
 
 
-def _cert_requests(sa: IsakmpSa) -> list[Any]:
+def _cert_requests(sa: IsakmpSa) -> list[wire.Payload]:
     """CR payloads in messages 3 and 4 when we authenticate with signatures."""
     return auth.request_payloads(sa.generic_filter.credentials) if _signatures(sa) else []
 
@@ -139,99 +125,68 @@ def _my_id(sa: IsakmpSa) -> wire.IdPayload:
     return my_identification(sa, configured)
 
 
-def _proof(sa: IsakmpSa, digest: bytes) -> list[Any]:
+def _proof(sa: IsakmpSa, digest: bytes) -> list[wire.Payload]:
     """``HASH`` (pre-shared key) or ``CERT, SIG`` (signatures) after our ID."""
     if _signatures(sa):
         return auth.proof_payloads(sa.generic_filter.credentials, digest)
     return [wire.HashPayload(digest)]
 
 
-def _verify(sa: IsakmpSa, payloads: list[Any], peer_id: Any, expected: bytes, services: Services,
-            name: str) -> None:
+def _verify(sa: IsakmpSa, payloads: list[wire.Payload], peer_id: wire.IdPayload, expected: bytes,
+            services: Services, name: str) -> None:
     """Check the peer's HASH (pre-shared key) or certificate and SIG, then its ID."""
     if _signatures(sa):
         sa.peer_certificate = auth.verify_proof(sa.generic_filter.credentials, payloads, peer_id, expected,
-                                                services.wall_clock(),  # type: ignore[attr-defined]
+                                                services.wall_clock(),
                                                 sa.generic_filter.remote_id)
         return
     found = required(payloads, P.ID, P.HASH)
     if not constant_time_equal(found[P.HASH].data, expected):
         raise AuthenticationFailed(f"{name} does not verify (pre-shared keys differ?)")
-    _check_peer_id(sa, peer_id)
+    check_peer_id(sa, peer_id)
 
 
-def _nat_d(sa: IsakmpSa, services: Services) -> list[Any]:
-    """Our NAT-D payloads when NAT-T was agreed (random own hash when forced)."""
-    if sa.nat_t is None:
-        return []
-    forced = sa.generic_filter.nat_traversal == "force"
-    return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None)
-
-
-def _take_ke_nonce(sa: IsakmpSa, payloads: list[Any]) -> tuple[bytes, bytes]:
-    found = required(payloads, P.KE, P.NONCE)
-    nonce = found[P.NONCE].data
-    if not nonce_ok(nonce):
-        raise PayloadMalformed(f"nonce of {len(nonce)} bytes (RFC 2409 allows 8-256)")
-    return found[P.KE].data, nonce
-
-
-def _on_mm3_send_mm4(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+def _on_mm3_send_mm4(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
     assert sa.chosen is not None
-    g_xi, sa.nonce_i = _take_ke_nonce(sa, payloads)
+    g_xi, sa.nonce_i = take_ke_nonce(payloads)
     if sa.nat_t is not None:
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
     sa.dh = services.keypair(sa.chosen.group)
     sa.g_xi, sa.g_xr = g_xi, sa.dh.public
-    g_xy = _exchange(sa, g_xi)
+    g_xy = exchange(sa, g_xi)
     sa.nonce_r = services.random(NONCE_SIZE)
     phase1_keys(sa, services, g_xy)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r),
-                                       *_nat_d(sa, services), *_cert_requests(sa)])
+                                       *nat_d(sa, services), *_cert_requests(sa)])
 
 
-def _on_mm4_send_mm5(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
-    sa.g_xr, sa.nonce_r = _take_ke_nonce(sa, payloads)
+def _on_mm4_send_mm5(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
+    sa.g_xr, sa.nonce_r = take_ke_nonce(payloads)
     if sa.nat_t is not None:
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
-    g_xy = _exchange(sa, sa.g_xr)
+    g_xy = exchange(sa, sa.g_xr)
     phase1_keys(sa, services, g_xy)
     sa.my_id = _my_id(sa)
     hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
-    payloads = [sa.my_id, *_proof(sa, hash_i)]
+    mm5: list[wire.Payload] = [sa.my_id, *_proof(sa, hash_i)]
     if sa.initial_contact:  # we hold no other ISAKMP SA with this peer
-        payloads.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
+        mm5.append(wire.NotifyPayload(wire.NotifyType.INITIAL_CONTACT, protocol_id=wire.ProtocolId.ISAKMP,
                                            spi=sa.initiator_cookie + sa.responder_cookie))
     nat_traversal.float_initiator(sa)  # MM5 goes to the NAT-T port when a NAT is in the way
-    return seal(sa, MAIN_MODE, payloads, 0)
+    return seal(sa, MAIN_MODE, mm5, 0)
 
 
-def _exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
-    try:
-        return bytes(sa.dh.exchange(peer_public))
-    finally:
-        sa.dh = None  # single use: the private value is gone either way
-
-
-def _check_peer_id(sa: IsakmpSa, peer_id: Any) -> None:
-    expected = sa.generic_filter.remote_id
-    if expected is None:
-        return
-    from ikecore.sa import id_to_text
-
-    if id_to_text(peer_id.id_type, peer_id.data) != expected:
-        raise InvalidIdInformation(f"peer ID {id_to_text(peer_id.id_type, peer_id.data)!r} "
-                                   f"is not the configured {expected!r}")
-
-
-def _on_mm5_send_mm6(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> bytes:
+def _on_mm5_send_mm6(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                     services: Services) -> bytes:
     peer_id = required(payloads, P.ID)[P.ID]
     expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
     _verify(sa, payloads, peer_id, expected, services, "HASH_I")
     sa.peer_id = peer_id
-    sa.initial_contact = any(p.payload_type == P.N and p.notify_type == wire.NotifyType.INITIAL_CONTACT
+    sa.initial_contact = any(isinstance(p, wire.NotifyPayload) and p.notify_type == wire.NotifyType.INITIAL_CONTACT
                              for p in payloads)
     sa.my_id = _my_id(sa)
     hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
@@ -239,7 +194,8 @@ def _on_mm5_send_mm6(sa: IsakmpSa, message: Any, payloads: list[Any], services: 
     return seal(sa, MAIN_MODE, [sa.my_id, *_proof(sa, hash_r)], 0)
 
 
-def _on_mm6_established(sa: IsakmpSa, message: Any, payloads: list[Any], services: Services) -> None:
+def _on_mm6_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
+                        services: Services) -> None:
     peer_id = required(payloads, P.ID)[P.ID]
     expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
@@ -248,17 +204,28 @@ def _on_mm6_established(sa: IsakmpSa, message: Any, payloads: list[Any], service
     return None
 
 
-TRANSITIONS: dict[tuple[Phase1State, int], Row] = {
-    (Phase1State.R_EXPECT_MM1, MAIN_MODE): Row(_on_mm1_send_mm2, Phase1State.R_EXPECT_MM3, (P.SA,), False, 1),
-    (Phase1State.I_EXPECT_MM2, MAIN_MODE): Row(_on_mm2_send_mm3, Phase1State.I_EXPECT_MM4, (P.SA,), False, 2),
-    (Phase1State.R_EXPECT_MM3, MAIN_MODE): Row(_on_mm3_send_mm4, Phase1State.R_EXPECT_MM5, (P.KE, P.NONCE), False, 3),
-    (Phase1State.I_EXPECT_MM4, MAIN_MODE): Row(_on_mm4_send_mm5, Phase1State.I_EXPECT_MM6, (P.KE, P.NONCE), False, 4),
-    (Phase1State.R_EXPECT_MM5, MAIN_MODE): Row(_on_mm5_send_mm6, Phase1State.ESTABLISHED, (P.ID,), True, 5),
-    (Phase1State.I_EXPECT_MM6, MAIN_MODE): Row(_on_mm6_established, Phase1State.ESTABLISHED, (P.ID,), True, 6),
+_S = Phase1State
+TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Handler]] = {
+    (_S.R_EXPECT_MM1, MAIN_MODE): Row(_on_mm1_send_mm2, _S.R_EXPECT_MM3, (P.SA,), 1,
+                                      send=Send.REPLY, answers_repeat=True),
+    (_S.I_EXPECT_MM2, MAIN_MODE): Row(_on_mm2_send_mm3, _S.I_EXPECT_MM4, (P.SA,), 2,
+                                      send=Send.REQUEST, answers_repeat=False),
+    (_S.R_EXPECT_MM3, MAIN_MODE): Row(_on_mm3_send_mm4, _S.R_EXPECT_MM5, (P.KE, P.NONCE), 3,
+                                      send=Send.REPLY, answers_repeat=True),
+    (_S.I_EXPECT_MM4, MAIN_MODE): Row(_on_mm4_send_mm5, _S.I_EXPECT_MM6, (P.KE, P.NONCE), 4,
+                                      send=Send.REQUEST, answers_repeat=False),
+    (_S.R_EXPECT_MM5, MAIN_MODE): Row(_on_mm5_send_mm6, _S.ESTABLISHED, (P.ID,), 5,
+                                      send=Send.REPLY, answers_repeat=True, encrypted=True),
+    (_S.I_EXPECT_MM6, MAIN_MODE): Row(_on_mm6_established, _S.ESTABLISHED, (P.ID,), 6,
+                                      send=Send.NOTHING, answers_repeat=False, encrypted=True),
 }
+#: The row that handled message 1: how the responder answers it and a repeat of it.
+FIRST = TRANSITIONS[(Phase1State.R_EXPECT_MM1, MAIN_MODE)]
+#: ``(role, state) -> the row that led there``: whether a repeat of the last message is answered.
+HANDLED = handled_by(TRANSITIONS)
 
 
-def receive(sa: IsakmpSa, message: Any, services: Services) -> bytes | None:
+def receive(sa: IsakmpSa, message: wire.Message, services: Services) -> bytes | None:
     """Process one Main Mode message for ``sa``; return the reply datagram, if any.
 
     On success the SA moves to the row's next state. On any error nothing changes

@@ -1,4 +1,4 @@
-"""NAT traversal for IKEv1 (layer L3): RFC 3947 and the draft vendor IDs 02, 02n and 03.
+"""NAT traversal for IKEv1: RFC 3947 and the draft vendor IDs 02, 02n and 03.
 
 Design note
 -----------
@@ -30,11 +30,13 @@ sees a NAT and floats. Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ikecore import keymat, wire
 from ikecore.errors import PayloadMalformed
+from ikecore.events import Address
+from ikecore.sa import IsakmpSa
 
 __all__ = ["Variant", "RFC3947", "DRAFT_03", "DRAFT_02", "DRAFT_02N", "VARIANTS", "NAT_T_PORT",
            "vendor_ids", "choose", "nat_d_payloads", "detect", "udp_mode", "plain_mode", "NAT_STATES",
@@ -44,6 +46,8 @@ __all__ = ["Variant", "RFC3947", "DRAFT_03", "DRAFT_02", "DRAFT_02N", "VARIANTS"
 NAT_T_PORT = 4500
 #: What ``sa.snapshot()["nat"]`` can say.
 NAT_STATES = ("none", "local", "remote", "both")
+#: What ``follow`` changed: the SA's remote and local addresses, marker and encapsulation before.
+Moved = tuple[Address, Address, bool, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,7 @@ DRAFT_02 = Variant("draft-02", bytes.fromhex("cd60464335df21f87cfdb2fc68b6a448")
 VARIANTS = (RFC3947, DRAFT_03, DRAFT_02N, DRAFT_02)
 
 
-def vendor_ids() -> list[Any]:
+def vendor_ids() -> list[wire.Payload]:
     """The initiator's VID payloads announcing every NAT-T variant (the responder answers
     with the one ``choose`` picks)."""
     return [wire.VendorIdPayload(v.vendor_id) for v in VARIANTS]
@@ -87,11 +91,12 @@ def choose(received: list[bytes]) -> Variant | None:
     return None
 
 
-def _hash(hash_name: str, sa: Any, address: tuple[str, int]) -> bytes:
+def _hash(hash_name: str, sa: IsakmpSa, address: Address) -> bytes:
     return keymat.nat_d(hash_name, sa.initiator_cookie, sa.responder_cookie, address[0], address[1])
 
 
-def nat_d_payloads(sa: Any, variant: Variant, random: Any = None) -> list[Any]:
+def nat_d_payloads(sa: IsakmpSa, variant: Variant,
+                   random: Callable[[int], bytes] | None = None) -> list[wire.Payload]:
     """The two NAT-D payloads of MM3/MM4 (AM1 has none; AM2/AM3 carry them).
 
     The first hashes the peer's address as we send to it, the second our own. With
@@ -105,13 +110,13 @@ def nat_d_payloads(sa: Any, variant: Variant, random: Any = None) -> list[Any]:
             wire.NatDPayload(mine, payload_type=variant.nat_d)]
 
 
-def detect(sa: Any, variant: Variant, payloads: list[Any]) -> str:
+def detect(sa: IsakmpSa, variant: Variant, payloads: list[wire.Payload]) -> str:
     """Compare the peer's NAT-D payloads with our view of the two addresses.
 
     Returns one of ``NAT_STATES``. Raises PayloadMalformed when the peer negotiated NAT-T
     but sent fewer than two NAT-D payloads.
     """
-    hashes = [bytes(p.data) for p in payloads if p.payload_type == variant.nat_d]
+    hashes = [bytes(p.data) for p in payloads if isinstance(p, wire.NatDPayload) and p.payload_type == variant.nat_d]
     if len(hashes) < 2:
         raise PayloadMalformed(f"NAT-T negotiated ({variant.name}) but {len(hashes)} NAT-D payloads received")
     local_nat = hashes[0] != _hash(sa.hash_name, sa, sa.local)
@@ -134,12 +139,12 @@ def plain_mode(mode: int) -> int:
     return wire.EncapsulationMode.TUNNEL
 
 
-def should_float(sa: Any) -> bool:
+def should_float(sa: IsakmpSa) -> bool:
     """NAT-T agreed and either a NAT seen by NAT-D or encapsulation forced by the filter."""
     return sa.nat_t is not None and (sa.nat != "none" or sa.generic_filter.nat_traversal == "force")
 
 
-def float_initiator(sa: Any) -> None:
+def float_initiator(sa: IsakmpSa) -> None:
     """Move the initiator to the NAT-T ports (before MM5 or AM3) when ``should_float``.
 
     Our port moves to 4500 only from 500 (an ephemeral or custom port stays, as charon
@@ -155,7 +160,7 @@ def float_initiator(sa: Any) -> None:
     sa.non_esp_marker = True
 
 
-def follow(sa: Any, remote: tuple[str, int], local: tuple[str, int], marker: bool) -> Any:
+def follow(sa: IsakmpSa, remote: Address, local: Address, marker: bool) -> Moved | None:
     """Responder side: an authenticated message came with the non-ESP marker, possibly from a
     new port (the peer floated, or its NAT mapping changed): answer there from now on.
 
@@ -169,7 +174,7 @@ def follow(sa: Any, remote: tuple[str, int], local: tuple[str, int], marker: boo
     return before
 
 
-def restore(sa: Any, before: Any) -> None:
+def restore(sa: IsakmpSa, before: Moved | None) -> None:
     """Undo ``follow`` when the message turned out to be unacceptable."""
     if before is not None:
         sa.remote, sa.local, sa.non_esp_marker, sa.encapsulated = before

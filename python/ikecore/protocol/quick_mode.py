@@ -12,8 +12,10 @@ Design note
 
 Every Quick Mode has its own Message ID, its own IV chain (derived from the last phase 1
 CBC block) and its own ``QuickModeExchange`` record, so many run at once on one ISAKMP SA.
-``TRANSITIONS`` maps (state, exchange type) to the handler, the next state and the payloads
-required after the HASH payload. Hashes (RFC 2409 5.5):
+``TRANSITIONS`` maps (state, exchange type) to a ``transitions.Row``: the handler, the next
+state, the payloads required after the HASH payload, and how the engine sends the answer:
+QM2 is a request, retransmitted until QM3 arrives; QM3 is a reply, sent again when QM2 is
+repeated (our QM3 was lost). Hashes (RFC 2409 5.5):
 ``HASH(1) = prf(SKEYID_a, M-ID | <payloads after HASH>)``,
 ``HASH(2) = prf(SKEYID_a, M-ID | Ni_b | <payloads after HASH>)``,
 ``HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)``; KEYMAT per direction with the SPI of
@@ -27,11 +29,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from ikecore import keymat, policy, wire
-from ikecore.protocol import lifetime, nat_traversal
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import (
     AuthenticationFailed,
@@ -41,39 +40,21 @@ from ikecore.errors import (
     NoProposalChosen,
     PayloadMalformed,
 )
-from ikecore.protocol.phase1 import (
-    NONCE_SIZE,
-    Services,
-    after_hash,
-    constant_time_equal,
-    nonce_ok,
-    open_encrypted,
-    required,
-    run_handler,
-    seal,
-    seal_hashed,
-)
+from ikecore.protocol import lifetime, nat_traversal
+from ikecore.protocol.messages import (NONCE_SIZE, leading_hash, constant_time_equal, nonce_ok, open_encrypted,
+                                       required, run_handler, seal, seal_hashed)
+from ikecore.protocol.services import QuickModeServices
+from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase2State, QuickModeExchange, Role
 
-__all__ = ["QuickModeServices", "TRANSITIONS", "start_initiator", "receive", "QUICK_MODE",
-           "traffic_selectors"]
+__all__ = ["TRANSITIONS", "HANDLED", "Handler", "start_initiator", "receive", "QUICK_MODE", "traffic_selectors"]
 
 QUICK_MODE = wire.ExchangeType.QUICK_MODE
 P = wire.PayloadType
 
-
-class QuickModeServices(Services, Protocol):
-    def get_spi(self, sa: IsakmpSa) -> bytes: ...
-    def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
-                outbound: IpsecSaKeys) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    handler: Callable[[IsakmpSa, QuickModeExchange, Any, list[Any], QuickModeServices], bytes | None]
-    next_state: Phase2State
-    required: tuple[int, ...]
-    message_number: int
+#: ``(sa, exchange, message, its payloads, services) -> the next message``, None when none follows.
+Handler = Callable[[IsakmpSa, QuickModeExchange, wire.Message, list[wire.Payload], QuickModeServices],
+                   bytes | None]
 
 
 @functools.lru_cache(maxsize=65536)  # pure; parsing addresses was 15% of a load test's CPU
@@ -100,7 +81,7 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     if sa.encapsulated and sa.nat_t is not None:
         mode = nat_traversal.udp_mode(mode, sa.nat_t)  # RFC 3947 3/4, drafts 61443/61444
     transforms = [p.to_transform(i + 1, mode) for i, p in enumerate(qm.esp_policy.proposals)]
-    payloads: list[Any] = [
+    payloads: list[wire.Payload] = [
         wire.SaPayload([wire.Proposal(1, wire.ProtocolId.IPSEC_ESP, transforms, spi=qm.spi_in)]),
         wire.NoncePayload(qm.nonce_i),
     ]
@@ -117,8 +98,8 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
         hash_name, sa.skeyid.skeyid_a, qm.message_id, chain))
 
 
-def _client_ids(payloads: list[Any]) -> tuple[Any, Any] | None:
-    ids = [p for p in payloads if p.payload_type == P.ID]
+def _client_ids(payloads: list[wire.Payload]) -> tuple[wire.IdPayload, wire.IdPayload] | None:
+    ids = [p for p in payloads if isinstance(p, wire.IdPayload)]
     if not ids:
         return None
     if len(ids) != 2:
@@ -126,22 +107,21 @@ def _client_ids(payloads: list[Any]) -> tuple[Any, Any] | None:
     return ids[0], ids[1]
 
 
-def _pfs_secret(qm: QuickModeExchange, group: int | None, payloads: list[Any],
+def _pfs_secret(qm: QuickModeExchange, group: int | None, payloads: list[wire.Payload],
                 services: QuickModeServices, make_keypair: bool) -> bytes | None:
-    ke = next((p for p in payloads if p.payload_type == P.KE), None)
+    ke = next((p for p in payloads if isinstance(p, wire.KePayload)), None)
     if not group:
         if ke is not None:
             raise InvalidPayloadType("KE payload in a Quick Mode without PFS")
         return None
     if ke is None:
         raise NoProposalChosen("PFS group chosen but no KE payload")
-    if make_keypair:
+    if make_keypair:  # the responder: its public value goes into QM2, then the pair is dropped
         qm.dh = services.keypair(group)
-    try:
         return bytes(qm.dh.exchange(ke.data))
-    finally:
-        if not make_keypair:
-            qm.dh = None
+    pair, qm.dh = qm.dh, None  # the initiator's: single use, gone whether the exchange works or not
+    assert pair is not None
+    return bytes(pair.exchange(ke.data))
 
 
 def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
@@ -186,7 +166,7 @@ def _is_host(network: str) -> bool:
     return net.prefixlen == net.max_prefixlen
 
 
-def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
+def _check_selectors(sa: IsakmpSa, ids: tuple[wire.IdPayload, wire.IdPayload] | None) -> None:
     """The initiator's IDci must be the peer's side and IDcr ours, per our filter."""
     local, remote = traffic_selectors(sa)
     if ids is None:
@@ -203,11 +183,11 @@ def _check_selectors(sa: IsakmpSa, ids: tuple[Any, Any] | None) -> None:
         raise InvalidIdInformation(f"traffic selectors {ci} <-> {cr} are outside {remote} <-> {local}")
 
 
-def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
+def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                      services: QuickModeServices) -> bytes:
-    after = after_hash(payloads)
+    received, after = leading_hash(payloads)
     expected = keymat.qm_hash1(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, after)
-    if not constant_time_equal(payloads[0].data, expected):
+    if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
     found = required(payloads, P.SA, P.NONCE)
     qm.nonce_i = found[P.NONCE].data
@@ -222,11 +202,11 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
     g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=True)
     qm.nonce_r = services.random(NONCE_SIZE)
     qm.spi_in = services.get_spi(sa)
-    reply: list[Any] = [
+    reply: list[wire.Payload] = [
         wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform], spi=qm.spi_in)]),
         wire.NoncePayload(qm.nonce_r),
     ]
-    if g_qm_xy is not None:
+    if g_qm_xy is not None and qm.dh is not None:
         reply.append(wire.KePayload(qm.dh.public))
         qm.dh = None
     if ids is not None:
@@ -242,11 +222,11 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
         sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, nonce_i, chain))
 
 
-def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
+def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                      services: QuickModeServices) -> bytes:
-    after = after_hash(payloads)
+    received, after = leading_hash(payloads)
     expected = keymat.qm_hash2(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, after)
-    if not constant_time_equal(payloads[0].data, expected):
+    if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(2) does not verify")
     found = required(payloads, P.SA, P.NONCE)
     sa_payload = found[P.SA]
@@ -276,12 +256,13 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads
     return seal(sa, QUICK_MODE, [wire.HashPayload(hash3)], qm.message_id)
 
 
-def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: Any, payloads: list[Any],
+def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                         services: QuickModeServices) -> None:
-    if not payloads or payloads[0].payload_type != P.HASH:
+    first = payloads[0] if payloads else None
+    if not isinstance(first, wire.HashPayload):
         raise InvalidPayloadType("QM3 must carry HASH(3)")
     expected = keymat.qm_hash3(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
-    if not constant_time_equal(payloads[0].data, expected):
+    if not constant_time_equal(first.data, expected):
         raise InvalidHashInformation("Quick Mode HASH(3) does not verify")
     inbound, outbound = _keys(sa, qm, qm.g_qm_xy)
     qm.g_qm_xy = None
@@ -289,14 +270,20 @@ def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: Any, paylo
     return None
 
 
-TRANSITIONS: dict[tuple[Phase2State, int], Row] = {
-    (Phase2State.R_EXPECT_QM1, QUICK_MODE): Row(_on_qm1_send_qm2, Phase2State.R_EXPECT_QM3, (P.HASH, P.SA, P.NONCE), 1),
-    (Phase2State.I_EXPECT_QM2, QUICK_MODE): Row(_on_qm2_send_qm3, Phase2State.ESTABLISHED, (P.HASH, P.SA, P.NONCE), 2),
-    (Phase2State.R_EXPECT_QM3, QUICK_MODE): Row(_on_qm3_established, Phase2State.ESTABLISHED, (P.HASH,), 3),
+_S = Phase2State
+TRANSITIONS: dict[tuple[Phase2State, int], Row[Phase2State, Handler]] = {
+    (_S.R_EXPECT_QM1, QUICK_MODE): Row(_on_qm1_send_qm2, _S.R_EXPECT_QM3, (P.HASH, P.SA, P.NONCE), 1,
+                                       send=Send.REQUEST, answers_repeat=True, encrypted=True),
+    (_S.I_EXPECT_QM2, QUICK_MODE): Row(_on_qm2_send_qm3, _S.ESTABLISHED, (P.HASH, P.SA, P.NONCE), 2,
+                                       send=Send.REPLY, answers_repeat=True, encrypted=True),
+    (_S.R_EXPECT_QM3, QUICK_MODE): Row(_on_qm3_established, _S.ESTABLISHED, (P.HASH,), 3,
+                                       send=Send.NOTHING, answers_repeat=False, encrypted=True),
 }
+#: ``(role, state) -> the row that led there``: whether a repeat of the last message is answered.
+HANDLED = handled_by(TRANSITIONS)
 
 
-def receive(sa: IsakmpSa, qm: QuickModeExchange, message: Any, services: QuickModeServices) -> bytes | None:
+def receive(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, services: QuickModeServices) -> bytes | None:
     """Process one Quick Mode message of exchange ``qm``; return the reply, if any.
 
     The IV of the Message ID is committed only when the message is accepted.

@@ -1,4 +1,4 @@
-"""Vendor IDs of phase 1 (layer L3): what ikecore announces and what it records of the peer.
+"""Vendor IDs of phase 1: what ikecore announces and what it records of the peer.
 
 We announce only what we implement: NAT traversal (RFC 3947 and the drafts 03, 02n and 02,
 the way charon does; a responder answers with the one variant it chose) and Dead Peer
@@ -10,8 +10,6 @@ IKE fragmentation, Microsoft); the ones that change our behaviour set ``sa.nat_t
 
 from __future__ import annotations
 
-from typing import Any
-
 from ikecore import wire
 from ikecore.protocol import nat_traversal
 from ikecore.sa import IsakmpSa
@@ -19,19 +17,19 @@ from ikecore.sa import IsakmpSa
 __all__ = ["initiator_vendor_ids", "responder_vendor_ids", "record", "names"]
 
 
-def initiator_vendor_ids(sa: IsakmpSa) -> list[Any]:
+def initiator_vendor_ids(sa: IsakmpSa) -> list[wire.Payload]:
     """The VID payloads of message 1 (Main Mode MM1, Aggressive Mode AM1)."""
     flt = sa.generic_filter
-    payloads = [] if flt.nat_traversal == "off" else nat_traversal.vendor_ids()
+    payloads: list[wire.Payload] = [] if flt.nat_traversal == "off" else nat_traversal.vendor_ids()
     if flt.dpd:
         payloads.append(wire.VendorIdPayload(wire.VID_DPD))
     return payloads
 
 
-def responder_vendor_ids(sa: IsakmpSa) -> list[Any]:
+def responder_vendor_ids(sa: IsakmpSa) -> list[wire.Payload]:
     """The VID payloads of message 2, answering what ``record`` found in message 1."""
     flt = sa.generic_filter
-    payloads = [wire.VendorIdPayload(sa.nat_t.vendor_id)] if sa.nat_t is not None else []
+    payloads: list[wire.Payload] = [wire.VendorIdPayload(sa.nat_t.vendor_id)] if sa.nat_t is not None else []
     if flt.dpd:
         payloads.append(wire.VendorIdPayload(wire.VID_DPD))
     return payloads
@@ -51,9 +49,9 @@ def _shared(vid: bytes) -> bytes:
     return found
 
 
-def record(sa: IsakmpSa, payloads: list[Any]) -> None:
+def record(sa: IsakmpSa, payloads: list[wire.Payload]) -> None:
     """Keep the peer's vendor IDs; agree on NAT-T and note DPD support."""
-    sa.vendor_ids = [_shared(bytes(p.data)) for p in payloads if p.payload_type == wire.PayloadType.VID]
+    sa.vendor_ids = [_shared(bytes(p.data)) for p in payloads if isinstance(p, wire.VendorIdPayload)]
     if sa.generic_filter.nat_traversal != "off":
         sa.nat_t = nat_traversal.choose(sa.vendor_ids)
     sa.dpd = sa.generic_filter.dpd and wire.VID_DPD in sa.vendor_ids

@@ -1,0 +1,117 @@
+"""``ikecore loadtest``: the command-line flags and the command.
+
+The flags build a ``LoadSpec``; one process runs it with ``run_udp`` (DH key pairs made
+ahead on ``--dh-threads`` threads), ``--workers N`` with ``run_processes``. The report
+goes to standard output as text or, with ``--json``, one JSON object; the progress bar
+goes to standard error. Exit 0 when every peer established, 1 otherwise, 2 for a
+wrong flag (the caller prints the ``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from ikecore.config import parse_endpoint
+from ikecore.credentials import credentials_from_flags
+from ikecore.errors import ConfigError
+from ikecore.gateway.dh_pool import DhPool, KeypairReserve
+from ikecore.gateway.gc_tuning import tune_gc
+from ikecore.loadtest.generator import Faults, LoadSpec, LoadTest
+from ikecore.loadtest.progress import ProgressBar
+from ikecore.loadtest.report import format_report, report_json
+from ikecore.loadtest.runners import run_processes, run_udp
+
+__all__ = ["add_parser", "command", "spec_from_args"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``ikecore loadtest`` on the CLI's sub-parsers."""
+    parser = sub.add_parser("loadtest", help="simulate many IKEv1 peers against a gateway")
+    parser.add_argument("target", metavar="ADDR[:PORT]")
+    parser.add_argument("--peers", type=int, required=True, help="simulated peers (one ISAKMP SA each)")
+    parser.add_argument("--psk", default="secret", help="pre-shared key")
+    parser.add_argument("--cert", metavar="FILE",
+                        help="X.509 certificate every peer signs with (RSA; with --key and --ca, instead of --psk)")
+    parser.add_argument("--key", metavar="FILE", help="the certificate's RSA private key (PEM or DER)")
+    parser.add_argument("--ca", metavar="FILE", action="append",
+                        help="CA certificate that validates the gateway's certificate (repeatable)")
+    parser.add_argument("--ike", default="aes128-sha256-modp2048", help="IKE proposals")
+    parser.add_argument("--esp", default="aes128-sha256", help="ESP proposals")
+    parser.add_argument("--quick-modes", type=int, default=1, help="Quick Modes per peer (0: Main Mode only)")
+    parser.add_argument("--no-quick-mode", action="store_true", help="same as --quick-modes 0")
+    loop = parser.add_mutually_exclusive_group()
+    loop.add_argument("--rate", type=float, help="open loop: new peers per second")
+    loop.add_argument("--concurrency", type=int, help="closed loop: peers negotiating at once [100]")
+    parser.add_argument("--ramp", type=float, default=0.0, metavar="SECONDS",
+                        help="raise the rate or concurrency linearly over this long")
+    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop starting peers after this")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="hard bound on the whole run")
+    parser.add_argument("--timeout", type=float, default=30.0, help="negotiation timeout per peer")
+    parser.add_argument("--retransmit-timeout", type=float, default=1.0, metavar="SECONDS")
+    parser.add_argument("--first-address", default="127.1.0.1", help="first peer address (127.x.y.z)")
+    parser.add_argument("--local-port", type=int, default=0, help="UDP port of every peer (default ephemeral)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="generator processes, each with a share of the peers and its own socket")
+    parser.add_argument("--dh-threads", type=int, default=1,
+                        help="threads pre-computing DH key pairs (0: compute them inline)")
+    for name, text in (("drop", "drop"), ("duplicate", "duplicate"), ("corrupt", "corrupt one byte of"),
+                       ("delay", "delay")):
+        parser.add_argument(f"--{name}", type=float, default=0.0, metavar="SHARE",
+                            help=f"{text} this share (0..1) of datagrams, both directions")
+    parser.add_argument("--delay-seconds", type=float, default=0.05, help="how long a delayed datagram waits")
+    parser.add_argument("--wrong-psk", type=float, default=0.0, metavar="SHARE",
+                        help="this share of peers uses a wrong pre-shared key")
+    parser.add_argument("--seed", type=int, help="seed for fault injection and the wrong-PSK choice")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def spec_from_args(args: argparse.Namespace) -> LoadSpec:
+    """The ``ikecore loadtest`` flags as a LoadSpec (ConfigError names a wrong flag)."""
+    faults = Faults(drop=args.drop, duplicate=args.duplicate, corrupt=args.corrupt, delay=args.delay,
+                    delay_seconds=args.delay_seconds, wrong_psk=args.wrong_psk)
+    return LoadSpec(target=parse_endpoint(args.target, 500, "target"), peers=args.peers, psk=args.psk,
+                    ike=args.ike, esp=args.esp, quick_modes=0 if args.no_quick_mode else args.quick_modes,
+                    rate=args.rate, concurrency=args.concurrency, ramp=args.ramp, duration=args.duration,
+                    timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
+                    max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
+                    seed=args.seed, credentials=credentials_from_flags(args.cert, args.key, args.ca))
+
+
+def command(args: argparse.Namespace, out: TextIO) -> int:
+    """``ikecore loadtest``: exit 0 when every peer established, 1 otherwise."""
+    restore_gc = tune_gc()
+    try:
+        return _command(args, out)
+    finally:
+        restore_gc()
+
+
+def _command(args: argparse.Namespace, out: TextIO) -> int:
+    spec = spec_from_args(args)
+    if args.dh_threads < 0:
+        raise ConfigError("--dh-threads", "must be 0 or more")
+    if not 1 <= args.workers <= 64:
+        raise ConfigError("--workers", "must be between 1 and 64")
+    if args.workers > 1:
+        progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers)
+        report = run_processes(spec, args.workers, dh_threads=args.dh_threads, local_port=args.local_port,
+                               progress=progress)
+        out.write((report_json(report) if args.json else format_report(report)) + "\n")
+        return 0 if report.established == spec.peers else 1
+    pool = DhPool(args.dh_threads) if args.dh_threads else None
+    try:
+        keypair = KeypairReserve(pool) if pool is not None else None
+        load = LoadTest(spec, keypair=keypair, local_port=args.local_port)
+        progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers)
+        try:
+            report = run_udp(load, progress=progress)
+        except OSError as exc:
+            raise ConfigError("--local-port", f"cannot open the UDP socket: {exc.strerror}") from None
+    finally:
+        if pool is not None:
+            pool.close()
+    out.write((report_json(report) if args.json else format_report(report)) + "\n")
+    return 0 if report.established == spec.peers else 1
