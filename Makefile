@@ -9,9 +9,9 @@ VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
-PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "atheris>=2.3"
+PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "atheris>=2.3" "ruff>=0.5"
 
-.PHONY: all build run test test-rust test-python stubtest typecheck bench fuzz clean openssl-dev
+.PHONY: all build run test test-rust test-python stubtest typecheck lint bench fuzz clean openssl-dev
 
 all: build
 
@@ -57,7 +57,11 @@ typecheck: $(BUILT)
 	$(VPY) -m mypy --strict python/ikecore/protocol python/ikecore/engine
 	$(VPY) -m mypy python/ikecore
 
-test-python: $(BUILT) stubtest typecheck
+# Undefined names, unused imports and variables (pyflakes' rules), no style opinions.
+lint: $(BUILT)
+	$(VPY) -m ruff check --no-cache --select F,E9 python tests bench
+
+test-python: $(BUILT) stubtest typecheck lint
 	$(VPY) -m pytest -q
 
 bench: $(BUILT)

@@ -19,7 +19,7 @@ import pytest
 from ikecore.config import config_from_dict
 from interop.charon import Charon, free_udp_ports
 from pki import Issued, issue, make_ca
-from test_interop_strongswan import CHARON, IKECORE, PSK, IkecoreGateway, _hex, _wait
+from test_interop_strongswan import CHARON, IKECORE, PSK, IkecoreGateway, _hex
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,6 @@ from __future__ import annotations
 import hmac
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ikecore._core import offer_digest, stateless_cookie
 from ikecore.config import FloodLimits

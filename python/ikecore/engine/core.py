@@ -71,6 +71,7 @@ from ikecore.engine.timers import TimerKind
 from ikecore.events import Address
 from ikecore.policy import GenericFilter
 from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mode, nat_traversal, quick_mode
+from ikecore.protocol.phase1 import Phase1Handler
 from ikecore.protocol.transitions import Row, Send
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
 
@@ -584,9 +585,10 @@ class Engine:
     def _main_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
         state_before = sa.state
         exchange = message.exchange_type
-        module: Any = aggressive_mode if exchange == AM else main_mode
+        receive, table = ((aggressive_mode.receive, aggressive_mode.TRANSITIONS) if exchange == AM
+                          else (main_mode.receive, main_mode.TRANSITIONS))
         try:
-            reply = module.receive(sa, message, self)
+            reply = receive(sa, message, self)
         except _FATAL as exc:
             if isinstance(exc, AuthenticationFailed):
                 self.emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
@@ -604,7 +606,7 @@ class Engine:
         if state_before in (Phase1State.I_EXPECT_MM2, Phase1State.I_EXPECT_AM2):
             self._cookies.promote(sa.initiator_cookie, sa.responder_cookie, sa.handle)
         if reply is not None:
-            self._send_next(sa, module.TRANSITIONS[(state_before, exchange)], reply, exchange, now)
+            self._send_next(sa, table[(state_before, exchange)], reply, exchange, now)
         if sa.state is Phase1State.ESTABLISHED:
             self._established(sa, now)
 
@@ -928,7 +930,7 @@ class Engine:
         sa.last_sent = datagram
         self._send(sa, datagram, exchange_type, number)
 
-    def _send_next(self, sa: IsakmpSa, row: Row[Phase1State, Any], datagram: bytes, exchange_type: int,
+    def _send_next(self, sa: IsakmpSa, row: Row[Phase1State, Phase1Handler], datagram: bytes, exchange_type: int,
                    now: float) -> None:
         """Send the phase 1 message that ``row``'s handler returned, the way the row says."""
         if row.send is Send.REQUEST:

@@ -28,26 +28,23 @@ Mode formulas over SAi_b and the ID bodies as sent. Nothing here does I/O or rea
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from ikecore import keymat, policy, wire
 from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import nat_traversal, vendor_ids
 from ikecore.protocol.messages import (NONCE_SIZE, build_plain, constant_time_equal, open_keyed, required,
                                        run_handler, seal)
-from ikecore.protocol.phase1 import (check_peer_id, exchange, my_identification, nat_d, phase1_keys,
-                                     take_ke_nonce)
+from ikecore.protocol.phase1 import (Phase1Handler, check_peer_id, exchange, my_identification, nat_d,
+                                     phase1_keys, take_ke_nonce)
 from ikecore.protocol.services import Services
 from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase1State
 
-__all__ = ["TRANSITIONS", "HANDLED", "FIRST", "Handler", "start_initiator", "receive", "AGGRESSIVE_MODE"]
+__all__ = ["TRANSITIONS", "HANDLED", "FIRST", "start_initiator", "receive", "AGGRESSIVE_MODE"]
 
 AGGRESSIVE_MODE = wire.ExchangeType.AGGRESSIVE
 P = wire.PayloadType
 
-#: ``(sa, message, its payloads, services) -> the next message``, None when none follows.
-Handler = Callable[[IsakmpSa, wire.Message, list[wire.Payload], Services], bytes | None]
 
 
 def _offer(sa: IsakmpSa) -> wire.SaPayload:
@@ -162,7 +159,7 @@ def _on_am3_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire
 
 
 _S = Phase1State
-TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Handler]] = {
+TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Phase1Handler]] = {
     (_S.R_EXPECT_AM1, AGGRESSIVE_MODE): Row(_on_am1_send_am2, _S.R_EXPECT_AM3, (P.SA, P.KE, P.NONCE, P.ID), 1,
                                             send=Send.REQUEST, answers_repeat=True),
     (_S.I_EXPECT_AM2, AGGRESSIVE_MODE): Row(_on_am2_send_am3, _S.ESTABLISHED, (P.SA, P.KE, P.NONCE, P.ID, P.HASH), 2,

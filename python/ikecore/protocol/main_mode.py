@@ -38,26 +38,23 @@ shows as an MM5 that does not decrypt to a payload chain or whose HASH_I does no
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from ikecore import keymat, policy, wire
 from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import auth, nat_traversal, vendor_ids
 from ikecore.protocol.messages import (NONCE_SIZE, build_plain, constant_time_equal, open_keyed, required,
                                        run_handler, seal)
-from ikecore.protocol.phase1 import (check_peer_id, exchange, my_identification, nat_d, phase1_keys,
-                                     take_ke_nonce)
+from ikecore.protocol.phase1 import (Phase1Handler, check_peer_id, exchange, my_identification, nat_d,
+                                     phase1_keys, take_ke_nonce)
 from ikecore.protocol.services import Services
 from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase1State
 
-__all__ = ["TRANSITIONS", "HANDLED", "FIRST", "Handler", "start_initiator", "receive", "MAIN_MODE"]
+__all__ = ["TRANSITIONS", "HANDLED", "FIRST", "start_initiator", "receive", "MAIN_MODE"]
 
 MAIN_MODE = wire.ExchangeType.IDENTITY_PROTECTION
 P = wire.PayloadType
 
-#: ``(sa, message, its payloads, services) -> the next message``, None when none follows.
-Handler = Callable[[IsakmpSa, wire.Message, list[wire.Payload], Services], bytes | None]
 
 
 def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
@@ -205,7 +202,7 @@ def _on_mm6_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire
 
 
 _S = Phase1State
-TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Handler]] = {
+TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Phase1Handler]] = {
     (_S.R_EXPECT_MM1, MAIN_MODE): Row(_on_mm1_send_mm2, _S.R_EXPECT_MM3, (P.SA,), 1,
                                       send=Send.REPLY, answers_repeat=True),
     (_S.I_EXPECT_MM2, MAIN_MODE): Row(_on_mm2_send_mm3, _S.I_EXPECT_MM4, (P.SA,), 2,

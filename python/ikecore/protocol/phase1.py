@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ikecore import keymat, wire
 from ikecore.errors import InvalidIdInformation, PayloadMalformed
 from ikecore.protocol import nat_traversal
@@ -18,7 +20,11 @@ from ikecore.protocol.messages import nonce_ok, required
 from ikecore.protocol.services import Services
 from ikecore.sa import IsakmpSa, id_to_text
 
-__all__ = ["phase1_keys", "my_identification", "check_peer_id", "take_ke_nonce", "exchange", "nat_d"]
+__all__ = ["Phase1Handler", "phase1_keys", "my_identification", "check_peer_id", "take_ke_nonce", "exchange", "nat_d"]
+
+#: A Main Mode or Aggressive Mode row's handler: ``(sa, message, its payloads, services) ->
+#: the next message``, None when none follows.
+Phase1Handler = Callable[[IsakmpSa, wire.Message, list[wire.Payload], Services], bytes | None]
 
 P = wire.PayloadType
 
