@@ -1,6 +1,6 @@
 """Interop with a real strongSwan charon (Debian's 5.9.8 build with the fake kernel).
 
-Both directions, Main Mode and Quick Mode, for the suites of the negotiation issue:
+Both directions, Main Mode and Quick Mode, for the IKE and ESP suites of the README:
 ikecore (``ikecore connect``) initiating to a charon responder, and charon initiating to
 an ikecore gateway running in this process. charon's own view (``swanctl --list-sas``) must
 show the same cookies and the same SPIs; a Delete from either side removes the SA on the
