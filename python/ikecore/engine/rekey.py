@@ -18,8 +18,8 @@ Timers (``Timing.rekey_margin`` seconds, 0 = never rekey, only expire):
   undecryptable (seen in interop under load). The hard ``ipsec-expire``
   timer stays as a backstop. A Quick Mode the *peer* starts supersedes our older SAs
   with the same selectors (no more rekeys of them; they go when the peer deletes them or
-  expire), which is how charon reads a peer's rekey too. Snapshots show superseded SAs
-  with ``rekeyed = True``.
+  expire), which is how charon reads a peer's rekey too. The rows of ``monitor.listing``
+  show superseded SAs with ``rekeyed = True``.
 * Phase 1 (initiator of the ISAKMP SA only, so phase 1 rekeys never collide): at
   ``expires - margin - jitter`` a new Main Mode to the same peer and filter starts; once
   established it adopts the old SA's IPsec SAs (IKEv1 IPsec SAs outlive the ISAKMP SA

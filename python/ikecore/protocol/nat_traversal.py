@@ -44,7 +44,7 @@ __all__ = ["Variant", "RFC3947", "DRAFT_03", "DRAFT_02", "DRAFT_02N", "VARIANTS"
 
 #: The NAT-T port (RFC 3947 section 4).
 NAT_T_PORT = 4500
-#: What ``sa.snapshot()["nat"]`` can say.
+#: What ``IsakmpSa.nat`` (the ``nat`` column of the Main Mode listing) can say.
 NAT_STATES = ("none", "local", "remote", "both")
 #: What ``follow`` changed: the SA's remote and local addresses, marker and encapsulation before.
 Moved = tuple[Address, Address, bool, bool]

@@ -3,7 +3,7 @@
 We announce only what we implement: NAT traversal (RFC 3947 and the drafts 03, 02n and 02,
 the way charon does; a responder answers with the one variant it chose) and Dead Peer
 Detection (RFC 3706). Every vendor ID the peer sends is kept in ``sa.vendor_ids`` and shown
-by name in the snapshot (``wire.VENDOR_IDS``: RFC 3947, the drafts, DPD, XAUTH, Cisco Unity,
+by name in the Main Mode listing (``wire.VENDOR_IDS``: RFC 3947, the drafts, DPD, XAUTH, Cisco Unity,
 IKE fragmentation, Microsoft); the ones that change our behaviour set ``sa.nat_t`` and
 ``sa.dpd``.
 """
