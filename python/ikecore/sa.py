@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ikecore import policy, wire
+from ikecore import keymat, policy, wire
 from ikecore.dh import KeyPair
+from ikecore.driver import IpsecSaKeys
 from ikecore.events import Address
+
+if TYPE_CHECKING:  # the class only: importing cryptography here would slow `ikecore monitor`
+    from cryptography import x509
 
 __all__ = ["Role", "Phase1State", "Phase2State", "IsakmpSa", "QuickModeExchange", "IpsecSa",
            "id_to_text"]
@@ -90,7 +94,7 @@ class IpsecSa:
     rekey_of: bytes | None = None      # spi_in of the SA this one replaces (our rekey)
     tiebreak: bytes = b""              # Ni_b | Nr_b: both peers order colliding rekeys alike
     superseded: bool = False           # a newer SA with the same selectors is in place
-    keys: tuple[Any, ...] = ()     # (outbound, inbound) IpsecSaKeys, kept for the SA store
+    keys: tuple[IpsecSaKeys, ...] = ()  # (outbound, inbound), kept for the SA store
 
 
 @dataclass(slots=True)
@@ -118,7 +122,7 @@ class QuickModeExchange:
     next_retransmit: float | None = None
     rekey_of: bytes | None = None  # spi_in of the IPsec SA this exchange rekeys
     lifetime_notify: tuple[int | None, int | None] | None = None  # RESPONDER-LIFETIME sent/honoured
-    installed: tuple[Any, ...] = ()  # the IpsecSaKeys handed to the driver
+    installed: tuple[IpsecSaKeys, ...] = ()  # (outbound, inbound) handed to the driver
 
 
 @dataclass(slots=True)
@@ -144,8 +148,8 @@ class IsakmpSa:
     g_xr: bytes = b""
     nonce_i: bytes = b""
     nonce_r: bytes = b""
-    skeyid: Any = None             # ikecore.keymat.Skeyid
-    crypto: Any = None             # ikecore.keymat.CryptoState
+    skeyid: keymat.Skeyid | None = None
+    crypto: keymat.CryptoState | None = None
     my_id: wire.IdPayload | None = None
     peer_id: wire.IdPayload | None = None
     established: float | None = None
@@ -161,7 +165,7 @@ class IsakmpSa:
     want_quick_mode: bool = False
     initial_contact: bool = False  # send / received INITIAL-CONTACT in MM5 (RFC 2407 4.6.3.3)
     failure: str | None = None
-    peer_certificate: Any = None   # the peer's validated X.509 certificate (signatures)
+    peer_certificate: x509.Certificate | None = None  # the peer's validated certificate (signatures)
     rekey_of: int | None = None    # handle of the ISAKMP SA this one replaces
     superseded: bool = False       # a rekeyed ISAKMP SA took over its IPsec SAs
     octets: int = 0                # ISAKMP bytes sent and received once established
@@ -181,6 +185,18 @@ class IsakmpSa:
     def hash_name(self) -> str:
         assert self.chosen is not None
         return self.chosen.prf_hash
+
+    @property
+    def skeyids(self) -> keymat.Skeyid:
+        """SKEYID and its family: set by phase 1 keying (an internal error before)."""
+        assert self.skeyid is not None, "no SKEYID before phase 1 keying"
+        return self.skeyid
+
+    @property
+    def cipher(self) -> keymat.CryptoState:
+        """The payload cipher and its IV chains: set by phase 1 keying (an internal error before)."""
+        assert self.crypto is not None, "no cipher before phase 1 keying"
+        return self.crypto
 
     def forget_negotiation(self) -> None:
         """Drop what only Main Mode needed, once the SA is established: the DH pair and

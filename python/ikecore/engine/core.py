@@ -662,7 +662,7 @@ class Engine:
             reply = quick_mode.receive(sa, qm, message, self)
         except RemoteProtocolError as exc:
             if new:
-                sa.crypto.forget(message.message_id)
+                sa.cipher.forget(message.message_id)
             spent_dh = qm.dh is None and state_before is Phase2State.I_EXPECT_QM2 \
                 and bool(qm.esp_policy.pfs_group)   # our PFS value is gone (tests/enginefuzz.py)
             if (isinstance(exc, _FATAL) or spent_dh) and state_before is not Phase2State.ESTABLISHED:
@@ -884,7 +884,7 @@ class Engine:
         qm = sa.quick_modes.get(message_id)
         if qm is not None and qm.state is Phase2State.ESTABLISHED:
             sa.quick_modes.pop(message_id, None)
-            sa.crypto.forget(message_id)
+            sa.cipher.forget(message_id)
             self._spend(sa, message_id)
 
     def _on_ipsec_expire(self, sa: IsakmpSa, message_id: int, deadline: float, _now: float) -> None:
@@ -900,7 +900,7 @@ class Engine:
 
     def _quick_mode_failed(self, sa: IsakmpSa, qm: QuickModeExchange, reason: str, now: float) -> None:
         sa.quick_modes.pop(qm.message_id, None)
-        sa.crypto.forget(qm.message_id)
+        sa.cipher.forget(qm.message_id)
         self._spend(sa, qm.message_id)
         self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
                                                role=qm.role.value, reason=reason))

@@ -98,7 +98,7 @@ def _on_am1_send_am2(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
     sa.nonce_r = services.random(NONCE_SIZE)
     phase1_keys(sa, services, g_xy)
     sa.my_id = my_identification(sa, sa.generic_filter.local_id)
-    hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    hash_r = keymat.hash_r(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
     reply = wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform], spi=proposal.spi)],
                            doi=sa_payload.doi, situation=sa_payload.situation)
@@ -124,7 +124,7 @@ def _on_am2_send_am3(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
     g_xy = exchange(sa, sa.g_xr)
     phase1_keys(sa, services, g_xy)
     peer_id = found[P.ID]
-    expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    expected = keymat.hash_r(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
     if not constant_time_equal(found[P.HASH].data, expected):
         raise AuthenticationFailed("HASH_R does not verify (pre-shared keys differ?)")
@@ -133,7 +133,7 @@ def _on_am2_send_am3(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
     if sa.nat_t is not None:
         sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
     our_nat_d = nat_d(sa, services)  # hashes of the addresses before the float
-    hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    hash_i = keymat.hash_i(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)  # type: ignore[union-attr]
     notify: list[wire.Payload] = []
     if sa.initial_contact:  # we hold no other ISAKMP SA with this peer (RFC 2407 4.6.3.3)
@@ -147,7 +147,7 @@ def _on_am3_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire
                         services: Services) -> None:
     found = required(payloads, P.HASH)
     assert sa.peer_id is not None
-    expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    expected = keymat.hash_i(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, sa.peer_id.body)
     if not constant_time_equal(found[P.HASH].data, expected):
         raise AuthenticationFailed("HASH_I does not verify (pre-shared keys differ?)")

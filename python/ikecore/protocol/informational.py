@@ -46,8 +46,8 @@ def delete_esp(spis: list[bytes]) -> wire.DeletePayload:
 def build_protected(sa: IsakmpSa, payloads: list[wire.Payload], message_id: int) -> bytes:
     """``HDR*, HASH(1), N/D...`` under the SA's keys with a fresh Message ID."""
     datagram = seal_hashed(sa, INFORMATIONAL, payloads, message_id, lambda chain: keymat.informational_hash(
-        sa.hash_name, sa.skeyid.skeyid_a, message_id, chain))
-    sa.crypto.forget(message_id)
+        sa.hash_name, sa.skeyids.skeyid_a, message_id, chain))
+    sa.cipher.forget(message_id)
     return datagram
 
 
@@ -67,10 +67,10 @@ def receive_protected(sa: IsakmpSa, message: wire.Message) -> list[wire.NotifyPa
     try:
         opened = open_encrypted(sa, message)
     finally:
-        sa.crypto.forget(message.message_id)
+        sa.cipher.forget(message.message_id)
     payloads = opened.payloads
     received, after = leading_hash(payloads)
-    expected = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message.message_id, after)
+    expected = keymat.informational_hash(sa.hash_name, sa.skeyids.skeyid_a, message.message_id, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("informational HASH(1) does not verify")
     return [p for p in payloads[1:] if isinstance(p, (wire.NotifyPayload, wire.DeletePayload))]

@@ -166,7 +166,7 @@ def _on_mm4_send_mm5(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
     g_xy = exchange(sa, sa.g_xr)
     phase1_keys(sa, services, g_xy)
     sa.my_id = _my_id(sa)
-    hash_i = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    hash_i = keymat.hash_i(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
     mm5: list[wire.Payload] = [sa.my_id, *_proof(sa, hash_i)]
     if sa.initial_contact:  # we hold no other ISAKMP SA with this peer
@@ -179,14 +179,14 @@ def _on_mm4_send_mm5(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
 def _on_mm5_send_mm6(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
                      services: Services) -> bytes:
     peer_id = required(payloads, P.ID)[P.ID]
-    expected = keymat.hash_i(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    expected = keymat.hash_i(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
     _verify(sa, payloads, peer_id, expected, services, "HASH_I")
     sa.peer_id = peer_id
     sa.initial_contact = any(isinstance(p, wire.NotifyPayload) and p.notify_type == wire.NotifyType.INITIAL_CONTACT
                              for p in payloads)
     sa.my_id = _my_id(sa)
-    hash_r = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    hash_r = keymat.hash_r(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                            sa.responder_cookie, sa.sa_b, sa.my_id.body)
     return seal(sa, MAIN_MODE, [sa.my_id, *_proof(sa, hash_r)], 0)
 
@@ -194,7 +194,7 @@ def _on_mm5_send_mm6(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
 def _on_mm6_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
                         services: Services) -> None:
     peer_id = required(payloads, P.ID)[P.ID]
-    expected = keymat.hash_r(sa.hash_name, sa.skeyid.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
+    expected = keymat.hash_r(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
     _verify(sa, payloads, peer_id, expected, services, "HASH_R")
     sa.peer_id = peer_id
@@ -239,7 +239,7 @@ def receive(sa: IsakmpSa, message: wire.Message, services: Services) -> bytes | 
         # Not a wrong PSK: a plain message where an encrypted one belongs is dropped.
         raise PayloadMalformed(f"message {row.message_number} must be encrypted",
                                notify_type=wire.NotifyType.INVALID_FLAGS)
-    if row.encrypted and (sa.crypto is None or not message.body or len(message.body) % sa.crypto.block_size):
+    if row.encrypted and (sa.crypto is None or not message.body or len(message.body) % sa.cipher.block_size):
         raise PayloadMalformed(f"message {row.message_number}: encrypted body is not whole cipher blocks")
     if row.encrypted:
         opened = open_keyed(sa, message, row.message_number, *row.required)

@@ -53,7 +53,7 @@ def seal(sa: IsakmpSa, exchange_type: int, payloads: list[wire.Payload], message
 
     Advances the IV chain of ``message_id`` (CryptoState.encrypt does).
     """
-    ciphertext = sa.crypto.encrypt(message_id, wire.encode_payloads(payloads))
+    ciphertext = sa.cipher.encrypt(message_id, wire.encode_payloads(payloads))
     first = payloads[0].payload_type
     return wire.Message(sa.initiator_cookie, sa.responder_cookie, exchange_type,
                         message_id=message_id, flags=wire.Flag.ENCRYPTION, next_payload=first,
@@ -93,13 +93,13 @@ def run_handler(sa: IsakmpSa, message_id: int, next_iv: bytes | None, handler: C
     """
     previous = None
     if next_iv is not None:
-        previous = sa.crypto.iv(message_id)
-        sa.crypto.commit(message_id, next_iv)
+        previous = sa.cipher.iv(message_id)
+        sa.cipher.commit(message_id, next_iv)
     try:
         return handler()
     except Exception as exc:
         if previous is not None:
-            sa.crypto.commit(message_id, previous)
+            sa.cipher.commit(message_id, previous)
         if isinstance(exc, ValueError) and not isinstance(exc, RemoteProtocolError):
             raise InvalidKeyInformation(str(exc)) from exc
         raise
@@ -123,7 +123,7 @@ def open_encrypted(sa: IsakmpSa, message: wire.Message) -> Opened:
         raise PayloadMalformed("message must be encrypted", notify_type=wire.NotifyType.INVALID_FLAGS)
     if sa.crypto is None:
         raise PayloadMalformed("encrypted message before keys exist", notify_type=wire.NotifyType.INVALID_FLAGS)
-    plaintext, next_iv = sa.crypto.decrypt(message.message_id, message.body)
+    plaintext, next_iv = sa.cipher.decrypt(message.message_id, message.body)
     payloads = wire.parse_payloads(message.next_payload, plaintext)
     return Opened(list(payloads), next_iv)
 

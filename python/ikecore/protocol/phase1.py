@@ -39,7 +39,7 @@ def phase1_keys(sa: IsakmpSa, services: Services, g_xy: bytes) -> None:
     sa.skeyid = keymat.derive_skeyid(hash_name, sa.nonce_i, sa.nonce_r, g_xy,
                                      sa.initiator_cookie, sa.responder_cookie, psk=psk)
     cipher_name, key_size, block_size = keymat.cipher_for(chosen.encryption, chosen.key_length)
-    key = keymat.encryption_key(hash_name, sa.skeyid.skeyid_e, key_size)
+    key = keymat.encryption_key(hash_name, sa.skeyids.skeyid_e, key_size)
     iv = keymat.phase1_iv(hash_name, sa.g_xi, sa.g_xr, block_size)
     sa.crypto = keymat.CryptoState(cipher_name, key, hash_name, iv)
     services.keylog(keymat.keylog_line(sa.initiator_cookie, key))

@@ -95,7 +95,7 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     qm.state = Phase2State.I_EXPECT_QM2
     hash_name = sa.hash_name
     return seal_hashed(sa, QUICK_MODE, payloads, qm.message_id, lambda chain: keymat.qm_hash1(
-        hash_name, sa.skeyid.skeyid_a, qm.message_id, chain))
+        hash_name, sa.skeyids.skeyid_a, qm.message_id, chain))
 
 
 def _client_ids(payloads: list[wire.Payload]) -> tuple[wire.IdPayload, wire.IdPayload] | None:
@@ -139,7 +139,7 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[I
         local_ts, remote_ts = (ci, cr) if qm.role is Role.INITIATOR else (cr, ci)
 
     def one(spi: bytes, source: str, destination: str) -> IpsecSaKeys:
-        material = keymat.keymat(sa.hash_name, sa.skeyid.skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
+        material = keymat.keymat(sa.hash_name, sa.skeyids.skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
                                  qm.nonce_i, qm.nonce_r, length, g_qm_xy=g_qm_xy)
         return IpsecSaKeys(spi=spi, protocol_id=wire.ProtocolId.IPSEC_ESP, source=source,
                            destination=destination, encryption=chosen.encryption_name,
@@ -186,7 +186,7 @@ def _check_selectors(sa: IsakmpSa, ids: tuple[wire.IdPayload, wire.IdPayload] | 
 def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                      services: QuickModeServices) -> bytes:
     received, after = leading_hash(payloads)
-    expected = keymat.qm_hash1(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, after)
+    expected = keymat.qm_hash1(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
     found = required(payloads, P.SA, P.NONCE)
@@ -219,13 +219,13 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     qm.g_qm_xy = g_qm_xy
     nonce_i = qm.nonce_i
     return seal_hashed(sa, QUICK_MODE, reply, qm.message_id, lambda chain: keymat.qm_hash2(
-        sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, nonce_i, chain))
+        sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, nonce_i, chain))
 
 
 def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                      services: QuickModeServices) -> bytes:
     received, after = leading_hash(payloads)
-    expected = keymat.qm_hash2(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, after)
+    expected = keymat.qm_hash2(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, qm.nonce_i, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(2) does not verify")
     found = required(payloads, P.SA, P.NONCE)
@@ -252,7 +252,7 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=False)
     inbound, outbound = _keys(sa, qm, g_qm_xy)
     services.install(sa, qm, inbound, outbound)
-    hash3 = keymat.qm_hash3(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
+    hash3 = keymat.qm_hash3(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
     return seal(sa, QUICK_MODE, [wire.HashPayload(hash3)], qm.message_id)
 
 
@@ -261,7 +261,7 @@ def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Messa
     first = payloads[0] if payloads else None
     if not isinstance(first, wire.HashPayload):
         raise InvalidPayloadType("QM3 must carry HASH(3)")
-    expected = keymat.qm_hash3(sa.hash_name, sa.skeyid.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
+    expected = keymat.qm_hash3(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
     if not constant_time_equal(first.data, expected):
         raise InvalidHashInformation("Quick Mode HASH(3) does not verify")
     inbound, outbound = _keys(sa, qm, qm.g_qm_xy)
