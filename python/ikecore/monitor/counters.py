@@ -12,11 +12,12 @@ gauges follow the same events, so ``statistics()`` is constant time:
   Receive Heap Size: datagrams waiting in the gateway's bounded receive queue (set by the
   transport); the kernel's queue in front of the sockets is exported as bytes and drops
   (``ikecore.monitor.exporters``), and its drops count as Receive Failures;
-* Soft Associations: 0, ikecore never falls back to cleartext.
+* Soft Associations: soft SAs made for acquires whose filter falls back to clear text
+  (``fallback_to_clear``) when the peer never answered Main Mode (``SoftSaCreated``).
 
-Beyond the IP Security Monitor document, ``extended`` counts ``prefix:label...`` keys: messages by exchange, number
-and direction, retransmissions, notifies by type, DPD, deletes, failures by phase and
-reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
+Beyond the IP Security Monitor document, ``extended`` counts ``prefix:label...`` keys:
+messages by exchange, number and direction, retransmissions, notifies by type, DPD,
+deletes, failures by phase and reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
 histograms of negotiation times. The views (``ikecore.monitor.views``) read all of it.
 """
 
