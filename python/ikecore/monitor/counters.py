@@ -17,8 +17,8 @@ gauges follow the same events, so ``statistics()`` is constant time:
 
 Beyond the IP Security Monitor document, ``extended`` counts ``prefix:label...`` keys:
 messages by exchange, number and direction, retransmissions, notifies by type, DPD,
-deletes, failures by phase and reason, invalid packets, driver failures; ``phase1_time``/``phase2_time`` are fixed-bucket
-histograms of negotiation times. The views (``ikecore.monitor.views``) read all of it.
+deletes, failures by phase and reason, invalid packets, driver failures;
+``phase1_time``/``phase2_time`` are fixed-bucket histograms of negotiation times. The views (``ikecore.monitor.views``) read all of it.
 """
 
 from __future__ import annotations
