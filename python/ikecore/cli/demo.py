@@ -19,14 +19,14 @@ from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
 from ikecore import loadtest
-from ikecore.gateway.dh_pool import DhPool, KeypairReserve
-from ikecore.monitor import cli as monitor_cli
-from ikecore.monitor import listing
 from ikecore.config import config_from_flags
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor.counters import Monitor
+from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.gateway.transport import Gateway
+from ikecore.monitor import cli as monitor_cli
+from ikecore.monitor import listing
+from ikecore.monitor.counters import Monitor
 from ikecore.monitor.views import Views
 
 __all__ = ["add_arguments", "run", "rss_bytes", "start_gateway"]

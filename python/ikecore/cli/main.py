@@ -20,17 +20,17 @@ from typing import Any, TextIO
 
 from ikecore import __version__
 from ikecore.cli import decode, demo
-from ikecore.loadtest import cli as loadtest
-from ikecore.monitor import cli as monitor_cli
-from ikecore.monitor import listing
-from ikecore.gateway import workers
-from ikecore.gateway.dh_pool import DhPool, KeypairReserve
-from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.config import Config, Timing, config_from_flags, load_config, parse_endpoint
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.monitor.counters import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
+from ikecore.gateway import workers
+from ikecore.gateway.dh_pool import DhPool, KeypairReserve
+from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.gateway.transport import Gateway, local_address_towards
+from ikecore.loadtest import cli as loadtest
+from ikecore.monitor import cli as monitor_cli
+from ikecore.monitor import listing
+from ikecore.monitor.counters import MAIN_MODE_SA_COLUMNS, QUICK_MODE_SA_COLUMNS, Monitor, display_name
 from ikecore.monitor.text import text_table
 
 __all__ = ["main", "build_parser", "format_table"]

@@ -55,6 +55,9 @@ from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
 from ikecore.driver import DriverError, IpsecDriver, IpsecSaKeys, MemoryDriver
+from ikecore.engine import acquire, persist, rekey
+from ikecore.engine.admission import AdmissionControl
+from ikecore.engine.timers import TimerKind
 from ikecore.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -65,9 +68,6 @@ from ikecore.errors import (
     NoProposalChosen,
     RemoteProtocolError,
 )
-from ikecore.engine import acquire, persist, rekey
-from ikecore.engine.admission import AdmissionControl
-from ikecore.engine.timers import TimerKind
 from ikecore.events import Address
 from ikecore.policy import GenericFilter
 from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mode, nat_traversal, quick_mode

@@ -32,10 +32,10 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ikecore import keymat, policy, wire
-from ikecore.protocol import nat_traversal
 from ikecore.config import Config
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import ConfigError
+from ikecore.protocol import nat_traversal
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Role
 
 __all__ = ["dump_sa", "load_sa", "FORMAT", "RecordStore"]

@@ -40,11 +40,10 @@ are read from /proc/net/udp by the gateway (``kernel_receive_drops``).
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any
-
 import socket
 import struct
+from collections import Counter
+from typing import Any
 
 from ikecore import _core, wire
 from ikecore.engine.admission import KNOWN_OFFERS_MAX

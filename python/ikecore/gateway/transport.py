@@ -28,18 +28,17 @@ import ipaddress
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collections import deque
-
 from ikecore import events as ev
 from ikecore.engine.core import Engine
+from ikecore.events import Address
 from ikecore.gateway.faults import FaultLog, udp_drops
 from ikecore.gateway.frontdoor import IP_PKTINFO, FastPath, source_pktinfo
 from ikecore.gateway.frontdoor import available as fast_path_available
-from ikecore.events import Address
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
 

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path
 from ikecore.errors import ConfigError
+from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path
 from ikecore.monitor.text import VIEWS, render
 
 if TYPE_CHECKING:

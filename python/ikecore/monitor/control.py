@@ -33,7 +33,7 @@ import orjson
 
 from ikecore.monitor import listing as sa_listing
 from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path, request
-from ikecore.monitor.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, Views, ViewError
+from ikecore.monitor.views import COLUMNS, DEFAULT_COLUMNS, VIEWS, ViewError, Views
 
 __all__ = ["ControlServer", "ControlClient", "request", "default_control_path", "ControlError"]
 

@@ -36,8 +36,8 @@ import orjson
 
 from ikecore import policy
 from ikecore.monitor import listing as sa_listing
-from ikecore.monitor.hostinfo import HostConfig
 from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.hostinfo import HostConfig
 from ikecore.monitor.text import COLUMNS, DEFAULT_COLUMNS, MM, QM, VIEWS, ViewError, column_title, dumps, render
 
 __all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render", "dumps",
