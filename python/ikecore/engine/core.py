@@ -440,9 +440,10 @@ class Engine:
         known = self._cookies.find_first(source, data)
         if known is not None and known in self._sas:
             sa = self._sas[known]
-            first = aggressive_mode.FIRST if data[18] == AM else main_mode.FIRST
+            exchange_type = data[18]  # a repeat of the message 1 this SA answered
+            first = aggressive_mode.FIRST if exchange_type == AM else main_mode.FIRST
             if first.answers_repeat and sa.last_sent:
-                self._resend_reply(sa, sa.last_sent, data[18])
+                self._resend_reply(sa, sa.last_sent, exchange_type)
             return
         message = wire.parse(data)
         self.emit(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
