@@ -27,7 +27,7 @@ RANK = {wing: rank for rank, wing in enumerate(WINGS, start=1)}
 
 #: The root's shared vocabulary, floor by floor (a floor imports only its own or lower ones).
 ROOT_FLOORS: dict[str, int] = {
-    "errors": 0,
+    "errors": 0, "steering": 0,
     "_core": 1, "wire": 1,
     "dh": 2, "keymat": 2, "events": 2, "policy": 2,
     "sa": 3, "driver": 3, "credentials": 3,

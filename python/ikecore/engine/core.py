@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ikecore import _core, keymat, wire
+from ikecore import _core, keymat, steering, wire
 from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
@@ -119,6 +119,8 @@ class Engine:
         store: an ``ikecore.gateway.store.SaStore``: established SAs are loaded from it now and
             written to it whenever they change (before any datagram or event leaves).
         now: the engine time at start (restored lifetimes are rebased on it).
+        worker: (index, count) of this engine among a gateway's worker processes
+            (``ikecore.steering``); (0, 1) for a gateway of one process.
     """
 
     def __init__(self, config: Config, *, driver: IpsecDriver | None = None,
@@ -126,8 +128,12 @@ class Engine:
                  keypair: Callable[[int], dh_module.KeyPair] | None = None,
                  keylog: Callable[[str], None] | None = None,
                  wall_clock: Callable[[], datetime.datetime] | None = None,
-                 store: persist.RecordStore | None = None, now: float = 0.0) -> None:
+                 store: persist.RecordStore | None = None, now: float = 0.0,
+                 worker: tuple[int, int] = (0, 1)) -> None:
         self.config = config
+        #: (this worker's index, the gateway's worker count): initiator cookies are
+        #: chosen so that ``ikecore.steering.worker_of`` maps them here.
+        self.worker = worker
         self.driver: IpsecDriver = driver if driver is not None else MemoryDriver()
         self._random = random
         self._keypair = keypair or dh_module.keypair
@@ -987,7 +993,7 @@ class Engine:
 
     def _cookie(self) -> bytes:
         while True:
-            cookie = self._random(8)
+            cookie = steering.steer_cookie(self._random(8), *self.worker)
             if cookie != ZERO_COOKIE:
                 return cookie
 
