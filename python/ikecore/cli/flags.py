@@ -1,0 +1,56 @@
+"""Flags shared by ``ikecore connect`` and ``ikecore serve``: proposals, timing, credentials."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ikecore.config import Timing
+from ikecore.errors import ConfigError
+
+__all__ = ["add_proposal_flags", "credentials", "timing"]
+
+
+def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ike", default="aes128-sha256-modp2048",
+                        help="IKE proposals, e.g. aes128-sha256-modp2048,3des-sha1-modp1024")
+    parser.add_argument("--esp", default="aes128-sha256",
+                        help="ESP proposals, e.g. aes128-sha256 or, with PFS, aes128-sha256-modp2048")
+    parser.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel")
+    parser.add_argument("--local-ts", help="local traffic selector (subnet); default our IKE address")
+    parser.add_argument("--remote-ts", help="remote traffic selector (subnet); default the peer's address")
+    parser.add_argument("--my-id", help="our identity (IP address, FQDN or user@FQDN)")
+    parser.add_argument("--keylog", metavar="FILE",
+                        help="append Wireshark IKEv1 decryption-table lines (secret keys!) to FILE")
+    parser.add_argument("--retransmit-timeout", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="negotiation timeout")
+    parser.add_argument("--aggressive", action="store_true",
+                        help="allow (and initiate with) Aggressive Mode PSK; identities travel in the clear")
+    parser.add_argument("--nat-t", choices=("auto", "force", "off"), default="auto",
+                        help="NAT traversal: detect (auto), always encapsulate (force), or off")
+    parser.add_argument("--dpd-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="send R-U-THERE after this long without traffic (0: no DPD checks)")
+    parser.add_argument("--dpd-timeout", type=float, default=150.0, metavar="SECONDS",
+                        help="delete the SAs of a peer that does not acknowledge for this long")
+    parser.add_argument("--cert", metavar="FILE", help="our X.509 certificate (RSA signatures; with --key, --ca)")
+    parser.add_argument("--key", metavar="FILE", help="the certificate's RSA private key (PEM or DER)")
+    parser.add_argument("--ca", metavar="FILE", action="append", help="trusted CA certificate (repeatable)")
+
+
+def credentials(args: argparse.Namespace) -> Any:
+    """--cert/--key/--ca as ``ikecore.credentials.Credentials`` (None without them)."""
+    from ikecore.credentials import credentials_from_flags
+
+    return credentials_from_flags(args.cert, args.key, args.ca)
+
+
+def timing(args: argparse.Namespace) -> Timing:
+    if args.retransmit_timeout <= 0:
+        raise ConfigError("--retransmit-timeout", "must be a positive number of seconds")
+    if args.timeout <= 0:
+        raise ConfigError("--timeout", "must be a positive number of seconds")
+    return Timing(retransmit_timeout=args.retransmit_timeout, negotiation_timeout=args.timeout,
+                  dpd_delay=args.dpd_delay, dpd_timeout=args.dpd_timeout)
+
+
