@@ -9,9 +9,9 @@ VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
-PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "atheris>=2.3" "ruff>=0.5"
+PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "bcrypt>=4" "pyyaml>=6" "atheris>=2.3" "ruff>=0.5"
 
-.PHONY: all build run test test-rust test-python stubtest typecheck lint bench fuzz clean openssl-dev
+.PHONY: all build run test test-rust test-python test-rules stubtest typecheck lint bench fuzz clean openssl-dev
 
 all: build
 
@@ -43,7 +43,14 @@ openssl-dev:
 run: $(BUILT)
 	$(VENV)/bin/ikecore demo
 
-test: test-rust test-python
+test: test-rust test-python test-rules
+
+# The Prometheus rules of prometheus/: valid, and their unit tests pass (promtool comes
+# with Debian's prometheus package, which .ci/run installs).
+test-rules:
+	@command -v promtool >/dev/null || { echo "make test needs promtool: apt-get install prometheus" >&2; exit 1; }
+	promtool check rules prometheus/ikecore-rules.yml
+	cd prometheus && promtool test rules ikecore-rules.test.yml
 
 test-rust: | openssl-dev
 	cargo test --quiet

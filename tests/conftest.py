@@ -14,7 +14,8 @@ Two ways to ask for tools:
         require_interop("ike-scan")
 
 Tool names: ``charon`` (fake-kernel build, Quick Mode completes), ``charon-netlink``
-(Debian's charon), ``charon-libipsec``, ``ike-scan``, ``tshark``, ``netns``.
+(Debian's charon), ``charon-libipsec``, ``ike-scan``, ``tshark``, ``netns``, ``prometheus``
+(with ``promtool``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 from interop import charon as _charon
 from interop import ikescan as _ikescan
 from interop import netns as _netns
+from interop import prometheus as _prometheus
 from interop import tshark as _tshark
 
 _CHECKS: dict[str, Callable[[], str | None]] = {
@@ -36,6 +38,7 @@ _CHECKS: dict[str, Callable[[], str | None]] = {
     "ike-scan": _ikescan.available,
     "tshark": _tshark.available,
     "netns": _netns.available,
+    "prometheus": _prometheus.available,
 }
 
 

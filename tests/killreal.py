@@ -43,7 +43,6 @@ import random
 import select
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,12 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
 from ikecore import events as ev  # noqa: E402
 from ikecore.config import Timing, config_from_flags  # noqa: E402
-from ikecore.monitor.control import ControlClient, ControlError  # noqa: E402
-from ikecore.monitor import listing as sa_listing
-from ikecore.gateway.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo  # noqa: E402
 from ikecore.driver import MemoryDriver  # noqa: E402
 from ikecore.engine.core import Engine  # noqa: E402
+from ikecore.gateway.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo  # noqa: E402
+from ikecore.gateway.store import read_records  # noqa: E402
 from ikecore.loadtest import peer_address  # noqa: E402
+from ikecore.monitor import listing as sa_listing
+from ikecore.monitor.control import ControlClient, ControlError  # noqa: E402
 
 PSK = "kill-real-secret"
 IKE = "aes128-sha256-ecp256"
@@ -139,12 +139,7 @@ class Gateway:
         """The records in the store (read-only; the gateway keeps running), by cookie pair."""
         if not self.store.exists():
             return {}
-        db = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=30.0)
-        try:
-            records = [json.loads(bytes(blob)) for (blob,) in db.execute("SELECT record FROM isakmp_sa")]
-        finally:
-            db.close()
-        return {record["cookies"]: record for record in records}
+        return read_records(self.store)
 
 
 class Peers:

@@ -36,6 +36,7 @@ weight = 5
 def test_a_full_config_loads(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text(GOOD)
+    path.chmod(0o600)  # it holds a pre-shared key: owner-only, or refused
     config = load_config(str(path))
     assert config.listen == (("127.0.0.1", 500), ("::1", 4500))
     assert [p.name for p in config.ike_policies["strong"].proposals] == ["aes256-sha384-ecp384",

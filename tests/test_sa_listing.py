@@ -92,6 +92,7 @@ def _expected(sa: Any, now: float) -> dict[str, Any]:
     row["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     row["lifetime_left"] = None if row["lifetime_left"] is None else int(row["lifetime_left"])
     row["vendor_ids"] = ", ".join(row["vendor_ids"])
+    row["worker"] = 0  # the engine's worker index (a gateway of one process)
     return {c: row[c] for c in sa_listing.COLUMNS}
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import INITIATOR, RESPONDER, Link, make_config
 from ikecore import events as ev
 from ikecore.driver import MemoryDriver
 from ikecore.engine.core import Engine
-from ikecore.monitor.counters import Monitor
-from ikecore.monitor import listing
+from ikecore.engine.persist import ChangeSet
 from ikecore.gateway.store import SaStore, StoreError
+from ikecore.monitor import listing
+from ikecore.monitor.counters import Monitor
 
 TESTS = Path(__file__).resolve().parent
 
@@ -90,13 +90,15 @@ def test_store_files_are_private_and_key_file_encrypts(tmp_path: Path) -> None:
     secret = link.responder.sas()[0].skeyid.skeyid_d.hex().encode()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("sa.db"))
     assert secret not in raw and b"skeyid" not in raw
-    # the right key restores; another key restores nothing (and says so)
+    # the right key restores; another key is refused at opening, naming the key file
     assert len(SaStore(tmp_path / "sa.db", key_file=tmp_path / "sa.key").load()) == 1
-    other = SaStore(tmp_path / "sa.db", key_file=tmp_path / "other.key")
-    assert other.load() == [] and other.skipped == 1
+    (tmp_path / "other.key").write_bytes(os.urandom(32))
+    os.chmod(tmp_path / "other.key", 0o600)
+    with pytest.raises(StoreError, match="other.key opens none of the 1 records"):
+        SaStore(tmp_path / "sa.db", key_file=tmp_path / "other.key")
     # without a key the record is plain JSON: the file mode is the protection
     plain = SaStore(tmp_path / "plain.db")
-    plain.write([(1, b'{"x": 1}')], [])
+    plain.write(ChangeSet(isakmp={bytes(16): b'{"format":2}'}))
     assert stat.S_IMODE((tmp_path / "plain.db").stat().st_mode) == 0o600
     (tmp_path / "loose.key").write_bytes(os.urandom(32))
     os.chmod(tmp_path / "loose.key", 0o644)
@@ -109,18 +111,20 @@ class FailingStore:
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
-        self.rows: dict[int, bytes] = {}
+        self.attempts = 0
+        self.rows: dict[bytes, bytes] = {}
 
     def load(self) -> list[Any]:
         return []
 
-    def write(self, upserts: Any, deletes: Any) -> None:
+    def write(self, changes: ChangeSet) -> None:
+        self.attempts += 1
         if self.failures:
             self.failures -= 1
             raise StoreError("disk full")
-        self.rows.update(upserts)
-        for handle in deletes:
-            self.rows.pop(handle, None)
+        self.rows.update(changes.isakmp)
+        for cookies in changes.deleted:
+            self.rows.pop(cookies, None)
 
 
 def test_store_write_failure_is_counted_and_retried_negotiation_continues() -> None:
@@ -129,11 +133,16 @@ def test_store_write_failure_is_counted_and_retried_negotiation_continues() -> N
     link.responder = Engine(link.responder_config, driver=link.responder_driver, store=store, now=link.now)
     link.connect()
     assert link.of("initiator", ev.Phase2Established)
+    link.advance(5.0)
     monitor = Monitor()
     for event in link.events["responder"]:
         monitor.observe(event)
-    assert monitor.extended["store_failures:write"] == 3
-    assert list(store.rows) == [link.responder.sas()[0].handle]
+    assert monitor.extended["store_failures:write"] == 3 and store.attempts == 4
+    # one try per second of engine time, through the engine's timer: not one per call
+    failed = [e.time for e in link.of("responder", ev.StoreFailed)]
+    assert all(later - earlier >= 1.0 for earlier, later in zip(failed, failed[1:]))
+    sa = link.responder.sas()[0]
+    assert list(store.rows) == [sa.initiator_cookie + sa.responder_cookie]
 
 
 def test_kill_minus_9_at_random_moments_loses_no_established_sa(tmp_path: Path) -> None:

@@ -27,12 +27,25 @@ A TOML file says everything::
     # RSA signatures instead of (or before) the PSK: all three keys together
     # certificate = "gw.pem"; private_key = "gw.key"; ca = ["ca.pem"]
 
+    [limits]                          # optional: the defaults (0: no limit; see Limits)
+    quick_modes_in_flight = 64        # per ISAKMP SA, started by the peer
+    ipsec_sas_per_isakmp_sa = 512
+    isakmp_sas_per_peer = 10000
+    isakmp_sas = 250000
+
+    [metrics]                         # optional: how serve --metrics serves (flags win)
+    per_sa = 0                        # SAs with per-SA series, at most (0: none)
+    cache_seconds = 1.0               # the exposition is built at most once per this long
+    max_connections = 8               # scrape connections served at once
+    web_config = "web.yml"            # TLS and basic auth (Prometheus exporter-toolkit format)
+
 Every error is a ``ConfigError`` whose message names the key and the fix.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +53,8 @@ from typing import Any
 from ikecore import policy, wire
 from ikecore.errors import ConfigError
 
-__all__ = ["Config", "Timing", "FloodLimits", "load_config", "config_from_flags", "parse_endpoint"]
+__all__ = ["Config", "Timing", "FloodLimits", "Limits", "MetricsSettings", "load_config", "config_from_flags", "parse_endpoint",
+           "PSK_ENVIRONMENT", "check_owner_only", "read_psk_file", "psk_from_flags"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,30 @@ class FloodLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What one peer may make the gateway hold once past the half-open stage (``[limits]``).
+
+    A request over a limit is refused, counted (``limits:<key>``) and answered with the
+    Notify RFC 2408 has for it: a Quick Mode with a protected NO-PROPOSAL-CHOSEN, a new
+    ISAKMP SA with an unprotected NO-PROPOSAL-CHOSEN to message 1. Everyone else is served
+    as before. 0 means no limit. ``isakmp_sas`` counts SAs of both roles and limits only
+    what peers start; a gateway of N worker processes gives each worker its share
+    (``isakmp_sas`` / N, rounded up); the other limits hold in each worker.
+    """
+
+    quick_modes_in_flight: int = 64        # per ISAKMP SA: Quick Modes the peer started, not yet done
+    ipsec_sas_per_isakmp_sa: int = 512     # IPsec SA pairs (and the peer's Quick Modes in flight) per ISAKMP SA
+    isakmp_sas_per_peer: int = 10000       # ISAKMP SAs with one peer address (NATs front many peers)
+    isakmp_sas: int = 250000               # ISAKMP SAs in total
+
+    def __post_init__(self) -> None:
+        for name in ("quick_modes_in_flight", "ipsec_sas_per_isakmp_sa", "isakmp_sas_per_peer", "isakmp_sas"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"limits.{name} must be a whole number, 0 or more (0: no limit), not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Timing:
     """Retransmission and timeout rules (seconds)."""
 
@@ -75,6 +113,17 @@ class Timing:
     nat_keepalive: float = 20.0         # NAT keepalive interval behind a NAT (RFC 3948 2.3)
     dpd_delay: float = 0.0              # idle seconds before an R-U-THERE; 0: no DPD checks
     dpd_timeout: float = 150.0          # no R-U-THERE-ACK for this long: the peer is dead
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The ``[metrics]`` table; None: not set (the ``serve`` flag or the default applies,
+    ``ikecore.monitor.exporters.MetricsOptions``)."""
+
+    per_sa: int | None = None
+    cache_seconds: float | None = None
+    max_connections: int | None = None
+    web_config: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +140,8 @@ class Config:
     dhcp_servers: tuple[str, ...] = ()  # what the DHCP Server keyword means when the host has no lease
     wins_servers: tuple[str, ...] = ()  # what the WINS Servers keyword means
     flood: FloodLimits = FloodLimits()
+    limits: Limits = Limits()
+    metrics: MetricsSettings = MetricsSettings()
 
     def filter_for(self, local: str, remote: str) -> policy.GenericFilter | None:
         """The first generic filter (by weight, then order) that matches the address pair."""
@@ -225,7 +276,8 @@ def _nat_traversal(value: str, where: str) -> str:
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from parsed TOML; raises ConfigError naming the key."""
-    _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing", "flood"}, "config")
+    _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing", "flood", "limits", "metrics"},
+                "config")
     gateway = _get(data, "gateway", dict, "config", {})
     _check_keys(gateway, {"listen", "my_id", "keylog", "dhcp_servers", "wins_servers"}, "gateway")
     servers = {key: tuple(parse_endpoint(str(item), 0, f"gateway.{key}")[0]
@@ -274,21 +326,96 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         flood = FloodLimits(**flood_values)
     except (TypeError, ValueError) as exc:
         raise ConfigError("flood", f"{exc}; use positive numbers") from None
+    limits = _limits(_get(data, "limits", dict, "config", {}))
+    metrics = _metrics(_get(data, "metrics", dict, "config", {}))
     return Config(listen=listen, my_id=_get(gateway, "my_id", str, "gateway"), ike_policies=ike,
                   esp_policies=esp, filters=filters, timing=timing,
-                  keylog=_get(gateway, "keylog", str, "gateway"), flood=flood, **servers)
+                  keylog=_get(gateway, "keylog", str, "gateway"), flood=flood, limits=limits, metrics=metrics,
+                  **servers)
+
+
+def _metrics(table: dict[str, Any]) -> MetricsSettings:
+    """The ``[metrics]`` table."""
+    _check_keys(table, set(MetricsSettings.__dataclass_fields__), "metrics")
+    per_sa = _get(table, "per_sa", int, "metrics")
+    if per_sa is not None and per_sa < 0:
+        raise ConfigError("metrics.per_sa", "must be 0 (no per-SA series) or more")
+    cache = _get(table, "cache_seconds", (int, float), "metrics")
+    if cache is not None and not 0 <= cache <= 3600:
+        raise ConfigError("metrics.cache_seconds", "must be 0 to 3600 seconds (1 is a good value)")
+    connections = _get(table, "max_connections", int, "metrics")
+    if connections is not None and not 1 <= connections <= 1024:
+        raise ConfigError("metrics.max_connections", "must be 1 to 1024")
+    return MetricsSettings(per_sa=per_sa, cache_seconds=None if cache is None else float(cache),
+                           max_connections=connections, web_config=_get(table, "web_config", str, "metrics"))
+
+
+def _limits(table: dict[str, Any]) -> Limits:
+    """The ``[limits]`` table: whole numbers, 0 for no limit."""
+    _check_keys(table, set(Limits.__dataclass_fields__), "limits")
+    for key in table:
+        _get(table, key, int, "limits")
+        if table[key] < 0:
+            raise ConfigError(f"limits.{key}", "must be 0 or more (0: no limit)")
+    return Limits(**table)
 
 
 def load_config(path: str) -> Config:
-    """Read a TOML config file."""
+    """Read a TOML config file; one that holds a pre-shared key must be owner-only (0600)."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
+            mode = os.fstat(handle.fileno()).st_mode
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    filters = data.get("filter")
+    if isinstance(filters, list) and any(isinstance(t, dict) and t.get("psk") for t in filters):
+        check_owner_only(mode, path, "--config", "holds a pre-shared key and ")
     return config_from_dict(data)
+
+
+#: The environment variable ``serve``, ``connect`` and ``loadtest`` take the pre-shared key
+#: from when neither ``--psk`` nor ``--psk-file`` gives it (``ps`` shows flags, not the environment).
+PSK_ENVIRONMENT = "IKECORE_PSK"
+
+
+def check_owner_only(mode: int, path: str, field_name: str, what: str = "") -> None:
+    """Refuse a file holding secrets that group or others may access (as ssh refuses a
+    private key): ConfigError naming ``field_name`` and the fix, ``chmod 600 FILE``."""
+    if mode & 0o077:
+        raise ConfigError(field_name, f"{path} {what}is accessible by other users (mode {mode & 0o777:04o}); "
+                                      f"chmod 600 {path}")
+
+
+def read_psk_file(path: str, field_name: str = "--psk-file") -> str:
+    """The pre-shared key in ``path``: its first line without the line end. The file must
+    be owner-only (0600), as ``check_owner_only`` says."""
+    try:
+        with open(path, "rb") as handle:
+            check_owner_only(os.fstat(handle.fileno()).st_mode, path, field_name)
+            first = handle.readline().rstrip(b"\n").rstrip(b"\r")
+    except OSError as exc:
+        raise ConfigError(field_name, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        psk = first.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(field_name, f"the first line of {path} is not UTF-8 text") from None
+    if not psk:
+        raise ConfigError(field_name, f"the first line of {path} is empty; write the pre-shared key there")
+    return psk
+
+
+def psk_from_flags(psk: str | None, psk_file: str | None, environ: dict[str, str] | None = None) -> str:
+    """The pre-shared key of ``--psk``, else ``--psk-file``, else ``$IKECORE_PSK``; '' for none."""
+    if psk and psk_file:
+        raise ConfigError("--psk-file", "give --psk or --psk-file, not both")
+    if psk:
+        return psk
+    if psk_file:
+        return read_psk_file(psk_file)
+    return (os.environ if environ is None else environ).get(PSK_ENVIRONMENT, "")
 
 
 def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str = "aes128-sha256",
@@ -303,7 +430,8 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
     ``credentials`` (``ikecore.credentials.Credentials``): RSA signatures, preferred over ``psk``.
     """
     if not psk and credentials is None:
-        raise ConfigError("--psk", "a pre-shared key (or --cert, --key and --ca) is required")
+        raise ConfigError("--psk", "a pre-shared key is required: --psk-file FILE, $IKECORE_PSK or --psk "
+                                   "(or --cert, --key and --ca)")
     methods = ((policy.AuthenticationMethod(wire.AuthMethod.RSA_SIG),) if credentials is not None else ()) + (
         (policy.AuthenticationMethod(secret=psk.encode()),) if psk else ())
     ike_policy = policy.IkePolicy("default", policy.parse_ike_proposals(ike, field_name="--ike"))

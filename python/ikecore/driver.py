@@ -30,9 +30,9 @@ class IpsecSaKeys:
     source: str
     destination: str
     encryption: str
-    encryption_key: bytes = field(repr=False)
+    encryption_key: bytes | bytearray = field(repr=False)  # a bytearray the engine zeroes on delete
     integrity: str
-    integrity_key: bytes = field(repr=False)
+    integrity_key: bytes | bytearray = field(repr=False)
     mode: str
     lifetime: int
     lifetime_kilobytes: int | None

@@ -20,7 +20,7 @@ __all__ = [
     "AcquireSucceeded", "AcquireFailed", "SoftSaCreated",
     "DeadPeerDetected", "NatKeepaliveSent", "DeleteSent",
     "StatelessCookieSent", "StatelessCookieVerified", "HalfOpenRefused", "HalfOpenDropped",
-    "ReplayDropped", "SasRestored", "StoreFailed",
+    "ReplayDropped", "LimitReached", "SasRestored", "StoreFailed",
 ]
 
 
@@ -340,11 +340,29 @@ class HalfOpenDropped(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplayDropped(Event):
-    """A protected message with a Message ID already used and finished: no effect."""
+    """A protected message that was already processed: no effect (the SA's endpoint stays).
+
+    ``reason``: ``message_id`` (its Message ID is used and finished) or ``endpoint`` (a
+    repeat of a message already processed, arriving from another address or port)."""
 
     handle: int
     remote: Address
     message_id: int
+    reason: str = "message_id"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitReached(Event):
+    """A peer asked for more than a configured limit allows (``ikecore.config.Limits``);
+    the request was refused and nothing was kept.
+
+    ``limit``: the ``[limits]`` key that was reached (``quick_modes_in_flight``,
+    ``ipsec_sas_per_isakmp_sa``, ``isakmp_sas_per_peer`` or ``isakmp_sas``); ``handle``:
+    the ISAKMP SA the refused Quick Mode came on, None for a refused ISAKMP SA."""
+
+    limit: str
+    remote: Address
+    handle: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

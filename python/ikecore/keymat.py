@@ -33,9 +33,14 @@ Quick Mode (5.5) and informational exchanges (5.7)::
     KEYMAT  = K1 | K2 | ...,  K1 = prf(SKEYID_d, [g(qm)^xy |] protocol | SPI | Ni_b | Nr_b)
                               Kn = prf(SKEYID_d, Kn-1 | [g(qm)^xy |] protocol | SPI | Ni_b | Nr_b)
 
-Keys are Python ``bytes`` and cannot be wiped; ``CryptoState`` keeps the payload
-key only inside the Rust ``Cipher`` (zeroized on drop), and no object here puts
-key material in its repr.
+Key material that an SA keeps lives in ``bytearray`` objects that are zeroed when the SA
+ends (``wipe``, ``Skeyid.wipe``, ``CryptoState.wipe``; the engine calls them when an
+ISAKMP or IPsec SA is deleted or fails): SKEYID and its family, the payload cipher key
+(the Rust ``Cipher`` zeroizes its key schedule when dropped) and KEYMAT. What Python
+cannot wipe: the ``bytes`` that the Rust prf, cipher and Diffie-Hellman code return (each
+is copied into a bytearray and dropped at once) and the short-lived ``bytes`` copies
+handed back to Rust, which takes only ``bytes``; their memory is freed, not zeroed. No
+object here puts key material in its repr.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ikecore._core import Cipher
-from ikecore._core import prf as _prf
+from ikecore._core import prf as _core_prf
 from ikecore.errors import (
     AttributesNotSupported,
     CryptoError,
@@ -81,6 +86,7 @@ __all__ = [
     "pad",
     "CryptoState",
     "keylog_line",
+    "wipe",
 ]
 
 #: Hash names accepted everywhere a ``hash_name`` is taken.
@@ -99,6 +105,19 @@ _SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _HASH_IDS = {1: "md5", 2: "sha1", 4: "sha256", 5: "sha384", 6: "sha512"}
 
 
+def wipe(*buffers: bytes | bytearray | None) -> None:
+    """Zero every ``bytearray`` given, in place (``bytes`` are immutable: skipped)."""
+    for buffer in buffers:
+        if isinstance(buffer, bytearray):
+            buffer[:] = bytes(len(buffer))
+
+
+def _prf(hash_name: str, key: bytes | bytearray, data: bytes | bytearray) -> bytes:
+    """The Rust prf, which takes ``bytes``: a key kept in a bytearray goes as a short-lived copy."""
+    return _core_prf(hash_name, key if type(key) is bytes else bytes(key),
+                     data if type(data) is bytes else bytes(data))
+
+
 def _check_hash(hash_name: str) -> None:
     if hash_name not in _SIZES:
         raise CryptoError(f"unknown hash {hash_name!r}: expected one of {', '.join(HASHES)}")
@@ -110,7 +129,7 @@ def _message_id(message_id: int) -> bytes:
     return message_id.to_bytes(4, "big")
 
 
-def prf(hash_name: str, key: bytes, data: bytes) -> bytes:
+def prf(hash_name: str, key: bytes | bytearray, data: bytes | bytearray) -> bytes:
     """HMAC of ``data`` under ``key`` with ``hash_name`` (the IKEv1 prf).
 
     Raises:
@@ -145,24 +164,35 @@ def hash_for(hash_algorithm: int) -> str:
         raise NoProposalChosen(f"hash algorithm {hash_algorithm} not supported") from None
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, repr=False, init=False)
 class Skeyid:
-    """SKEYID and the three keys derived from it (RFC 2409 section 5).
+    """SKEYID and the three keys derived from it (RFC 2409 section 5), each in a bytearray
+    that ``wipe`` zeroes (a bytearray given is taken over, not copied).
 
     The repr shows only lengths, never key bytes.
     """
 
-    skeyid: bytes
-    skeyid_d: bytes
-    skeyid_a: bytes
-    skeyid_e: bytes
+    skeyid: bytearray
+    skeyid_d: bytearray
+    skeyid_a: bytearray
+    skeyid_e: bytearray
+
+    def __init__(self, skeyid: bytes | bytearray, skeyid_d: bytes | bytearray, skeyid_a: bytes | bytearray,
+                 skeyid_e: bytes | bytearray) -> None:
+        for name, value in (("skeyid", skeyid), ("skeyid_d", skeyid_d), ("skeyid_a", skeyid_a),
+                            ("skeyid_e", skeyid_e)):
+            object.__setattr__(self, name, value if isinstance(value, bytearray) else bytearray(value))
+
+    def wipe(self) -> None:
+        """Zero all four keys in place."""
+        wipe(self.skeyid, self.skeyid_d, self.skeyid_a, self.skeyid_e)
 
     def __repr__(self) -> str:
         return f"Skeyid(<{len(self.skeyid)}-byte keys>)"
 
 
 def derive_skeyid_family(
-    hash_name: str, skeyid: bytes, g_xy: bytes, cky_i: bytes, cky_r: bytes
+    hash_name: str, skeyid: bytes | bytearray, g_xy: bytes, cky_i: bytes, cky_r: bytes
 ) -> Skeyid:
     """SKEYID_d, SKEYID_a and SKEYID_e from SKEYID (any authentication method).
 
@@ -174,7 +204,7 @@ def derive_skeyid_family(
     skeyid_d = _prf(hash_name, skeyid, tail + b"\x00")
     skeyid_a = _prf(hash_name, skeyid, skeyid_d + tail + b"\x01")
     skeyid_e = _prf(hash_name, skeyid, skeyid_a + tail + b"\x02")
-    return Skeyid(skeyid, skeyid_d, skeyid_a, skeyid_e)
+    return Skeyid(bytearray(skeyid), skeyid_d, skeyid_a, skeyid_e)
 
 
 def derive_skeyid(
@@ -206,7 +236,7 @@ def skeyid_pke(hash_name: str, ni: bytes, nr: bytes, cky_i: bytes, cky_r: bytes)
     return _prf(hash_name, digest(hash_name, ni + nr), cky_i + cky_r)
 
 
-def encryption_key(hash_name: str, skeyid_e: bytes, key_size: int) -> bytes:
+def encryption_key(hash_name: str, skeyid_e: bytes | bytearray, key_size: int) -> bytearray:
     """The payload cipher key from SKEYID_e (RFC 2409 appendix B).
 
     Truncates SKEYID_e when it is long enough; otherwise expands it as
@@ -217,7 +247,7 @@ def encryption_key(hash_name: str, skeyid_e: bytes, key_size: int) -> bytes:
     if key_size < 0:
         raise CryptoError(f"negative key size {key_size}")
     if len(skeyid_e) >= key_size:
-        return skeyid_e[:key_size]
+        return bytearray(skeyid_e[:key_size])
     blocks: list[bytes] = []
     block = _prf(hash_name, skeyid_e, b"\x00")
     blocks.append(block)
@@ -226,7 +256,7 @@ def encryption_key(hash_name: str, skeyid_e: bytes, key_size: int) -> bytes:
         block = _prf(hash_name, skeyid_e, block)
         blocks.append(block)
         total += len(block)
-    return b"".join(blocks)[:key_size]
+    return bytearray(b"".join(blocks)[:key_size])
 
 
 def phase1_iv(hash_name: str, g_xi: bytes, g_xr: bytes, block_size: int) -> bytes:
@@ -242,7 +272,7 @@ def phase2_iv(hash_name: str, last_phase1_block: bytes, message_id: int, block_s
 
 def hash_i(
     hash_name: str,
-    skeyid: bytes,
+    skeyid: bytes | bytearray,
     g_xi: bytes,
     g_xr: bytes,
     cky_i: bytes,
@@ -260,7 +290,7 @@ def hash_i(
 
 def hash_r(
     hash_name: str,
-    skeyid: bytes,
+    skeyid: bytes | bytearray,
     g_xi: bytes,
     g_xr: bytes,
     cky_i: bytes,
@@ -276,7 +306,7 @@ def hash_r(
     return _prf(hash_name, skeyid, g_xr + g_xi + cky_r + cky_i + sai_b + idir_b)
 
 
-def qm_hash1(hash_name: str, skeyid_a: bytes, message_id: int, after_hash: bytes) -> bytes:
+def qm_hash1(hash_name: str, skeyid_a: bytes | bytearray, message_id: int, after_hash: bytes) -> bytes:
     """Quick Mode HASH(1) = prf(SKEYID_a, M-ID | SA | Ni [| KE] [| IDci | IDcr]).
 
     ``after_hash`` is every payload after the HASH payload, exactly as sent,
@@ -286,33 +316,34 @@ def qm_hash1(hash_name: str, skeyid_a: bytes, message_id: int, after_hash: bytes
 
 
 def qm_hash2(
-    hash_name: str, skeyid_a: bytes, message_id: int, ni_b: bytes, after_hash: bytes
+    hash_name: str, skeyid_a: bytes | bytearray, message_id: int, ni_b: bytes, after_hash: bytes
 ) -> bytes:
     """Quick Mode HASH(2) = prf(SKEYID_a, M-ID | Ni_b | SA | Nr [| KE] [| IDci | IDcr])."""
     return _prf(hash_name, skeyid_a, _message_id(message_id) + ni_b + after_hash)
 
 
-def qm_hash3(hash_name: str, skeyid_a: bytes, message_id: int, ni_b: bytes, nr_b: bytes) -> bytes:
+def qm_hash3(hash_name: str, skeyid_a: bytes | bytearray, message_id: int, ni_b: bytes, nr_b: bytes) -> bytes:
     """Quick Mode HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)."""
     return _prf(hash_name, skeyid_a, b"\x00" + _message_id(message_id) + ni_b + nr_b)
 
 
-def informational_hash(hash_name: str, skeyid_a: bytes, message_id: int, after_hash: bytes) -> bytes:
+def informational_hash(hash_name: str, skeyid_a: bytes | bytearray, message_id: int, after_hash: bytes) -> bytes:
     """Informational exchange HASH(1) = prf(SKEYID_a, M-ID | N/D) (RFC 2409 5.7)."""
     return _prf(hash_name, skeyid_a, _message_id(message_id) + after_hash)
 
 
 def keymat(
     hash_name: str,
-    skeyid_d: bytes,
+    skeyid_d: bytes | bytearray,
     protocol_id: int,
     spi: bytes,
     ni_b: bytes,
     nr_b: bytes,
     length: int,
-    g_qm_xy: bytes | None = None,
-) -> bytes:
-    """KEYMAT for one IPsec SA in one direction (RFC 2409 section 5.5).
+    g_qm_xy: bytes | bytearray | None = None,
+) -> bytearray:
+    """KEYMAT for one IPsec SA in one direction (RFC 2409 section 5.5), in a bytearray
+    the caller wipes once the keys are cut from it.
 
     Args:
         protocol_id: 2 = AH, 3 = ESP, 4 = IPCOMP (RFC 2407 section 4.4.1).
@@ -324,16 +355,17 @@ def keymat(
         raise CryptoError(f"protocol ID {protocol_id} does not fit one octet")
     if length < 0:
         raise CryptoError(f"negative KEYMAT length {length}")
-    seed = (g_qm_xy or b"") + bytes((protocol_id,)) + spi + ni_b + nr_b
-    blocks: list[bytes] = []
+    seed = bytes(g_qm_xy or b"") + bytes((protocol_id,)) + spi + ni_b + nr_b
+    material = bytearray(length)  # filled in place: never reallocated, so never copied
     block = _prf(hash_name, skeyid_d, seed)
-    blocks.append(block)
-    total = len(block)
-    while total < length:
+    position = 0
+    while True:
+        take = min(len(block), length - position)
+        material[position:position + take] = block[:take]
+        position += take
+        if position >= length:
+            return material
         block = _prf(hash_name, skeyid_d, block + seed)
-        blocks.append(block)
-        total += len(block)
-    return b"".join(blocks)[:length]
 
 
 @functools.lru_cache(maxsize=4096)  # pure; a handshake packs the same two addresses several times
@@ -397,25 +429,38 @@ class CryptoState:
     :meth:`decrypt` returns the plaintext and the would-be next IV without touching
     the chain; the caller validates the message (payload chain, HASH) and then
     calls :meth:`commit`. A retransmission is sent again as the same bytes, never
-    re-encrypted.
+    re-encrypted. :meth:`wipe` ends it: the key is zeroed, the Rust cipher dropped
+    (which zeroizes its key schedule) and any later use raises CryptoError.
     """
 
-    __slots__ = ("_cipher", "_hash_name", "_block_size", "_ivs", "_key")
+    __slots__ = ("_cipher", "_name", "_hash_name", "_block_size", "_ivs", "_key")
 
-    def __init__(self, cipher_name: str, key: bytes, hash_name: str, phase1_iv: bytes) -> None:
+    def __init__(self, cipher_name: str, key: bytes | bytearray, hash_name: str, phase1_iv: bytes) -> None:
         _check_hash(hash_name)
-        self._cipher = Cipher(cipher_name, key)
-        self._key = bytes(key)  # kept only for export_state (the SA store); never in a repr
+        self._cipher: Cipher | None = Cipher(cipher_name, bytes(key))
+        self._name = self._cipher.name
+        # kept only for export_state (the SA store), never in a repr; a bytearray given is taken over
+        self._key = key if isinstance(key, bytearray) else bytearray(key)
         self._hash_name = hash_name
         self._block_size = self._cipher.block_size
         if len(phase1_iv) != self._block_size:
             raise CryptoError(f"phase 1 IV must be {self._block_size} bytes")
         self._ivs: dict[int, bytes] = {0: bytes(phase1_iv)}
 
+    def _live(self) -> Cipher:
+        if self._cipher is None:
+            raise CryptoError("the keys of this SA were wiped")
+        return self._cipher
+
+    def wipe(self) -> None:
+        """Zero the key and drop the cipher; the state cannot be used afterwards."""
+        wipe(self._key)
+        self._cipher = None
+
     @property
     def cipher_name(self) -> str:
         """The cipher's name, e.g. ``aes128-cbc``."""
-        return self._cipher.name
+        return self._name
 
     @property
     def block_size(self) -> int:
@@ -443,7 +488,7 @@ class CryptoState:
         iv = self.iv(message_id)
         if not plaintext:
             raise CryptoError("nothing to encrypt")
-        ciphertext = self._cipher.encrypt(iv, pad(plaintext, self._block_size))
+        ciphertext = self._live().encrypt(iv, pad(plaintext, self._block_size))
         self._ivs[message_id] = ciphertext[-self._block_size :]
         return ciphertext
 
@@ -459,7 +504,7 @@ class CryptoState:
         size = self._block_size
         if not ciphertext or len(ciphertext) % size:
             raise PayloadMalformed(f"encrypted body of {len(ciphertext)} bytes is not whole {size}-byte blocks")
-        plaintext = self._cipher.decrypt(self._current(message_id), ciphertext)
+        plaintext = self._live().decrypt(self._current(message_id), ciphertext)
         return plaintext, ciphertext[-size:]
 
     def commit(self, message_id: int, next_iv: bytes) -> None:
@@ -470,10 +515,12 @@ class CryptoState:
             raise CryptoError(f"IV must be {self._block_size} bytes")
         self._ivs[message_id] = bytes(next_iv)
 
-    def export_state(self) -> tuple[str, bytes, bytes]:
+    def export_state(self) -> tuple[str, bytearray, bytes]:
         """(cipher name, key, phase 1 IV chain) for the SA store (``ikecore.engine.persist``): what
-        rebuilds this state after a restart. Contains the key: handle as a secret."""
-        return self._cipher.name, self._key, self._ivs[0]
+        rebuilds this state after a restart. Contains the key (the state's own buffer, not a
+        copy): handle as a secret."""
+        self._live()
+        return self._name, self._key, self._ivs[0]
 
     def forget(self, message_id: int) -> None:
         """Drops the chain of a finished phase 2 or informational exchange."""
@@ -482,10 +529,10 @@ class CryptoState:
         self._ivs.pop(message_id, None)
 
     def __repr__(self) -> str:
-        return f"CryptoState({self._cipher.name!r}, {self._hash_name!r}, chains={len(self._ivs)})"
+        return f"CryptoState({self._name!r}, {self._hash_name!r}, chains={len(self._ivs)})"
 
 
-def keylog_line(cky_i: bytes, enc_key: bytes) -> str:
+def keylog_line(cky_i: bytes, enc_key: bytes | bytearray) -> str:
     """A line of Wireshark's IKEv1 decryption table: ``<16 hex CKY-I>,<hex key>``."""
     if len(cky_i) != 8:
         raise CryptoError("the initiator cookie must be 8 bytes")

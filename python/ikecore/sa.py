@@ -3,13 +3,15 @@
 These are plain mutable records owned by the engine; the state machines in
 ``main_mode``, ``quick_mode`` and ``informational`` change them, and the monitor reads
 them into rows (``ikecore.monitor.listing``). Secrets live in ``crypto`` (keys inside the
-Rust cipher) and ``skeyid``; rows never contain them.
+Rust cipher), ``skeyid`` and the ``IpsecSaKeys`` of the IPsec SAs, all in bytearrays that
+``wipe_keys`` zeroes when the SA ends (``ikecore.keymat`` says what Python cannot wipe);
+rows never contain them.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ikecore import keymat, policy, wire
@@ -96,6 +98,11 @@ class IpsecSa:
     superseded: bool = False           # a newer SA with the same selectors is in place
     keys: tuple[IpsecSaKeys, ...] = ()  # (outbound, inbound), kept for the SA store
 
+    def wipe_keys(self) -> None:
+        """Zero both directions' keys (the SA is deleted; the driver has let go of them)."""
+        for keys in self.keys:
+            keymat.wipe(keys.encryption_key, keys.integrity_key)
+
 
 @dataclass(slots=True)
 class QuickModeExchange:
@@ -113,7 +120,7 @@ class QuickModeExchange:
     chosen: policy.EspProposal | None = None
     mode: int = wire.EncapsulationMode.TUNNEL
     dh: KeyPair | None = None      # single use, for PFS
-    g_qm_xy: bytes | None = None   # the PFS shared secret, kept until the SAs are installed
+    g_qm_xy: bytearray | None = None   # the PFS shared secret, kept until the SAs are installed
     id_ci: wire.IdPayload | None = None
     id_cr: wire.IdPayload | None = None
     last_received: bytes = b""
@@ -207,4 +214,24 @@ class IsakmpSa:
         self.dh = None
         self.sa_b = self.g_xi = self.g_xr = self.nonce_i = self.nonce_r = b""
         if self.skeyid is not None:
-            self.skeyid = replace(self.skeyid, skeyid=b"", skeyid_e=b"")
+            old = self.skeyid
+            keymat.wipe(old.skeyid, old.skeyid_e)
+            self.skeyid = keymat.Skeyid(bytearray(), old.skeyid_d, old.skeyid_a, bytearray())
+
+    def wipe_keys(self) -> None:
+        """The SA is gone: zero its SKEYID family, its payload cipher key, its Quick Modes'
+        PFS secrets and the keys of the IPsec SAs still on it, and drop them (no message can
+        be sealed or opened any more)."""
+        self.dh = None
+        if self.skeyid is not None:
+            self.skeyid.wipe()
+            self.skeyid = None
+        if self.crypto is not None:
+            self.crypto.wipe()
+            self.crypto = None
+        for qm in self.quick_modes.values():  # its installed keys belong to an IpsecSa
+            qm.dh = None
+            keymat.wipe(qm.g_qm_xy)
+            qm.g_qm_xy = None
+        for ipsec in self.ipsec_sas:
+            ipsec.wipe_keys()

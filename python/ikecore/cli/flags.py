@@ -1,14 +1,29 @@
-"""Flags shared by ``ikecore connect`` and ``ikecore serve``: proposals, timing, credentials."""
+"""Flags shared by ``ikecore connect`` and ``ikecore serve``: proposals, timing, credentials,
+the pre-shared key (``--psk``, ``--psk-file`` or ``$IKECORE_PSK``)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ikecore.config import Timing
+from ikecore.config import PSK_ENVIRONMENT, Timing, psk_from_flags
 from ikecore.errors import ConfigError
 
-__all__ = ["add_proposal_flags", "credentials", "timing"]
+__all__ = ["add_proposal_flags", "add_psk_flags", "credentials", "psk", "timing"]
+
+
+def add_psk_flags(parser: argparse.ArgumentParser, scope: str) -> None:
+    """``--psk`` and ``--psk-file``; ``scope`` says what the key is for, e.g. '(without --config)'."""
+    parser.add_argument("--psk", help=f"pre-shared key {scope}; visible to every user in ps: prefer "
+                                      f"--psk-file or ${PSK_ENVIRONMENT}")
+    parser.add_argument("--psk-file", metavar="FILE",
+                        help=f"read the pre-shared key from the first line of FILE (mode 0600); "
+                             f"without --psk or --psk-file, ${PSK_ENVIRONMENT} gives it")
+
+
+def psk(args: argparse.Namespace) -> str:
+    """The pre-shared key of --psk, --psk-file or $IKECORE_PSK ('' for none); ConfigError names the flag."""
+    return psk_from_flags(args.psk, args.psk_file)
 
 
 def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +36,8 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote-ts", help="remote traffic selector (subnet); default the peer's address")
     parser.add_argument("--my-id", help="our identity (IP address, FQDN or user@FQDN)")
     parser.add_argument("--keylog", metavar="FILE",
-                        help="append Wireshark IKEv1 decryption-table lines (secret keys!) to FILE")
+                        help="append Wireshark IKEv1 decryption-table lines (secret keys!) to FILE "
+                             "(created 0600; an existing FILE others can read is refused)")
     parser.add_argument("--retransmit-timeout", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="negotiation timeout")

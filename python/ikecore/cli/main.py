@@ -1,7 +1,8 @@
 """The ``ikecore`` command line: argparse sub-commands, formatting only.
 
 Sub-commands: ``connect`` (one-shot initiator), ``serve`` (gateway), ``monitor`` (views of a
-running gateway, ``ikecore.monitor.cli``), ``demo`` (the
+running gateway, ``ikecore.monitor.cli``), ``terminate`` (delete a running gateway's matching
+SAs, the same module), ``demo`` (the
 self-contained main job of ``make run``) and ``decode`` (ISAKMP dissector).
 User errors print one line naming the flag and the fix, and exit 2.
 """
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     connect = sub.add_parser("connect", help="negotiate Main Mode and Quick Mode with one peer")
     connect.add_argument("peer", metavar="ADDR[:PORT]")
-    connect.add_argument("--psk", default="", help="pre-shared key (or --cert, --key and --ca)")
+    flags.add_psk_flags(connect, "(or --cert, --key and --ca)")
     connect.add_argument("--local", metavar="ADDR[:PORT]", help="local address and port (default: ephemeral)")
     connect.add_argument("--no-quick-mode", action="store_true", help="stop after Main Mode")
     connect.add_argument("--keep", action="store_true", help="do not delete the SAs on exit")
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
 
     monitor_cli.add_parser(sub)
+    monitor_cli.add_terminate_parser(sub)
 
     demo_parser = sub.add_parser("demo", help="a gateway and a load test of simulated peers on loopback")
     demo.add_arguments(demo_parser)
@@ -88,7 +90,7 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
         local = parse_endpoint(args.local, 0, "--local")
     else:
         local = (local_address_towards(remote[0]), 0)
-    config = config_from_flags(psk=args.psk, ike=args.ike, esp=args.esp, listen=(), remote=remote[0],
+    config = config_from_flags(psk=flags.psk(args), ike=args.ike, esp=args.esp, listen=(), remote=remote[0],
                                mode=args.mode, local_ts=args.local_ts, remote_ts=args.remote_ts,
                                my_id=args.my_id, keylog=args.keylog, timing=flags.timing(args),
                                aggressive=args.aggressive, nat_traversal=args.nat_t,
@@ -142,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args))
         if args.command == "loadtest":
             return loadtest.command(args, sys.stdout)
-        if args.command == "monitor":
+        if args.command in ("monitor", "terminate"):
             return int(args.handler(args))
     except ConfigError as exc:
         print(f"ikecore {args.command}: {exc}", file=sys.stderr)

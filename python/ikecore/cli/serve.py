@@ -1,8 +1,21 @@
 """``ikecore serve``: a gateway (responder and initiator) on UDP 500 and 4500.
 
-With ``--workers 1`` (the default) one process runs the engine, its sockets and the
-monitoring services (``--control``, ``--metrics``). Flags and configuration are read
-here; the gateway itself is ``ikecore.gateway.transport.Gateway``.
+Three ways to run, one set of flags:
+
+* ``--workers 1`` (the default): one process runs the engine, its sockets and the
+  monitoring services (``--control``, ``--metrics``);
+* ``--workers N`` (N >= 2, or ``auto``: the cores this process may use): the parent
+  binds the sockets, steers datagrams by initiator cookie and supervises N worker
+  processes (``ikecore.gateway.workers.Supervisor``); it serves ``--control`` and
+  ``--metrics`` for the whole gateway (``ikecore.monitor.cli.start_fleet_services``)
+  and prints the one "listening on" line;
+* worker k (hidden flags ``--worker k/N --worker-sockets FD,... --worker-control PATH``,
+  given by the parent): the gateway of one process on the sockets it was passed, with
+  ``Engine(worker=(k, N))``, its shard of ``--store`` and a control socket at PATH for
+  the parent's fan-out; its log lines start with ``[wK]``.
+
+Flags and configuration are read here; the gateway itself is
+``ikecore.gateway.transport.Gateway``.
 """
 
 from __future__ import annotations
@@ -10,15 +23,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
+import logging
+import os
 import signal
+import socket
 import sys
 import time
 from typing import Any
 
 from ikecore.cli import flags
-from ikecore.config import Config, config_from_flags, load_config, parse_endpoint
+from ikecore.config import (
+    Config,
+    check_owner_only,
+    config_from_flags,
+    load_config,
+    parse_endpoint,
+)
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
+from ikecore.gateway import workers
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.gateway.transport import Gateway
@@ -29,15 +53,51 @@ __all__ = ["add_parser", "run", "KeyLog"]
 
 
 class KeyLog:
-    """Appends Wireshark IKEv1 decryption-table lines to the user's file."""
+    """Appends Wireshark IKEv1 decryption-table lines (secret keys) to the user's file.
 
-    def __init__(self, path: str | None) -> None:
+    The file is opened at start and kept open: created 0600 whatever the umask; an
+    existing file that group or others may access, or that another user owns, is refused
+    with a ConfigError naming ``field_name`` (as ssh refuses such a private key); its mode
+    is never changed behind the user's back. One ``write`` per line (O_APPEND), so the
+    processes of one gateway may share the file.
+    """
+
+    def __init__(self, path: str | None, field_name: str = "--keylog") -> None:
         self.path = path
+        self._fd: int | None = None
+        if not path:
+            return
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+                os.fchmod(fd, 0o600)  # the umask may have taken the owner's bits away
+            except FileExistsError:
+                fd = os.open(path, flags)
+        except OSError as exc:
+            raise ConfigError(field_name, f"cannot open {path}: {exc.strerror}") from None
+        try:
+            status = os.fstat(fd)
+            if status.st_uid != os.geteuid():
+                raise ConfigError(field_name, f"{path} belongs to uid {status.st_uid}, who would read the keys; "
+                                              "name a file of your own")
+            check_owner_only(status.st_mode, path, field_name)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
 
     def __call__(self, line: str) -> None:
-        if self.path:
-            with open(self.path, "a", encoding="ascii") as handle:
-                handle.write(line + "\n")
+        if self._fd is not None:
+            os.write(self._fd, (line + "\n").encode("ascii"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def add_parser(sub: Any) -> None:
@@ -45,27 +105,88 @@ def add_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run a gateway (responder and initiator)")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration")
     serve.add_argument("--listen", action="append", metavar="ADDR:PORT", help="repeatable")
-    serve.add_argument("--psk", help="pre-shared key for every peer (without --config)")
+    flags.add_psk_flags(serve, "for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     serve.add_argument("--quiet", action="store_true", help="do not log every event (load tests)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="gateway processes sharing the ports (SO_REUSEPORT); each holds its own SAs")
+    serve.add_argument("--workers", default="1", metavar="N|auto",
+                       help="gateway processes, one per core (auto: the cores this process may use); "
+                            "datagrams reach the worker holding their SA by its initiator cookie")
+    # given by the parent to each worker process (ikecore.gateway.workers)
+    serve.add_argument("--worker", metavar="K/N", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-sockets", metavar="FD,...", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-control", metavar="PATH", help=argparse.SUPPRESS)
     serve.add_argument("--dh-threads", type=int, default=1,
                        help="threads pre-computing DH key pairs (0: compute them inline)")
     serve.add_argument("--control", nargs="?", const="", metavar="PATH",
                        help="serve the monitor's control socket (default path: $IKECORE_CONTROL, "
-                            "$XDG_RUNTIME_DIR/ikecore.sock or /tmp/ikecore-UID.sock)")
+                            "control.sock in $XDG_RUNTIME_DIR/ikecore/, /run/ikecore/ for root or "
+                            "/tmp/ikecore-UID/, a directory made 0700)")
     serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics at /metrics")
+    serve.add_argument("--metrics-per-sa", type=int, metavar="N",
+                       help="per-SA series (cookies, peers, identities, SPIs) for at most N SAs "
+                            "(default 0: none; [metrics] per_sa)")
+    serve.add_argument("--metrics-cache", type=float, metavar="SECONDS",
+                       help="build the exposition at most once per SECONDS, whatever the scrapers (default 1)")
+    serve.add_argument("--metrics-connections", type=int, metavar="N",
+                       help="scrape connections served at once (default 8)")
+    serve.add_argument("--metrics-web-config", metavar="FILE",
+                       help="TLS and basic auth for --metrics: a Prometheus exporter-toolkit web config (YAML)")
     serve.add_argument("--store", metavar="FILE", help="keep established SAs in this SQLite file (0600) "
                        "and restore them at start; SAs are kept, not deleted, on exit")
     serve.add_argument("--store-key", metavar="FILE", help="encrypt the store with the 32-byte key in FILE "
-                       "(created 0600 when missing)")
+                       "(created 0600 when missing and the store holds no SA)")
     flags.add_proposal_flags(serve)
+    serve.set_defaults(serve_parser=serve)
 
 
 def run(args: argparse.Namespace) -> int:
     """``ikecore serve``; raises ConfigError for bad flags."""
+    args.workers = workers.worker_count(args.workers)
+    if args.worker is not None:
+        if not args.worker_sockets or not args.worker_control:
+            raise ConfigError("--worker", "is given by the gateway's parent process with --worker-sockets "
+                                          "and --worker-control")
+        workers.follow_parent()
     return asyncio.run(_serve(args))
+
+
+#: Flags of the parent only: workers do not get them.
+PARENT_ONLY = {"workers", "control", "metrics", "duration", "worker", "worker_sockets", "worker_control", "psk",
+               "help"}
+
+
+def worker_flags(args: argparse.Namespace) -> list[str]:
+    """The parent's flags for its workers, rebuilt from ``args`` (as ``--flag=value``);
+    the parent-only ones left out (the pre-shared key of ``--psk`` travels in the
+    environment, not on a command line ``ps`` shows)."""
+    out: list[str] = []
+    parser: argparse.ArgumentParser = args.serve_parser
+    for action in parser._actions:
+        if not action.option_strings or action.dest in PARENT_ONLY:
+            continue
+        value = getattr(args, action.dest, None)
+        option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        if value is None or value == action.default:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                               argparse._StoreConstAction)):
+            out.append(option)
+        elif isinstance(action, argparse._CountAction):
+            out.extend([option] * int(value))
+        elif isinstance(action, argparse._AppendAction):
+            out.extend(f"{option}={item}" for item in value)
+        elif action.nargs == "?" and value == action.const:
+            out.append(option)
+        else:
+            out.append(f"{option}={value}")
+    return out
+
+
+def worker_environment(args: argparse.Namespace) -> dict[str, str]:
+    """What the workers' environment adds to the parent's: the ``--psk`` key."""
+    from ikecore.config import PSK_ENVIRONMENT
+
+    return {PSK_ENVIRONMENT: args.psk} if getattr(args, "psk", None) else {}
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -73,59 +194,70 @@ async def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     else:
         credentials = flags.credentials(args)
-        if not args.psk and credentials is None:
-            raise ConfigError("--psk", "give --psk SECRET, --cert/--key/--ca or --config FILE")
+        psk = flags.psk(args)
+        if not psk and credentials is None:
+            raise ConfigError("--psk", "give --psk-file FILE, $IKECORE_PSK, --psk SECRET, --cert/--key/--ca "
+                                       "or --config FILE")
         listen = tuple(parse_endpoint(item, 500, "--listen") for item in (args.listen or ["0.0.0.0:500",
                                                                                           "0.0.0.0:4500"]))
-        config = config_from_flags(psk=args.psk or "", ike=args.ike, esp=args.esp, listen=listen, mode=args.mode,
+        config = config_from_flags(psk=psk, ike=args.ike, esp=args.esp, listen=listen, mode=args.mode,
                                    local_ts=args.local_ts, remote_ts=args.remote_ts, my_id=args.my_id,
                                    keylog=args.keylog, timing=flags.timing(args), aggressive=args.aggressive,
                                    nat_traversal=args.nat_t, credentials=credentials)
     if args.listen and args.config:
         config = Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
                            "listen": tuple(parse_endpoint(i, 500, "--listen") for i in args.listen)})
+    # opened (and refused, when others may read it) before any worker starts
+    keylog = KeyLog(args.keylog or config.keylog, "--keylog" if args.keylog else "gateway.keylog")
+    if args.worker is None and args.workers > 1:
+        keylog.close()  # each worker appends on its own
+        return await _supervise(args, config)
+    worker = workers.parse_worker(args.worker) if args.worker is not None else (0, 1)
+    prefix = f"[w{worker[0]}] " if args.worker is not None else ""
+    if prefix:
+        logging.basicConfig(format=prefix + "%(message)s")
 
     def log(event: Any) -> None:
         name = type(event).__name__
         if name in ("DatagramReceived", "DatagramSent", "SpiAllocated", "KeyAdded", "KeyUpdated"):
             return
-        if name in ("StatelessCookieSent", "HalfOpenRefused", "HalfOpenDropped", "ReplayDropped"):
+        if name in ("StatelessCookieSent", "HalfOpenRefused", "HalfOpenDropped", "ReplayDropped", "LimitReached"):
             # come in floods: counted by the monitor, logged rate-limited (ikecore.gateway.faults)
             gateway.faults.report(name, str(vars_of(event).get("remote", "")), time.monotonic())
             return
         fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
         # One write per line: stderr is write-through, and gateway workers share it, so
         # print()'s separate newline write could interleave with another worker's line.
-        sys.stderr.write(f"{time.strftime('%H:%M:%S')} {name} {fields}\n")
+        sys.stderr.write(f"{prefix}{time.strftime('%H:%M:%S')} {name} {fields}\n")
         sys.stderr.flush()
 
-    store = None
-    if args.store:
-        from ikecore.gateway.store import SaStore, StoreError
-
-        try:
-            store = SaStore(args.store, key_file=args.store_key)
-        except StoreError as exc:
-            raise ConfigError("--store", str(exc)) from None
+    store = _open_store(args, worker)
     tune_gc()
     pool = DhPool(args.dh_threads) if args.dh_threads > 0 else None
-    engine = Engine(config, keylog=KeyLog(args.keylog or config.keylog),
+    engine = Engine(config, keylog=keylog,
                     keypair=KeypairReserve(pool) if pool is not None else None, store=store,
-                    now=asyncio.get_running_loop().time())
+                    now=asyncio.get_running_loop().time(), worker=worker)
     gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
-    try:
-        bound = await gateway.listen(config.listen, reuse_port=args.workers > 1)
-    except OSError as exc:
-        raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
-    # one write (workers share stderr; print's separate newline could interleave)
-    sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}\n")
-    sys.stderr.flush()
-    services = await monitor_cli.start_services(gateway, args.control, args.metrics)
+    # before the control socket appears: from then on a worker is up and may be told to stop
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if args.worker is not None:  # the parent bound the sockets and says where they are
+        for fd in args.worker_sockets.split(","):
+            await gateway.adopt(socket.socket(fileno=int(fd)))
+        with contextlib.redirect_stderr(io.StringIO()):  # its control socket is the parent's business
+            services = await monitor_cli.start_services(gateway, args.worker_control, None, args)
+    else:
+        try:
+            bound = await gateway.listen(config.listen)
+        except OSError as exc:
+            raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
+        # one write (print's separate newline could interleave with other processes' lines)
+        sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}\n")
+        sys.stderr.flush()
+        services = await monitor_cli.start_services(gateway, args.control, args.metrics, args)
     try:
         if args.duration:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -141,7 +273,78 @@ async def _serve(args: argparse.Namespace) -> int:
         gateway.close()
         if pool is not None:
             pool.close()
+        if args.worker is not None:
+            workers.orphaned(args.worker_control)
     return 0
+
+
+def _open_store(args: argparse.Namespace, shard: tuple[int, int]) -> Any:
+    """``--store``'s SaStore for worker ``shard`` (k, n), or None without --store. A
+    StoreError (a damaged store, a key that does not fit) becomes a one-line ConfigError
+    naming ``--store`` or ``--store-key``."""
+    if not args.store:
+        return None
+    from ikecore.gateway.store import SaStore, StoreError
+
+    try:
+        return SaStore(args.store, key_file=args.store_key, shard=shard)
+    except StoreError as exc:
+        raise ConfigError("--store-key" if exc.about == "key" else "--store", str(exc)) from None
+
+
+async def _supervise(args: argparse.Namespace, config: Config) -> int:
+    """The parent of ``--workers N``: bind, start the fleet's monitoring services and the
+    workers, wait for a signal (forwarded to the workers) or ``--duration``."""
+    supervisor = workers.Supervisor(args.workers, config.listen, worker_flags(args),
+                                    environment=worker_environment(args))
+    try:
+        bound = supervisor.bind()
+    except OSError as exc:
+        supervisor.close()
+        raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = [signal.SIGTERM]
+
+    def on_signal(signum: int) -> None:
+        received[0] = signum
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+    services: Any = None
+    try:
+        services = await monitor_cli.start_fleet_services(supervisor, args)  # --control, --metrics
+        await supervisor.start()
+        deadline = loop.time() + args.duration if args.duration else None
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            # the one "listening on" line once every worker is up (as one process prints it
+            # once its sockets are read); a worker's failure or a signal ends the wait
+            ready = asyncio.ensure_future(supervisor.ready(timeout=60.0))
+            await asyncio.wait({ready, stopping}, timeout=args.duration or None, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not stop.is_set() and supervisor.failure is None:
+                sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)} "
+                                 f"({args.workers} workers)\n")
+                sys.stderr.flush()
+                waiting = asyncio.ensure_future(supervisor.wait())
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait({waiting, stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+        finally:
+            stopping.cancel()
+        failure = supervisor.failure
+        if failure is not None:
+            sys.stderr.write(f"ikecore serve: {failure}; stopping\n")
+            return 2
+        return 0
+    finally:
+        if services is not None:
+            services.close()
+        await supervisor.stop(received[0])
+        supervisor.close()
 
 
 def vars_of(event: Any) -> dict[str, Any]:

@@ -56,6 +56,15 @@ module before it creates one:
   before a rotation still verifies for one more epoch. The cookie binds the source
   address and port, so a message 3 replayed from another address does not verify.
 
+* **Limits past the half-open stage** (``SaLimits``, the ``[limits]`` of
+  ``ikecore.config.Limits``). A peer that finishes Main Mode can still ask for more than a
+  gateway should hold: ISAKMP SAs from one address or in total, Quick Modes in flight on
+  one ISAKMP SA, IPsec SAs on one ISAKMP SA. ``SaLimits`` names the limit a request would
+  pass; the engine refuses it (message 1 with NO-PROPOSAL-CHOSEN, before any SA is kept;
+  a Quick Mode with a protected NO-PROPOSAL-CHOSEN, after its HASH(1) verified and before
+  any Diffie-Hellman or SPI work) and emits ``LimitReached``. ISAKMP SAs of both roles
+  count; only what peers start is refused (the operator's own ``initiate`` is not).
+
 Memory bound: half-open SAs <= ``max_half_open``; offers <= (``offer_cache_size`` +
 ``known`` tier cap) x ``max_offer_size`` bytes; two 32-byte secrets. Nothing here does
 I/O or reads a clock.
@@ -68,9 +77,10 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from ikecore._core import offer_digest, stateless_cookie
-from ikecore.config import FloodLimits
+from ikecore.config import FloodLimits, Limits
+from ikecore.sa import IsakmpSa, Phase2State, Role
 
-__all__ = ["FloodLimits", "AdmissionControl", "OfferCache"]
+__all__ = ["FloodLimits", "AdmissionControl", "OfferCache", "SaLimits"]
 
 KNOWN_OFFERS_MAX = 256  # offers proven peers used, kept apart from the LRU of unproven ones
 
@@ -217,3 +227,63 @@ class AdmissionControl:
     def stats(self) -> dict[str, int]:
         return {"half_open": len(self._half_open), "sources": len(self._per_source),
                 "offers": len(self.offers), "offer_bytes": self.offers.bytes_held()}
+
+
+class SaLimits:
+    """The ``[limits]`` of one engine: which limit a peer's request would pass, if any.
+
+    Args:
+        limits: the configured limits (0: no limit).
+        workers: the gateway's worker processes; this engine holds its share of
+            ``limits.isakmp_sas`` (rounded up).
+    """
+
+    def __init__(self, limits: Limits, workers: int = 1) -> None:
+        self.limits = limits
+        self.isakmp_sas = -(-limits.isakmp_sas // max(workers, 1))
+        self._per_peer: Counter[str] = Counter()
+        self._peer_of: dict[int, str] = {}   # handle -> the peer address it was counted under
+
+    def added(self, handle: int, peer: str) -> None:
+        """An ISAKMP SA with ``peer`` now exists (any role or state)."""
+        if handle not in self._peer_of:
+            self._peer_of[handle] = peer
+            self._per_peer[peer] += 1
+
+    def removed(self, handle: int) -> None:
+        peer = self._peer_of.pop(handle, None)
+        if peer is not None:
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
+
+    def per_peer(self, peer: str) -> int:
+        return self._per_peer.get(peer, 0)
+
+    def refuse_isakmp(self, peer: str) -> str | None:
+        """The limit one more ISAKMP SA started by ``peer`` would pass, or None."""
+        if self.isakmp_sas and len(self._peer_of) >= self.isakmp_sas:
+            return "isakmp_sas"
+        per_peer = self.limits.isakmp_sas_per_peer
+        if per_peer and self._per_peer.get(peer, 0) >= per_peer:
+            return "isakmp_sas_per_peer"
+        return None
+
+    def refuse_quick_mode(self, sa: IsakmpSa) -> str | None:
+        """The limit one more Quick Mode started by the peer on ``sa`` would pass, or None.
+
+        Counting the peer's Quick Modes in flight walks ``sa.quick_modes``, so it is done
+        only when the dictionary alone could reach a limit (never in normal operation)."""
+        in_flight_limit = self.limits.quick_modes_in_flight
+        ipsec_limit = self.limits.ipsec_sas_per_isakmp_sa
+        held = len(sa.quick_modes)
+        if (not in_flight_limit or held < in_flight_limit) and \
+                (not ipsec_limit or len(sa.ipsec_sas) + held < ipsec_limit):
+            return None
+        in_flight = sum(1 for qm in sa.quick_modes.values()
+                        if qm.role is Role.RESPONDER and qm.state is Phase2State.R_EXPECT_QM3)
+        if in_flight_limit and in_flight >= in_flight_limit:
+            return "quick_modes_in_flight"
+        if ipsec_limit and len(sa.ipsec_sas) + in_flight >= ipsec_limit:
+            return "ipsec_sas_per_isakmp_sa"
+        return None

@@ -21,7 +21,13 @@ Flow: receive -> dispatch by cookie -> the exchange's transition table -> send a
   by (CKY-I, CKY-R), falling back to the half-open (CKY-I, 0) entry of our own initiator
   SAs; then by exchange type to ``main_mode``/``aggressive_mode``, ``quick_mode`` (by
   Message ID) or ``informational`` (``ikecore.protocol``), whose transition tables decide
-  the reply.
+  the reply. Every payload chain passes RFC 2408 section 5.2 first (RESERVED zero, known
+  or private-use payload types). Past the half-open stage, ``engine.admission.SaLimits``
+  caps what a peer may make us hold (``[limits]``): refused with NO-PROPOSAL-CHOSEN.
+* Endpoint (RFC 3947 section 4): an SA follows its peer to a new address or port only for
+  a message that is new and authenticated; the move is made tentatively (so that the
+  answer goes there) and undone otherwise. A message already processed (a repeat, a
+  finished Quick Mode, a spent Message ID) that arrives from elsewhere is a replay.
 * Send and emit: replies and requests go to the outgoing queue, facts to the event queue
   (``emit``); both leave only when the caller drains them, after the SA store is written.
 * Timers: one heap of (deadline, sequence, SA, Message ID, ``TimerKind``), each kind with
@@ -56,7 +62,7 @@ from ikecore import events as ev
 from ikecore.config import Config
 from ikecore.driver import DriverError, IpsecDriver, IpsecSaKeys, MemoryDriver
 from ikecore.engine import acquire, persist, rekey
-from ikecore.engine.admission import AdmissionControl
+from ikecore.engine.admission import AdmissionControl, SaLimits
 from ikecore.engine.timers import TimerKind
 from ikecore.errors import (
     AuthenticationFailed,
@@ -71,6 +77,7 @@ from ikecore.errors import (
 from ikecore.events import Address
 from ikecore.policy import GenericFilter
 from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mode, nat_traversal, quick_mode
+from ikecore.protocol.messages import check_generic_headers
 from ikecore.protocol.phase1 import Phase1Handler
 from ikecore.protocol.transitions import Row, Send
 from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
@@ -87,6 +94,10 @@ COOKIE_SECRET_LIFETIME = 300.0  # seconds between rotations of the responder-coo
 # Finished Message IDs remembered per ISAKMP SA to drop replays; an older replayed QM1
 # can at most start a Quick Mode that its sender cannot finish (it lacks our new nonce).
 SPENT_MESSAGE_IDS = 4096
+# A store write that failed (a full disk) is tried again this many seconds later, first
+# for at most STORE_PROBE ISAKMP SAs; negotiation goes on without the store meanwhile.
+STORE_RETRY = 1.0
+STORE_PROBE = 64
 
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
@@ -117,7 +128,8 @@ class Engine:
             the user asked for a key log.
         wall_clock: the UTC time for certificate validity (default: the system clock).
         store: an ``ikecore.gateway.store.SaStore``: established SAs are loaded from it now and
-            written to it whenever they change (before any datagram or event leaves).
+            what changed is written to it (before any datagram or event leaves); a write
+            that fails is reported and tried again once a second, negotiation goes on.
         now: the engine time at start (restored lifetimes are rebased on it).
         worker: (index, count) of this engine among a gateway's worker processes
             (``ikecore.steering``); (0, 1) for a gateway of one process.
@@ -154,11 +166,16 @@ class Engine:
         self._acquires = acquire.AcquireHeap()
         self._rotate_secret_at = float("-inf")
         self._admission = AdmissionControl(config.flood, random)
+        self._limits = SaLimits(config.limits, worker[1])
         self._store = store
-        self._dirty: set[int] = set()
-        self._stored: set[int] = set()
+        # the store's account (engine.persist.Journal); without a store the marks are dropped
+        self._journal = persist.Journal() if store is not None else None
+        self._dirty: set[int] = self._journal.dirty if self._journal is not None else set()
+        self._store_retry_at: float | None = None   # a write failed: the next try, not before
         if store is not None:
             self._restore(store, now)
+        for handle, restored in self._sas.items():
+            self._limits.added(handle, restored.remote[0])
 
     # --- services lent to the state machines (protocol.services.Services, quick_mode's) and
     # to the helpers (engine.services.EngineServices: also emit, push_timer, filter_for,
@@ -176,6 +193,17 @@ class Engine:
     def keylog(self, line: str) -> None:
         if self._keylog is not None:
             self._keylog(line)
+
+    def keylog_enabled(self) -> bool:
+        return self._keylog is not None
+
+    def admit_quick_mode(self, sa: IsakmpSa) -> None:
+        """The limits on the peer's Quick Modes (``engine.admission.SaLimits``)."""
+        limit = self._limits.refuse_quick_mode(sa)
+        if limit is not None:
+            self.emit(ev.LimitReached(time=self._now, limit=limit, remote=sa.remote, handle=sa.handle))
+            raise NoProposalChosen(f"limits.{limit} = {getattr(self.config.limits, limit)} reached "
+                                   f"on ISAKMP SA {sa.handle}")
 
     def get_spi(self, sa: IsakmpSa) -> bytes:
         try:
@@ -339,7 +367,11 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """The earliest time ``handle_timer`` must be called, or None."""
-        return self._timers[0][0] if self._timers else None
+        deadline = self._timers[0][0] if self._timers else None
+        retry = self._store_retry_at   # a failed store write is tried again through the timer
+        if retry is not None and (deadline is None or retry < deadline):
+            return retry
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, expiries."""
@@ -408,38 +440,63 @@ class Engine:
         message = wire.parse(data)
         self.emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, length=len(data),
                                        message_number=_message_number(sa, exchange_type, message.message_id)))
+        if not message.encrypted:
+            check_generic_headers(list(message.payloads))
         if exchange_type == AM:
             # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
-            self._dispatch(sa, message, data, now)
+            fresh = self._dispatch(sa, message, data, now)
             # Only the responder follows (AM3 may arrive from the initiator's NAT-T port); the
             # initiator floated itself for AM3 and must not move back to where AM2 came from.
-            if sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED and sa.role is Role.RESPONDER:
+            if fresh and sa.handle in self._sas and sa.state is Phase1State.ESTABLISHED \
+                    and sa.role is Role.RESPONDER:
                 nat_traversal.follow(sa, remote, local, marker)
             return
         if message.encrypted:
-            moved = nat_traversal.follow(sa, remote, local, marker)  # the peer floated (MM5 on)
+            # RFC 3947 section 4: only a new, authenticated message moves the SA's endpoint.
+            if nat_traversal.would_move(sa, remote, local, marker) and self._processed(sa, message, data):
+                self.emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=remote,
+                                           message_id=message.message_id, reason="endpoint"))
+                raise wire_error(f"a message of SA {handle} already processed, repeated from {remote[0]} "
+                                 f"port {remote[1]} (replay)", wire.NotifyType.INVALID_MESSAGE_ID)
+            moved = nat_traversal.follow(sa, remote, local, marker)  # tentatively: the answer goes there
             try:
-                self._dispatch(sa, message, data, now)
+                fresh = self._dispatch(sa, message, data, now)
             except Exception:
                 nat_traversal.restore(sa, moved)
                 raise
-            if sa.handle in self._sas:
+            if not fresh:
+                nat_traversal.restore(sa, moved)
+            elif sa.handle in self._sas:
                 dpd.on_traffic(sa, now)
             return
         self._dispatch(sa, message, data, now)
 
-    def _dispatch(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
+    def _processed(self, sa: IsakmpSa, message: wire.Message, data: bytes) -> bool:
+        """Whether ``message`` was processed already: the repeat of an exchange's last message,
+        a message of a finished Quick Mode, or one whose Message ID is spent."""
         exchange_type = message.exchange_type
         if exchange_type in (MM, AM):
-            self._main_mode(sa, message, data, now)
+            return data == sa.last_received
+        qm = sa.quick_modes.get(message.message_id) if exchange_type == QM else None
+        if qm is not None:
+            return data == qm.last_received or qm.state is Phase2State.ESTABLISHED
+        return message.message_id in sa.spent_message_ids
+
+    def _dispatch(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> bool:
+        """Hand a message to its exchange. True when it was new and authenticated (not a
+        repeat, not a message that failed verification): only then may the SA follow it."""
+        exchange_type = message.exchange_type
+        if exchange_type in (MM, AM):
+            fresh = self._main_mode(sa, message, data, now)
         elif exchange_type == QM:
-            self._quick_mode(sa, message, data, now)
+            fresh = self._quick_mode(sa, message, data, now)
         elif exchange_type == INFO:
-            self._informational(sa, message, now)
+            fresh = self._informational(sa, message, now)
         else:
             raise wire_error(f"exchange type {exchange_type} is not supported",
                              wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
         rekey.count_octets(self, sa, len(data), now)
+        return fresh
 
     def _receive_first(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> None:
         source = _endpoint_bytes(remote)
@@ -454,6 +511,7 @@ class Engine:
         message = wire.parse(data)
         self.emit(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
                                        length=len(data)))
+        check_generic_headers(list(message.payloads))  # RFC 2408 5.2: dropped, not answered
         if message.exchange_type == INFO:
             for payload in message.payloads:
                 if isinstance(payload, wire.NotifyPayload):
@@ -478,6 +536,8 @@ class Engine:
                 remote, local, marker)
             return
         aggressive = message.exchange_type == AM
+        if self._over_limit(message.initiator_cookie, cookie_r, remote, local, now, marker):
+            return
         if self._admit_first(message, remote, local, flt, now, marker):
             return
         sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_AM1 if aggressive else Phase1State.R_EXPECT_MM1,
@@ -514,6 +574,20 @@ class Engine:
             self._stateless_mm2(message, remote, local, flt, now, marker)
             return True
         return not self._make_room(remote, now)
+
+    def _over_limit(self, cky_i: bytes, cky_r: bytes, remote: Address, local: Address, now: float,
+                    marker: bool) -> bool:
+        """True when one more ISAKMP SA from ``remote`` would pass a limit (``[limits]``): it is
+        refused with NO-PROPOSAL-CHOSEN (RFC 2408 section 5.1), nothing kept."""
+        limit = self._limits.refuse_isakmp(remote[0])
+        if limit is None:
+            return False
+        self.emit(ev.LimitReached(time=now, limit=limit, remote=remote))
+        notify_type = wire.NotifyType.NO_PROPOSAL_CHOSEN
+        self._send_raw(informational.build_unprotected(cky_i, cky_r, informational.notify(notify_type)),
+                       remote, local, marker or _needs_marker(local, remote))
+        self.emit(ev.NotifySent(time=now, handle=None, remote=remote, notify_type=notify_type, protected=False))
+        return True
 
     def _make_room(self, remote: Address, now: float) -> bool:
         """Apply the half-open limits for one more SA from ``remote``; False: refused."""
@@ -571,7 +645,8 @@ class Engine:
         if offer is None or flt is None:
             return False
         message = wire.parse(data)
-        if not self._make_room(remote, now):
+        check_generic_headers(list(message.payloads))
+        if self._over_limit(cky_i, cky_r, remote, local, now, marker) or not self._make_room(remote, now):
             return True
         first = wire.Message(cky_i, cky_r, MM, wire.parse_payloads(offer[0], offer[1:]))
         sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, cky_i, cky_r, local, remote, flt, now)
@@ -589,7 +664,7 @@ class Engine:
         self._main_mode(sa, message, data, now)
         return True
 
-    def _main_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
+    def _main_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> bool:
         state_before = sa.state
         exchange = message.exchange_type
         receive, table = ((aggressive_mode.receive, aggressive_mode.TRANSITIONS) if exchange == AM
@@ -600,13 +675,13 @@ class Engine:
             if isinstance(exc, AuthenticationFailed):
                 self.emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
             self._fail(sa, str(exc), exc.notify_type, now)
-            return
+            return False
         except RemoteProtocolError as exc:
             if sa.dh is None and state_before in (Phase1State.I_EXPECT_MM4, Phase1State.I_EXPECT_AM2):
                 # Our single-use DH private value went into a rejected message: this
                 # negotiation cannot finish (found by tests/enginefuzz.py); end it.
                 self._fail(sa, str(exc), exc.notify_type, now)
-                return
+                return False
             raise
         sa.last_received = data
         sa.next_retransmit = None
@@ -616,6 +691,7 @@ class Engine:
             self._send_next(sa, table[(state_before, exchange)], reply, exchange, now)
         if sa.state is Phase1State.ESTABLISHED:
             self._established(sa, now)
+        return True
 
     def _established(self, sa: IsakmpSa, now: float) -> None:
         assert sa.chosen is not None
@@ -647,7 +723,8 @@ class Engine:
             sa.want_quick_mode = False
             self.initiate_quick_mode(sa.handle, now)
 
-    def _quick_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> None:
+    def _quick_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> bool:
+        """One Quick Mode message; True when it was new and authenticated."""
         if sa.state is not Phase1State.ESTABLISHED:
             raise wire_error("Quick Mode before the ISAKMP SA is established", wire.NotifyType.INVALID_EXCHANGE_TYPE)
         if message.message_id == 0 or not message.encrypted:
@@ -659,7 +736,11 @@ class Engine:
             handled = quick_mode.HANDLED.get((qm.role, qm.state))
             if handled is not None and handled.answers_repeat and qm.last_sent:
                 self._resend_reply(sa, qm.last_sent, QM)
-            return
+            return False
+        if qm is not None and qm.state is Phase2State.ESTABLISHED:
+            # Any other message of a finished exchange (a replayed QM1, our own QM1 reflected)
+            # is a replay, as it is once the exchange is forgotten and its Message ID spent.
+            raise self._replay(sa, message.message_id, now)
         new = qm is None
         if qm is None:
             self._check_replay(sa, message.message_id, now)
@@ -668,8 +749,9 @@ class Engine:
         try:
             reply = quick_mode.receive(sa, qm, message, self)
         except RemoteProtocolError as exc:
-            if new:
+            if new:  # nothing of this exchange is kept: its PFS secret, if any, goes now
                 sa.cipher.forget(message.message_id)
+                keymat.wipe(qm.g_qm_xy)
             spent_dh = qm.dh is None and state_before is Phase2State.I_EXPECT_QM2 \
                 and bool(qm.esp_policy.pfs_group)   # our PFS value is gone (tests/enginefuzz.py)
             if (isinstance(exc, _FATAL) or spent_dh) and state_before is not Phase2State.ESTABLISHED:
@@ -678,8 +760,9 @@ class Engine:
                                                        notify_type=exc.notify_type))
                 self._notify_protected(sa, exc.notify_type)
                 sa.quick_modes.pop(qm.message_id, None)
+                keymat.wipe(qm.g_qm_xy)
                 self._spend(sa, qm.message_id)
-                return
+                return not isinstance(exc, AuthenticationFailed)  # a refusal after HASH verified
             raise
         if new:
             sa.quick_modes[qm.message_id] = qm
@@ -696,20 +779,33 @@ class Engine:
                 self._send(sa, reply, QM, row.message_number + 1)
         if qm.state is Phase2State.ESTABLISHED:
             self._quick_mode_established(sa, qm, now)
+        return True
 
     def _check_replay(self, sa: IsakmpSa, message_id: int, now: float) -> None:
         """A protected message whose Message ID is spent is a replay: counted, no effect."""
         if message_id in sa.spent_message_ids:
-            self.emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=sa.remote, message_id=message_id))
-            raise wire_error(f"Message ID {message_id:#010x} was already used (replay)",
-                             wire.NotifyType.INVALID_MESSAGE_ID)
+            raise self._replay(sa, message_id, now)
+
+    def _replay(self, sa: IsakmpSa, message_id: int, now: float) -> RemoteProtocolError:
+        """Count a replay (``ReplayDropped``); returns the error that drops the message."""
+        self.emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=sa.remote, message_id=message_id))
+        return wire_error(f"Message ID {message_id:#010x} was already used (replay)",
+                          wire.NotifyType.INVALID_MESSAGE_ID)
 
     def _spend(self, sa: IsakmpSa, message_id: int) -> None:
         """Remember a finished Message ID (the newest SPENT_MESSAGE_IDS per ISAKMP SA)."""
-        sa.spent_message_ids[message_id] = None
-        self._dirty.add(sa.handle)
-        while len(sa.spent_message_ids) > SPENT_MESSAGE_IDS:
-            del sa.spent_message_ids[next(iter(sa.spent_message_ids))]
+        spent = sa.spent_message_ids
+        if message_id in spent:
+            return
+        spent[message_id] = None
+        journal = self._journal
+        if journal is not None:
+            journal.mark_spent(sa.handle, message_id, True)
+        while len(spent) > SPENT_MESSAGE_IDS:
+            oldest = next(iter(spent))
+            del spent[oldest]
+            if journal is not None:
+                journal.mark_spent(sa.handle, oldest, False)
 
     def _quick_mode_established(self, sa: IsakmpSa, qm: QuickModeExchange, now: float) -> None:
         assert qm.chosen is not None
@@ -720,7 +816,14 @@ class Engine:
         sa.ipsec_sas.append(ipsec)
         self._spend(sa, qm.message_id)  # a restored engine must know it too
         self.push_timer(ipsec.expires, sa.handle, qm.message_id, TimerKind.IPSEC_EXPIRE)
+        journal = self._journal
+        in_force = [i for i in sa.ipsec_sas if not i.superseded] if journal is not None else []
         rekey.ipsec_established(self, sa, ipsec, qm, now)
+        if journal is not None:  # its row, and the rows of the SAs it superseded
+            journal.mark_ipsec(sa.handle, ipsec.spi_in)
+            for other in in_force:
+                if other.superseded:
+                    journal.mark_ipsec(sa.handle, other.spi_in)
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
         self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id,
                         TimerKind.QM_FORGET)
@@ -728,7 +831,8 @@ class Engine:
             time=now, handle=sa.handle, message_id=qm.message_id, role=qm.role.value, spi_in=qm.spi_in,
             spi_out=qm.spi_out, proposal=qm.chosen.name, duration=now - qm.started))
 
-    def _informational(self, sa: IsakmpSa, message: wire.Message, now: float) -> None:
+    def _informational(self, sa: IsakmpSa, message: wire.Message, now: float) -> bool:
+        """One Informational message; True when it was protected (so new and authenticated)."""
         if not message.encrypted:
             for payload in message.payloads:
                 if not isinstance(payload, wire.NotifyPayload):
@@ -738,8 +842,8 @@ class Engine:
                 if sa.state is not Phase1State.ESTABLISHED and payload.notify_type < 8192:
                     name = _notify_name(payload.notify_type)
                     self._fail(sa, f"peer sent {name}", None, now, answer=False)
-                    return
-            return
+                    return False
+            return False
         if sa.crypto is None or sa.state is not Phase1State.ESTABLISHED:
             raise wire_error("protected informational before the ISAKMP SA is established",
                              wire.NotifyType.INVALID_FLAGS)
@@ -747,10 +851,13 @@ class Engine:
         payloads = informational.receive_protected(sa, message)
         self._spend(sa, message.message_id)
         for payload in payloads:  # N and D payloads only
+            if sa.state is not Phase1State.ESTABLISHED:
+                break  # deleted by an earlier payload (or its answer ended the kilobyte lifetime)
             if isinstance(payload, wire.NotifyPayload):
                 self._on_notify(sa, payload, now)
             elif isinstance(payload, wire.DeletePayload) and self._on_delete(sa, payload, now):
-                return
+                break
+        return True
 
     def _on_notify(self, sa: IsakmpSa, payload: wire.NotifyPayload, now: float) -> None:
         self.emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
@@ -907,6 +1014,7 @@ class Engine:
 
     def _quick_mode_failed(self, sa: IsakmpSa, qm: QuickModeExchange, reason: str, now: float) -> None:
         sa.quick_modes.pop(qm.message_id, None)
+        keymat.wipe(qm.g_qm_xy)
         sa.cipher.forget(qm.message_id)
         self._spend(sa, qm.message_id)
         self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
@@ -988,6 +1096,7 @@ class Engine:
                       self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
         self._pairs.setdefault((local[0], remote[0]), []).append(handle)
+        self._limits.added(handle, remote[0])
         self.push_timer(now + self.config.timing.negotiation_timeout, handle, 0, TimerKind.TIMEOUT)
         return sa
 
@@ -1040,6 +1149,8 @@ class Engine:
         if ipsec not in sa.ipsec_sas:
             return
         sa.ipsec_sas.remove(ipsec)
+        if self._journal is not None:
+            self._journal.mark_ipsec(sa.handle, ipsec.spi_in)
         if notify_peer and sa.state is Phase1State.ESTABLISHED:
             delete = informational.delete_esp([ipsec.spi_in])
             self._send(sa, informational.build_protected(sa, [delete], self._message_id(sa)), INFO, 1)
@@ -1050,10 +1161,12 @@ class Engine:
                 self.driver.delete(spi, destination, wire.ProtocolId.IPSEC_ESP)
             except DriverError as exc:
                 self.emit(ev.DriverFailed(time=self._now, operation="delete", reason=str(exc)))
+        ipsec.wipe_keys()
         self.emit(ev.SaDeleted(time=self._now, handle=sa.handle, phase=2, spi=ipsec.spi_in, reason=reason))
 
     def _forget(self, sa: IsakmpSa) -> None:
         self._admission.closed(sa.handle)
+        self._limits.removed(sa.handle)
         self._dirty.add(sa.handle)
         if self._sas.pop(sa.handle, None) is not None:
             key = (sa.local[0], sa.remote[0])
@@ -1068,26 +1181,34 @@ class Engine:
         self._cookies.remove(sa.initiator_cookie, ZERO_COOKIE)
         if sa.first_message:
             self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
-        sa.dh = None
+        sa.wipe_keys()  # after any Delete or Notify above was sealed with them
         sa.next_retransmit = None
 
     # --- the SA store (design note in ikecore.gateway.store, records: engine.persist) -------
 
     def _restore(self, store: persist.RecordStore, now: float) -> None:
+        """Take back the stored SAs; what cannot be is reported (StoreFailed "load") and
+        left in the store as it is."""
         self._now = now
+        journal = self._journal
+        assert journal is not None
         isakmp = ipsec_count = 0
         restored: list[tuple[int, int]] = []
-        for handle, record, elapsed in store.load():
-            self._stored.add(handle)
-            self._next_handle = max(self._next_handle, handle + 1)
+        for stored in store.load():
+            handle = self._next_handle
             try:
-                sa = persist.load_sa(record, self.config, now, elapsed)
+                sa, left_out = persist.load_sa(stored, self.config, now, handle)
             except (ValueError, KeyError, TypeError, IndexError, IkeError) as exc:
-                self.emit(ev.StoreFailed(time=now, operation="load", reason=f"record {handle} skipped: {exc}"))
+                self.emit(ev.StoreFailed(time=now, operation="load",
+                                         reason=f"SA {stored.cookies.hex()} not loaded (left in the store): {exc}"))
                 continue
+            for reason in left_out:
+                self.emit(ev.StoreFailed(time=now, operation="load", reason=f"{reason} (left in the store)"))
+            self._next_handle += 1
             if sa.expires is not None and sa.expires <= now:
-                self._dirty.add(handle)  # expired while we were down: deleted at the next write
+                journal.gone.append(stored.cookies)  # expired while we were down: deleted at the next write
                 continue
+            journal.restored(sa)
             self._sas[handle] = sa
             self._pairs.setdefault((sa.local[0], sa.remote[0]), []).append(handle)
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
@@ -1102,7 +1223,7 @@ class Engine:
             for ipsec in list(sa.ipsec_sas):
                 if ipsec.expires <= now:
                     sa.ipsec_sas.remove(ipsec)
-                    self._dirty.add(handle)
+                    journal.mark_ipsec(handle, ipsec.spi_in)
                     continue
                 self._reinstall(ipsec)
                 self.push_timer(ipsec.expires, handle, ipsec.message_id, TimerKind.IPSEC_EXPIRE)
@@ -1125,27 +1246,33 @@ class Engine:
             self.emit(ev.DriverFailed(time=self._now, operation="restore", reason=str(exc)))
 
     def _persist(self) -> None:
-        """Write every changed SA to the store in one transaction (no-op without a store)."""
-        if self._store is None or not self._dirty:
+        """Write what changed to the store in one transaction (no-op without a store).
+
+        A write that fails (a full disk) never stalls the engine: the failure is reported
+        (StoreFailed "write": counted by the monitor, logged rate-limited by the gateway),
+        negotiation goes on, the changes stay marked, and the write is tried again
+        STORE_RETRY seconds later through ``get_timer`` (first for STORE_PROBE ISAKMP SAs,
+        then, once that worked, for everything that waited)."""
+        journal, store = self._journal, self._store
+        if journal is None or store is None:
             self._dirty.clear()
             return
-        dirty, self._dirty = self._dirty, set()
-        upserts: list[tuple[int, bytes]] = []
-        deletes: list[int] = []
-        for handle in dirty:
-            sa = self._sas.get(handle)
-            if sa is not None and sa.state is Phase1State.ESTABLISHED:
-                upserts.append((handle, persist.dump_sa(sa, self._now)))
-            elif sa is None and handle in self._stored:
-                deletes.append(handle)
-        try:
-            self._store.write(upserts, deletes)
-        except Exception as exc:  # noqa: BLE001 - a full disk must not stop negotiation
-            self._dirty |= dirty
-            self.emit(ev.StoreFailed(time=self._now, operation="write", reason=str(exc)))
+        if not journal.pending():
             return
-        self._stored.update(handle for handle, _record in upserts)
-        self._stored.difference_update(deletes)
+        retry = self._store_retry_at
+        if retry is not None and self._now < retry:
+            return
+        try:
+            store.write(journal.build(self._sas, self._now, STORE_PROBE if retry is not None else None))
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop negotiation
+            self._store_retry_at = self._now + STORE_RETRY
+            self.emit(ev.StoreFailed(time=self._now, operation="write",
+                                     reason=f"{exc} (negotiation goes on; next try in {STORE_RETRY:g} s)"))
+            return
+        journal.commit()
+        if retry is not None:
+            self._store_retry_at = None
+            self._persist()   # the probe was written: now everything that waited
 
     # --- events ---------------------------------------------------------------------------
 

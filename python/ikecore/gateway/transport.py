@@ -39,6 +39,7 @@ from ikecore.events import Address
 from ikecore.gateway.faults import FaultLog, udp_drops
 from ikecore.gateway.frontdoor import IP_PKTINFO, FastPath, source_pktinfo
 from ikecore.gateway.frontdoor import available as fast_path_available
+from ikecore.protocol.nat_traversal import NAT_T_PORT
 
 __all__ = ["Gateway", "ConnectResult", "local_address_towards"]
 
@@ -183,27 +184,56 @@ class Gateway:
             self._poller = self.loop.call_later(1.0, self.poll_faults)
         return endpoint.local
 
+    async def adopt(self, sock: socket.socket) -> Address:
+        """Serve on a UDP socket bound elsewhere (a worker's socket of its parent's
+        SO_REUSEPORT group, ``ikecore.gateway.workers``); the gateway owns it from now on
+        and closes it with the others. Returns its address."""
+        name = sock.getsockname()
+        local: Address = (str(name[0]), int(name[1]))
+        if self.fast_path is not None:
+            try:
+                self._prepare_fast(sock, local)
+            except OSError:
+                sock.close()
+                raise
+            endpoint = self._serve_fast(sock, local)
+        else:
+            sock.setblocking(False)
+            _transport, endpoint = await self.loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
+        self._endpoints[endpoint.local] = endpoint
+        if self._poller is None:
+            self._poller = self.loop.call_later(1.0, self.poll_faults)
+            self.loop.call_soon(self._start)
+        return endpoint.local
+
+    @staticmethod
+    def _prepare_fast(sock: socket.socket, local: Address) -> None:
+        # room for a burst while the loop is busy in Python: SO_RCVBUFFORCE when
+        # privileged (a gateway on port 500 is), else up to net.core.rmem_max
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        if _wildcard(local[0]):  # learn the address each datagram was sent to
+            if sock.family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        sock.setblocking(False)
+
     def _open_fast(self, local: Address, family: int, reuse_port: bool) -> _Endpoint:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # room for a burst while the loop is busy in Python: SO_RCVBUFFORCE when
-            # privileged (a gateway on port 500 is), else up to net.core.rmem_max
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            if _wildcard(local[0]):  # learn the address each datagram was sent to
-                if family == socket.AF_INET:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-                else:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            sock.setblocking(False)
+            self._prepare_fast(sock, local)
             sock.bind(local)
         except OSError:
             sock.close()
             raise
+        return self._serve_fast(sock, local)
+
+    def _serve_fast(self, sock: socket.socket, local: Address) -> _Endpoint:
         endpoint = _Endpoint(self)
         endpoint.connection_made(_SocketTransport(self.loop, sock, _wildcard(local[0])))  # type: ignore[arg-type]
         self.loop.add_reader(sock.fileno(), self._readable, endpoint, sock.fileno())
@@ -221,7 +251,9 @@ class Gateway:
 
     async def listen(self, addresses: list[Address] | tuple[Address, ...], *,
                      reuse_port: bool = False) -> list[Address]:
-        return [await self.open(address, reuse_port=reuse_port) for address in addresses]
+        bound = [await self.open(address, reuse_port=reuse_port) for address in addresses]
+        self.loop.call_soon(self._start)
+        return bound
 
     def addresses(self) -> list[Address]:
         return list(self._endpoints)
@@ -233,6 +265,8 @@ class Gateway:
             local = (local_address_towards(remote[0]), 0)
         if local not in self._endpoints:
             local = await self.open(local)
+        if local[1] == 500:
+            await self._open_nat_t_socket(local[0])
         handle = self.engine.initiate(remote, local=local, now=self.loop.time(), quick_mode=quick_mode,
                                       natt_port=natt_port)
         future: asyncio.Future[ConnectResult] = self.loop.create_future()
@@ -244,6 +278,21 @@ class Gateway:
         except asyncio.TimeoutError:
             self._waiters.pop(handle, None)
             return ConnectResult(handle, False, "timed out")
+
+    async def _open_nat_t_socket(self, address: str) -> None:
+        """An initiator on port 500 floats to port 4500 when NAT-T is used (RFC 3947 section
+        4, ``ikecore.protocol.nat_traversal.float_initiator``): open that socket beside it
+        now, as strongSwan does, unless one is open or every filter has NAT-T off. A port
+        that cannot be bound is logged; the negotiation then goes on without it."""
+        if all(f.nat_traversal == "off" for f in self.engine.config.filters):
+            return
+        if self._endpoint_for((address, NAT_T_PORT)) is not None:
+            return
+        try:
+            await self.open((address, NAT_T_PORT))
+        except OSError as exc:
+            self.faults.report("NAT-T socket", f"cannot open {address}:{NAT_T_PORT}: {exc.strerror}",
+                               self.loop.time())
 
     def delete(self, handle: int) -> None:
         self.engine.delete(handle, self.loop.time())
@@ -408,6 +457,12 @@ class Gateway:
                 listener(event)
         if self.on_event is not None:
             self.on_event(event)
+
+    def _start(self) -> None:
+        """Serving began: what the engine did at start leaves now, so SAs restored from the
+        store are live at once (their timers armed, the monitor and listeners told)."""
+        if self._endpoints:
+            self._flush()
 
     def _arm_timer(self) -> None:
         deadline = self.engine.get_timer()

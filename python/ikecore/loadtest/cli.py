@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from ikecore.config import parse_endpoint
+from ikecore.config import PSK_ENVIRONMENT, parse_endpoint, psk_from_flags
 from ikecore.credentials import credentials_from_flags
 from ikecore.errors import ConfigError
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
@@ -31,7 +31,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser = sub.add_parser("loadtest", help="simulate many IKEv1 peers against a gateway")
     parser.add_argument("target", metavar="ADDR[:PORT]")
     parser.add_argument("--peers", type=int, required=True, help="simulated peers (one ISAKMP SA each)")
-    parser.add_argument("--psk", default="secret", help="pre-shared key")
+    parser.add_argument("--psk", help="pre-shared key [secret]; visible to every user in ps: prefer "
+                                      f"--psk-file or ${PSK_ENVIRONMENT}")
+    parser.add_argument("--psk-file", metavar="FILE",
+                        help=f"read the pre-shared key from the first line of FILE (mode 0600); "
+                             f"without --psk or --psk-file, ${PSK_ENVIRONMENT} gives it")
     parser.add_argument("--cert", metavar="FILE",
                         help="X.509 certificate every peer signs with (RSA; with --key and --ca, instead of --psk)")
     parser.add_argument("--key", metavar="FILE", help="the certificate's RSA private key (PEM or DER)")
@@ -51,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--timeout", type=float, default=30.0, help="negotiation timeout per peer")
     parser.add_argument("--retransmit-timeout", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--first-address", default="127.1.0.1", help="first peer address (127.x.y.z)")
+    parser.add_argument("--nat-t", choices=("auto", "force", "off"), default="auto",
+                        help="NAT traversal of every peer: detect (auto), always float to the NAT-T port "
+                             "and encapsulate (force), or off")
+    parser.add_argument("--natt-port", type=int, metavar="PORT",
+                        help="the gateway's NAT-T port (default 4500 when the target is on 500, else the target's)")
     parser.add_argument("--local-port", type=int, default=0, help="UDP port of every peer (default ephemeral)")
     parser.add_argument("--workers", type=int, default=1,
                         help="generator processes, each with a share of the peers and its own socket")
@@ -72,11 +81,13 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
     """The ``ikecore loadtest`` flags as a LoadSpec (ConfigError names a wrong flag)."""
     faults = Faults(drop=args.drop, duplicate=args.duplicate, corrupt=args.corrupt, delay=args.delay,
                     delay_seconds=args.delay_seconds, wrong_psk=args.wrong_psk)
-    return LoadSpec(target=parse_endpoint(args.target, 500, "target"), peers=args.peers, psk=args.psk,
+    return LoadSpec(target=parse_endpoint(args.target, 500, "target"), peers=args.peers,
+                    psk=psk_from_flags(args.psk, args.psk_file) or "secret",
                     ike=args.ike, esp=args.esp, quick_modes=0 if args.no_quick_mode else args.quick_modes,
                     rate=args.rate, concurrency=args.concurrency, ramp=args.ramp, duration=args.duration,
                     timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
                     max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
+                    nat_t=args.nat_t, natt_port=args.natt_port,
                     seed=args.seed, credentials=credentials_from_flags(args.cert, args.key, args.ca))
 
 

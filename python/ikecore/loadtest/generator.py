@@ -113,6 +113,11 @@ class LoadSpec:
     first_address: str = "127.1.0.1"
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    #: NAT traversal of every peer: "auto" (detect), "force" (float to the NAT-T port and
+    #: encapsulate whether or not a NAT is seen) or "off".
+    nat_t: str = "auto"
+    #: the gateway's NAT-T port to float to (None: 4500 when the target is on 500, else the target's port)
+    natt_port: int | None = None
     #: RSA signatures instead of the pre-shared key.
     credentials: Credentials | None = field(default=None, repr=False, compare=False)
 
@@ -127,6 +132,10 @@ class LoadSpec:
             raise ConfigError("--rate", "must be a positive number of peers per second")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError("--concurrency", "must be at least 1")
+        if self.nat_t not in ("auto", "force", "off"):
+            raise ConfigError("--nat-t", f"{self.nat_t!r} is not auto, force or off")
+        if self.natt_port is not None and not 1 <= self.natt_port <= 65535:
+            raise ConfigError("--natt-port", "must be a UDP port (1 to 65535)")
         if not 0 <= self.quick_modes <= 64:
             raise ConfigError("--quick-modes", "must be between 0 and 64")
         for name in ("ramp", "timeout", "retransmit_timeout", "max_seconds"):
@@ -230,7 +239,8 @@ class LoadTest:
     def _config(self, psk: str, timing: Timing) -> Config:
         signatures = self.spec.credentials is not None
         return config_from_flags(psk="" if signatures else psk, ike=self.spec.ike, esp=self.spec.esp, listen=(),
-                                 remote=self.spec.target[0], timing=timing, credentials=self.spec.credentials)
+                                 remote=self.spec.target[0], timing=timing, credentials=self.spec.credentials,
+                                 nat_traversal=self.spec.nat_t)
 
     # --- schedule -------------------------------------------------------------------------
 
@@ -290,7 +300,7 @@ class LoadTest:
         peer.state = PeerState.MAIN_MODE
         self._in_flight += 1
         peer.handle = engine.initiate(self.spec.target, local=(peer.address, self.local_port), now=now,
-                                      quick_mode=self.spec.quick_modes > 0)
+                                      quick_mode=self.spec.quick_modes > 0, natt_port=self.spec.natt_port)
         self._by_handle[(id(engine), peer.handle)] = peer
 
     # --- I/O surface ----------------------------------------------------------------------

@@ -1,12 +1,21 @@
-"""``ikecore monitor`` and the gateway's monitoring services.
+"""``ikecore monitor``, ``ikecore terminate`` and the gateway's monitoring services.
 
 ``ikecore monitor main-mode|quick-mode VIEW [--control PATH] [--columns ...]
-[--sort COL[:desc]] [--format table|json|csv] [--watch]`` asks a running gateway's control
-socket and prints the view. ``--columns`` takes keys in the order to show, ``+key`` to add
-one to the defaults, ``-key`` to remove one (write ``--columns=-key``) or ``all``; JSON shows
-every column unless told otherwise. ``--watch`` redraws every ``--interval`` seconds.
+[--sort COL[:desc]] [--where COLUMN=VALUE ...] [--limit N] [--format table|json|csv]
+[--watch]`` asks a running gateway's control socket and prints the view. ``--columns``
+takes keys in the order to show, ``+key`` to add one to the defaults, ``-key`` to remove
+one (write ``--columns=-key``) or ``all``; JSON shows every column unless told otherwise.
+``--where`` (repeatable, all must hold) keeps the rows whose column has that value (an
+address or a CIDR on address columns such as ``me`` and ``peer``), ``--limit`` the first N
+rows; the gateway filters, so the answer carries only those rows. ``--watch`` redraws
+every ``--interval`` seconds. A gateway of several worker processes names, after the
+rows, each worker that did not answer (on stderr for JSON and CSV).
 
-``start_services`` opens what ``ikecore serve --control/--metrics`` asks for; ``demo_report``
+``ikecore terminate [--control PATH] --where COLUMN=VALUE ...`` deletes the matching ISAKMP
+SAs with their IPsec SAs (the peers get Delete notifications) and prints how many.
+
+``start_services`` opens what ``ikecore serve --control/--metrics`` asks for,
+``start_fleet_services`` the same for the parent of ``--workers N``; ``demo_report``
 prints the statistics and security associations at the end of ``make run``.
 """
 
@@ -18,19 +27,26 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ikecore.errors import ConfigError
-from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path
+from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path, worker_notices
 from ikecore.monitor.text import VIEWS, render
 
 if TYPE_CHECKING:
     from ikecore.monitor.control import ControlServer
+    from ikecore.monitor.fanout import FanoutServer
     from ikecore.monitor.views import Views
 
-__all__ = ["add_parser", "run", "main", "start_services", "Services", "demo_report"]
+__all__ = ["add_parser", "add_terminate_parser", "run", "terminate", "main", "terminate_main", "start_services",
+           "Services", "start_fleet_services", "FleetServices", "demo_report"]
 
 
 def add_parser(sub: Any) -> None:
     """The ``monitor`` sub-command of ``ikecore`` (``ikecore.cli.main``)."""
     _add_arguments(sub.add_parser("monitor", help="show a running gateway's IP Security Monitor views"))
+
+
+def add_terminate_parser(sub: Any) -> None:
+    """The ``terminate`` sub-command of ``ikecore`` (``ikecore.cli.main``)."""
+    _add_terminate_arguments(sub.add_parser("terminate", help="delete a running gateway's matching SAs"))
 
 
 def main(argv: list[str]) -> int:
@@ -39,14 +55,31 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ikecore monitor", description="show a running gateway's IP Security "
                                                                          "Monitor views")
     _add_arguments(parser)
-    args = parser.parse_args(argv)
+    return _main("monitor", run, parser.parse_args(argv))
+
+
+def terminate_main(argv: list[str]) -> int:
+    """``ikecore terminate ARGS`` on its own (``ikecore.cli.entry``), as ``main``."""
+    parser = argparse.ArgumentParser(prog="ikecore terminate", description="delete a running gateway's ISAKMP "
+                                     "SAs that match every --where, with their IPsec SAs")
+    _add_terminate_arguments(parser)
+    return _main("terminate", terminate, parser.parse_args(argv))
+
+
+def _main(name: str, command: Any, args: argparse.Namespace) -> int:
     try:
-        return run(args)
+        return int(command(args))
     except ConfigError as exc:
-        print(f"ikecore monitor: {exc}", file=sys.stderr)
+        print(f"ikecore {name}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _add_where(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                        help=f"{what} whose COLUMN has VALUE (an address or a CIDR for me, peer and other "
+                             "address columns); repeatable, all must hold")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +90,32 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", metavar="COLS",
                         help="comma-separated keys in order; +key adds, -key removes (--columns=-key), all")
     parser.add_argument("--sort", metavar="COLUMN[:desc]")
+    _add_where(parser, "only the rows")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N rows (the first N after --sort)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
     parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch period")
     parser.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N redraws")
     parser.set_defaults(handler=run)
+
+
+def _add_terminate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--control", metavar="PATH", help="the gateway's control socket")
+    _add_where(parser, "delete the ISAKMP SAs (Main Mode security-associations columns)")
+    parser.set_defaults(handler=terminate)
+
+
+def _check_where(where: list[str] | None) -> list[str] | None:
+    for item in where or ():
+        column, equals, _value = item.partition("=")
+        if not equals or not column.strip():
+            raise ConfigError("--where", f"takes COLUMN=VALUE, e.g. --where peer=192.0.2.7, not {item!r}")
+    return where
+
+
+def _exit_status(message: str) -> int:
+    """2 for a request the gateway refused (a bad column, sort, view, condition), else 1."""
+    return 2 if any(word in message for word in ("column", "sort", "view", "where", "limit", "mode")) else 1
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -71,11 +125,20 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise ConfigError("VIEW", f"{args.mode} views are {', '.join(VIEWS[args.mode])}")
     if args.interval <= 0:
         raise ConfigError("--interval", "must be a positive number of seconds")
+    where = _check_where(getattr(args, "where", None))
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 0:
+        raise ConfigError("--limit", "must be a whole number of rows, 0 or more")
     path = args.control or default_control_path()
-    payload = {"op": "view", "mode": args.mode, "view": args.view, "columns": args.columns, "sort": args.sort,
-               "all_columns": args.format == "json" and args.columns is None}
+    payload: dict[str, Any] = {"op": "view", "mode": args.mode, "view": args.view, "columns": args.columns,
+                               "sort": args.sort, "all_columns": args.format == "json" and args.columns is None}
+    if where:
+        payload["where"] = where
+    if limit is not None:
+        payload["limit"] = limit
     # JSON of a list view is the answer's rows as the gateway encoded them: copied through.
     passthrough = args.format == "json" and args.view != "statistics" and not args.watch
+    notices_to = out if args.format == "table" else sys.stderr
     shown = 0
     client: ControlClient | None = None
     while True:
@@ -83,9 +146,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if client is None:
                 client = ControlClient(path)
             line = client.request_line(payload)
-            rows = client.rows_json(line) if passthrough else None
-            if rows is not None:
-                _write_bytes(out, rows + b"\n")
+            span = client.rows_span(line) if passthrough else None
+            if span is not None:
+                head, start, end = span
+                _write_bytes(out, memoryview(line)[start:end], b"\n")
+                _notify(notices_to, head)
                 client.close()
                 return 0
             result = client.parse(line)
@@ -94,13 +159,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(f"ikecore monitor: {message}", file=sys.stderr)
             if client is not None:
                 client.close()
-            return 2 if "column" in message or "sort" in message or "view" in message else 1
+            return _exit_status(message)
         text = render(result, args.format)
         if args.watch:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"\x1b[H\x1b[2J{args.mode} {args.view} at {stamp} ({len(result['rows'])} rows)\n")
         out.write(text + "\n")
         out.flush()
+        _notify(notices_to, result)
         shown += 1
         if not args.watch or (args.count is not None and shown >= args.count):
             client.close()
@@ -112,14 +178,47 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             return 0
 
 
-def _write_bytes(out: TextIO, data: bytes) -> None:
+def terminate(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """The ``terminate`` sub-command: exit 0 (however many were deleted), 1 (gateway
+    unreachable) or 2 (no or a bad ``--where``)."""
+    out = out or sys.stdout
+    where = _check_where(args.where)
+    if not where:
+        raise ConfigError("--where", "say which SAs to delete, e.g. --where peer=ADDR (repeatable; every SA "
+                                     "matching all of them is deleted)")
+    path = args.control or default_control_path()
+    try:
+        with ControlClient(path) as client:
+            answer = client.request({"op": "terminate", "where": where})
+    except ControlError as exc:
+        message = str(exc)
+        print(f"ikecore terminate: {message}", file=sys.stderr)
+        return _exit_status(message)
+    deleted = int(answer.get("deleted", 0))
+    out.write(f"terminated {deleted} ISAKMP SA{'' if deleted == 1 else 's'}\n")
+    out.flush()
+    for notice in worker_notices(answer):
+        print(notice.replace("showing the other workers", "its SAs are untouched"), file=sys.stderr)
+    return 0
+
+
+def _notify(out: TextIO, answer: dict[str, Any]) -> None:
+    """The workers that did not answer, one line each, after the rows."""
+    notices = worker_notices(answer)
+    if notices:
+        out.write("".join(f"{line}\n" for line in notices))
+        out.flush()
+
+
+def _write_bytes(out: TextIO, *pieces: bytes | memoryview) -> None:
     buffer = getattr(out, "buffer", None)
     if buffer is not None:
         out.flush()
-        buffer.write(data)
+        for piece in pieces:
+            buffer.write(piece)
         buffer.flush()
     else:
-        out.write(data.decode())
+        out.write("".join(bytes(piece).decode() for piece in pieces))
         out.flush()
 
 
@@ -142,10 +241,10 @@ class Services:
             self.views.dns.close()
 
 
-async def start_services(gateway: Any, control: str | None, metrics: str | None) -> Services:
+async def start_services(gateway: Any, control: str | None, metrics: str | None, options: Any = None) -> Services:
     """Open the control socket (``control``: a path, '' for the default, None for none) and
-    the metrics endpoint (``metrics``: ADDR:PORT or None) of ``gateway``."""
-    from ikecore.config import parse_endpoint  # the gateway side: imported only by ``serve`` and tests
+    the metrics endpoint (``metrics``: ADDR:PORT or None) of ``gateway``; ``options``: the
+    ``serve`` flags (``--metrics-per-sa`` ...: ``ikecore.monitor.exporters.MetricsOptions``)."""
     from ikecore.monitor.control import ControlServer
     from ikecore.monitor.counters import Statistic
     from ikecore.monitor.views import DnsNameCache, Views
@@ -156,25 +255,103 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None)
     services = Services(views)
     if control is not None:
         path = control or default_control_path()
-        services.control = ControlServer(views)
+        services.control = ControlServer(views, gateway=gateway)  # ``terminate`` deletes through the gateway
         try:
             await services.control.start(path)
         except OSError as exc:
             raise ConfigError("--control", f"cannot serve {path}: {exc}") from None
         print(f"ikecore serve: control socket {path}", file=sys.stderr, flush=True)
-    if metrics is not None:
-        from ikecore.monitor.exporters import IkecoreCollector, MetricsServer, make_registry  # only when asked
+    if metrics is not None or services.control is not None:
+        # /metrics when asked, and on every control socket the "metrics" operation: the
+        # exposition as JSON, which the parent of a gateway's workers merges into one /metrics.
+        from ikecore.monitor.exporters import (
+            IkecoreCollector,
+            MetricsOptions,
+            control_op,
+            make_registry,
+            start_metrics_server,
+        )
 
-        host, port = parse_endpoint(metrics, 9500, "--metrics")
-        services.metrics = MetricsServer(make_registry(IkecoreCollector(
-            monitor, gateway.engine, clock=gateway.loop.time, sockets=gateway.sockets)))
         try:
-            services.metrics_address = await services.metrics.start(host, port)
-        except OSError as exc:
+            chosen = MetricsOptions.from_args(options, gateway.engine.config)
+        except ConfigError:
             services.close()
-            raise ConfigError("--metrics", f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        print(f"ikecore serve: metrics at http://{host}:{services.metrics_address[1]}/metrics",
-              file=sys.stderr, flush=True)
+            raise
+        collector = IkecoreCollector(monitor, gateway.engine, clock=gateway.loop.time, sockets=gateway.sockets,
+                                     per_sa_limit=chosen.per_sa, faults=gateway.faults)
+        if services.control is not None:
+            services.control.extra_ops.setdefault("metrics", control_op(collector))
+        if metrics is not None:
+            try:
+                services.metrics, services.metrics_address = await start_metrics_server(
+                    make_registry(collector), metrics, chosen)
+            except ConfigError:
+                services.close()
+                raise
+    return services
+
+
+class FleetServices:
+    """The monitoring services of the parent of a gateway's worker processes: the fan-out
+    control socket (``ikecore.monitor.fanout.FanoutServer``, there even without a socket:
+    its ``gather`` asks the workers) and the fleet's metrics; ``close()`` stops them."""
+
+    def __init__(self, fanout: FanoutServer, metrics: Any = None) -> None:
+        self.fanout = fanout
+        self.control: FanoutServer | None = None
+        self.metrics = metrics  # what ``ikecore.monitor.fleet_metrics.start`` returned
+
+    def close(self) -> None:
+        self.fanout.close()
+        close = getattr(self.metrics, "close", None)
+        if callable(close):
+            close()
+
+
+async def start_fleet_services(supervisor: Any, args: Any = None, metrics: str | None = None,
+                               options: Any = None) -> FleetServices:
+    """Open the control socket and the metrics endpoint of a gateway of worker processes
+    whose parent is ``supervisor`` (``ikecore.gateway.workers.Supervisor``).
+
+    Called ``(supervisor, args)`` with ``ikecore serve``'s parsed flags (``args.control``: a
+    path, '' for the default, None for none, as ``start_services``; ``args.metrics``:
+    ADDR:PORT or None), or ``(supervisor, control, metrics, options)`` with the two values
+    and the flags. The metrics endpoint is ``ikecore.monitor.fleet_metrics.start(fanout, flags)``."""
+    from ikecore.monitor.fanout import FanoutServer  # the gateway side: imported only by ``serve`` and tests
+
+    if args is None or isinstance(args, str):
+        control = args
+        known = vars(options) if isinstance(options, argparse.Namespace) else {}
+        flags = argparse.Namespace(**{**known, "control": control, "metrics": metrics})
+    else:
+        control, metrics, flags = getattr(args, "control", None), getattr(args, "metrics", None), args
+    fanout = FanoutServer(supervisor)
+    services = FleetServices(fanout)
+    if control is not None:
+        path = control or default_control_path()
+        try:
+            await fanout.start(path)
+        except OSError as exc:
+            raise ConfigError("--control", f"cannot serve {path}: {exc}") from None
+        services.control = fanout
+        print(f"ikecore serve: control socket {path} (all workers)", file=sys.stderr, flush=True)
+    if metrics:
+        import importlib
+        import inspect
+
+        try:
+            fleet_metrics = importlib.import_module("ikecore.monitor.fleet_metrics")
+        except ImportError:
+            services.close()
+            raise ConfigError("--metrics", "this build serves no metrics for --workers N; use --workers 1") from None
+        try:
+            started = fleet_metrics.start(fanout, flags)
+            if inspect.isawaitable(started):
+                started = await started
+        except BaseException:
+            services.close()
+            raise
+        services.metrics = started
     return services
 
 

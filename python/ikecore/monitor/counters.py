@@ -17,7 +17,9 @@ gauges follow the same events, so ``statistics()`` is constant time:
 
 Beyond the IP Security Monitor document, ``extended`` counts ``prefix:label...`` keys:
 messages by exchange, number and direction, retransmissions, notifies by type, DPD,
-deletes, failures by phase and reason, invalid packets, driver failures;
+deletes, failures by phase and reason, invalid packets, driver failures, replays by
+reason (``replays:message_id``, ``replays:endpoint``), requests refused by a configured
+limit (``limits:<key of [limits]>``);
 ``phase1_time``/``phase2_time`` are fixed-bucket histograms of negotiation times. The views (``ikecore.monitor.views``) read all of it.
 """
 
@@ -264,6 +266,10 @@ class Monitor:
         elif isinstance(event, (ev.StatelessCookieSent, ev.StatelessCookieVerified, ev.HalfOpenRefused,
                                 ev.HalfOpenDropped, ev.ReplayDropped)):
             x[_FLOOD_COUNTERS[type(event)]] += 1
+            if isinstance(event, ev.ReplayDropped):
+                x[f"replays:{event.reason}"] += 1
+        elif isinstance(event, ev.LimitReached):
+            x[f"limits:{event.limit}"] += 1
         elif isinstance(event, ev.SasRestored):
             for handle, ipsec in event.sas:   # back from the SA store: in the ISADB again
                 self._isadb.add(handle)

@@ -33,6 +33,10 @@ per SA: every listing reads the SA records afresh, in slices of ``SLICE`` SAs.
   consistent in itself (read in one go between two datagrams). Sorting reads the sort
   column in slices too, then orders the SA records once. ``quick_mode_slices`` gives the
   Quick Mode rows one slice of ISAKMP SAs at a time the same way.
+* Conditions (``where``: ``COLUMN=VALUE``, ``Condition``) are tested a column at a time
+  too, before anything else: a listing of one peer among 100,000 SAs reads one column of
+  each SA (and every column of the matching ones only); ``limit`` stops the reading once
+  enough SAs matched when there is no sort.
 """
 
 from __future__ import annotations
@@ -42,32 +46,43 @@ import math
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any
 
 from ikecore import policy, wire
 from ikecore._core import json_rows
 from ikecore.sa import IpsecSa, IsakmpSa, id_to_text
 
-__all__ = ["COLUMNS", "QUICK_MODE_COLUMNS", "MAIN_MODE_ROW", "QUICK_MODE_ROW", "SLICE", "main_mode_row",
+__all__ = ["COLUMNS", "QUICK_MODE_COLUMNS", "MAIN_MODE_ROW", "QUICK_MODE_ROW", "ADDRESS_COLUMNS", "SLICE",
+           "Condition", "parse_where", "filtered", "select_sas", "worker_of", "main_mode_row",
            "main_mode_rows", "quick_mode_rows", "columns_of", "rows", "json_slices", "json_array",
            "quick_mode_slices", "join", "sort_key"]
 
+_SA_COLUMNS = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity", "diffie_hellman",
+               "initiator_cookie", "responder_cookie", "state", "role", "created", "lifetime_left", "nat",
+               "vendor_ids", "quick_modes", "local_port", "peer_port", "exchange", "nat_t", "encapsulated", "dpd")
+_PAIR_COLUMNS = ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman", "spi_in", "spi_out",
+                 "mode", "local_ts", "remote_ts", "my_id", "peer_id", "authentication", "initiator_cookie",
+                 "responder_cookie", "created", "lifetime_left", "lifetime_kilobytes")
+
 #: Every column of the Main Mode security-associations view, in the IP Security Monitor
-#: document's order (its columns first).
-COLUMNS = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity", "diffie_hellman",
-           "initiator_cookie", "responder_cookie", "state", "role", "created", "lifetime_left", "nat",
-           "vendor_ids", "quick_modes", "local_port", "peer_port", "exchange", "nat_t", "encapsulated", "dpd")
+#: document's order (its columns first), then ``worker``: the index of the gateway's worker
+#: process that holds the SA (``Engine.worker``; 0 in a gateway of one process).
+COLUMNS = (*_SA_COLUMNS, "worker")
 
-#: Every column of the Quick Mode security-associations view, in the same document's order.
-QUICK_MODE_COLUMNS = ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman", "spi_in", "spi_out",
-                      "mode", "local_ts", "remote_ts", "my_id", "peer_id", "authentication", "initiator_cookie",
-                      "responder_cookie", "created", "lifetime_left", "lifetime_kilobytes")
+#: Every column of the Quick Mode security-associations view, in the same document's order,
+#: then ``worker``.
+QUICK_MODE_COLUMNS = (*_PAIR_COLUMNS, "worker")
 
-#: The keys of one SA's row (``main_mode_row``, ``quick_mode_rows``): the view's columns and
-#: whether a newer SA took over.
-MAIN_MODE_ROW = (*COLUMNS, "rekeyed")
-QUICK_MODE_ROW = (*QUICK_MODE_COLUMNS, "rekeyed")
+#: The keys of one SA's row (``main_mode_row``, ``quick_mode_rows``): the view's columns but
+#: ``worker`` (an SA record does not know its process), and whether a newer SA took over.
+MAIN_MODE_ROW = (*_SA_COLUMNS, "rekeyed")
+QUICK_MODE_ROW = (*_PAIR_COLUMNS, "rekeyed")
+
+#: Columns that hold an address (or a network, a traffic selector): a condition on one of
+#: them takes an address or a CIDR and holds when the two overlap.
+ADDRESS_COLUMNS = frozenset({"me", "peer", "local_ts", "remote_ts", "source", "destination",
+                             "source_tunnel_endpoint", "destination_tunnel_endpoint"})
 
 #: SA records per slice: what one turn of the gateway's event loop handles at most.
 SLICE = 2000
@@ -85,11 +100,11 @@ def _vendor_names(vids: Sequence[bytes]) -> list[str]:
 class _Memo:
     """What one listing computes once for many SAs (its clocks and the shared values)."""
 
-    __slots__ = ("now", "wall", "suites", "suite_values", "proposals", "vendors", "seconds", "ids", "slice",
-                 "slice_suites", "children", "children_proposals", "subjects", "names", "keep")
+    __slots__ = ("now", "wall", "worker", "suites", "suite_values", "proposals", "vendors", "seconds", "ids",
+                 "slice", "slice_suites", "children", "children_proposals", "subjects", "names", "keep")
 
-    def __init__(self, now: float, wall: float) -> None:
-        self.now, self.wall = now, wall
+    def __init__(self, now: float, wall: float, worker: int = 0) -> None:
+        self.now, self.wall, self.worker = now, wall, worker
         # Memos keyed by id() hold their object in ``keep``: an SA deleted between two
         # slices cannot free it and let a new object take its id during the listing.
         self.keep: list[Any] = []
@@ -252,6 +267,7 @@ _SHOWN: dict[str, _Builder] = {
     # The names of ``_vendor_names`` joined, once per distinct list of vendor IDs.
     "vendor_ids": lambda sas, m: [(m.vendors.get(tuple(v)) or m.vendor_text(v)) if (v := sa.vendor_ids) else ""
                                   for sa in sas],
+    "worker": lambda sas, m: [m.worker] * len(sas),
 }
 
 #: The view's builder of each column.
@@ -301,9 +317,14 @@ _QUICK_MODE: dict[str, _QuickBuilder] = {
 }
 assert tuple(_QUICK_MODE) == QUICK_MODE_ROW
 
+#: Quick Mode columns that are their ISAKMP SA's Main Mode column (shown alike).
+_OF_ISAKMP_SA = frozenset({"me", "peer", "my_id", "peer_id", "authentication", "initiator_cookie",
+                           "responder_cookie", "worker"})
+
 _QUICK_MODE_SHOWN: dict[str, _QuickBuilder] = {
     "created": lambda owners, children, m: m.iso_of(_QUICK_MODE["created"](owners, children, m)),
     "lifetime_left": lambda owners, children, m: _whole_seconds(_QUICK_MODE["lifetime_left"](owners, children, m)),
+    "worker": lambda owners, children, m: [m.worker] * len(children),
 }
 _QUICK_MODE_VIEW: dict[str, _QuickBuilder] = {c: _QUICK_MODE_SHOWN.get(c) or _QUICK_MODE[c]
                                               for c in QUICK_MODE_COLUMNS}
@@ -349,28 +370,162 @@ def quick_mode_rows(sas: Iterable[IsakmpSa], now: float) -> list[dict[str, Any]]
     return _dicts(QUICK_MODE_ROW, [_QUICK_MODE[c](owners, children, memo) for c in QUICK_MODE_ROW])
 
 
+# --- conditions: COLUMN=VALUE, tested a column at a time ----------------------------------
+
+
+class Condition:
+    """One ``COLUMN=VALUE`` of a listing's ``where``, tested against the values of one column
+    as the view shows them (``matches``: a whole column at a time, no row built).
+
+    On an address column (``ADDRESS_COLUMNS``) VALUE is an address or a CIDR; the condition
+    holds when the shown address (or network, or traffic selector) overlaps it: ``peer=192.0.2.7``
+    is that peer, ``peer=192.0.2.0/24`` any peer in that network. On any other column VALUE
+    is the value as shown, exactly (numbers in decimal, ``true``/``false``, empty for none).
+    """
+
+    __slots__ = ("column", "text", "host", "network", "_mask", "_base")
+
+    def __init__(self, column: str, text: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network | None) -> None:
+        self.column = column
+        self.text = text
+        self.network = network
+        #: the address's text when VALUE is one address: compared as text, in C
+        self.host = str(network.network_address) if network is not None and \
+            network.prefixlen == network.max_prefixlen else None
+        self._mask = int(network.netmask) if network is not None else 0
+        self._base = int(network.network_address) if network is not None else 0
+
+    def __repr__(self) -> str:
+        return f"Condition({self.column}={self.text})"
+
+    def matches(self, values: list[Any]) -> list[bool]:
+        """Whether each of a column's shown values satisfies the condition."""
+        if self.network is None:
+            text = self.text
+            return [value == text or (value.__class__ is not str and _shown_text(value) == text) for value in values]
+        host, overlaps = self.host, self._overlaps
+        if host is not None:
+            return [value == host or (value.__class__ is str and ("/" in value or "[" in value) and overlaps(value))
+                    for value in values]
+        return [overlaps(value) for value in values]
+
+    def _overlaps(self, value: Any) -> bool:
+        network = self.network
+        assert network is not None
+        if value.__class__ is not str or not value:
+            return False
+        if network.version == 4:
+            try:  # a dotted quad, in C: the common case
+                number = int.from_bytes(_pton(_INET, value), "big")
+            except OSError:
+                pass
+            else:
+                return number & self._mask == self._base
+        try:
+            shown = ipaddress.ip_network(value.partition("[")[0], strict=False)
+        except ValueError:  # a keyword ("me", "any"...) or a name
+            return False
+        return shown.version == network.version and shown.overlaps(network)
+
+
+def _shown_text(value: Any) -> str:
+    """A value as a condition compares it: JSON's words for booleans, empty for none."""
+    if value is None:
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def parse_where(where: Sequence[str] | str | None, known: Sequence[str], what: str) -> list[Condition]:
+    """``["COLUMN=VALUE", ...]`` (or one such string) as conditions on the columns ``known``
+    of the view ``what``; raises ValueError (a ``ViewError`` upstairs) naming the column and
+    the known ones, or the malformed condition."""
+    if where is None:
+        return []
+    items = [where] if isinstance(where, str) else list(where)
+    conditions: list[Condition] = []
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"where takes COLUMN=VALUE (e.g. peer=192.0.2.7), not {item!r}")
+        column, _, text = item.partition("=")
+        column, text = column.strip(), text.strip()
+        if column not in known:
+            raise ValueError(f"unknown column {column!r} in where of {what}; columns: {', '.join(known)}")
+        network = None
+        if column in ADDRESS_COLUMNS:
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                if column in ("me", "peer"):
+                    raise ValueError(f"where {column}={text}: give an address or a CIDR, e.g. {column}=192.0.2.7 "
+                                     f"or {column}=192.0.2.0/24") from None
+        elif text in ("True", "False"):
+            text = text.lower()  # as a table shows booleans
+        conditions.append(Condition(column, text, network))
+    return conditions
+
+
+def filtered(sas: list[IsakmpSa], conditions: Sequence[Condition], memo: _Memo) -> list[IsakmpSa]:
+    """The SA records of ``sas`` whose Main Mode row satisfies every condition (a column at
+    a time: each condition reads only the SAs the ones before it kept)."""
+    for condition in conditions:
+        if not sas:
+            break
+        sas = list(compress(sas, condition.matches(_VIEW[condition.column](sas, memo))))
+    return sas
+
+
+def select_sas(engine: Any, conditions: Sequence[Condition], now: float, wall: float | None = None,
+               slice_size: int = SLICE) -> Iterator[list[IsakmpSa]]:
+    """The engine's SA records that satisfy ``conditions`` (Main Mode columns), one list per
+    slice of ``slice_size`` SAs (empty lists too: the caller may yield between two)."""
+    memo = _Memo(now, now if wall is None else wall, worker_of(engine))
+    sas = engine.sas()
+    for start in range(0, len(sas), slice_size):
+        yield filtered(sas[start:start + slice_size], conditions, memo)
+
+
+def worker_of(engine: Any) -> int:
+    """The index of the worker process whose engine this is (0 in a gateway of one process)."""
+    worker = getattr(engine, "worker", None)
+    return int(worker[0]) if worker else 0
+
+
 # --- the views: columns as shown, in slices ------------------------------------------------
 
 
 def columns_of(sas: list[IsakmpSa], columns: Sequence[str], now: float, wall: float,
-               memo: _Memo | None = None, *, for_json: bool = False) -> list[list[Any]]:
+               memo: _Memo | None = None, *, for_json: bool = False, worker: int = 0) -> list[list[Any]]:
     """One list of values per requested Main Mode column for ``sas``, as the views show them
-    (``now``: the engine's clock, ``wall``: the same instant as Unix time). ``for_json``:
-    values for ``json_rows``, which writes bytes as hex itself. Raises KeyError for an
-    unknown column."""
-    memo = memo or _Memo(now, wall)
+    (``now``: the engine's clock, ``wall``: the same instant as Unix time, ``worker``: the
+    worker index of the engine holding them). ``for_json``: values for ``json_rows``, which
+    writes bytes as hex itself. Raises KeyError for an unknown column."""
+    memo = memo or _Memo(now, wall, worker)
     if for_json:
         return [(_RAW_FOR_JSON.get(c) or _VIEW[c])(sas, memo) for c in columns]
     return [_VIEW[c](sas, memo) for c in columns]
 
 
-def quick_mode_slices(engine: Any, now: float, wall: float, slice_size: int = SLICE) -> Iterator[list[dict[str, Any]]]:
-    """The Quick Mode view's rows (every column of ``QUICK_MODE_COLUMNS``, as shown), one
-    list per slice of ``slice_size`` ISAKMP SAs; each slice is read when it is built."""
-    memo = _Memo(now, wall)
+def quick_mode_slices(engine: Any, now: float, wall: float, slice_size: int = SLICE,
+                      where: Sequence[Condition] = ()) -> Iterator[list[dict[str, Any]]]:
+    """The Quick Mode view's rows (every column of ``QUICK_MODE_COLUMNS``, as shown) that
+    satisfy ``where`` (Quick Mode columns), one list per slice of ``slice_size`` ISAKMP
+    SAs; each slice is read when it is built."""
+    memo = _Memo(now, wall, worker_of(engine))
     sas = engine.sas()
+    # Conditions on the ISAKMP SA's own columns are tested on the ISAKMP SAs first.
+    owned = [c for c in where if c.column in _OF_ISAKMP_SA]
+    where = [c for c in where if c.column not in _OF_ISAKMP_SA]
     for start in range(0, len(sas), slice_size):
-        owners, children = _ipsec_pairs(sas[start:start + slice_size])
+        owners, children = _ipsec_pairs(filtered(sas[start:start + slice_size], owned, memo))
+        for condition in where:
+            if not children:
+                break
+            keep = condition.matches(_QUICK_MODE_VIEW[condition.column](owners, children, memo))
+            owners, children = list(compress(owners, keep)), list(compress(children, keep))
         yield _dicts(QUICK_MODE_COLUMNS, [_QUICK_MODE_VIEW[c](owners, children, memo) for c in QUICK_MODE_COLUMNS])
 
 
@@ -409,28 +564,43 @@ def _sorted(sas: list[IsakmpSa], sort: tuple[str, bool] | None,
     yield [sas[i] for i in order]
 
 
-def _plan(engine: Any, sort: tuple[str, bool] | None, now: float, wall: float,
-          slice_size: int) -> Iterator[tuple[list[IsakmpSa], _Memo] | None]:
-    memo = _Memo(now, wall)
+def _plan(engine: Any, sort: tuple[str, bool] | None, now: float, wall: float, slice_size: int,
+          where: Sequence[Condition] = (), limit: int | None = None) -> Iterator[tuple[list[IsakmpSa], _Memo] | None]:
+    """Yields None between slices of work (filtering, sorting), then the SA records to list,
+    one slice at a time, each with the listing's memo."""
+    memo = _Memo(now, wall, worker_of(engine))
     sas = engine.sas()
+    if where:
+        kept: list[IsakmpSa] = []
+        for start in range(0, len(sas), slice_size):
+            kept += filtered(sas[start:start + slice_size], where, memo)
+            if limit is not None and sort is None and len(kept) >= limit:
+                break  # the first ``limit`` SAs that match are all the listing shows
+            yield None
+        sas = kept
     ordered: list[IsakmpSa] = []
     for step in _sorted(sas, sort, memo, slice_size):
         if step is None:
             yield None
         else:
             ordered = step
+    if limit is not None:
+        ordered = ordered[:limit]
     for start in range(0, len(ordered), slice_size):
         part = [sa for sa in ordered[start:start + slice_size] if engine.sa(sa.handle) is sa]
         yield part, memo
 
 
 def json_slices(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | None, now: float, wall: float,
-                slice_size: int = SLICE) -> Iterator[bytes]:
-    """The Main Mode listing as JSON fragments, one per slice (``b""`` while sorting):
-    comma-separated row objects, to be joined with ``b","`` inside ``[...]``. The caller
-    may let other work run between two fragments; each SA is read when its slice is built."""
+                slice_size: int = SLICE, where: Sequence[Condition] = (),
+                limit: int | None = None) -> Iterator[bytes]:
+    """The Main Mode listing as JSON fragments, one per slice (``b""`` while filtering or
+    sorting): comma-separated row objects, to be joined with ``b","`` inside ``[...]``.
+    Only the SAs that satisfy ``where`` are listed, at most ``limit`` of them (after the
+    sort). The caller may let other work run between two fragments; each SA is read when
+    its slice is built."""
     keys = list(columns)
-    for step in _plan(engine, sort, now, wall, slice_size):
+    for step in _plan(engine, sort, now, wall, slice_size, where, limit):
         if step is None:
             yield b""
             continue
@@ -451,22 +621,20 @@ def join(fragments: Iterable[bytes]) -> bytes:
 
 
 def json_array(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | None, now: float,
-               wall: float) -> bytes:
+               wall: float, where: Sequence[Condition] = (), limit: int | None = None) -> bytes:
     """The whole Main Mode listing as one JSON array, in one go (built in slices all the
     same: a few MB of JSON at a time stay in the processor's caches and the allocator's pools)."""
-    return join(json_slices(engine, columns, sort, now, wall))
+    return join(json_slices(engine, columns, sort, now, wall, where=where, limit=limit))
 
 
 def rows(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | None, now: float,
-         wall: float) -> list[dict[str, Any]]:
+         wall: float, where: Sequence[Condition] = (), limit: int | None = None) -> list[dict[str, Any]]:
     """The Main Mode listing as dicts with the keys ``columns``, as the views show them
     (tables, CSV, in-process callers)."""
     names = list(columns)
     out: list[dict[str, Any]] = []
-    for step in _plan(engine, sort, now, wall, 1 << 30):
+    for step in _plan(engine, sort, now, wall, 1 << 30, where, limit):
         if step is not None:
             part, memo = step
-            out += _dicts(names, columns_of(part, names, now, wall, memo))
-    if not names:
-        return [{} for _sa in engine.sas()]
+            out += _dicts(names, columns_of(part, names, now, wall, memo)) if names else [{} for _sa in part]
     return out

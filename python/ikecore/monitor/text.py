@@ -12,8 +12,6 @@ import csv
 import io
 from typing import Any
 
-import orjson
-
 __all__ = ["MM", "QM", "VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "ViewError", "column_title", "render", "dumps"]
 
 
@@ -43,7 +41,7 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
                                     "integrity", "diffie_hellman", "initiator_cookie", "responder_cookie",
                                     "state", "role", "created", "lifetime_left", "nat", "vendor_ids",
                                     "quick_modes", "local_port", "peer_port", "exchange", "nat_t",
-                                    "encapsulated", "dpd"),
+                                    "encapsulated", "dpd", "worker"),
     (QM, "generic-filters"): ("name", "source", "destination", "source_port", "destination_port",
                               "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
                               "quick_mode_policy", "mode"),
@@ -55,7 +53,7 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (QM, "security-associations"): ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman",
                                     "spi_in", "spi_out", "mode", "local_ts", "remote_ts", "my_id",
                                     "peer_id", "authentication", "initiator_cookie", "responder_cookie",
-                                    "created", "lifetime_left", "lifetime_kilobytes"),
+                                    "created", "lifetime_left", "lifetime_kilobytes", "worker"),
     (MM, "counters"): ("counter", "value"),
     (QM, "counters"): ("counter", "value"),
 }
@@ -84,13 +82,15 @@ _MORE_NAMES = {
     "protocol": "Protocol", "source_dns_name": "Source DNS Name", "destination_dns_name": "Destination DNS Name",
     "counter": "Counter", "lifetime_kilobytes": "Lifetime (KB)", "quick_modes": "Quick Modes",
     "exchange": "Exchange", "nat_t": "NAT-T", "encapsulated": "UDP Encapsulated", "dpd": "DPD",
+    "worker": "Worker",
 }
 
 def column_title(key: str) -> str:
     """The header a table shows for a column key."""
     title = _MORE_NAMES.get(key)
     if title is None:
-        from ikecore.monitor.counters import display_name  # the IP Security Monitor document's names of the SA columns and statistics
+        # the IP Security Monitor document's names of the SA columns and statistics
+        from ikecore.monitor.counters import display_name
 
         title = display_name(key)
     return title
@@ -98,6 +98,8 @@ def column_title(key: str) -> str:
 
 def dumps(value: Any) -> str:
     """JSON text (orjson: a 100,000-SA listing encodes in tens of milliseconds)."""
+    import orjson  # on use: a monitor client that copies the gateway's JSON through needs none
+
     return orjson.dumps(value, default=str).decode()
 
 

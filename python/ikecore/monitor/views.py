@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import compress
 from typing import Any
 
 import orjson
@@ -41,12 +42,17 @@ from ikecore.monitor.hostinfo import HostConfig
 from ikecore.monitor.text import COLUMNS, DEFAULT_COLUMNS, MM, QM, VIEWS, ViewError, column_title, dumps, render
 
 __all__ = ["VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "Views", "DnsNameCache", "select", "render", "dumps",
-           "parse_columns", "ViewError", "column_title"]
+           "parse_columns", "parse_where", "parse_sort", "parse_limit", "filter_rows", "ViewError", "column_title"]
 
 
 _MM_SA_COLUMNS = COLUMNS[(MM, "security-associations")]
 assert _MM_SA_COLUMNS == sa_listing.COLUMNS
 assert COLUMNS[(QM, "security-associations")] == sa_listing.QUICK_MODE_COLUMNS
+
+
+def parse_sort(sort: str | None, mode: str, view: str) -> tuple[str, bool] | None:
+    """A request's ``sort`` on a view as (column, descending); raises ViewError."""
+    return _parse_sort(sort, COLUMNS[(mode, view)])
 
 
 def _parse_sort(sort: str | None, known: Sequence[str]) -> tuple[str, bool] | None:
@@ -212,15 +218,19 @@ class Views:
     # --- the request entry point ------------------------------------------------------
 
     def query(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
-              sort: str | None = None, *, all_columns: bool = False) -> dict[str, Any]:
-        """One view as ``{"mode", "view", "columns", "rows"}``; raises ViewError."""
+              sort: str | None = None, *, all_columns: bool = False, where: Sequence[str] | str | None = None,
+              limit: int | None = None) -> dict[str, Any]:
+        """One view as ``{"mode", "view", "columns", "rows"}``: the rows that satisfy every
+        ``COLUMN=VALUE`` of ``where`` (``ikecore.monitor.listing.Condition``), sorted, at most
+        ``limit`` of them; raises ViewError."""
         chosen = self._check(mode, view, columns, all_columns)
         order = _parse_sort(sort, COLUMNS[(mode, view)])
+        conditions, limit = parse_where(mode, view, where), parse_limit(limit)
         if (mode, view) == (MM, "security-associations"):
-            rows = self._main_mode_security_associations(chosen, order)
+            rows = sa_listing.rows(self.engine, chosen, order, self.clock(), self.wall(), conditions, limit)
             return {"mode": mode, "view": view, "columns": chosen, "rows": rows}
-        rows = self.rows(mode, view)
-        return {"mode": mode, "view": view, "columns": chosen, "rows": select(rows, chosen, sort)}
+        rows = select(filter_rows(self.rows(mode, view), conditions), chosen, sort)
+        return {"mode": mode, "view": view, "columns": chosen, "rows": rows if limit is None else rows[:limit]}
 
     @staticmethod
     def _check(mode: str, view: str, columns: Sequence[str] | str | None, all_columns: bool) -> list[str]:
@@ -319,17 +329,27 @@ class Views:
                (QM, "security-associations"): "_quick_mode_security_association_slices"}
 
     def listing(self, mode: str, view: str, columns: Sequence[str] | str | None = None, sort: str | None = None,
-                *, all_columns: bool = False, slice_size: int = sa_listing.SLICE) -> tuple[list[str], Iterator[bytes]]:
+                *, all_columns: bool = False, slice_size: int = sa_listing.SLICE,
+                where: Sequence[str] | str | None = None,
+                limit: int | None = None) -> tuple[list[str], Iterator[bytes]]:
         """One view as (columns, its rows as JSON fragments): comma-separated objects, to be
-        joined with ``,`` inside ``[...]``. The request is checked first (raises ViewError);
-        then the work goes one slice of ``slice_size`` SAs (or rows) per fragment, ``b""``
-        while rows are built or sorted, so that the control socket lets the event loop
-        turn between two fragments and negotiations never wait for a long listing."""
+        joined with ``,`` inside ``[...]``; only the rows that satisfy ``where``, at most
+        ``limit`` (as ``query``). The request is checked first (raises ViewError); then the
+        work goes one slice of ``slice_size`` SAs (or rows) per fragment, ``b""`` while rows
+        are filtered, built or sorted, so that the control socket lets the event loop turn
+        between two fragments and negotiations never wait for a long listing."""
         chosen = self._check(mode, view, columns, all_columns)
         order = _parse_sort(sort, COLUMNS[(mode, view)])
+        conditions, limit = parse_where(mode, view, where), parse_limit(limit)
         if (mode, view) == (MM, "security-associations"):
-            return chosen, sa_listing.json_slices(self.engine, chosen, order, self.clock(), self.wall(), slice_size)
-        return chosen, self._json_fragments(self._row_slices(mode, view, slice_size), chosen, order, slice_size)
+            return chosen, sa_listing.json_slices(self.engine, chosen, order, self.clock(), self.wall(), slice_size,
+                                                  conditions, limit)
+        if (mode, view) == (QM, "security-associations"):  # filtered a column at a time while built
+            slices = sa_listing.quick_mode_slices(self.engine, self.clock(), self.wall(), max(1, slice_size // 2),
+                                                  conditions)
+            return chosen, self._json_fragments(slices, chosen, order, slice_size, (), limit)
+        return chosen, self._json_fragments(self._row_slices(mode, view, slice_size), chosen, order, slice_size,
+                                            conditions, limit)
 
     def _row_slices(self, mode: str, view: str, slice_size: int) -> Iterator[list[dict[str, Any]]]:
         sliced = self._SLICED.get((mode, view))
@@ -339,10 +359,13 @@ class Views:
 
     @staticmethod
     def _json_fragments(slices: Iterator[list[dict[str, Any]]], columns: list[str], order: tuple[str, bool] | None,
-                        slice_size: int) -> Iterator[bytes]:
+                        slice_size: int, conditions: Sequence[sa_listing.Condition] = (),
+                        limit: int | None = None) -> Iterator[bytes]:
         rows: list[dict[str, Any]] = []
         for part in slices:
-            rows += part
+            rows += filter_rows(part, conditions)
+            if limit is not None and order is None and len(rows) >= limit:
+                break
             yield b""
         if order is not None:
             name, descending = order
@@ -352,14 +375,18 @@ class Views:
                 yield b""
             rows = [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__, reverse=descending)]
             yield b""
+        if limit is not None:
+            rows = rows[:limit]
         for start in range(0, len(rows), slice_size):
             yield orjson.dumps(select(rows[start:start + slice_size], columns), default=str)[1:-1]
 
     def query_json(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
-                   sort: str | None = None, *, all_columns: bool = False) -> tuple[list[str], bytes]:
+                   sort: str | None = None, *, all_columns: bool = False, where: Sequence[str] | str | None = None,
+                   limit: int | None = None) -> tuple[list[str], bytes]:
         """Like ``query`` but returns (columns, the rows as one JSON array): ``listing``
         in one go. The Main Mode SA list is encoded straight from its columns."""
-        chosen, fragments = self.listing(mode, view, columns, sort, all_columns=all_columns)
+        chosen, fragments = self.listing(mode, view, columns, sort, all_columns=all_columns, where=where,
+                                         limit=limit)
         return chosen, sa_listing.join(fragments)
 
     def _main_mode_counters(self) -> list[dict[str, Any]]:
@@ -496,6 +523,36 @@ def parse_columns(mode: str, view: str, spec: Sequence[str] | str | None, *,
 
 
 _sort_key = sa_listing.sort_key
+
+
+def parse_where(mode: str, view: str, where: Sequence[str] | str | None) -> list[sa_listing.Condition]:
+    """A request's ``where`` (``["COLUMN=VALUE", ...]``) as conditions on the view's columns;
+    raises ViewError naming an unknown column and the view's columns."""
+    try:
+        return sa_listing.parse_where(where, COLUMNS[(mode, view)], f"{mode} {view}")
+    except ViewError:
+        raise
+    except ValueError as exc:
+        raise ViewError(str(exc)) from None
+
+
+def parse_limit(limit: Any) -> int | None:
+    """A request's ``limit``: None or a whole number of rows; raises ViewError."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ViewError(f"limit must be a whole number of rows (0 or more), not {limit!r}")
+    return limit
+
+
+def filter_rows(rows: list[dict[str, Any]], conditions: Sequence[sa_listing.Condition]) -> list[dict[str, Any]]:
+    """The rows that satisfy every condition (tested a column at a time)."""
+    for condition in conditions:
+        if not rows:
+            break
+        column = condition.column
+        rows = list(compress(rows, condition.matches([row.get(column) for row in rows])))
+    return rows
 
 
 def select(rows: list[dict[str, Any]], columns: Sequence[str], sort: str | None = None) -> list[dict[str, Any]]:

@@ -28,14 +28,27 @@ Mode formulas over SAi_b and the ID bodies as sent. Nothing here does I/O or rea
 
 from __future__ import annotations
 
-
 from ikecore import keymat, policy, wire
 from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import nat_traversal, vendor_ids
-from ikecore.protocol.messages import (NONCE_SIZE, build_plain, constant_time_equal, open_keyed, required,
-                                       run_handler, seal)
-from ikecore.protocol.phase1 import (Phase1Handler, check_peer_id, exchange, my_identification, nat_d,
-                                     phase1_keys, take_ke_nonce)
+from ikecore.protocol.messages import (
+    NONCE_SIZE,
+    build_plain,
+    constant_time_equal,
+    open_keyed,
+    required,
+    run_handler,
+    seal,
+)
+from ikecore.protocol.phase1 import (
+    Phase1Handler,
+    check_peer_id,
+    exchange,
+    my_identification,
+    nat_d,
+    phase1_keys,
+    take_ke_nonce,
+)
 from ikecore.protocol.services import Services
 from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase1State
@@ -165,8 +178,11 @@ TRANSITIONS: dict[tuple[Phase1State, int], Row[Phase1State, Phase1Handler]] = {
     (_S.I_EXPECT_AM2, AGGRESSIVE_MODE): Row(_on_am2_send_am3, _S.ESTABLISHED, (P.SA, P.KE, P.NONCE, P.ID, P.HASH), 2,
                                             send=Send.REPLY, answers_repeat=True),
     (_S.R_EXPECT_AM3, AGGRESSIVE_MODE): Row(_on_am3_established, _S.ESTABLISHED, (P.HASH,), 3,
-                                            # A repeated AM3 gets our AM2 again, as a responder answers every repeat.
-                                            send=Send.NOTHING, answers_repeat=True, encrypted=True),
+                                            # AM3 ends the exchange and asks for nothing: a repeat of it
+                                            # (the initiator answering our retransmitted AM2) is ignored.
+                                            # Answering it with AM2 would make the initiator send AM3
+                                            # again, and so on until the negotiation timeout.
+                                            send=Send.NOTHING, answers_repeat=False, encrypted=True),
 }
 #: The row that handled message 1: how the responder answers it and a repeat of it.
 FIRST = TRANSITIONS[(Phase1State.R_EXPECT_AM1, AGGRESSIVE_MODE)]

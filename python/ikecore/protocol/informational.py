@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from ikecore import keymat, wire
 from ikecore.errors import AuthenticationFailed, InvalidMessageId
-from ikecore.protocol.messages import constant_time_equal, leading_hash, open_encrypted, seal_hashed
+from ikecore.protocol.messages import (
+    constant_time_equal,
+    leading_hash,
+    open_encrypted,
+    seal_hashed,
+)
 from ikecore.sa import IsakmpSa
 
 __all__ = ["INFORMATIONAL", "build_protected", "build_unprotected", "receive_protected",

@@ -38,14 +38,27 @@ shows as an MM5 that does not decrypt to a payload chain or whose HASH_I does no
 
 from __future__ import annotations
 
-
 from ikecore import keymat, policy, wire
 from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import auth, nat_traversal, vendor_ids
-from ikecore.protocol.messages import (NONCE_SIZE, build_plain, constant_time_equal, open_keyed, required,
-                                       run_handler, seal)
-from ikecore.protocol.phase1 import (Phase1Handler, check_peer_id, exchange, my_identification, nat_d,
-                                     phase1_keys, take_ke_nonce)
+from ikecore.protocol.messages import (
+    NONCE_SIZE,
+    build_plain,
+    constant_time_equal,
+    open_keyed,
+    required,
+    run_handler,
+    seal,
+)
+from ikecore.protocol.phase1 import (
+    Phase1Handler,
+    check_peer_id,
+    exchange,
+    my_identification,
+    nat_d,
+    phase1_keys,
+    take_ke_nonce,
+)
 from ikecore.protocol.services import Services
 from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase1State

@@ -8,9 +8,13 @@ Design note
 * Opening: decrypt a message without advancing its IV chain (``open_encrypted``,
   ``open_keyed``); ``run_handler`` commits the IV only when the handler accepts the message,
   so garbage, wrong-key messages and retransmissions never move it.
-* Checking: ``leading_hash`` splits off the HASH that protects a message; ``required``
-  indexes a payload chain by type and names the first missing one; ``nonce_ok`` and
-  ``constant_time_equal`` check nonces and received hashes.
+* Checking: ``check_generic_headers`` applies RFC 2408 section 5.2 to every payload of a
+  chain (plain ones as parsed, encrypted ones once decrypted): a RESERVED octet that is not
+  zero is PAYLOAD-MALFORMED, a payload type of the reserved range (neither RFC 2408's,
+  RFC 3947's nor private use, 128-255) INVALID-PAYLOAD-TYPE; ``leading_hash`` splits off
+  the HASH that protects a message; ``required`` indexes a payload chain by type and names
+  the first missing one; ``nonce_ok`` and ``constant_time_equal`` check nonces and
+  received hashes.
 """
 
 from __future__ import annotations
@@ -21,16 +25,27 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ikecore import wire
-from ikecore.errors import (AuthenticationFailed, InvalidKeyInformation, InvalidPayloadType, PayloadMalformed,
-                            RemoteProtocolError)
+from ikecore.errors import (
+    AuthenticationFailed,
+    InvalidKeyInformation,
+    InvalidPayloadType,
+    PayloadMalformed,
+    RemoteProtocolError,
+)
 from ikecore.sa import IsakmpSa
 
 __all__ = ["NONCE_SIZE", "Opened", "build_plain", "seal", "seal_hashed", "leading_hash", "run_handler",
-           "open_encrypted", "open_keyed", "required", "nonce_ok", "constant_time_equal"]
+           "open_encrypted", "open_keyed", "required", "nonce_ok", "constant_time_equal", "check_generic_headers",
+           "TOP_LEVEL_PAYLOADS"]
 
 #: The length of our nonces (RFC 2409 section 5 allows 8 to 256 bytes).
 NONCE_SIZE = 32
 T = TypeVar("T")
+#: Payload types that may appear in a message's chain below the private-use range:
+#: RFC 2408 section 3.1 (Proposal and Transform live only inside SA) and RFC 3947.
+TOP_LEVEL_PAYLOADS = frozenset(int(t) for t in wire.PayloadType
+                               if t not in (wire.PayloadType.NONE, wire.PayloadType.PROPOSAL,
+                                            wire.PayloadType.TRANSFORM) and t < 128)
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
@@ -40,6 +55,22 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 def nonce_ok(nonce: bytes) -> bool:
     """RFC 2409 section 5: nonces are 8 to 256 bytes."""
     return 8 <= len(nonce) <= 256
+
+
+def check_generic_headers(payloads: list[wire.Payload]) -> None:
+    """RFC 2408 section 5.2 on every generic payload header of a chain.
+
+    Raises:
+        PayloadMalformed: a RESERVED octet is not zero.
+        InvalidPayloadType: a payload type that is neither defined nor private use (128-255).
+    """
+    for payload in payloads:
+        raw = payload.raw
+        if len(raw) > 1 and raw[1]:
+            raise PayloadMalformed(f"payload type {payload.payload_type}: RESERVED octet is {raw[1]}, not 0")
+        kind = payload.payload_type
+        if kind < 128 and kind not in TOP_LEVEL_PAYLOADS:
+            raise InvalidPayloadType(f"payload type {kind} is not defined")
 
 
 def build_plain(sa: IsakmpSa, exchange_type: int, payloads: list[wire.Payload], message_id: int = 0) -> bytes:
@@ -124,8 +155,9 @@ def open_encrypted(sa: IsakmpSa, message: wire.Message) -> Opened:
     if sa.crypto is None:
         raise PayloadMalformed("encrypted message before keys exist", notify_type=wire.NotifyType.INVALID_FLAGS)
     plaintext, next_iv = sa.cipher.decrypt(message.message_id, message.body)
-    payloads = wire.parse_payloads(message.next_payload, plaintext)
-    return Opened(list(payloads), next_iv)
+    payloads = list(wire.parse_payloads(message.next_payload, plaintext))
+    check_generic_headers(payloads)
+    return Opened(payloads, next_iv)
 
 
 def open_keyed(sa: IsakmpSa, message: wire.Message, number: int, *types: int) -> Opened:

@@ -19,6 +19,13 @@ carried out by the exchanges and the engine::
               non-ESP marker (RFC 3948 section 2.2); the responder follows the address and
               port the authenticated message came from.
 
+An SA's endpoint moves only on a message that is new and authenticated (RFC 3947 section
+4): the engine moves it tentatively (``follow``: the answer to a new message goes where
+the message came from), keeps the move only when the message verified, and otherwise
+undoes it (``restore``). A repeat of a message already processed (a retransmission, a
+finished Quick Mode, a spent Message ID) arriving from elsewhere (``would_move``) is a
+replay: dropped and counted, the endpoint untouched.
+
 Quick Mode then asks for the UDP-encapsulated modes (3/4 with RFC 3947, 61443/61444 with
 the drafts), and the engine sends a NAT keepalive (one 0xFF byte, RFC 3948 section 2.3)
 every ``Timing.nat_keepalive`` seconds while we are the side behind the NAT.
@@ -40,7 +47,7 @@ from ikecore.sa import IsakmpSa
 
 __all__ = ["Variant", "RFC3947", "DRAFT_03", "DRAFT_02", "DRAFT_02N", "VARIANTS", "NAT_T_PORT",
            "vendor_ids", "choose", "nat_d_payloads", "detect", "udp_mode", "plain_mode", "NAT_STATES",
-           "should_float", "float_initiator", "follow", "restore"]
+           "should_float", "float_initiator", "would_move", "follow", "restore"]
 
 #: The NAT-T port (RFC 3947 section 4).
 NAT_T_PORT = 4500
@@ -160,12 +167,21 @@ def float_initiator(sa: IsakmpSa) -> None:
     sa.non_esp_marker = True
 
 
+def would_move(sa: IsakmpSa, remote: Address, local: Address, marker: bool) -> bool:
+    """Whether a message from ``remote`` to ``local`` (with the non-ESP marker or not) would
+    change where the SA sends: its addresses, marker or encapsulation."""
+    if not marker or sa.nat_t is None or (remote == sa.remote and not should_float(sa)):
+        return False
+    return (remote, local, True, True) != (sa.remote, sa.local, sa.non_esp_marker, sa.encapsulated)
+
+
 def follow(sa: IsakmpSa, remote: Address, local: Address, marker: bool) -> Moved | None:
-    """Responder side: an authenticated message came with the non-ESP marker, possibly from a
-    new port (the peer floated, or its NAT mapping changed): answer there from now on.
+    """A new message came with the non-ESP marker, possibly from a new port (the peer
+    floated, or its NAT mapping changed): answer there from now on. The engine calls this
+    before the message is verified and ``restore`` unless it turns out new and authentic.
 
     Returns what ``restore`` needs to undo the move, or None when nothing moved."""
-    if not marker or sa.nat_t is None or (remote == sa.remote and not should_float(sa)):
+    if not would_move(sa, remote, local, marker):
         return None
     before = (sa.remote, sa.local, sa.non_esp_marker, sa.encapsulated)
     sa.remote, sa.local = remote, local

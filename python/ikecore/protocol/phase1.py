@@ -41,8 +41,9 @@ def phase1_keys(sa: IsakmpSa, services: Services, g_xy: bytes) -> None:
     cipher_name, key_size, block_size = keymat.cipher_for(chosen.encryption, chosen.key_length)
     key = keymat.encryption_key(hash_name, sa.skeyids.skeyid_e, key_size)
     iv = keymat.phase1_iv(hash_name, sa.g_xi, sa.g_xr, block_size)
-    sa.crypto = keymat.CryptoState(cipher_name, key, hash_name, iv)
-    services.keylog(keymat.keylog_line(sa.initiator_cookie, key))
+    sa.crypto = keymat.CryptoState(cipher_name, key, hash_name, iv)  # takes the key over (wiped with it)
+    if services.keylog_enabled():
+        services.keylog(keymat.keylog_line(sa.initiator_cookie, key))
 
 
 def my_identification(sa: IsakmpSa, configured: str | None) -> wire.IdPayload:

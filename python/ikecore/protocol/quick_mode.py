@@ -41,8 +41,17 @@ from ikecore.errors import (
     PayloadMalformed,
 )
 from ikecore.protocol import lifetime, nat_traversal
-from ikecore.protocol.messages import (NONCE_SIZE, leading_hash, constant_time_equal, nonce_ok, open_encrypted,
-                                       required, run_handler, seal, seal_hashed)
+from ikecore.protocol.messages import (
+    NONCE_SIZE,
+    constant_time_equal,
+    leading_hash,
+    nonce_ok,
+    open_encrypted,
+    required,
+    run_handler,
+    seal,
+    seal_hashed,
+)
 from ikecore.protocol.services import QuickModeServices
 from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase2State, QuickModeExchange, Role
@@ -108,7 +117,7 @@ def _client_ids(payloads: list[wire.Payload]) -> tuple[wire.IdPayload, wire.IdPa
 
 
 def _pfs_secret(qm: QuickModeExchange, group: int | None, payloads: list[wire.Payload],
-                services: QuickModeServices, make_keypair: bool) -> bytes | None:
+                services: QuickModeServices, make_keypair: bool) -> bytearray | None:
     ke = next((p for p in payloads if isinstance(p, wire.KePayload)), None)
     if not group:
         if ke is not None:
@@ -118,13 +127,14 @@ def _pfs_secret(qm: QuickModeExchange, group: int | None, payloads: list[wire.Pa
         raise NoProposalChosen("PFS group chosen but no KE payload")
     if make_keypair:  # the responder: its public value goes into QM2, then the pair is dropped
         qm.dh = services.keypair(group)
-        return bytes(qm.dh.exchange(ke.data))
+        return bytearray(qm.dh.exchange(ke.data))
     pair, qm.dh = qm.dh, None  # the initiator's: single use, gone whether the exchange works or not
     assert pair is not None
-    return bytes(pair.exchange(ke.data))
+    return bytearray(pair.exchange(ke.data))
 
 
-def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
+def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
+    """Both directions' keys, each in bytearrays of its own (KEYMAT itself is wiped here)."""
     chosen = qm.chosen
     assert chosen is not None
     length = chosen.encryption_key_bytes + chosen.integrity_key_bytes
@@ -141,12 +151,14 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytes | None) -> tuple[I
     def one(spi: bytes, source: str, destination: str) -> IpsecSaKeys:
         material = keymat.keymat(sa.hash_name, sa.skeyids.skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
                                  qm.nonce_i, qm.nonce_r, length, g_qm_xy=g_qm_xy)
-        return IpsecSaKeys(spi=spi, protocol_id=wire.ProtocolId.IPSEC_ESP, source=source,
+        keys = IpsecSaKeys(spi=spi, protocol_id=wire.ProtocolId.IPSEC_ESP, source=source,
                            destination=destination, encryption=chosen.encryption_name,
                            encryption_key=material[:split], integrity=chosen.integrity_name,
                            integrity_key=material[split:], mode=mode, lifetime=chosen.lifetime,
                            lifetime_kilobytes=chosen.lifetime_kilobytes, local_ts=str(local_ts),
                            remote_ts=str(remote_ts), udp_encapsulation=udp)
+        keymat.wipe(material)
+        return keys
 
     inbound = one(qm.spi_in, sa.remote[0], sa.local[0])
     outbound = one(qm.spi_out, sa.local[0], sa.remote[0])
@@ -189,6 +201,7 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     expected = keymat.qm_hash1(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
+    services.admit_quick_mode(sa)  # the limits, before any SPI or Diffie-Hellman work
     found = required(payloads, P.SA, P.NONCE)
     qm.nonce_i = found[P.NONCE].data
     if not nonce_ok(qm.nonce_i):
@@ -199,7 +212,7 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     if ids is not None:
         qm.id_ci, qm.id_cr = ids
     qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
-    g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=True)
+    g_qm_xy = qm.g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=True)
     qm.nonce_r = services.random(NONCE_SIZE)
     qm.spi_in = services.get_spi(sa)
     reply: list[wire.Payload] = [
@@ -216,7 +229,6 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     if notify is not None:  # RFC 2407 4.6.3.1: our limits are shorter than offered
         reply.append(notify)
         qm.lifetime_notify = (chosen.lifetime, chosen.lifetime_kilobytes)
-    qm.g_qm_xy = g_qm_xy
     nonce_i = qm.nonce_i
     return seal_hashed(sa, QUICK_MODE, reply, qm.message_id, lambda chain: keymat.qm_hash2(
         sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, nonce_i, chain))
@@ -250,7 +262,10 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
         qm.lifetime_notify = limits
     qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
     g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=False)
-    inbound, outbound = _keys(sa, qm, g_qm_xy)
+    try:
+        inbound, outbound = _keys(sa, qm, g_qm_xy)
+    finally:
+        keymat.wipe(g_qm_xy)
     services.install(sa, qm, inbound, outbound)
     hash3 = keymat.qm_hash3(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
     return seal(sa, QUICK_MODE, [wire.HashPayload(hash3)], qm.message_id)
@@ -265,6 +280,7 @@ def _on_qm3_established(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Messa
     if not constant_time_equal(first.data, expected):
         raise InvalidHashInformation("Quick Mode HASH(3) does not verify")
     inbound, outbound = _keys(sa, qm, qm.g_qm_xy)
+    keymat.wipe(qm.g_qm_xy)
     qm.g_qm_xy = None
     services.install(sa, qm, inbound, outbound)
     return None

@@ -1,8 +1,9 @@
 """What the exchanges may ask of their owner, the engine.
 
 The state machines do no I/O and read no clock: randomness, Diffie-Hellman key pairs, the
-key log, the wall-clock time for certificate validity, SPIs and SA installation are lent
-to them through these protocols, so that tests can make every packet reproducible.
+key log, the wall-clock time for certificate validity, SPIs, SA installation and the
+limits on Quick Modes are lent to them through these protocols, so that tests can make
+every packet reproducible.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class Services(Protocol):
     def random(self, size: int) -> bytes: ...
     def keypair(self, group: int) -> KeyPair: ...
     def keylog(self, line: str) -> None: ...
+
+    def keylog_enabled(self) -> bool:
+        """Whether ``keylog`` writes anywhere (the line holds a key: built only then)."""
+        ...
     def wall_clock(self) -> datetime.datetime: ...
 
 
@@ -32,3 +37,11 @@ class QuickModeServices(Services, Protocol):
     def get_spi(self, sa: IsakmpSa) -> bytes: ...
     def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
                 outbound: IpsecSaKeys) -> None: ...
+
+    def admit_quick_mode(self, sa: IsakmpSa) -> None:
+        """The peer's QM1 verified: may it start one more Quick Mode on ``sa``?
+
+        Raises:
+            NoProposalChosen: a configured limit (``ikecore.config.Limits``) is reached.
+        """
+        ...

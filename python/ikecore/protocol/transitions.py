@@ -14,7 +14,10 @@ section 5):
   ``NOTHING``: the row ends the exchange.
 * ``answers_repeat``: whether a repeat of the message this row handled (the peer did not
   hear our answer) is answered by resending our last message, or ignored because our own
-  retransmission timer runs.
+  retransmission timer runs. A row that sends ``NOTHING`` ends the exchange and never
+  answers a repeat: the last message we sent was a request the peer has already answered,
+  and sending it again would make the peer answer again, back and forth until the
+  negotiation timeout.
 
 ``handled_by`` indexes a table the other way: which row brought an SA of a role to its
 state, that is, which row handled the last message it received. The initiator sends the
@@ -66,6 +69,7 @@ def handled_by(table: Mapping[tuple[S, int], Row[S, H]]) -> dict[tuple[Role, S],
     """``(role, state) -> the row that led there``: the rules for a repeat of the last message."""
     index: dict[tuple[Role, S], Row[S, H]] = {}
     for row in table.values():
+        assert not (row.send is Send.NOTHING and row.answers_repeat), "a final row answers no repeat"
         role = Role.RESPONDER if row.message_number % 2 else Role.INITIATOR
         assert (role, row.next_state) not in index, "two rows lead one role to the same state"
         index[(role, row.next_state)] = row
