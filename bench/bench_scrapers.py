@@ -12,16 +12,22 @@ scrape), alternating in one run. Lines:
 * ``..._per_sa_N``: the same with per-SA series on for every SA (``--metrics-per-sa N``),
   the worst case the cache must bound;
 * ``..._workers_2``: the same against ``--workers 2`` (the parent merges the workers'
-  expositions).
+  expositions);
+* ``gateway_cpu_ms_per_sa_4_scrapers...``: the gateway's processor time per SA (all its
+  processes and threads, from ``/proc``), with the scrapers against without (the lowest
+  of each); ratio = without / with. On a machine others share the setup rate follows
+  their load; the processor time per SA does not, and says what the scrapers cost the
+  gateway.
 
-Each line is followed by the runs, the p99 Main Mode latency and how many scrapes the
-scrapers got answered. Run: ``.venv/bin/python bench/bench_scrapers.py [peers] [rounds]``
+Each pair of lines is followed by the runs, the p99 Main Mode latency and how many
+scrapes the scrapers got answered. Run: ``.venv/bin/python bench/bench_scrapers.py [peers] [rounds]``
 (default 10,000 peers, as many SAs as the gateway then holds, and 2 rounds).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -29,12 +35,45 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 PEERS = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 SCRAPERS = 4
 PSK = "bench-scrapers-secret"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _family(pid: int) -> set[int]:
+    """``pid`` and its live descendants (a gateway's workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    family, grown = {pid}, True
+    while grown:
+        grown = False
+        for child, parent in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                grown = True
+    return family
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid`` and its live descendants (every thread)."""
+    total = 0.0
+    for member in _family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def _free_port() -> int:
@@ -110,11 +149,13 @@ def one_run(scraped: bool, flags: tuple[str, ...]) -> dict[str, Any]:
     scrapers = Scrapers(gateway.url, SCRAPERS) if scraped else None
     try:
         started = time.perf_counter()
+        cpu0 = cpu_seconds(gateway.process.pid)
         done = subprocess.run([sys.executable, "-m", "ikecore", "loadtest", f"127.0.0.1:{gateway.port}", "--psk", PSK,
                                "--peers", str(PEERS), "--concurrency", "100", "--timeout", "60",
                                "--max-seconds", "900", "--no-progress", "--json"],
                               capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
+        cpu = cpu_seconds(gateway.process.pid) - cpu0
         if done.returncode != 0:
             raise RuntimeError(f"loadtest failed: {done.stderr[-2000:]}")
         report = json.loads(done.stdout)
@@ -123,13 +164,14 @@ def one_run(scraped: bool, flags: tuple[str, ...]) -> dict[str, Any]:
             scrapers.stop()
         gateway.close()
     return {"rate": float(report["sas_per_second"]), "established": int(report["established"]),
+            "cpu_ms": 1000 * cpu / max(1, int(report["established"])),
             "p99": float(report["latency_ms"].get("main_mode", {}).get("p99", 0.0)),
             "scrapes": scrapers.answered if scrapers else 0, "scrape_failures": scrapers.failed if scrapers else 0,
             "seconds": seconds}
 
 
-def _line(name: str, ours: float, anchor: float, note: str) -> None:
-    print(f"{name:<44} {ours:>10,.0f} {anchor:>10,.0f} {ours / anchor if anchor else 0.0:>7.2f}  {note}", flush=True)
+def _line(name: str, ours: float, anchor: float, ratio: float, note: str, digits: int = 0) -> None:
+    print(f"{name:<52} {ours:>10,.{digits}f} {anchor:>10,.{digits}f} {ratio:>7.2f}  {note}", flush=True)
 
 
 def case(name: str, flags: tuple[str, ...]) -> None:
@@ -137,11 +179,15 @@ def case(name: str, flags: tuple[str, ...]) -> None:
     for _ in range(ROUNDS):
         for scraped in (False, True):
             runs[scraped].append(one_run(scraped, flags))
-    best = {scraped: max(runs[scraped], key=lambda r: r["rate"]) for scraped in runs}
-    _line(name, best[True]["rate"], best[False]["rate"],
+    best = {scraped: max(r["rate"] for r in runs[scraped]) for scraped in runs}
+    least = {scraped: min(r["cpu_ms"] for r in runs[scraped]) for scraped in runs}
+    _line(f"setup_rate_4_scrapers{name}_sas_per_s", best[True], best[False], best[True] / best[False],
           f"(anchor = the same load without scrapers; {PEERS} peers, best of {ROUNDS})")
+    _line(f"gateway_cpu_ms_per_sa_4_scrapers{name}", least[True], least[False], least[False] / least[True],
+          "(anchor = without scrapers; ratio = without / with)", digits=3)
     for scraped in (False, True):
-        text = ", ".join(f"{r['rate']:.0f} SAs/s ({r['established']} est., p99 {r['p99']:.0f} ms"
+        text = ", ".join(f"{r['rate']:.0f} SAs/s ({r['established']} est., {r['cpu_ms']:.3f} ms/SA, "
+                         f"p99 {r['p99']:.0f} ms"
                          + (f", {r['scrapes']} scrapes = {r['scrapes'] / r['seconds']:.0f}/s"
                             f"{', ' + str(r['scrape_failures']) + ' failed' if r['scrape_failures'] else ''}"
                             if scraped else "") + ")" for r in runs[scraped])
@@ -149,10 +195,10 @@ def case(name: str, flags: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    print(f"{'name':<44} {'ikecore':>10} {'anchor':>10} {'ratio':>7}", flush=True)
-    case("setup_rate_4_scrapers_sas_per_s", ())
-    case(f"setup_rate_4_scrapers_per_sa_{PEERS}_sas_per_s", ("--metrics-per-sa", str(PEERS)))
-    case("setup_rate_4_scrapers_workers_2_sas_per_s", ("--workers", "2"))
+    print(f"{'name':<52} {'ikecore':>10} {'anchor':>10} {'ratio':>7}", flush=True)
+    case("", ())
+    case(f"_per_sa_{PEERS}", ("--metrics-per-sa", str(PEERS)))
+    case("_workers_2", ("--workers", "2"))
 
 
 if __name__ == "__main__":

@@ -430,7 +430,7 @@ def test_a_real_prometheus_scrapes_through_tls_and_basic_auth(tmp_path: Path) ->
             assert prometheus.wait_for('up{job="good"}', lambda v: v == 1.0) == 1.0
             assert prometheus.wait_for('ikecore_ike_main_mode_total{job="good"}', lambda v: v == 2.0) == 2.0
             assert prometheus.wait_for('up{job="wrong"}', lambda v: v == 0.0) == 0.0
-            assert prometheus.value('up{job="anonymous"}') == 0.0
+            assert prometheus.wait_for('up{job="anonymous"}', lambda v: v == 0.0) == 0.0
             errors = {t["labels"]["job"]: t["lastError"] for t in prometheus.targets()}
             assert "401" in errors["wrong"] and "401" in errors["anonymous"] and errors["good"] == ""
     finally:
