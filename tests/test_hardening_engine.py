@@ -451,6 +451,26 @@ def test_ipsec_sas_per_isakmp_sa_are_limited_by_default_and_freed_by_deletes() -
     assert len(net.of("127.0.0.3", ev.Phase2Established)) == 1
 
 
+def test_a_refused_quick_mode_ends_at_the_initiator_when_the_notify_names_its_spi() -> None:
+    """The responder's protected NO-PROPOSAL-CHOSEN carries the refused offer's ESP SPI
+    (RFC 2408 3.14): the initiator ends exactly that Quick Mode at once instead of
+    retransmitting it until its timeout (and having the repeats counted as replays)."""
+    net = Net(_with_limits(make_config(), quick_modes_in_flight=1))
+    net.connect("127.0.0.2", quick_mode=False)
+    peer = net.engines["127.0.0.2"]
+    (p_sa,) = net.established("127.0.0.2")
+    started = net.now
+    first = peer.initiate_quick_mode(p_sa.handle, net.now)
+    second = peer.initiate_quick_mode(p_sa.handle, net.now)   # over the limit while the first is in flight
+    net.pump()
+    failed = net.of("127.0.0.2", ev.Phase2Failed)
+    done = net.of("127.0.0.2", ev.Phase2Established)
+    assert [e.message_id for e in done] == [first]
+    assert [(e.message_id, e.reason) for e in failed] == [(second, "peer sent NO-PROPOSAL-CHOSEN")]
+    assert failed[0].time - started < make_config().timing.retransmit_timeout   # at once, no retransmission
+    assert _monitor(net.events[RESPONDER[0]]).extended.get("replays_dropped", 0) == 0
+
+
 def test_isakmp_sas_per_peer_are_limited_with_no_proposal_chosen() -> None:
     net = Net(_with_limits(make_config(), isakmp_sas_per_peer=2))
     crowded = net.peer("127.0.0.2")

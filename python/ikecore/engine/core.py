@@ -758,7 +758,7 @@ class Engine:
                 self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
                                                        role=qm.role.value, reason=str(exc),
                                                        notify_type=exc.notify_type))
-                self._notify_protected(sa, exc.notify_type)
+                self._notify_protected(sa, exc.notify_type, spi=qm.spi_out if qm.role is Role.RESPONDER else b"")
                 sa.quick_modes.pop(qm.message_id, None)
                 keymat.wipe(qm.g_qm_xy)
                 self._spend(sa, qm.message_id)
@@ -871,6 +871,22 @@ class Engine:
             dpd.on_ack(sa, payload, now)
         elif payload.notify_type == wire.NotifyType.INITIAL_CONTACT:
             self._drop_stale_sas(sa)
+        elif payload.notify_type < 8192:
+            self._quick_mode_refused(sa, payload, now)
+
+    def _quick_mode_refused(self, sa: IsakmpSa, payload: wire.NotifyPayload, now: float) -> None:
+        """A protected error notify (NO-PROPOSAL-CHOSEN, ...) ends our Quick Mode it names by
+        its offer's SPI, or our only one in flight when it names none; never guessed among
+        several (they go on, or time out)."""
+        waiting = [q for q in sa.quick_modes.values()
+                   if q.role is Role.INITIATOR and q.state is Phase2State.I_EXPECT_QM2]
+        spi = bytes(payload.spi)
+        if len(spi) == 4 and payload.protocol_id == wire.ProtocolId.IPSEC_ESP:
+            waiting = [q for q in waiting if q.spi_in == spi]
+        elif spi:
+            return
+        if len(waiting) == 1:
+            self._quick_mode_failed(sa, waiting[0], f"peer sent {_notify_name(payload.notify_type)}", now)
 
     def _drop_stale_sas(self, sa: IsakmpSa) -> None:
         """INITIAL-CONTACT: the peer rebooted; its other SAs with us are stale (RFC 2407 4.6.3.3).
@@ -1065,10 +1081,13 @@ class Engine:
         self.emit(ev.DuplicateReceived(time=self._now, handle=sa.handle, exchange_type=exchange_type))
         self._transmit(sa, datagram)
 
-    def _notify_protected(self, sa: IsakmpSa, notify_type: int | None) -> None:
+    def _notify_protected(self, sa: IsakmpSa, notify_type: int | None, spi: bytes = b"") -> None:
+        """A protected error notify; ``spi``: the ESP SPI of the refused Quick Mode's
+        offer (the initiator's inbound SPI), so the peer knows which one failed."""
         if notify_type is None or sa.crypto is None:
             return
-        payload = informational.notify(notify_type)
+        payload = informational.notify(notify_type, protocol_id=wire.ProtocolId.IPSEC_ESP, spi=spi) if spi \
+            else informational.notify(notify_type)
         self._send(sa, informational.build_protected(sa, [payload], self._message_id(sa)), INFO, 1)
         self.emit(ev.NotifySent(time=self._now, handle=sa.handle, remote=sa.remote,
                                 notify_type=notify_type, protected=True))

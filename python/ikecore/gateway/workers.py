@@ -123,6 +123,7 @@ class Worker:
     state: str = "starting"       # "starting" | "up" | "down"
     restarts: int = 0
     last_exit: str = ""
+    last_pid: int | None = None   # the process that ended last (named while it is down)
     sockets: list[socket.socket] = field(default_factory=list, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
@@ -133,7 +134,7 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         return {"worker": self.index, "pid": self.pid, "state": self.state, "restarts": self.restarts,
-                "last_exit": self.last_exit}
+                "last_exit": self.last_exit, "last_pid": self.last_pid}
 
 
 class Supervisor:
@@ -336,7 +337,7 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = process.wait(5)
         worker.process = None
-        worker.pid = None
+        worker.last_pid, worker.pid = worker.pid, None
         worker.state = "down"
         worker.last_exit = describe_exit(code) if code is not None else "lost"
         if time.monotonic() - worker.started_at >= STEADY_SECONDS:

@@ -189,7 +189,7 @@ class FanoutServer:
         for row in rows:
             if row.get("pid"):
                 self._pids[row.get("worker")] = row["pid"]
-            elif row.get("state") != "up" and self._pids.get(row.get("worker")):
+            elif row.get("state") != "up" and not row.get("last_pid") and self._pids.get(row.get("worker")):
                 row["last_pid"] = self._pids[row.get("worker")]  # the process that ended
             if answered is not None:
                 row["answered"] = row.get("worker") in answered

@@ -201,6 +201,9 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     expected = keymat.qm_hash1(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
+    offer = next((p for p in payloads if isinstance(p, wire.SaPayload)), None)
+    if offer is not None and offer.proposals:
+        qm.spi_out = bytes(offer.proposals[0].spi)  # named in a refusal's notify (RFC 2408 3.14)
     services.admit_quick_mode(sa)  # the limits, before any SPI or Diffie-Hellman work
     found = required(payloads, P.SA, P.NONCE)
     qm.nonce_i = found[P.NONCE].data
