@@ -27,9 +27,7 @@ scrapes the scrapers got answered. Run: ``.venv/bin/python bench/bench_scrapers.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -42,51 +40,16 @@ PEERS = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 SCRAPERS = 4
 PSK = "bench-scrapers-secret"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def _family(pid: int) -> set[int]:
-    """``pid`` and its live descendants (a gateway's workers)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    family, grown = {pid}, True
-    while grown:
-        grown = False
-        for child, parent in parents.items():
-            if parent in family and child not in family:
-                family.add(child)
-                grown = True
-    return family
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and its live descendants (every thread)."""
-    total = 0.0
-    for member in _family(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_handshakes import cpu_seconds, free_port  # noqa: E402
 
 
 class Served:
     """``ikecore serve --metrics 127.0.0.1:0`` on a free port, with extra flags."""
 
     def __init__(self, *flags: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{self.port}", "--psk", PSK, "--quiet",
              "--metrics", "127.0.0.1:0", "--duration", "1800", *flags],
