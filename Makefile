@@ -9,7 +9,7 @@ VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
-PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "bcrypt>=4" "pyyaml>=6" "atheris>=2.3" "ruff>=0.5"
+PY_TEST_DEPS := "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "mypy>=1.10" "scapy>=2.5" "cryptography>=42" "maturin>=1.7,<2" "prometheus_client>=0.20" "orjson>=3.9" "bcrypt>=4" "pyyaml>=6" "atheris>=2.3" "ruff>=0.5" "locust>=2.30" "selenium>=4.10"
 
 .PHONY: all build run test test-rust test-python test-rules stubtest typecheck lint bench fuzz clean openssl-dev
 

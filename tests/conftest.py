@@ -15,7 +15,7 @@ Two ways to ask for tools:
 
 Tool names: ``charon`` (fake-kernel build, Quick Mode completes), ``charon-netlink``
 (Debian's charon), ``charon-libipsec``, ``ike-scan``, ``tshark``, ``netns``, ``prometheus``
-(with ``promtool``).
+(with ``promtool``), ``chromium`` (headless, with ``chromedriver`` and Selenium).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable
 import pytest
 
 from interop import charon as _charon
+from interop import chromium as _chromium
 from interop import ikescan as _ikescan
 from interop import netns as _netns
 from interop import prometheus as _prometheus
@@ -39,6 +40,7 @@ _CHECKS: dict[str, Callable[[], str | None]] = {
     "tshark": _tshark.available,
     "netns": _netns.available,
     "prometheus": _prometheus.available,
+    "chromium": _chromium.available,
 }
 
 

@@ -122,6 +122,11 @@ def add_parser(sub: Any) -> None:
                             "control.sock in $XDG_RUNTIME_DIR/ikecore/, /run/ikecore/ for root or "
                             "/tmp/ikecore-UID/, a directory made 0700)")
     serve.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus/OpenMetrics at /metrics")
+    serve.add_argument("--web", metavar="ADDR:PORT",
+                       help="serve the IP Security Monitor as a page (read-only; e.g. 127.0.0.1:8080)")
+    serve.add_argument("--web-token", metavar="FILE",
+                       help="require the token on FILE's first line (owner-only) on every --web request; "
+                            "needed when --web is not a loopback address")
     serve.add_argument("--metrics-per-sa", type=int, metavar="N",
                        help="per-SA series (cookies, peers, identities, SPIs) for at most N SAs "
                             "(default 0: none; [metrics] per_sa)")
@@ -142,6 +147,10 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``ikecore serve``; raises ConfigError for bad flags."""
     args.workers = workers.worker_count(args.workers)
+    if args.worker is None:  # --web and --web-token refused before anything is bound
+        from ikecore.monitor.web import check_flags
+
+        check_flags(args.web, args.web_token)
     if args.worker is not None:
         if not args.worker_sockets or not args.worker_control:
             raise ConfigError("--worker", "is given by the gateway's parent process with --worker-sockets "
@@ -151,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: Flags of the parent only: workers do not get them.
-PARENT_ONLY = {"workers", "control", "metrics", "duration", "worker", "worker_sockets", "worker_control", "psk",
-               "help"}
+PARENT_ONLY = {"workers", "control", "metrics", "web", "web_token", "duration", "worker", "worker_sockets",
+               "worker_control", "psk", "help"}
 
 
 def worker_flags(args: argparse.Namespace) -> list[str]:

@@ -92,6 +92,12 @@ _PLAIN = b'{"format":'  # how every unsealed record starts (sealed ones start wi
 _KEY_SAMPLE = 16         # records of other shards tried when this shard holds none
 
 
+#: Seconds opening a store waits for other processes' transactions (a write waits ``busy_timeout``).
+OPEN_BUSY_TIMEOUT = 30.0
+#: Snapshots taken to check a store before a damaged one is refused.
+SNAPSHOT_TRIES = 3
+
+
 class StoreError(Exception):
     """The store cannot be opened or written (the message says why and what to do).
 
@@ -176,24 +182,33 @@ class SaStore:
         loaded: list[StoredSa] | None = None
         migrate = False
         if self.path.exists() and self.path.stat().st_size > 0:
-            try:
-                with _snapshot(self.path) as snapshot:
-                    loaded, migrate = _check(snapshot, self.path, shard, key_path, key)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot read SA store {self.path} ({exc}): is it an SA store?") from None
+            for attempt in range(SNAPSHOT_TRIES):
+                try:
+                    with _snapshot(self.path) as snapshot:
+                        loaded, migrate = _check(snapshot, self.path, shard, key_path, key)
+                    break
+                except sqlite3.Error as exc:
+                    # another worker may have written while the snapshot was taken: look again
+                    # before calling the file damaged
+                    if attempt + 1 == SNAPSHOT_TRIES:
+                        raise StoreError(f"cannot read SA store {self.path} ({exc}): is it an SA store?") from None
+                    time.sleep(0.2)
         if key_path is not None and key is None:
             key = _create_key(key_path)
         self._seal = _Seal(key)
         try:
             _create_private(self.path)
+            # Opening waits longer than a write: every worker of a gateway opens the file at
+            # once (switching to WAL, creating or migrating the tables) on a busy machine.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=busy_timeout)
+                                       timeout=max(busy_timeout, OPEN_BUSY_TIMEOUT))
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SA store {self.path}: {exc}") from None
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             kept = self._prepare()
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot open SA store {self.path}: {exc}") from None

@@ -9,6 +9,10 @@ reason. ``ikecore loadtest`` is the command; a program can run the same pieces:
 * ``runners``: ``run_in_memory`` (against an ``Engine``, fake clock), ``run_udp`` (real
   datagrams, one socket) and ``run_processes`` (several generator processes);
 * ``report``: ``Report`` and its text and JSON forms; ``progress``: the progress bar;
+* ``shares``: a distributed run's shares and the merge of its workers' reports;
+  ``distributed``: ``--master``/``--worker`` on Locust's runners (imported only by those
+  commands: importing Locust monkey-patches the process with gevent); ``worker_process``:
+  a worker's generator, forked before that;
 * ``cli``: the command's flags and the command itself.
 """
 

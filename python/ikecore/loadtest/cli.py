@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from ikecore.config import PSK_ENVIRONMENT, parse_endpoint, psk_from_flags
 from ikecore.credentials import credentials_from_flags
@@ -21,16 +21,20 @@ from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.loadtest.generator import Faults, LoadSpec, LoadTest
 from ikecore.loadtest.progress import ProgressBar
 from ikecore.loadtest.report import format_report, report_json
+from ikecore.loadtest import worker_process
 from ikecore.loadtest.runners import run_processes, run_udp
 
 __all__ = ["add_parser", "command", "spec_from_args"]
+
+#: Locust's default master port.
+MASTER_PORT = 5557
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``ikecore loadtest`` on the CLI's sub-parsers."""
     parser = sub.add_parser("loadtest", help="simulate many IKEv1 peers against a gateway")
-    parser.add_argument("target", metavar="ADDR[:PORT]")
-    parser.add_argument("--peers", type=int, required=True, help="simulated peers (one ISAKMP SA each)")
+    parser.add_argument("target", metavar="ADDR[:PORT]", nargs="?", help="the gateway (not with --worker)")
+    parser.add_argument("--peers", type=int, help="simulated peers (one ISAKMP SA each; not with --worker)")
     parser.add_argument("--psk", help="pre-shared key [secret]; visible to every user in ps: prefer "
                                       f"--psk-file or ${PSK_ENVIRONMENT}")
     parser.add_argument("--psk-file", metavar="FILE",
@@ -75,20 +79,38 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--seed", type=int, help="seed for fault injection and the wrong-PSK choice")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    locust = parser.add_argument_group("across machines, on Locust (master and workers)")
+    role = locust.add_mutually_exclusive_group()
+    role.add_argument("--master", action="store_true",
+                      help="run as the Locust master: share the peers out to --expect-workers workers")
+    role.add_argument("--worker", action="store_true",
+                      help="run as a Locust worker of the master at --master-host (with its own --psk/--cert)")
+    locust.add_argument("--expect-workers", type=int, metavar="W", help="workers the master waits for")
+    locust.add_argument("--master-bind", default=f"0.0.0.0:{MASTER_PORT}", metavar="ADDR:PORT",
+                        help=f"where the master listens for workers [0.0.0.0:{MASTER_PORT}]")
+    locust.add_argument("--master-host", metavar="ADDR[:PORT]", help=f"the master a worker joins [port {MASTER_PORT}]")
+    locust.add_argument("--web", metavar="ADDR:PORT", help="serve Locust's web UI (live charts) here")
+    locust.add_argument("--csv", metavar="PREFIX", help="write Locust's CSV statistics to PREFIX_*.csv")
 
 
-def spec_from_args(args: argparse.Namespace) -> LoadSpec:
-    """The ``ikecore loadtest`` flags as a LoadSpec (ConfigError names a wrong flag)."""
+def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpec:
+    """The ``ikecore loadtest`` flags as a LoadSpec (ConfigError names a wrong flag);
+    ``secrets=False`` (a Locust master) leaves the key and certificates out."""
+    if args.target is None:
+        raise ConfigError("ADDR[:PORT]", "name the gateway to load (ikecore loadtest ADDR[:PORT] --peers N)")
+    if args.peers is None:
+        raise ConfigError("--peers", "say how many peers to simulate (--peers N)")
     faults = Faults(drop=args.drop, duplicate=args.duplicate, corrupt=args.corrupt, delay=args.delay,
                     delay_seconds=args.delay_seconds, wrong_psk=args.wrong_psk)
     return LoadSpec(target=parse_endpoint(args.target, 500, "target"), peers=args.peers,
-                    psk=psk_from_flags(args.psk, args.psk_file) or "secret",
+                    psk=(psk_from_flags(args.psk, args.psk_file) or "secret") if secrets else "",
                     ike=args.ike, esp=args.esp, quick_modes=0 if args.no_quick_mode else args.quick_modes,
                     rate=args.rate, concurrency=args.concurrency, ramp=args.ramp, duration=args.duration,
                     timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
                     max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
                     nat_t=args.nat_t, natt_port=args.natt_port,
-                    seed=args.seed, credentials=credentials_from_flags(args.cert, args.key, args.ca))
+                    seed=args.seed,
+                    credentials=credentials_from_flags(args.cert, args.key, args.ca) if secrets else None)
 
 
 def command(args: argparse.Namespace, out: TextIO) -> int:
@@ -101,6 +123,14 @@ def command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _command(args: argparse.Namespace, out: TextIO) -> int:
+    if args.worker:
+        return _worker(args)
+    if args.master:
+        return _master(args, out)
+    for flag, value in (("--expect-workers", args.expect_workers), ("--master-host", args.master_host),
+                        ("--web", args.web), ("--csv", args.csv)):
+        if value is not None:
+            raise ConfigError(flag, "belongs to a Locust run: add --master (or --worker)")
     spec = spec_from_args(args)
     if args.dh_threads < 0:
         raise ConfigError("--dh-threads", "must be 0 or more")
@@ -126,3 +156,63 @@ def _command(args: argparse.Namespace, out: TextIO) -> int:
             pool.close()
     out.write((report_json(report) if args.json else format_report(report)) + "\n")
     return 0 if report.established == spec.peers else 1
+
+
+def _master(args: argparse.Namespace, out: TextIO) -> int:
+    """``--master``: Locust's master runner; the report is the merge of the workers'."""
+    for flag, value in (("--psk", args.psk), ("--psk-file", args.psk_file), ("--cert", args.cert),
+                        ("--key", args.key), ("--ca", args.ca)):
+        if value:
+            raise ConfigError(flag, "the key stays on the load machines: give it to each --worker, not the master")
+    if args.workers != 1:
+        raise ConfigError("--workers", "is for one machine; with --master, start --worker processes instead")
+    if args.master_host is not None:
+        raise ConfigError("--master-host", "is a worker's flag; the master listens on --master-bind")
+    if args.expect_workers is None or not 1 <= args.expect_workers <= 1024:
+        raise ConfigError("--expect-workers", "give the number of workers to wait for (1 to 1024)")
+    spec = spec_from_args(args, secrets=False)
+    if spec.peers < args.expect_workers:
+        raise ConfigError("--expect-workers", f"more workers than --peers {spec.peers}")
+    bind = parse_endpoint(args.master_bind, MASTER_PORT, "--master-bind")
+    web = parse_endpoint(args.web, 8089, "--web") if args.web is not None else None
+    run_master = _distributed().run_master
+
+    report = run_master(spec, args.expect_workers, bind, web=web, csv_prefix=args.csv,
+                        progress_out=None if args.no_progress else sys.stderr)
+    out.write((report_json(report) if args.json else format_report(report)) + "\n")
+    return 0 if report.established == spec.peers else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """``--worker``: Locust's worker runner with this machine's key or certificate."""
+    if args.master_host is None:
+        raise ConfigError("--master-host", "a worker needs the master's ADDR[:PORT]")
+    for flag, value in (("ADDR[:PORT]", args.target), ("--peers", args.peers),
+                        ("--expect-workers", args.expect_workers), ("--web", args.web), ("--csv", args.csv)):
+        if value is not None:
+            raise ConfigError(flag, "is the master's to give: leave it out of --worker")
+    master = parse_endpoint(args.master_host, MASTER_PORT, "--master-host")
+    psk = psk_from_flags(args.psk, args.psk_file) or "secret"
+    credentials = credentials_from_flags(args.cert, args.key, args.ca)
+    if args.dh_threads < 0:
+        raise ConfigError("--dh-threads", "must be 0 or more")
+    # the generator's process first, while this interpreter is still free of gevent's patching
+    generator, conn = worker_process.start(psk, credentials, local_port=args.local_port,
+                                           dh_threads=args.dh_threads)
+    try:
+        run_worker = _distributed().run_worker
+    except ConfigError:
+        generator.kill()
+        raise
+    return int(run_worker(master, generator, conn))
+
+
+def _distributed() -> Any:
+    """``ikecore.loadtest.distributed``, imported only now: importing Locust monkey-patches
+    the process with gevent, which only the master and worker processes want."""
+    try:
+        import ikecore.loadtest.distributed as distributed
+    except ImportError as exc:
+        raise ConfigError("--master/--worker", f"need Locust ({exc.name} is missing): "
+                          "pip install 'ikecore[locust]'") from None
+    return distributed

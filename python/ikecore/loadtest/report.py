@@ -38,9 +38,12 @@ class Report:
     target: str = ""
     ike: str = ""
     esp: str = ""
+    #: workers of a distributed run lost mid-run: worker name, share, peers, unfinished
+    lost_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        lost = {"lost_workers": list(self.lost_workers)} if self.lost_workers else {}
+        return lost | {
             "target": self.target, "ike": self.ike, "esp": self.esp, "peers": self.peers,
             "started": self.started, "established": self.established, "failed": self.failed,
             "unfinished": self.unfinished, "seconds": round(self.seconds, 4),
@@ -100,6 +103,9 @@ def format_report(report: Report) -> str:
     if report.failures:
         lines.append("  failures by reason:")
         lines += [f"    {count:>7}  {reason}" for reason, count in report.failures.items()]
+    for lost in report.lost_workers:
+        lines.append(f"  worker lost: {lost['worker']} (share {lost['share']}, {lost['peers']} peers, "
+                     f"{lost['unfinished']} unfinished)")
     if report.wrong_psk_peers:
         lines.append(f"  peers given a wrong pre-shared key: {report.wrong_psk_peers}")
     if report.faults:

@@ -15,6 +15,7 @@ import select
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,7 +26,7 @@ from ikecore.loadtest.generator import LoadSpec, LoadTest, peer_address
 from ikecore.loadtest.progress import Counts, Progress, ProgressBar
 from ikecore.loadtest.report import Report, percentiles, rate_by_tenth
 
-__all__ = ["run_in_memory", "run_processes", "run_udp"]
+__all__ = ["run_in_memory", "run_processes", "run_udp", "split_spec"]
 
 MAX_DATAGRAMS_PER_READ = 256
 
@@ -62,11 +63,13 @@ def run_in_memory(load: LoadTest, responder: Engine, *, now: float = 1000.0,
     return load.report(now), now
 
 
-def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.0.0.0") -> Report:
+def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.0.0.0",
+            should_stop: Callable[[], bool] | None = None) -> Report:
     """Run ``load`` over real UDP: one socket, each peer's source address set per datagram.
 
     The socket binds ``bind:load.local_port`` (0: ephemeral, then every peer uses that
-    port). Bounded by the spec's ``max_seconds``.
+    port). Bounded by the spec's ``max_seconds``; ``should_stop`` (asked once a loop, and
+    at least every progress interval) ends the run early with the report so far.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -87,7 +90,8 @@ def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.
         while True:
             _send_all(sock, load)
             now = clock()
-            if load.finished or load.finished_by_duration(now) or now >= hard_stop:
+            if (load.finished or load.finished_by_duration(now) or now >= hard_stop
+                    or (should_stop is not None and should_stop())):
                 break
             deadline = load.get_timer()
             wait = hard_stop - now if deadline is None else max(0.0, min(deadline, hard_stop) - now)
@@ -175,7 +179,7 @@ def _worker(conn: Connection, spec: LoadSpec, dh_threads: int, local_port: int) 
         conn.close()
 
 
-def _split(spec: LoadSpec, workers: int) -> list[LoadSpec]:
+def split_spec(spec: LoadSpec, workers: int) -> list[LoadSpec]:
     """Consecutive peer ranges; rate and concurrency shared out; one seed each."""
     from dataclasses import replace
 
@@ -201,7 +205,7 @@ def run_processes(spec: LoadSpec, workers: int, *, dh_threads: int = 1, local_po
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    parts = _split(spec, workers)
+    parts = split_spec(spec, workers)
     pipes, processes = [], []
     for index, part in enumerate(parts):
         parent, child = context.Pipe()

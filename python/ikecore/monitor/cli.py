@@ -14,7 +14,7 @@ rows, each worker that did not answer (on stderr for JSON and CSV).
 ``ikecore terminate [--control PATH] --where COLUMN=VALUE ...`` deletes the matching ISAKMP
 SAs with their IPsec SAs (the peers get Delete notifications) and prints how many.
 
-``start_services`` opens what ``ikecore serve --control/--metrics`` asks for,
+``start_services`` opens what ``ikecore serve --control/--metrics/--web`` asks for,
 ``start_fleet_services`` the same for the parent of ``--workers N``; ``demo_report``
 prints the statistics and security associations at the end of ``make run``.
 """
@@ -231,8 +231,11 @@ class Services:
         self.control = control
         self.metrics = metrics  # ikecore.monitor.exporters.MetricsServer
         self.metrics_address = metrics_address
+        self.web: Any = None  # ikecore.monitor.web.WebServer (``--web``)
 
     def close(self) -> None:
+        if self.web is not None:
+            self.web.close()
         if self.control is not None:
             self.control.close()
         if self.metrics is not None:
@@ -288,6 +291,16 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None,
             except ConfigError:
                 services.close()
                 raise
+    web = getattr(options, "web", None)
+    if web:  # the monitor page, answered by a control server's code in this process
+        from ikecore.monitor.web import local_source, start_web
+
+        control_code = services.control or ControlServer(views, gateway=gateway)
+        try:
+            services.web = await start_web(local_source(control_code), web, getattr(options, "web_token", None))
+        except ConfigError:
+            services.close()
+            raise
     return services
 
 
@@ -300,8 +313,11 @@ class FleetServices:
         self.fanout = fanout
         self.control: FanoutServer | None = None
         self.metrics = metrics  # what ``ikecore.monitor.fleet_metrics.start`` returned
+        self.web: Any = None  # ikecore.monitor.web.WebServer (``--web``: the whole gateway)
 
     def close(self) -> None:
+        if self.web is not None:
+            self.web.close()
         self.fanout.close()
         close = getattr(self.metrics, "close", None)
         if callable(close):
@@ -352,6 +368,15 @@ async def start_fleet_services(supervisor: Any, args: Any = None, metrics: str |
             services.close()
             raise
         services.metrics = started
+    web = getattr(flags, "web", None)
+    if web:  # the monitor page of the whole gateway, read through the fan-out
+        from ikecore.monitor.web import fanout_source, start_web
+
+        try:
+            services.web = await start_web(fanout_source(fanout), web, getattr(flags, "web_token", None))
+        except BaseException:
+            services.close()
+            raise
     return services
 
 
