@@ -51,7 +51,8 @@ def gateway() -> Iterator[int]:
 class Run:
     """A master and its workers, each a real ``ikecore loadtest`` process."""
 
-    def __init__(self, tmp: Path, target: int, peers: int, *flags: str, workers: int = 2) -> None:
+    def __init__(self, tmp: Path, target: int, peers: int, *flags: str, workers: int = 2,
+                 worker_key: bool = True) -> None:
         self.tmp = tmp
         self.bind = _free_port(socket.SOCK_STREAM)
         self.master = subprocess.Popen(
@@ -61,7 +62,8 @@ class Run:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.workers = [subprocess.Popen(
             [sys.executable, "-m", "ikecore", "loadtest", "--worker", "--master-host", f"127.0.0.1:{self.bind}"],
-            env=os.environ | {"IKECORE_PSK": PSK}, stdout=subprocess.DEVNULL,
+            env=({k: v for k, v in os.environ.items() if k != "IKECORE_PSK"} | ({"IKECORE_PSK": PSK} if worker_key else {})),
+            stdout=subprocess.DEVNULL,
             stderr=(tmp / f"worker{i}.err").open("w")) for i in range(workers)]
 
     def worker_log(self, i: int) -> str:
@@ -176,9 +178,26 @@ def test_ctrl_c_on_the_master_stops_the_workers_and_keeps_the_partial_report(gat
     assert all("established" in run.worker_log(i) for i in range(2))  # each sent its report
 
 
+def test_workers_without_a_key_take_the_masters(gateway: int, tmp_path: Path) -> None:
+    """``--psk`` on the master reaches workers started with no key of their own (the two
+    commands as the README shows them); the master says that it travels unencrypted."""
+    run = Run(tmp_path, gateway, 200, "--first-address", "127.22.0.1", "--concurrency", "50", "--psk", PSK,
+              worker_key=False)
+    code, report, err = run.finish()
+    assert code == 0 and report["established"] == 200 and report["failed"] == 0
+    assert "unencrypted" in err and PSK not in err
+
+
+def test_workers_without_any_key_fail_authentication_with_the_default(gateway: int, tmp_path: Path) -> None:
+    run = Run(tmp_path, gateway, 20, "--first-address", "127.23.0.1", "--concurrency", "20", "--timeout", "5",
+              worker_key=False)
+    code, report, _err = run.finish()
+    assert code == 1 and report["established"] == 0
+
+
 @pytest.mark.parametrize(("argv", "flag"), [
     (["loadtest", "127.0.0.1", "--peers", "10", "--master"], "--expect-workers"),
-    (["loadtest", "127.0.0.1", "--peers", "10", "--master", "--expect-workers", "2", "--psk", "x"], "--psk"),
+    (["loadtest", "127.0.0.1", "--peers", "10", "--master", "--expect-workers", "2", "--cert", "x"], "--cert"),
     (["loadtest", "127.0.0.1", "--peers", "10", "--master", "--expect-workers", "20"], "--expect-workers"),
     (["loadtest", "--worker"], "--master-host"),
     (["loadtest", "--worker", "--master-host", "127.0.0.1", "--peers", "5"], "--peers"),

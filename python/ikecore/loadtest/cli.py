@@ -10,6 +10,7 @@ wrong flag (the caller prints the ``ConfigError``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, TextIO
 
@@ -160,10 +161,9 @@ def _command(args: argparse.Namespace, out: TextIO) -> int:
 
 def _master(args: argparse.Namespace, out: TextIO) -> int:
     """``--master``: Locust's master runner; the report is the merge of the workers'."""
-    for flag, value in (("--psk", args.psk), ("--psk-file", args.psk_file), ("--cert", args.cert),
-                        ("--key", args.key), ("--ca", args.ca)):
+    for flag, value in (("--cert", args.cert), ("--key", args.key), ("--ca", args.ca)):
         if value:
-            raise ConfigError(flag, "the key stays on the load machines: give it to each --worker, not the master")
+            raise ConfigError(flag, "certificates stay on the load machines: give them to each --worker")
     if args.workers != 1:
         raise ConfigError("--workers", "is for one machine; with --master, start --worker processes instead")
     if args.master_host is not None:
@@ -171,6 +171,12 @@ def _master(args: argparse.Namespace, out: TextIO) -> int:
     if args.expect_workers is None or not 1 <= args.expect_workers <= 1024:
         raise ConfigError("--expect-workers", "give the number of workers to wait for (1 to 1024)")
     spec = spec_from_args(args, secrets=False)
+    if args.psk or args.psk_file:
+        # for workers started without a key of their own; theirs wins
+        spec = dataclasses.replace(spec, psk=psk_from_flags(args.psk, args.psk_file))
+        sys.stderr.write("ikecore loadtest: the master sends --psk to workers that have no key of their own, over "
+                         "Locust's unencrypted connection; give each --worker --psk-file or "
+                         f"${PSK_ENVIRONMENT} to keep it off the network\n")
     if spec.peers < args.expect_workers:
         raise ConfigError("--expect-workers", f"more workers than --peers {spec.peers}")
     bind = parse_endpoint(args.master_bind, MASTER_PORT, "--master-bind")
@@ -192,7 +198,7 @@ def _worker(args: argparse.Namespace) -> int:
         if value is not None:
             raise ConfigError(flag, "is the master's to give: leave it out of --worker")
     master = parse_endpoint(args.master_host, MASTER_PORT, "--master-host")
-    psk = psk_from_flags(args.psk, args.psk_file) or "secret"
+    psk = psk_from_flags(args.psk, args.psk_file)   # '' : the master's, else the default
     credentials = credentials_from_flags(args.cert, args.key, args.ca)
     if args.dh_threads < 0:
         raise ConfigError("--dh-threads", "must be 0 or more")

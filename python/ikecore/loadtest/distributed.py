@@ -8,7 +8,8 @@ connection, heartbeats, statistics, web UI and CSV files are Locust's. ikecore a
 custom messages on that channel (``register_message``/``send_message``):
 
 * ``ikecore_share`` (master to worker i): share i of W of the spec (``shares``), without
-  secrets; the worker adds its own ``--psk``/``--cert`` flags.
+  certificates; the worker adds its own ``--psk``/``--cert`` flags (the master's ``--psk``
+  travels only when given, for a worker that has no key of its own).
 * ``ikecore_progress`` (worker to master, once a second): running counts, for the
   master's progress bar and for the totals of a worker lost mid-run.
 * ``ikecore_report`` (worker to master, at the end): the worker's final ikecore report

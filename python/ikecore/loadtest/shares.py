@@ -9,9 +9,10 @@ of peers and source addresses, its part of the rate or concurrency and its own s
 This module owns the plain-data forms that travel in Locust's messages, with no Locust
 import (it is tested without gevent):
 
-* ``share_wire``/``spec_from_share``: a share as a dict of plain values. Secrets never
-  travel: the pre-shared key and the certificates are each worker's own flags, and the
-  worker puts them back into the spec it rebuilds.
+* ``share_wire``/``spec_from_share``: a share as a dict of plain values. Certificates
+  never travel, nor does the pre-shared key unless the master was given one: each
+  worker's own flags go back into the spec it rebuilds (its own key first, then the
+  master's, then the default).
 * ``outcome_wire``: a worker's final report with its raw latency samples and its
   completion times on the wall clock (machines share no monotonic clock).
 * ``merge_outcomes``: one ``Report`` from the workers' outcomes, in the same form as a
@@ -45,16 +46,21 @@ def shares(spec: LoadSpec, workers: int) -> list[LoadSpec]:
 
 
 def share_wire(share: LoadSpec, index: int, workers: int) -> dict[str, Any]:
-    """One share as plain data for a Locust message (no key, no certificate)."""
+    """One share as plain data for a Locust message: no certificate, and the pre-shared key
+    only when the master was given one (for workers without a key of their own)."""
     wire: dict[str, Any] = {name: getattr(share, name) for name in _SPEC_FIELDS}
     wire.update(index=index, workers=workers, target=[share.target[0], share.target[1]],
                 faults=asdict(share.faults))
+    if share.psk:
+        wire["psk"] = share.psk
     return wire
 
 
 def spec_from_share(wire: dict[str, Any], psk: str, credentials: Credentials | None) -> LoadSpec:
-    """The worker's ``LoadSpec``: the share from the master plus the worker's own secrets."""
+    """The worker's ``LoadSpec``: the share from the master plus the worker's own secrets
+    (its own key, else the master's, else the default ``secret``)."""
     values = {name: wire[name] for name in _SPEC_FIELDS}
+    psk = psk or str(wire.get("psk") or "") or "secret"
     return LoadSpec(target=(str(wire["target"][0]), int(wire["target"][1])), psk=psk, credentials=credentials,
                     faults=Faults(**wire["faults"]), **values)
 
