@@ -50,6 +50,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import sqlite3
 import tempfile
@@ -94,6 +95,12 @@ _KEY_SAMPLE = 16         # records of other shards tried when this shard holds n
 
 #: Seconds opening a store waits for other processes' transactions (a write waits ``busy_timeout``).
 OPEN_BUSY_TIMEOUT = 30.0
+def _locked(exc: sqlite3.Error) -> bool:
+    """SQLite's "database is locked" / "busy": another process holds the file for now."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 #: Snapshots taken to check a store before a damaged one is refused.
 SNAPSHOT_TRIES = 3
 
@@ -196,22 +203,28 @@ class SaStore:
         if key_path is not None and key is None:
             key = _create_key(key_path)
         self._seal = _Seal(key)
-        try:
-            _create_private(self.path)
-            # Opening waits longer than a write: every worker of a gateway opens the file at
-            # once (switching to WAL, creating or migrating the tables) on a busy machine.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=max(busy_timeout, OPEN_BUSY_TIMEOUT))
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open SA store {self.path}: {exc}") from None
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            kept = self._prepare()
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise StoreError(f"cannot open SA store {self.path}: {exc}") from None
+        # Every worker of a gateway opens the file at once (switching it to WAL, creating or
+        # migrating the tables): SQLite answers one of two such openers "locked" at once,
+        # without waiting, to break the deadlock; that one tries again a moment later.
+        give_up = time.monotonic() + OPEN_BUSY_TIMEOUT
+        while True:
+            try:
+                _create_private(self.path)
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                           timeout=max(busy_timeout, OPEN_BUSY_TIMEOUT))
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open SA store {self.path}: {exc}") from None
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                kept = self._prepare()
+                self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                break
+            except sqlite3.Error as exc:
+                self._db.close()
+                if not _locked(exc) or time.monotonic() > give_up:
+                    raise StoreError(f"cannot open SA store {self.path}: {exc}") from None
+                time.sleep(0.02 + random.random() * 0.08)
         for companion in ("-wal", "-shm"):
             extra = Path(str(self.path) + companion)
             if extra.exists():
