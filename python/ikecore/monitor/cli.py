@@ -324,23 +324,16 @@ class FleetServices:
             close()
 
 
-async def start_fleet_services(supervisor: Any, args: Any = None, metrics: str | None = None,
-                               options: Any = None) -> FleetServices:
+async def start_fleet_services(supervisor: Any, args: argparse.Namespace) -> FleetServices:
     """Open the control socket and the metrics endpoint of a gateway of worker processes
-    whose parent is ``supervisor`` (``ikecore.gateway.workers.Supervisor``).
-
-    Called ``(supervisor, args)`` with ``ikecore serve``'s parsed flags (``args.control``: a
-    path, '' for the default, None for none, as ``start_services``; ``args.metrics``:
-    ADDR:PORT or None), or ``(supervisor, control, metrics, options)`` with the two values
-    and the flags. The metrics endpoint is ``ikecore.monitor.fleet_metrics.start(fanout, flags)``."""
+    whose parent is ``supervisor`` (``ikecore.gateway.workers.Supervisor``), as
+    ``ikecore serve``'s parsed flags ask (``args.control``: a path, '' for the default, None
+    for none, as ``start_services``; ``args.metrics``: ADDR:PORT or None, served by
+    ``ikecore.monitor.fleet_metrics.start``; ``args.web``: the monitor page)."""
     from ikecore.monitor.fanout import FanoutServer  # the gateway side: imported only by ``serve`` and tests
 
-    if args is None or isinstance(args, str):
-        control = args
-        known = vars(options) if isinstance(options, argparse.Namespace) else {}
-        flags = argparse.Namespace(**{**known, "control": control, "metrics": metrics})
-    else:
-        control, metrics, flags = getattr(args, "control", None), getattr(args, "metrics", None), args
+    flags = args
+    control, metrics = getattr(args, "control", None), getattr(args, "metrics", None)
     fanout = FanoutServer(supervisor)
     services = FleetServices(fanout)
     if control is not None:
@@ -352,22 +345,13 @@ async def start_fleet_services(supervisor: Any, args: Any = None, metrics: str |
         services.control = fanout
         print(f"ikecore serve: control socket {path} (all workers)", file=sys.stderr, flush=True)
     if metrics:
-        import importlib
-        import inspect
+        from ikecore.monitor import fleet_metrics
 
         try:
-            fleet_metrics = importlib.import_module("ikecore.monitor.fleet_metrics")
-        except ImportError:
-            services.close()
-            raise ConfigError("--metrics", "this build serves no metrics for --workers N; use --workers 1") from None
-        try:
-            started = fleet_metrics.start(fanout, flags)
-            if inspect.isawaitable(started):
-                started = await started
+            services.metrics = await fleet_metrics.start(fanout, flags)
         except BaseException:
             services.close()
             raise
-        services.metrics = started
     web = getattr(flags, "web", None)
     if web:  # the monitor page of the whole gateway, read through the fan-out
         from ikecore.monitor.web import fanout_source, start_web
