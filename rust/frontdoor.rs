@@ -190,15 +190,17 @@ impl FrontDoor {
         std::mem::take(&mut self.counters)
     }
 
-    /// The datagram as a possible message 1: strip a non-ESP marker, require a full
-    /// header with a zero responder cookie. None: not a candidate (Python decides).
-    pub fn candidate<'a>(&self, datagram: &'a [u8], now: f64) -> Option<FirstMessage<'a>> {
+    /// The datagram as a possible message 1: strip a non-ESP marker (only when
+    /// `marker_allowed`: neither port is 500, RFC 3948; on port 500 four zero bytes
+    /// start a cookie), require a full header with a zero responder cookie. None: not a
+    /// candidate (Python decides).
+    pub fn candidate<'a>(&self, datagram: &'a [u8], marker_allowed: bool, now: f64) -> Option<FirstMessage<'a>> {
         if !self.active(now) || datagram == KEEPALIVE {
             return None;
         }
         let (message, marker) = match datagram.strip_prefix(&NON_ESP_MARKER) {
-            Some(rest) => (rest, true),
-            None => (datagram, false),
+            Some(rest) if marker_allowed => (rest, true),
+            _ => (datagram, false),
         };
         if message.len() < HEADER_LEN || message[8..16] != [0u8; 8] {
             return None;
@@ -242,8 +244,9 @@ impl FrontDoor {
     }
 
     /// [`FrontDoor::candidate`] then [`FrontDoor::answer`] (no cookie-table checks).
+    /// `ports_need_marker`: neither port is 500 (a marker may be stripped, and is added).
     pub fn classify(&self, datagram: &[u8], source: &[u8], local: &[u8], ports_need_marker: bool, now: f64) -> Verdict {
-        match self.candidate(datagram, now) {
+        match self.candidate(datagram, ports_need_marker, now) {
             Some(first) => self.answer(first, source, local, ports_need_marker, now),
             None => Verdict::Python,
         }
@@ -295,13 +298,32 @@ mod tests {
         assert_eq!(&reply[8..16], &stateless_cookie(&[7; 32], &[1; 8], b"src123", b"loc123", &digest));
         assert_eq!(&reply[8..10], &digest[..2]);
         assert_eq!(parse_message(&reply).unwrap().header.length as usize, reply.len());
-        // the marker: echoed, and added when neither port is 500
+        // the marker off port 500: stripped and echoed, and added when neither port is 500
         let mut marked = NON_ESP_MARKER.to_vec();
         marked.extend_from_slice(&mm1);
-        let Verdict::Reply(r2) = d.classify(&marked, b"src123", b"loc123", false, 1.0) else { panic!() };
+        let Verdict::Reply(r2) = d.classify(&marked, b"src123", b"loc123", true, 1.0) else { panic!() };
         assert_eq!(&r2[4..], &reply[..]);
         let Verdict::Reply(r3) = d.classify(&mm1, b"src123", b"loc123", true, 1.0) else { panic!() };
         assert_eq!(r3, r2);
+        // on port 500 the four zero bytes are part of the message: not stripped, so this
+        // datagram is no message 1 the fast path knows (Python decides)
+        assert_eq!(d.classify(&marked, b"src123", b"loc123", false, 1.0), Verdict::Python);
+        // a message 1 whose CKY-I starts with four zero bytes is whole on port 500
+        let zero_start = message([0, 0, 0, 0, 5, 5, 5, 5], [0; 8], MAIN_MODE, &[(PAYLOAD_SA, 0, SA)]);
+        let first = d.candidate(&zero_start, false, 1.0).expect("a candidate on port 500");
+        assert!(!first.marker && first.message == &zero_start[..]);
+        assert!(d.candidate(&zero_start, true, 1.0).is_none_or(|f| f.marker && f.message.len() == zero_start.len() - 4));
+    }
+
+    #[test]
+    fn a_datagram_of_two_messages_goes_to_python() {
+        let (d, mm1, _digest) = door();
+        let mut two = mm1.clone();
+        two.extend_from_slice(&mm1);
+        assert_eq!(d.classify(&two, b"src123", b"loc123", false, 1.0), Verdict::Python);
+        let mut trailing = mm1.clone();
+        trailing.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(d.classify(&trailing, b"src123", b"loc123", false, 1.0), Verdict::Python);
     }
 
     #[test]

@@ -43,6 +43,8 @@ __all__ = [
     "group_name",
     "GROUP_NAMES",
     "KEYWORDS",
+    "same_family",
+    "ike_policies_shown",
 ]
 
 # --- algorithm vocabulary ----------------------------------------------------------------
@@ -494,6 +496,24 @@ def _address_matches(pattern: str, address: str, local_addresses: Iterable[str])
         return ipaddress.ip_address(address) in _network(pattern)
     except ValueError:
         return False
+
+
+def ike_policies_shown(policies: dict[str, Any], filters: Iterable[GenericFilter]) -> list[Any]:
+    """The IKE policies to show, in configuration order: every policy a filter names, and
+    every other policy the configuration defines by name. The implicit ``default`` policy
+    (a configuration without policies gets one) is shown only when a filter uses it."""
+    used = {flt.ike_policy for flt in filters}
+    return [p for name, p in policies.items() if name in used or name != "default"]
+
+
+def same_family(a: str, b: str) -> bool:
+    """Whether two addresses or networks (``10.0.0.1``, ``fd00::/64``) are of one family,
+    IPv4 or IPv6: a specific filter never pairs an IPv6 source with an IPv4 destination.
+    True when either is no address (``any`` or a keyword), which fits both families."""
+    try:
+        return _network(a).version == _network(b).version
+    except ValueError:
+        return True
 
 
 @functools.lru_cache(maxsize=65536)

@@ -2,8 +2,18 @@
 RFC number spaces as IntEnums.
 
 Parsing and encoding happen in Rust (``rust/wire/``); this module only re-exports
-them and adds names for numbers (RFC 2407, 2408, 2409, 3947, 3706) and the
-NAT-T framing helper :func:`split_udp_encap` (RFC 3948).
+them and adds names for numbers (RFC 2407, 2408, 2409, 3947, 3706), the
+NAT-T framing function :func:`split_udp_encap` (RFC 3948) and the framing of a datagram
+into ISAKMP messages.
+
+Framing: ``parse`` takes exactly one message (its header Length must equal the bytes
+given). A datagram may carry more than one: some stacks send Main Mode message 6 and an
+encrypted Informational in one datagram. :func:`split_messages` cuts a datagram into its
+complete messages by their header Length (RFC 2408 section 3.1), in order, and says how
+many bytes are left after the last one; :func:`header_problem` checks the header fields
+that make a message invalid whatever its cookies (RFC 2408 section 5.1: version, exchange
+type, flags). The non-ESP marker (RFC 3948 section 2.2) exists only off port 500:
+:func:`marker_allowed`.
 
 Example::
 
@@ -15,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 
 from ikecore._core import (
@@ -52,7 +63,8 @@ __all__ = [
     "IdType", "OakleyAttribute", "IpsecAttribute", "EncryptionAlgorithm", "HashAlgorithm",
     "AuthMethod", "LifeType", "EspTransform", "AuthAlgorithm", "EncapsulationMode",
     "DOI_IPSEC", "SIT_IDENTITY_ONLY", "TRANSFORM_KEY_IKE", "NON_ESP_MARKER", "VENDOR_IDS",
-    "VID_DPD", "VID_NAT_T_RFC3947", "HEADER_LEN", "vendor_id_name",
+    "VID_DPD", "VID_NAT_T_RFC3947", "HEADER_LEN", "vendor_id_name", "split_messages", "framing_problem",
+    "header_problem", "marker_allowed", "VALID_EXCHANGE_TYPES", "IKE_PORT",
 ]
 
 #: Size of the ISAKMP header (RFC 2408 section 3.1).
@@ -65,6 +77,8 @@ SIT_IDENTITY_ONLY = 1
 TRANSFORM_KEY_IKE = 1
 #: Prefix of IKE datagrams on the NAT-T port (RFC 3948 section 2.2).
 NON_ESP_MARKER = b"\0\0\0\0"
+#: The IKE port: datagrams to or from it never carry a non-ESP marker (RFC 3948 section 2.2).
+IKE_PORT = 500
 
 
 class PayloadType(IntEnum):
@@ -335,3 +349,67 @@ def split_udp_encap(data: bytes) -> tuple[str, bytes]:
     if data[:4] == NON_ESP_MARKER:
         return ("ike", data[4:])
     return ("esp", data)
+
+
+def marker_allowed(local_port: int, remote_port: int) -> bool:
+    """Whether a datagram between these ports may carry the non-ESP marker (RFC 3948):
+    only when neither is port 500, where four zero bytes are the start of a cookie."""
+    return local_port != IKE_PORT and remote_port != IKE_PORT
+
+
+_length_at = struct.Struct(">I").unpack_from   # the header's Length field (offset 24)
+
+
+def split_messages(data: bytes) -> tuple[list[bytes], int]:
+    """The complete ISAKMP messages of a datagram (without a non-ESP marker), in order,
+    and the number of bytes left after the last one.
+
+    A message is taken while a whole header remains and its Length is at least a header
+    and at most what remains. ``([], len(data))`` when the first header is short or its
+    Length does not fit (see :func:`framing_problem`); the usual datagram is
+    ``([data], 0)``.
+    """
+    size = len(data)
+    if size >= HEADER_LEN and _length_at(data, 24)[0] == size:
+        return [data], 0
+    messages: list[bytes] = []
+    pos = 0
+    while size - pos >= HEADER_LEN:     # bounded: every message is at least a header long
+        length = _length_at(data, pos + 24)[0]
+        if length < HEADER_LEN or length > size - pos:
+            break
+        messages.append(data[pos:pos + length])
+        pos += length
+    return messages, size - pos
+
+
+def framing_problem(data: bytes) -> tuple[str, NotifyType]:
+    """Why a datagram holds no complete ISAKMP message (:func:`split_messages` found none):
+    the reason and the Notify it earns."""
+    if len(data) < HEADER_LEN:
+        return (f"datagram of {len(data)} bytes is shorter than an ISAKMP header", NotifyType.PAYLOAD_MALFORMED)
+    length = int.from_bytes(data[24:28], "big")
+    return (f"ISAKMP header Length is {length} but the datagram has {len(data)} bytes",
+            NotifyType.UNEQUAL_PAYLOAD_LENGTHS)
+
+
+#: Exchange types a header may carry: ISAKMP's (1-5, RFC 2408 section 3.1), Transaction
+#: (6, Mode Config), Quick Mode and New Group Mode (32, 33, RFC 2409) and private use
+#: (240-255); the other values are reserved.
+VALID_EXCHANGE_TYPES = frozenset((1, 2, 3, 4, 5, 6, 32, 33, *range(240, 256)))
+_RESERVED_FLAGS = 0xFF & ~(Flag.ENCRYPTION | Flag.COMMIT | Flag.AUTH_ONLY)
+
+
+def header_problem(message: bytes) -> tuple[str, NotifyType] | None:
+    """The first invalid field of a message's ISAKMP header (RFC 2408 section 5.1), as
+    (reason, Notify), or None. ``message`` is at least a header long; its Length was
+    checked by :func:`split_messages`."""
+    version = message[17]
+    if version >> 4 != 1:
+        return (f"ISAKMP major version {version >> 4} is not supported (version octet {version:#04x})",
+                NotifyType.INVALID_MAJOR_VERSION)
+    if message[18] not in VALID_EXCHANGE_TYPES:
+        return (f"ISAKMP header: exchange type {message[18]} is reserved", NotifyType.INVALID_EXCHANGE_TYPE)
+    if message[19] & _RESERVED_FLAGS:
+        return (f"ISAKMP header: flags {message[19]:#04x} set reserved bits", NotifyType.INVALID_FLAGS)
+    return None

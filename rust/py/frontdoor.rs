@@ -141,13 +141,13 @@ impl PyFrontDoor {
                     // used: IPv4 only (send_batch sets IPv4 sources); IPv6 goes to Python
                     let answerable = !wildcard || local_addr.is_some_and(|a| a.is_ipv4());
                     if let (true, true, Some(local_addr)) = (fast, answerable, local_addr) {
-                        if let Some(first) = door.candidate(data, now) {
+                        let ports = local_addr.port() != 500 && source.port() != 500;
+                        if let Some(first) = door.candidate(data, ports, now) {
                             let source_bytes = endpoint_bytes(&source);
                             let known = table.as_ref().is_some_and(|t| {
                                 matches!(t.lookup(first.message), Ok(Some(_))) || t.find_first(&source_bytes, first.message).is_some()
                             });
                             if !known {
-                                let ports = local_addr.port() != 500 && source.port() != 500;
                                 let own;
                                 let local_bytes: &[u8] = if wildcard {
                                     own = endpoint_bytes(&local_addr);

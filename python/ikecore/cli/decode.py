@@ -1,47 +1,43 @@
-"""``ikecore decode``: dissect ISAKMP messages.
+"""``ikecore decode``: dissect (and with ``--keylog``, decrypt) ISAKMP messages.
 
-Input: hex strings on the command line, a file (one hex datagram per line, or
-one raw binary datagram), or a capture file (pcap or pcapng, read here with
-``struct``: Ethernet, Linux cooked SLL/SLL2, BSD loopback/null and raw IP link
-types; IPv4/IPv6; UDP on any port). The non-ESP marker of NAT-T (RFC 3948) is
-stripped; UDP datagrams that are not IKEv1 are skipped.
+Input: capture files (pcap or pcapng; ``ikecore.cli.capture`` reads them, reassembles
+IP fragments and tells ISAKMP from ESP and NAT-keepalives), files of datagrams (one hex
+datagram per line, or one raw binary datagram) or hex strings, as arguments; ``--pcap``
+and ``--file`` name the kind of file. With ``--keylog FILE`` (Wireshark's IKEv1
+decryption table, the lines ``serve/connect --keylog`` write) encrypted messages are
+decrypted (``ikecore.cli.decrypt``) and shown like messages in clear.
 
-Output: a tree in the style of ``tshark -V`` with names for numbers, or with
-``--json`` one JSON object per message and line.
+Output: a tree in the style of ``tshark -V`` with names and numbers (``modp2048 (14)``,
+``AES-CBC (7)``: ``ikecore.cli.names``), or with ``--json`` one JSON object per message,
+ESP packet, keepalive or incomplete IP datagram and line. Several ISAKMP messages in one
+datagram are split by their header Length (``ikecore.wire.split_messages``).
+
+Exit status: 0; 1 when a message was malformed, an IP datagram incomplete, a decryption
+failed or a capture held no IKE or ESP packet at all; 2 for a usage error (no input, an
+empty or unreadable file, a bad key file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from ikecore import wire
+from ikecore.cli import names
+from ikecore.cli.capture import Datagram, datagrams_from_pcap, looks_like_ikev1, packets_from_pcap
+from ikecore.cli.decrypt import Decryptor, Opened, read_keylog
 from ikecore.errors import RemoteProtocolError
 
 __all__ = ["Datagram", "add_parser", "datagrams_from_pcap", "dissect", "main", "run"]
 
-IKE_PORTS = {500, 4500}
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """One candidate ISAKMP datagram and where it came from."""
-
-    data: bytes
-    frame: int | None = None
-    src: str | None = None
-    dst: str | None = None
-    time: float | None = None
-    #: True when the UDP ports say IKE (500/4500): errors are reported, not skipped.
-    ike_port: bool = True
+_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
+                b"\x0a\x0d\x0d\x0a")
 
 
 # --- names -----------------------------------------------------------------------
@@ -53,57 +49,18 @@ def _name(enum: type[IntEnum], value: int) -> str:
         return f"unknown ({value})"
 
 
-PAYLOAD_CLASS_NAMES = {
-    wire.SaPayload: "Security Association",
-    wire.KePayload: "Key Exchange",
-    wire.IdPayload: "Identification",
-    wire.CertPayload: "Certificate",
-    wire.CrPayload: "Certificate Request",
-    wire.HashPayload: "Hash",
-    wire.SigPayload: "Signature",
-    wire.NoncePayload: "Nonce",
-    wire.NotifyPayload: "Notification",
-    wire.DeletePayload: "Delete",
-    wire.VendorIdPayload: "Vendor ID",
-    wire.NatDPayload: "NAT-D",
-    wire.NatOaPayload: "NAT-OA",
-    wire.UnknownPayload: "Unknown",
-}
-
-_OAKLEY_VALUES: dict[int, type[IntEnum]] = {
-    wire.OakleyAttribute.ENCRYPTION_ALGORITHM: wire.EncryptionAlgorithm,
-    wire.OakleyAttribute.HASH_ALGORITHM: wire.HashAlgorithm,
-    wire.OakleyAttribute.AUTHENTICATION_METHOD: wire.AuthMethod,
-    wire.OakleyAttribute.LIFE_TYPE: wire.LifeType,
-    wire.OakleyAttribute.PRF: wire.HashAlgorithm,
-}
-_IPSEC_VALUES: dict[int, type[IntEnum]] = {
-    wire.IpsecAttribute.SA_LIFE_TYPE: wire.LifeType,
-    wire.IpsecAttribute.ENCAPSULATION_MODE: wire.EncapsulationMode,
-    wire.IpsecAttribute.AUTHENTICATION_ALGORITHM: wire.AuthAlgorithm,
-}
-
-
 def _attribute(protocol_id: int, attr: wire.Attribute) -> dict[str, Any]:
     isakmp = protocol_id == wire.ProtocolId.ISAKMP
     types: type[IntEnum] = wire.OakleyAttribute if isakmp else wire.IpsecAttribute
-    values = (_OAKLEY_VALUES if isakmp else _IPSEC_VALUES).get(attr.type)
     out: dict[str, Any] = {"type": attr.type, "type_name": _name(types, attr.type),
                            "format": "TV" if isinstance(attr.value, int) else "TLV"}
     if isinstance(attr.value, bytes):
         out["value_hex"] = attr.value.hex()
     out["value"] = attr.int_value
-    if values is not None:
-        out["value_name"] = _name(values, attr.int_value)
+    value_name = names.attribute_value_name(protocol_id, attr.type, attr.int_value)
+    if value_name is not None:
+        out["value_name"] = value_name
     return out
-
-
-def _transform_id_name(protocol_id: int, transform_id: int) -> str:
-    if protocol_id == wire.ProtocolId.ISAKMP:
-        return "KEY_IKE (1)" if transform_id == wire.TRANSFORM_KEY_IKE else f"unknown ({transform_id})"
-    if protocol_id == wire.ProtocolId.IPSEC_ESP:
-        return _name(wire.EspTransform, transform_id)
-    return str(transform_id)
 
 
 def _id_data(id_type: int, data: bytes) -> str:
@@ -136,7 +93,7 @@ def payload_dict(p: wire.Payload) -> dict[str, Any]:
             "transforms": [{
                 "number": t.number,
                 "transform_id": t.transform_id,
-                "transform_name": _transform_id_name(prop.protocol_id, t.transform_id),
+                "transform_name": names.transform_id_name(prop.protocol_id, t.transform_id),
                 "attributes": [_attribute(prop.protocol_id, a) for a in t.attributes],
             } for t in prop.transforms],
         } for prop in p.proposals]
@@ -155,7 +112,8 @@ def payload_dict(p: wire.Payload) -> dict[str, Any]:
         out.update(doi=p.doi, protocol_id=p.protocol_id, notify_type=p.notify_type,
                    notify_name=_name(wire.NotifyType, p.notify_type), spi=p.spi.hex(), data=p.data.hex())
     elif isinstance(p, wire.DeletePayload):
-        out.update(doi=p.doi, protocol_id=p.protocol_id, spi_size=p.spi_size, spis=[s.hex() for s in p.spis])
+        out.update(doi=p.doi, protocol_id=p.protocol_id, protocol_name=_name(wire.ProtocolId, p.protocol_id),
+                   spi_size=p.spi_size, spis=[s.hex() for s in p.spis])
     elif isinstance(p, wire.NatOaPayload):
         out.update(id_type=p.id_type, address=_id_data(p.id_type, p.data))
     else:
@@ -163,9 +121,9 @@ def payload_dict(p: wire.Payload) -> dict[str, Any]:
     return out
 
 
-def message_dict(msg: wire.Message) -> dict[str, Any]:
-    """A JSON-ready description of one message."""
-    return {
+def message_dict(msg: wire.Message, opened: Opened | None = None) -> dict[str, Any]:
+    """A JSON-ready description of one message; ``opened`` is its decryption, if tried."""
+    out: dict[str, Any] = {
         "initiator_cookie": msg.initiator_cookie.hex(),
         "responder_cookie": msg.responder_cookie.hex(),
         "next_payload": msg.next_payload,
@@ -179,11 +137,20 @@ def message_dict(msg: wire.Message) -> dict[str, Any]:
         "encrypted_body_length": len(msg.body) if msg.encrypted else None,
         "payloads": [payload_dict(p) for p in msg.payloads],
     }
+    if opened is not None:
+        out["decrypted"] = opened.payloads is not None
+        if opened.payloads is not None:
+            out["payloads"] = [payload_dict(p) for p in opened.payloads]
+            out["padding"] = opened.padding
+            out["retransmission"] = opened.retransmission
+        else:
+            out["decryption"] = opened.note
+    return out
 
 
 def _flag_text(flags: int) -> str:
-    names = [f.name.lower() for f in wire.Flag if flags & f]
-    return f"{flags:#04x} ({', '.join(names) if names else 'none'})"
+    flag_names = [f.name.lower() for f in wire.Flag if flags & f]
+    return f"{flags:#04x} ({', '.join(flag_names) if flag_names else 'none'})"
 
 
 def _tree(d: dict[str, Any], indent: int, out: list[str]) -> None:
@@ -196,24 +163,34 @@ def _tree(d: dict[str, Any], indent: int, out: list[str]) -> None:
         out.append(f"{pad}{key.replace('_', ' ').capitalize()}: {value}")
 
 
-def render_text(dg: Datagram, msg: wire.Message) -> str:
-    """tshark -V style text for one message."""
-    d = message_dict(msg)
-    out: list[str] = []
+def _where(dg: Datagram) -> str:
     where = f"Frame {dg.frame}: " if dg.frame is not None else ""
-    route = f"{dg.src} -> {dg.dst}, " if dg.src else ""
-    out.append(f"{where}{route}{len(dg.data)} bytes")
-    out.append("Internet Security Association and Key Management Protocol")
-    out.append(f"    Initiator cookie: {d['initiator_cookie']}")
-    out.append(f"    Responder cookie: {d['responder_cookie']}")
-    out.append(f"    Next payload: {_name(wire.PayloadType, msg.next_payload)}")
-    out.append(f"    Version: {d['version']}")
-    out.append(f"    Exchange type: {d['exchange_name']}")
-    out.append(f"    Flags: {_flag_text(msg.flags)}")
-    out.append(f"    Message ID: {msg.message_id:#010x}")
-    out.append(f"    Length: {msg.length}")
+    return where + (f"{dg.src} -> {dg.dst}, " if dg.src else "")
+
+
+def render_text(dg: Datagram, msg: wire.Message, opened: Opened | None = None) -> str:
+    """tshark -V style text for one message (decrypted when ``opened`` holds payloads)."""
+    d = message_dict(msg, opened)
+    out: list[str] = [f"{_where(dg)}{len(dg.data)} bytes",
+                      "Internet Security Association and Key Management Protocol",
+                      f"    Initiator cookie: {d['initiator_cookie']}",
+                      f"    Responder cookie: {d['responder_cookie']}",
+                      f"    Next payload: {_name(wire.PayloadType, msg.next_payload)}",
+                      f"    Version: {d['version']}",
+                      f"    Exchange type: {d['exchange_name']}",
+                      f"    Flags: {_flag_text(msg.flags)}",
+                      f"    Message ID: {msg.message_id:#010x}",
+                      f"    Length: {msg.length}"]
     if msg.encrypted:
-        out.append(f"    Encrypted data ({len(msg.body)} bytes)")
+        line = f"    Encrypted data ({len(msg.body)} bytes)"
+        if opened is None:
+            line += ": give --keylog FILE to decrypt"
+        elif opened.payloads is None:
+            line += f": {opened.note}"
+        else:
+            again = " (retransmission: the IV of its original)" if opened.retransmission else ""
+            line += f", decrypted{again}: {opened.padding} bytes of padding"
+        out.append(line)
     for p in d["payloads"]:
         out.append(f"    Payload: {p['type_name']}")
         _tree({k: v for k, v in p.items() if k != "length"} | {"length": p["length"]}, 2, out)
@@ -228,23 +205,30 @@ def render_text(dg: Datagram, msg: wire.Message) -> str:
     return "\n".join(out)
 
 
+def esp_dict(data: bytes) -> dict[str, Any]:
+    """SPI, sequence number and length of an ESP packet (RFC 4303 section 2)."""
+    return {"spi": f"0x{data[:4].hex()}", "seq": int.from_bytes(data[4:8], "big"), "length": len(data)}
+
+
 # --- input -----------------------------------------------------------------------
-
-def _strip_marker(data: bytes) -> bytes:
-    if len(data) >= 4 + wire.HEADER_LEN and data[:4] == wire.NON_ESP_MARKER:
-        return data[4:]
-    return data
-
-
-def _looks_like_ikev1(data: bytes) -> bool:
-    return len(data) >= wire.HEADER_LEN and data[17] >> 4 == 1
-
 
 def _parse_hex(text: str) -> bytes:
     cleaned = "".join(text.split()).replace(":", "")
     if cleaned.lower().startswith("0x"):
         cleaned = cleaned[2:]
     return bytes.fromhex(cleaned)
+
+
+def _unmark(data: bytes) -> bytes:
+    """A datagram without ports: the non-ESP marker is taken off only when the datagram
+    does not parse as it is and does after the four zero bytes."""
+    if data[:4] != wire.NON_ESP_MARKER or not looks_like_ikev1(data[4:]):
+        return data
+    try:
+        wire.parse(data)
+        return data
+    except RemoteProtocolError:
+        return data[4:]
 
 
 def datagrams_from_file(path: Path) -> Iterator[Datagram]:
@@ -255,148 +239,72 @@ def datagrams_from_file(path: Path) -> Iterator[Datagram]:
         hex_lines = [ln for ln in lines if ln and not ln.startswith("#")]
         datagrams = [_parse_hex(ln) for ln in hex_lines]
     except (UnicodeDecodeError, ValueError):
-        yield Datagram(_strip_marker(raw))
+        yield Datagram(_unmark(raw))
         return
     for i, data in enumerate(datagrams, 1):
-        yield Datagram(_strip_marker(data), frame=i)
+        yield Datagram(_unmark(data), frame=i)
 
 
-def _ip_udp(packet: bytes) -> tuple[str, str, int, int, bytes] | None:
-    """(src, dst, sport, dport, payload) of a UDP-in-IP packet, else None."""
-    if not packet:
-        return None
-    version = packet[0] >> 4
-    if version == 4:
-        if len(packet) < 20:
-            return None
-        ihl = (packet[0] & 15) * 4
-        total = struct.unpack_from("!H", packet, 2)[0]
-        frag = struct.unpack_from("!H", packet, 6)[0]
-        if packet[9] != 17 or frag & 0x3FFF or ihl < 20:
-            return None  # not UDP, or a fragment
-        src, dst = str(ip_address(packet[12:16])), str(ip_address(packet[16:20]))
-        l4 = packet[ihl:total if total >= ihl else len(packet)]
-    elif version == 6:
-        if len(packet) < 40:
-            return None
-        next_header = packet[6]
-        pos = 40
-        for _ in range(8):  # skip a bounded number of extension headers
-            if next_header in (0, 43, 60) and len(packet) >= pos + 8:
-                next_header, pos = packet[pos], pos + (packet[pos + 1] + 1) * 8
-            else:
-                break
-        if next_header != 17:
-            return None
-        src, dst = f"[{ip_address(packet[8:24])}]", f"[{ip_address(packet[24:40])}]"
-        l4 = packet[pos:]
-    else:
-        return None
-    if len(l4) < 8:
-        return None
-    sport, dport, ulen = struct.unpack_from("!HHH", l4)
-    payload = l4[8:ulen] if 8 <= ulen <= len(l4) else l4[8:]
-    return src, dst, sport, dport, payload
+def _is_capture(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) in _PCAP_MAGICS
 
 
-def _link_to_ip(linktype: int, frame: bytes) -> bytes | None:
-    if linktype == 1:  # Ethernet, with up to two VLAN tags
-        pos, ethertype = 12, 0
-        for _ in range(3):
-            if len(frame) < pos + 2:
-                return None
-            ethertype = struct.unpack_from("!H", frame, pos)[0]
-            if ethertype in (0x8100, 0x88A8):
-                pos += 4
-                continue
-            break
-        return frame[pos + 2:] if ethertype in (0x0800, 0x86DD) else None
-    if linktype in (101, 228, 229, 12, 14):  # raw IP
-        return frame
-    if linktype in (0, 108):  # BSD loopback / null: 4-byte family in either byte order
-        return frame[4:]
-    if linktype == 113:  # Linux cooked SLL
-        return frame[16:] if len(frame) >= 16 and struct.unpack_from("!H", frame, 14)[0] in (0x0800, 0x86DD) else None
-    if linktype == 276:  # Linux cooked SLL2
-        return frame[20:] if len(frame) >= 20 and struct.unpack_from("!H", frame, 0)[0] in (0x0800, 0x86DD) else None
-    return None
+class _Input:
+    """The datagrams of one named input, and whether it was a capture."""
+
+    def __init__(self, label: str, datagrams: list[Datagram], capture: bool) -> None:
+        self.label, self.datagrams, self.capture = label, datagrams, capture
 
 
-def _pcap_frames(raw: bytes) -> Iterator[tuple[int, float, bytes]]:
-    """(linktype, timestamp, frame) for classic pcap and pcapng files."""
-    if len(raw) < 24:
-        raise ValueError("capture file too short")
-    magic = raw[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
-        endian = "<" if magic[0] in (0xD4, 0x4D) else ">"
-        nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-        linktype = struct.unpack_from(endian + "I", raw, 20)[0] & 0x0FFFFFFF
-        pos = 24
-        while pos + 16 <= len(raw):
-            sec, frac, incl, _orig = struct.unpack_from(endian + "IIII", raw, pos)
-            pos += 16
-            frame = raw[pos:pos + incl]
-            pos += incl
-            yield linktype, sec + frac / (1e9 if nano else 1e6), frame
-        return
-    if magic != b"\x0a\x0d\x0d\x0a":
-        raise ValueError("not a pcap or pcapng file")
-    endian = "<"
-    interfaces: list[tuple[int, float]] = []
-    pos = 0
-    while pos + 12 <= len(raw):
-        block_type = struct.unpack_from(endian + "I", raw, pos)[0]
-        if block_type == 0x0A0D0D0A:
-            endian = "<" if raw[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-            interfaces = []
-        block_len = struct.unpack_from(endian + "I", raw, pos + 4)[0]
-        if block_len < 12 or pos + block_len > len(raw):
-            break
-        body = raw[pos + 8:pos + block_len - 4]
-        if block_type == 1 and len(body) >= 8:  # Interface Description Block
-            linktype = struct.unpack_from(endian + "H", body, 0)[0]
-            resolution = 1e-6
-            opt = 8
-            while opt + 4 <= len(body):
-                code, length = struct.unpack_from(endian + "HH", body, opt)
-                if code == 0:
-                    break
-                if code == 9 and length >= 1:  # if_tsresol
-                    v = body[opt + 4]
-                    resolution = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
-                opt += 4 + (length + 3) // 4 * 4
-            interfaces.append((linktype, resolution))
-        elif block_type == 6 and len(body) >= 20:  # Enhanced Packet Block
-            iface, ts_hi, ts_lo, caplen, _orig = struct.unpack_from(endian + "IIIII", body, 0)
-            if iface < len(interfaces):
-                linktype, resolution = interfaces[iface]
-                yield linktype, ((ts_hi << 32) | ts_lo) * resolution, body[20:20 + caplen]
-        elif block_type == 3 and len(body) >= 4 and interfaces:  # Simple Packet Block
-            yield interfaces[0][0], 0.0, body[4:]
-        pos += block_len
+def _read_file(path: Path, kind: str | None) -> _Input:
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: give a pcap/pcapng capture or a file of hex datagrams")
+    if kind == "pcap" or (kind is None and _is_capture(path)):
+        return _Input(str(path), list(packets_from_pcap(path)), True)
+    datagrams = list(datagrams_from_file(path))
+    if not datagrams:
+        raise ValueError(f"{path} holds no datagram: give a pcap/pcapng capture or a file of hex datagrams")
+    return _Input(str(path), datagrams, False)
 
 
-def datagrams_from_pcap(path: Path) -> Iterator[Datagram]:
-    """Every UDP datagram of a pcap/pcapng file that could be IKEv1."""
-    for number, (linktype, ts, frame) in enumerate(_pcap_frames(path.read_bytes()), 1):
-        ip = _link_to_ip(linktype, frame)
-        if ip is None:
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for a file: a long hex datagram
+        return False
+
+
+def _inputs(args: argparse.Namespace) -> list[_Input]:
+    inputs: list[_Input] = []
+    if args.pcap is not None:
+        inputs.append(_read_file(args.pcap, "pcap"))
+    if args.file is not None:
+        inputs.append(_read_file(args.file, "file"))
+    hexes: list[Datagram] = []
+    for item in args.input:
+        path = Path(item)
+        if _exists(path):
+            inputs.append(_read_file(path, None))
             continue
-        udp = _ip_udp(ip)
-        if udp is None:
-            continue
-        src, dst, sport, dport, payload = udp
-        data = _strip_marker(payload)
-        if not _looks_like_ikev1(data):
-            continue
-        yield Datagram(data, frame=number, src=f"{src}:{sport}", dst=f"{dst}:{dport}", time=ts,
-                       ike_port=bool({sport, dport} & IKE_PORTS) or data is not payload)
+        try:
+            data = _parse_hex(item)
+        except ValueError:
+            raise ValueError(f"{item}: no such file, and not a datagram in hex") from None
+        if not data:
+            raise ValueError(f"{item!r}: an empty datagram")
+        hexes.append(Datagram(_unmark(data), frame=len(hexes) + 1))
+    if hexes:
+        inputs.append(_Input("the command line", hexes, False))
+    if not inputs:
+        raise ValueError("nothing to decode: give a capture file (or --pcap FILE), --file FILE or a datagram in hex")
+    return inputs
 
 
 # --- command ---------------------------------------------------------------------
 
 def dissect(dg: Datagram) -> tuple[wire.Message | None, RemoteProtocolError | None]:
-    """Parse one datagram: (message, None) or (None, error)."""
+    """Parse one datagram holding one message: (message, None) or (None, error)."""
     try:
         return wire.parse(dg.data), None
     except RemoteProtocolError as exc:
@@ -405,48 +313,107 @@ def dissect(dg: Datagram) -> tuple[wire.Message | None, RemoteProtocolError | No
 
 def add_parser(subparsers: Any) -> None:
     """Register ``decode`` on the CLI's sub-parsers."""
-    p = subparsers.add_parser("decode", help="dissect ISAKMP messages (hex, file or pcap/pcapng)")
-    p.add_argument("hex", nargs="*", metavar="HEX", help="a datagram in hex")
+    p = subparsers.add_parser(
+        "decode", help="dissect and decrypt ISAKMP messages (pcap/pcapng capture, file or hex)",
+        description="Dissect ISAKMP messages of a pcap/pcapng capture, a file of datagrams or hex; "
+                    "with --keylog, decrypt them.")
+    p.add_argument("input", nargs="*", metavar="CAPTURE|HEX",
+                   help="a pcap/pcapng capture, a file of hex datagrams, or a datagram in hex")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--file", type=Path, help="one hex datagram per line, or one raw binary datagram")
     src.add_argument("--pcap", type=Path, help="a pcap or pcapng capture")
+    p.add_argument("--keylog", type=Path, metavar="FILE",
+                   help="Wireshark IKEv1 decryption table (ICOOKIE,ENCKEY lines, as serve/connect --keylog "
+                        "write them): decrypt the messages of those SAs")
     p.add_argument("--json", action="store_true", help="one JSON object per message and line")
     p.set_defaults(handler=run)
 
 
+def _emit(args: argparse.Namespace, dg: Datagram, text: str, obj: dict[str, Any]) -> None:
+    if args.json:
+        head: dict[str, Any] = {"frame": dg.frame, "src": dg.src, "dst": dg.dst, "time": dg.time}
+        print(json.dumps({k: v for k, v in head.items() if v is not None} | obj))
+    else:
+        print(text)
+        print()
+
+
+def _show(args: argparse.Namespace, dg: Datagram, decryptor: Decryptor | None) -> tuple[bool, bool]:
+    """Print one datagram: (shown, fine)."""
+    if dg.kind == "esp":
+        esp = esp_dict(dg.data)
+        _emit(args, dg, f"{_where(dg)}ESP spi={esp['spi']} seq={esp['seq']} len={esp['length']}", {"esp": esp})
+        return True, True
+    if dg.kind == "keepalive":
+        _emit(args, dg, f"{_where(dg)}NAT-keepalive", {"keepalive": True})
+        return True, True
+    if dg.kind == "incomplete":
+        _emit(args, dg, f"Frame {dg.frame}: {dg.note}", {"incomplete": dg.note})
+        return False, False
+    pieces, trailing = wire.split_messages(dg.data)
+    if not pieces:  # no whole message: the parser says what is wrong with it
+        pieces, trailing = [dg.data], 0
+    fine = True
+    shown = False
+    for index, piece in enumerate(pieces, 1):
+        part = Datagram(piece, dg.frame, dg.src, dg.dst, dg.time, dg.ike_port)
+        msg, err = dissect(part)
+        if err is not None and not dg.ike_port:
+            continue
+        shown = True
+        extra: dict[str, Any] = {"message": index, "messages": len(pieces)} if len(pieces) > 1 else {}
+        if msg is None:
+            fine = False
+            _emit(args, part, f"{_where(part)}malformed ISAKMP ({type(err).__name__}): {err}",
+                  extra | {"error": str(err), "error_class": type(err).__name__,
+                           "notify_type": err.notify_type if err else None})
+            continue
+        opened = None
+        if decryptor is not None:
+            if msg.encrypted:
+                opened = decryptor.open(msg, dg.src)
+                fine = fine and not opened.failed
+            else:
+                decryptor.observe(msg, dg.src)
+        text = render_text(part, msg, opened)
+        if extra:
+            text = text.replace("\n", f"\n    (message {index} of {len(pieces)} in this datagram)\n", 1)
+        _emit(args, part, text, extra | message_dict(msg, opened))
+    if trailing and shown:
+        _emit(args, dg, f"{_where(dg)}{trailing} bytes after the last ISAKMP message ignored",
+              {"trailing_bytes": trailing})
+    return shown, fine
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``decode``; returns the exit status (1 when any datagram was malformed)."""
+    """Run ``decode``; returns the exit status (module docstring)."""
     try:
-        if args.pcap is not None:
-            datagrams: list[Datagram] = list(datagrams_from_pcap(args.pcap))
-        elif args.file is not None:
-            datagrams = list(datagrams_from_file(args.file))
-        else:
-            datagrams = [Datagram(_strip_marker(_parse_hex(h)), frame=i) for i, h in enumerate(args.hex, 1)]
+        keys = read_keylog(args.keylog) if args.keylog is not None else None
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"ikecore decode: --keylog {args.keylog}: {detail}", file=sys.stderr)
+        return 2
+    try:
+        inputs = _inputs(args)
     except (OSError, ValueError) as exc:
         print(f"ikecore decode: {exc}", file=sys.stderr)
         return 2
+    decryptor = Decryptor(keys) if keys is not None else None
     status = 0
-    for dg in datagrams:
-        msg, err = dissect(dg)
-        if err is not None and not dg.ike_port:
-            continue
-        if args.json:
-            obj: dict[str, Any] = {"frame": dg.frame, "src": dg.src, "dst": dg.dst, "time": dg.time}
-            obj = {k: v for k, v in obj.items() if v is not None}
-            if msg is not None:
-                obj.update(message_dict(msg))
-            else:
-                obj.update(error=str(err), error_class=type(err).__name__, notify_type=err.notify_type if err else None)
-            print(json.dumps(obj))
-        elif msg is not None:
-            print(render_text(dg, msg))
-            print()
-        else:
-            where = f"Frame {dg.frame}: " if dg.frame is not None else ""
-            print(f"{where}malformed ISAKMP ({type(err).__name__}): {err}\n")
-        if err is not None:
-            status = 1
+    try:
+        for item in inputs:
+            any_shown = False
+            for dg in item.datagrams:
+                shown, fine = _show(args, dg, decryptor)
+                any_shown = any_shown or shown
+                if not fine:
+                    status = 1
+            if item.capture and not any_shown:
+                print(f"ikecore decode: no IKE or ESP packets in {item.label}", file=sys.stderr)
+                status = 1
+    finally:
+        if decryptor is not None:
+            decryptor.close()
     return status
 
 

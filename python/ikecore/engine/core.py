@@ -344,15 +344,19 @@ class Engine:
         return self._acquires.soft_snapshot(now)
 
     def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
-        """Process one UDP datagram received on ``local`` from ``remote``. Never raises."""
+        """Process one UDP datagram received on ``local`` from ``remote``: each ISAKMP
+        message it carries, in order. Never raises."""
         self._now = now
         try:
             self._receive(bytes(data), remote, local, now)
-        except RemoteProtocolError as exc:
+        except Exception as exc:  # noqa: BLE001 - peer bytes must never raise out
+            self._failed(remote, exc)
+
+    def _failed(self, remote: Address, exc: Exception) -> None:
+        """Count what a peer's message raised: an invalid packet (a bug is one too, never a crash)."""
+        if isinstance(exc, RemoteProtocolError):
             self._invalid(remote, str(exc), exc.notify_type)
-        except IkeError as exc:  # pragma: no cover - defensive: a bug, but never crash the loop
-            self._invalid(remote, f"internal error: {exc!r}", None)
-        except Exception as exc:  # noqa: BLE001 - same: peer bytes must never raise out
+        else:
             self._invalid(remote, f"internal error: {exc!r}", None)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address, Address]]:
@@ -411,19 +415,43 @@ class Engine:
     # --- receive path ---------------------------------------------------------------------
 
     def _receive(self, data: bytes, remote: Address, local: Address, now: float) -> None:
-        marker = False
+        """Frame one datagram: a NAT keepalive, the non-ESP marker (only off port 500,
+        RFC 3948), then each complete ISAKMP message by its header Length (``wire.split_messages``):
+        several in one datagram are processed in order, bytes after the last are counted
+        (an invalid packet: a Length that does not account for the datagram)."""
         if data == KEEPALIVE:
             return  # NAT keepalive (RFC 3948 section 2.3)
-        if data[:4] == wire.NON_ESP_MARKER:
+        marker = False
+        if data[:4] == wire.NON_ESP_MARKER and wire.marker_allowed(local[1], remote[1]):
             data, marker = data[4:], True
-        if len(data) < 28:
-            raise wire_error(f"datagram of {len(data)} bytes is shorter than an ISAKMP header")
+        messages, trailing = wire.split_messages(data)
+        if not messages:
+            raise wire_error(*wire.framing_problem(data))
+        if not trailing and len(messages) == 1:
+            self._receive_message(data, remote, local, now, marker)
+            return
+        for message in messages:
+            try:
+                self._receive_message(message, remote, local, now, marker)
+            except Exception as exc:  # noqa: BLE001 - one message's fault never stops the next
+                self._failed(remote, exc)
+        if trailing:
+            self._invalid(remote, f"{trailing} bytes after the last ISAKMP message of the datagram ignored",
+                          wire.NotifyType.UNEQUAL_PAYLOAD_LENGTHS)
+
+    def _receive_message(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> None:
+        """One ISAKMP message: an invalid header is an invalid packet whatever its cookies;
+        then the SA its cookies name, or message 1, or an invalid cookie."""
+        problem = wire.header_problem(data)
+        if problem is not None:
+            raise wire_error(*problem)
         handle = self._cookies.lookup(data)
         exchange_type = data[18]
         if handle is None:
             if data[8:16] == ZERO_COOKIE:
                 self._receive_first(data, remote, local, now, marker)
             elif not self._stateless_mm3(data, remote, local, now, marker):
+                wire.parse(data)  # incorrect payload lengths: an invalid packet, not an invalid cookie
                 self.emit(ev.InvalidCookieReceived(time=now, remote=remote))
             return
         sa = self._sas[handle]

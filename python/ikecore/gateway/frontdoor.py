@@ -19,8 +19,10 @@ queue and push legitimate peers out. ``FastPath`` puts ``ikecore._core.FrontDoor
   pushed before every batch (:meth:`FastPath.sync`); a template disappears when the
   offer cache forgets its offer (``OfferCache.on_evict``);
 * everything else (other messages, unknown offers, a secret rotation due, a message 1
-  the engine's cookie table already knows) comes back as ``(data, remote)`` and goes to
-  the engine unchanged through the gateway's bounded queue.
+  the engine's cookie table already knows, a datagram of more than one ISAKMP message or
+  with bytes after its message) comes back as ``(data, remote)`` and goes to the engine
+  unchanged through the gateway's bounded queue. Rust strips a non-ESP marker only when
+  neither port is 500 (RFC 3948), as the engine does.
 
 Preconditions for answering in Rust, else everything goes to Python: the local
 address is known (a socket bound to a specific address, or a wildcard socket with

@@ -18,14 +18,13 @@ which is ``ikecore.steering.worker_of(CKY-I, N)``: every datagram of an SA reach
 same worker whatever the peer's address and port do (NAT-T floating to port 4500, a
 NAT that rebinds), the way QUIC servers route by connection ID.
 
-The same program serves both ports. On the NAT-T port IKE carries the marker, and a
-datagram without it is ESP (steered by its SPI, to some worker) or a one-byte NAT
-keepalive (the load beyond the payload ends the program with 0: socket 0); any worker
-may take those. On the IKE port a datagram that starts with four zero bytes has the
-marker too: the engine frames IKE with it whenever neither port is 500, as charon does,
-and strips it on every port (``Engine.receive_datagram``), so the program reads the
-cookie where the engine does. An index the group does not have (while it is being
-bound) makes the kernel fall back to its 4-tuple hash.
+Off port 500 IKE carries the marker, and a datagram without it is ESP (steered by its
+SPI, to some worker) or a one-byte NAT keepalive (the load beyond the payload ends the
+program with 0: socket 0); any worker may take those. On port 500 there is never a
+marker (``wire.marker_allowed``): four leading zero bytes there are the start of CKY-I,
+so a group bound to port 500 gets the program without the marker test (rows 1 and 2),
+and the program reads the cookie where the engine does. An index the group does not
+have (while it is being bound) makes the kernel fall back to its 4-tuple hash.
 
 The kernel numbers a group's sockets in bind order and, when one is closed, moves the
 last socket into its slot: the parent process binds the sockets in order, keeps every
@@ -41,6 +40,7 @@ import socket
 import struct
 
 from ikecore.events import Address
+from ikecore.wire import IKE_PORT
 
 __all__ = ["SO_ATTACH_REUSEPORT_CBPF", "steering_program", "attach_steering", "bind_group"]
 
@@ -56,24 +56,28 @@ _RET_A = 0x06 | 0x10                # BPF_RET | BPF_A
 MARKER_LENGTH = 4   # the non-ESP marker: four zero bytes
 
 
-def steering_program(workers: int) -> list[tuple[int, int, int, int]]:
+def steering_program(workers: int, marker: bool = True) -> list[tuple[int, int, int, int]]:
     """The classic BPF program (``struct sock_filter`` rows: code, jt, jf, k) that returns
-    ``worker_of(CKY-I, workers)`` for a datagram's UDP payload (see the module note)."""
+    ``worker_of(CKY-I, workers)`` for a datagram's UDP payload (see the module note);
+    ``marker=False`` (a group on port 500) reads CKY-I at offset 0 whatever it holds."""
     if not 1 <= workers <= 0xFFFF:
         raise ValueError(f"workers must be between 1 and 65535, not {workers}")
-    return [
-        (_LD_W_ABS, 0, 0, 0),               # 0: A = payload[0:4]
+    marker_rows = [
         (_JEQ_K, 0, 1, 0),                  # 1: A == 0 (marker) ? 2 : 3
         (_LD_W_ABS, 0, 0, MARKER_LENGTH),   # 2: A = payload[4:8], CKY-I after the marker
-        (_MOD_K, 0, 0, workers),            # 3: A %= workers
-        (_RET_A, 0, 0, 0),                  # 4: deliver to socket A
+    ] if marker else []
+    return [
+        (_LD_W_ABS, 0, 0, 0),               # 0: A = payload[0:4]
+        *marker_rows,
+        (_MOD_K, 0, 0, workers),            # A %= workers
+        (_RET_A, 0, 0, 0),                  # deliver to socket A
     ]
 
 
-def attach_steering(sock: socket.socket, workers: int) -> None:
+def attach_steering(sock: socket.socket, workers: int, marker: bool = True) -> None:
     """Attach the steering program to ``sock``'s SO_REUSEPORT group (the whole group
     uses it; attaching to a socket not yet bound prepares the group it will start)."""
-    rows = steering_program(workers)
+    rows = steering_program(workers, marker)
     program = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *row) for row in rows))
     fprog = struct.pack("@HP", len(rows), ctypes.addressof(program))  # struct sock_fprog
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
@@ -98,7 +102,7 @@ def bind_group(local: Address, workers: int) -> list[socket.socket]:
             group.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if index == 0:
-                attach_steering(sock, workers)   # in place before the first datagram can arrive
+                attach_steering(sock, workers, local[1] != IKE_PORT)   # in place before the first datagram can arrive
             sock.bind(address)
             if index == 0:
                 address = (local[0], sock.getsockname()[1])
