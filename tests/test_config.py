@@ -67,9 +67,9 @@ def test_bad_values_name_the_key(patch: dict, key: str) -> None:
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[gateway\n")
-    with pytest.raises(ConfigError, match="--config: .* is not valid TOML"):
+    with pytest.raises(ConfigError, match="^config: .* is not valid TOML"):
         load_config(str(bad))
-    with pytest.raises(ConfigError, match="--config: cannot read"):
+    with pytest.raises(ConfigError, match="^config: cannot read"):
         load_config(str(tmp_path / "missing.toml"))
 
 

@@ -64,7 +64,7 @@ def test_views_of_a_gateway_with_charon_and_ikecore_peers(tmp_path: Path) -> Non
                 assert ours["peer"] == sa["local-host"] and ours["peer_id"] == sa["local-id"]
                 assert ours["encryption"].upper().startswith(sa["encr-alg"].split("_")[0])
                 assert ours["diffie_hellman"].upper() == sa["dh-group"].replace("_", "")
-                assert {"XAUTH", "Dead Peer Detection v1.0", "RFC 3947 NAT-T"} <= set(ours["vendor_ids"].split(", "))
+                assert {"XAUTH", "Dead Peer Detection v1.0", "RFC 3947 NAT-T"} <= set(ours["vendor_ids"])  # a JSON list
             assert by_cookie[next(iter(theirs))]["encryption"] == "aes128"
 
             qm = request(path, {"op": "view", "mode": "quick-mode", "view": "security-associations",

@@ -61,3 +61,36 @@ def test_the_library_entry_points() -> None:
     assert Engine is CoreEngine and Gateway is TransportGateway
     for module in ("ikecore.wire", "ikecore.dh", "ikecore.keymat"):
         assert importlib.import_module(module).__name__ == module
+
+
+#: The package root's public names: what ``from ikecore import *`` gives a library user.
+PUBLIC = {
+    "__version__", "AuthenticationFailed", "ConfigError", "CryptoError", "IkeError", "InvalidCookie",
+    "InvalidKeyInformation", "InvalidPayloadType", "LocalProtocolError", "NegotiationFailed", "NegotiationTimeout",
+    "NoProposalChosen", "PayloadMalformed", "ProtocolError", "RemoteProtocolError",
+}
+
+
+def test_the_package_root_exports_exactly_the_public_names() -> None:
+    import ikecore
+    from ikecore import errors
+
+    assert set(ikecore.__all__) == PUBLIC and len(ikecore.__all__) == len(PUBLIC)
+    for name in PUBLIC - {"__version__"}:
+        assert getattr(ikecore, name) is getattr(errors, name)
+    assert issubclass(ikecore.NegotiationFailed, ikecore.IkeError)
+    assert issubclass(ikecore.NegotiationTimeout, ikecore.NegotiationFailed)
+    assert issubclass(ikecore.NegotiationTimeout, TimeoutError)
+    assert issubclass(ikecore.ConfigError, ValueError)
+
+
+def test_the_gateway_library_surface() -> None:
+    import inspect
+
+    from ikecore.gateway import ConnectResult, Gateway
+    from ikecore.gateway.transport import ConnectResult as TransportResult
+
+    assert ConnectResult is TransportResult and "check" in inspect.signature(Gateway.connect).parameters
+    assert {"handle", "ok", "reason", "phase1", "phase2", "notify"} <= set(ConnectResult.__dataclass_fields__)
+    for name in ("__aenter__", "__aexit__", "aclose", "listen"):
+        assert callable(getattr(Gateway, name))

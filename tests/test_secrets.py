@@ -242,7 +242,7 @@ def test_a_config_holding_a_psk_must_be_owner_only(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert str(info.value) == (f"--config: {path} holds a pre-shared key and is accessible by other users "
+    assert str(info.value) == (f"config: {path} holds a pre-shared key and is accessible by other users "
                                f"(mode 0644); chmod 600 {path}")
     path.chmod(0o600)
     assert load_config(str(path)).filters[0].psk() == b"s3cret"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import json
 import threading
 import time
@@ -133,6 +134,11 @@ def test_generic_filters_show_keywords_and_specific_filters_expand_them(host_fil
             expected |= {("to wins", mine, wins, "outbound", 0), ("to wins", wins, mine, "inbound", 0)}
         for gw in host.default_gateways:
             expected |= {("to gateway", mine, gw, "outbound", 0), ("to gateway", gw, mine, "inbound", 0)}
+    # keywords expand to both families: a specific filter pairs addresses of one family only
+    expected = {e for e in expected if ipaddress.ip_address(e[1]).version == ipaddress.ip_address(e[2]).version}
+    assert ("to dns", "2001:db8::7", "2001:db8::53", "outbound", 5) in got
+    assert ("to dns", "2001:db8::7", "198.51.100.53", "outbound", 5) not in got
+    assert not [r for r in got if r[0] == "to wins" and ":" in r[1] + r[2]]   # IPv4 WINS servers only
     assert got == expected  # "anyone" has no specific filter until a connection uses it
 
 

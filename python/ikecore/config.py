@@ -5,6 +5,7 @@ A TOML file says everything::
     [gateway]
     listen = ["0.0.0.0:500", "0.0.0.0:4500"]
     my_id = "gw.example.net"          # optional; default: our IP address (ID_IPV4_ADDR)
+    driver = "memory"                 # where Quick Mode SAs go: memory, xfrm or userland
 
     [ike_policy.default]
     proposals = "aes128-sha256-modp2048,3des-sha1-modp1024"
@@ -39,7 +40,10 @@ A TOML file says everything::
     max_connections = 8               # scrape connections served at once
     web_config = "web.yml"            # TLS and basic auth (Prometheus exporter-toolkit format)
 
-Every error is a ``ConfigError`` whose message names the key and the fix.
+Every error is a ``ConfigError`` whose message names the key and the fix: the TOML key
+(``filter[2].local_ts``), or for ``config_from_flags`` its argument (``ike``), ``config``
+for the file itself. The command line says the flag instead (``--ike``): it passes
+every error through ``flag_message``, which knows which key each flag sets (``FLAGS``).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from ikecore import policy, wire
 from ikecore.errors import ConfigError
 
 __all__ = ["Config", "Timing", "FloodLimits", "Limits", "MetricsSettings", "load_config", "config_from_flags", "parse_endpoint",
-           "PSK_ENVIRONMENT", "check_owner_only", "read_psk_file", "psk_from_flags"]
+           "PSK_ENVIRONMENT", "check_owner_only", "read_psk_file", "psk_from_flags", "FLAGS", "flag_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +76,9 @@ class FloodLimits:
         for name in ("max_half_open", "max_half_open_per_source", "cookie_threshold",
                      "offer_cache_size", "max_offer_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"flood.{name} must be at least 1")
+                raise ConfigError(f"flood.{name}", "must be at least 1")
         if self.cookie_epoch <= 0:
-            raise ValueError("flood.cookie_epoch must be positive")
+            raise ConfigError("flood.cookie_epoch", "must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +102,7 @@ class Limits:
         for name in ("quick_modes_in_flight", "ipsec_sas_per_isakmp_sa", "isakmp_sas_per_peer", "isakmp_sas"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"limits.{name} must be a whole number, 0 or more (0: no limit), not {value!r}")
+                raise ConfigError(f"limits.{name}", f"must be a whole number, 0 or more (0: no limit), not {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,7 @@ class Config:
     flood: FloodLimits = FloodLimits()
     limits: Limits = Limits()
     metrics: MetricsSettings = MetricsSettings()
+    driver: str | None = None  # [gateway] driver: memory, xfrm or userland (ikecore.gateway.drivers)
 
     def filter_for(self, local: str, remote: str) -> policy.GenericFilter | None:
         """The first generic filter (by weight, then order) that matches the address pair."""
@@ -279,7 +284,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     _check_keys(data, {"gateway", "ike_policy", "esp_policy", "filter", "timing", "flood", "limits", "metrics"},
                 "config")
     gateway = _get(data, "gateway", dict, "config", {})
-    _check_keys(gateway, {"listen", "my_id", "keylog", "dhcp_servers", "wins_servers"}, "gateway")
+    _check_keys(gateway, {"listen", "my_id", "keylog", "dhcp_servers", "wins_servers", "driver"}, "gateway")
+    driver = _get(gateway, "driver", str, "gateway")
+    if driver is not None and driver not in ("memory", "xfrm", "userland"):
+        raise ConfigError("gateway.driver", f"unknown driver {driver!r}; use memory, xfrm or userland")
     servers = {key: tuple(parse_endpoint(str(item), 0, f"gateway.{key}")[0]
                           for item in _get(gateway, key, list, "gateway", []))
                for key in ("dhcp_servers", "wins_servers")}
@@ -324,6 +332,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     try:
         flood_values: dict[str, Any] = {k: float(v) if k == "cookie_epoch" else int(v) for k, v in flood_table.items()}
         flood = FloodLimits(**flood_values)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError("flood", f"{exc}; use positive numbers") from None
     limits = _limits(_get(data, "limits", dict, "config", {}))
@@ -331,7 +341,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(listen=listen, my_id=_get(gateway, "my_id", str, "gateway"), ike_policies=ike,
                   esp_policies=esp, filters=filters, timing=timing,
                   keylog=_get(gateway, "keylog", str, "gateway"), flood=flood, limits=limits, metrics=metrics,
-                  **servers)
+                  driver=driver, **servers)
 
 
 def _metrics(table: dict[str, Any]) -> MetricsSettings:
@@ -367,12 +377,12 @@ def load_config(path: str) -> Config:
             data = tomllib.load(handle)
             mode = os.fstat(handle.fileno()).st_mode
     except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
     filters = data.get("filter")
     if isinstance(filters, list) and any(isinstance(t, dict) and t.get("psk") for t in filters):
-        check_owner_only(mode, path, "--config", "holds a pre-shared key and ")
+        check_owner_only(mode, path, "config", "holds a pre-shared key and ")
     return config_from_dict(data)
 
 
@@ -430,17 +440,31 @@ def config_from_flags(*, psk: str, ike: str = "aes128-sha256-modp2048", esp: str
     ``credentials`` (``ikecore.credentials.Credentials``): RSA signatures, preferred over ``psk``.
     """
     if not psk and credentials is None:
-        raise ConfigError("--psk", "a pre-shared key is required: --psk-file FILE, $IKECORE_PSK or --psk "
-                                   "(or --cert, --key and --ca)")
+        raise ConfigError("psk", "a pre-shared key is required: --psk-file FILE, $IKECORE_PSK or --psk "
+                                 "(or --cert, --key and --ca)")
     methods = ((policy.AuthenticationMethod(wire.AuthMethod.RSA_SIG),) if credentials is not None else ()) + (
         (policy.AuthenticationMethod(secret=psk.encode()),) if psk else ())
-    ike_policy = policy.IkePolicy("default", policy.parse_ike_proposals(ike, field_name="--ike"))
-    esp_policy = policy.EspPolicy("default", policy.parse_esp_proposals(esp, field_name="--esp"), mode)
+    ike_policy = policy.IkePolicy("default", policy.parse_ike_proposals(ike, field_name="ike"))
+    esp_policy = policy.EspPolicy("default", policy.parse_esp_proposals(esp, field_name="esp"), mode)
     generic = policy.GenericFilter(
         name="default", source="me", destination=remote, ike_policy="default",
         authentication_methods=methods, credentials=credentials,
         local_ts=local_ts, remote_ts=remote_ts, aggressive=aggressive,
-        nat_traversal=_nat_traversal(nat_traversal, "--nat-t"), local_id=my_id)
+        nat_traversal=_nat_traversal(nat_traversal, "nat_traversal"), local_id=my_id)
     return Config(listen=listen, my_id=my_id, ike_policies={"default": ike_policy},
                   esp_policies={"default": esp_policy}, filters=(generic,),
                   timing=timing or Timing(), keylog=keylog)
+
+
+#: The command-line flag that sets each key ``config_from_flags`` and ``load_config`` name
+#: in their errors (``ikecore serve``, ``connect``, ``loadtest`` and ``demo`` share them).
+FLAGS: dict[str, str] = {"psk": "--psk", "ike": "--ike", "esp": "--esp", "nat_traversal": "--nat-t",
+                         "mode": "--mode", "config": "--config"}
+
+
+def flag_message(error: ConfigError, flags: dict[str, str] | None = None) -> str:
+    """``error``'s message as the command line says it: the flag that sets the key
+    (``--ike: unknown integrity 'sha7'``) instead of the key (``ike: ...``); keys of a
+    config file (``filter[2].local_ts``) and flags stay as they are."""
+    flag = (FLAGS if flags is None else flags).get(error.key)
+    return str(error) if flag is None else f"{flag}: {error.problem}"

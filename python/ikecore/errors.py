@@ -4,6 +4,8 @@ The hierarchy follows h11's split of protocol errors by who broke the rules:
 
     IkeError
     +-- ConfigError (ValueError)          bad user input: config file, CLI flag
+    +-- NegotiationFailed                 ``Gateway.connect`` ended without the SAs asked for
+    |   +-- NegotiationTimeout (TimeoutError)   ... because the peer never answered in time
     +-- CryptoError                       local crypto misuse (reused key pair, ...)
     +-- ProtocolError                     abstract: a rule of RFC 2408/2409 was broken
         +-- LocalProtocolError            our caller broke it (e.g. sent in wrong state)
@@ -21,6 +23,8 @@ from __future__ import annotations
 __all__ = [
     "IkeError",
     "ConfigError",
+    "NegotiationFailed",
+    "NegotiationTimeout",
     "CryptoError",
     "ProtocolError",
     "LocalProtocolError",
@@ -63,13 +67,45 @@ class IkeError(Exception):
 class ConfigError(IkeError, ValueError):
     """A configuration value or command-line flag is invalid.
 
-    The message is one line naming the field and how to fix it.
+    The message is one line naming the field and how to fix it. Raised by a library call
+    (``Config``, ``config_from_flags``, ``load_config``, proposal parsing), ``key`` is the
+    configuration key (``ike``, ``filter[2].local_ts``); the command line names its flag
+    instead (``ikecore.config.flag_message``).
     """
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
+        self.key = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class NegotiationFailed(IkeError):
+    """A negotiation ended without the SAs asked for (``ikecore.gateway.Gateway.connect``).
+
+    Attributes:
+        reason: one line saying why (``peer sent NO-PROPOSAL-CHOSEN``).
+        notify: the Notify Message Type that ended it (``ikecore.wire.NotifyType``, an
+            ``int``: the one the peer sent, else the one we sent), or None.
+        phase: 1 (Main or Aggressive Mode) or 2 (Quick Mode).
+        handle: the engine's handle of the ISAKMP SA.
+        result: what was negotiated before the failure (``ConnectResult``), or None.
+    """
+
+    def __init__(self, reason: str, *, notify: int | None = None, phase: int = 1, handle: int | None = None,
+                 result: object = None) -> None:
+        self.reason = reason
+        self.notify = notify
+        self.phase = phase
+        self.handle = handle
+        self.result = result
+        name = getattr(notify, "name", None)
+        told = f" ({name})" if name and name.replace("_", "-") not in reason else ""
+        super().__init__(f"phase {phase}: {reason}{told}")
+
+
+class NegotiationTimeout(NegotiationFailed, TimeoutError):
+    """The peer did not answer before the deadline (``notify`` is None)."""
 
 
 class CryptoError(IkeError):

@@ -9,7 +9,12 @@ one (write ``--columns=-key``) or ``all``; JSON shows every column unless told o
 address or a CIDR on address columns such as ``me`` and ``peer``), ``--limit`` the first N
 rows; the gateway filters, so the answer carries only those rows. ``--watch`` redraws
 every ``--interval`` seconds. A gateway of several worker processes names, after the
-rows, each worker that did not answer (on stderr for JSON and CSV).
+rows, each worker that did not answer (on stderr for JSON and CSV). On a terminal, a
+table redraws in place (the screen is cleared first); into a pipe, or in JSON or CSV,
+nothing but the text is written: ``--watch --format json`` is JSON Lines, one document
+per refresh, ``--format csv`` one CSV block (with its header) per refresh after a blank
+line. Values are written as ``ikecore.monitor.formats`` says (times in ISO 8601 UTC,
+cookies and SPIs in hex, lists as JSON lists or ``;``-joined, ``true``/``false``).
 
 ``ikecore terminate [--control PATH] --where COLUMN=VALUE ...`` deletes the matching ISAKMP
 SAs with their IPsec SAs (the peers get Delete notifications) and prints how many.
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ikecore.errors import ConfigError
 from ikecore.monitor.control_client import ControlClient, ControlError, default_control_path, worker_notices
+from ikecore.monitor.formats import iso_utc
 from ikecore.monitor.text import VIEWS, render
 
 if TYPE_CHECKING:
@@ -64,6 +70,13 @@ def terminate_main(argv: list[str]) -> int:
                                      "SAs that match every --where, with their IPsec SAs")
     _add_terminate_arguments(parser)
     return _main("terminate", terminate, parser.parse_args(argv))
+
+
+def _log() -> Any:
+    """The ``ikecore.monitor`` logger (``logging`` imported only by the services' paths)."""
+    import logging
+
+    return logging.getLogger("ikecore.monitor")
 
 
 def _main(name: str, command: Any, args: argparse.Namespace) -> int:
@@ -161,9 +174,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 client.close()
             return _exit_status(message)
         text = render(result, args.format)
-        if args.watch:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            out.write(f"\x1b[H\x1b[2J{args.mode} {args.view} at {stamp} ({len(result['rows'])} rows)\n")
+        if args.watch and args.format == "table":
+            # escapes only for a person at a terminal; a pipe gets the text alone
+            clear = "\x1b[H\x1b[2J" if _is_terminal(out) else ("\n" if shown else "")
+            out.write(f"{clear}{args.mode} {args.view} at {iso_utc(time.time())} ({len(result['rows'])} rows)\n")
+        elif args.watch and args.format == "csv" and shown:
+            out.write("\n")  # CSV blocks apart
         out.write(text + "\n")
         out.flush()
         _notify(notices_to, result)
@@ -200,6 +216,14 @@ def terminate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for notice in worker_notices(answer):
         print(notice.replace("showing the other workers", "its SAs are untouched"), file=sys.stderr)
     return 0
+
+
+def _is_terminal(out: TextIO) -> bool:
+    isatty = getattr(out, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):
+        return False
 
 
 def _notify(out: TextIO, answer: dict[str, Any]) -> None:
@@ -263,7 +287,7 @@ async def start_services(gateway: Any, control: str | None, metrics: str | None,
             await services.control.start(path)
         except OSError as exc:
             raise ConfigError("--control", f"cannot serve {path}: {exc}") from None
-        print(f"ikecore serve: control socket {path}", file=sys.stderr, flush=True)
+        _log().info("control socket %s", path, extra={"event": "control_socket", "fields": {"path": path}})
     if metrics is not None or services.control is not None:
         # /metrics when asked, and on every control socket the "metrics" operation: the
         # exposition as JSON, which the parent of a gateway's workers merges into one /metrics.
@@ -343,7 +367,8 @@ async def start_fleet_services(supervisor: Any, args: argparse.Namespace) -> Fle
         except OSError as exc:
             raise ConfigError("--control", f"cannot serve {path}: {exc}") from None
         services.control = fanout
-        print(f"ikecore serve: control socket {path} (all workers)", file=sys.stderr, flush=True)
+        _log().info("control socket %s (all workers)", path,
+                    extra={"event": "control_socket", "fields": {"path": path}})
     if metrics:
         from ikecore.monitor import fleet_metrics
 

@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import struct
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,6 +61,7 @@ from ikecore.errors import ConfigError
 from ikecore.gateway.faults import FaultLog
 from ikecore.monitor import listing as sa_listing
 from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.formats import hex_text
 from ikecore.monitor.web_config import WebConfig, load_web_config
 
 __all__ = ["IkecoreCollector", "MetricsServer", "MetricsOptions", "GAUGE_STATISTICS", "PER_SA_FAMILIES",
@@ -78,6 +79,10 @@ PER_SA_FAMILIES = ("ikecore_isakmp_sa_established_timestamp_seconds", "ikecore_i
                    "ikecore_ipsec_sa_expiry_timestamp_seconds")
 
 _DOCUMENT_HELP = "IP Security Monitor Main Mode statistic"
+
+#: The ESP counters of an IPsec SA pair (``UserlandDriver.counters``).
+_ESP_COUNTERS = ("bytes_in", "bytes_out", "packets_in", "packets_out", "replay_drops", "icv_failures",
+                 "padding_errors")
 
 # extended counter key prefix -> (metric name, help, label names)
 _EXTENDED: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -235,6 +240,7 @@ class IkecoreCollector:
                                     "past it ([flood] max_half_open)", value=limits.max_half_open)
             yield GaugeMetricFamily("ikecore_half_open_cookie_threshold", "half-open SAs from which message 2 is "
                                     "stateless ([flood] cookie_threshold)", value=limits.cookie_threshold)
+        yield from self._esp_data_plane()
         if self.engine is not None and self.per_sa_limit > 0:
             yield from self._per_sa()
         yield GaugeMetricFamily("ikecore_per_sa_series_limit",
@@ -243,6 +249,38 @@ class IkecoreCollector:
         yield GaugeMetricFamily("ikecore_per_sa_series_dropped",
                                 "established ISAKMP SAs left without per-SA series by the cap at this scrape",
                                 value=self.dropped)
+
+    def _esp_data_plane(self) -> Iterator[Metric]:
+        """A packet-moving driver's counters (the userland driver): ESP bytes and packets each
+        way and the drops, summed over the IPsec SAs, and the data plane's own drops."""
+        driver = getattr(self.engine, "driver", None)
+        stats = getattr(driver, "stats", None)
+        counters = getattr(driver, "counters", None)
+        if stats is None or counters is None:
+            return
+        totals = dict.fromkeys(_ESP_COUNTERS, 0)
+        for sa in self.engine.sas():
+            for ipsec in list(sa.ipsec_sas):
+                for key, value in (counters(ipsec.spi_in, ipsec.spi_out) or {}).items():
+                    if key in totals:
+                        totals[key] += value
+        traffic = CounterMetricFamily("ikecore_esp_bytes", "inner bytes the IPsec SAs carried (ESP)",
+                                      labels=["direction"])
+        packets = CounterMetricFamily("ikecore_esp_packets", "packets the IPsec SAs carried (ESP)",
+                                      labels=["direction"])
+        for direction in ("in", "out"):
+            traffic.add_metric([direction], totals[f"bytes_{direction}"])
+            packets.add_metric([direction], totals[f"packets_{direction}"])
+        drops = CounterMetricFamily("ikecore_esp_drops", "ESP packets dropped, by reason (per SA: replay, icv, "
+                                    "padding; data plane: unknown_spi, no_sa, malformed, send_errors, tun_errors, "
+                                    "sequence_exhausted)", labels=["reason"])
+        for reason, key in (("replay", "replay_drops"), ("icv", "icv_failures"), ("padding", "padding_errors")):
+            drops.add_metric([reason], totals[key])
+        for reason, value in sorted(stats().items()):
+            drops.add_metric([reason], value)
+        yield traffic
+        yield packets
+        yield drops
 
     def _per_sa(self) -> Iterator[Metric]:
         now, wall = self.clock(), self.wall()
@@ -260,17 +298,37 @@ class IkecoreCollector:
                                f"{len(every)} established SAs, per-SA series for {len(sas)} "
                                f"(--metrics-per-sa {self.per_sa_limit}); ikecore_per_sa_series_dropped counts "
                                f"the others", time.monotonic())
-        # The label values come column by column, as the monitor's listing builds them.
+        # The label values come column by column, as the monitor's listing builds them: the
+        # same names and values as the views' columns (cookies and SPIs in hex, ``formats``).
         for sa, *values in zip(sas, *sa_listing.columns_of(sas, labels, now, wall)):
             established.add_metric(values, wall - (now - sa.established))
             if sa.expires is not None:
                 expiry.add_metric(values, wall - (now - sa.expires))
             for ipsec in list(sa.ipsec_sas):
-                ipsec_expiry.add_metric([values[0], values[1], ipsec.spi_in.hex(), ipsec.spi_out.hex(),
+                ipsec_expiry.add_metric([values[0], values[1], hex_text(ipsec.spi_in), hex_text(ipsec.spi_out),
                                          values[3], values[4]], wall - (now - ipsec.expires))
         yield established
         yield expiry
         yield ipsec_expiry
+        yield from self._per_sa_esp(sas)
+
+    def _per_sa_esp(self, sas: list[Any]) -> Iterator[Metric]:
+        """Each IPsec SA pair's ESP counters, when the driver keeps them (userland)."""
+        counters = getattr(getattr(self.engine, "driver", None), "counters", None)
+        if counters is None:
+            return
+        labels = ["me", "peer", "spi_in", "spi_out"]
+        families = {key: CounterMetricFamily(f"ikecore_ipsec_sa_esp_{key}", f"ESP {key.replace('_', ' ')} of the "
+                                             "IPsec SA pair", labels=labels) for key in _ESP_COUNTERS}
+        for sa in sas:
+            for ipsec in list(sa.ipsec_sas):
+                values = counters(ipsec.spi_in, ipsec.spi_out)
+                if values is None:
+                    continue
+                names = [sa.local[0], sa.remote[0], hex_text(ipsec.spi_in), hex_text(ipsec.spi_out)]
+                for key, family in families.items():
+                    family.add_metric(names, values.get(key, 0))
+        yield from families.values()
 
 
 def encode_families(families: Iterable[Metric]) -> list[list[Any]]:
@@ -633,6 +691,6 @@ async def start_metrics_server(source: Source, endpoint: str, options: MetricsOp
         raise ConfigError("--metrics", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     scheme = "https" if web is not None and web.tls is not None else "http"
     shown = f"[{host}]" if ":" in host else host
-    sys.stderr.write(f"{announce}: metrics at {scheme}://{shown}:{address[1]}/metrics\n")
-    sys.stderr.flush()
+    url = f"{scheme}://{shown}:{address[1]}/metrics"
+    logging.getLogger("ikecore.monitor").info("metrics at %s", url, extra={"event": "metrics", "fields": {"url": url}})
     return server, address

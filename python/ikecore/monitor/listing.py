@@ -5,9 +5,10 @@ computed from an ``IsakmpSa``, ``_QUICK_MODE`` how each column of a Quick Mode r
 computed from an ``IpsecSa`` and the ISAKMP SA it belongs to; each column is one list
 comprehension over a slice of SAs. Everything else derives from these two tables:
 
-* the views (tables, CSV, JSON, the exporters) show the values as they are, except three
+* the views (tables, CSV, JSON, the exporters) show the values as they are, except two
   (``_SHOWN``): ``created`` as UTC ISO 8601 of the wall clock, ``lifetime_left`` in whole
-  seconds, ``vendor_ids`` as one string;
+  seconds; ``vendor_ids`` is a list of names in JSON, joined with ``;`` in CSV and tables
+  (``ikecore.monitor.formats`` says how each kind of value is written, everywhere);
 * one SA's row for in-process callers (``main_mode_row``, ``main_mode_rows``,
   ``quick_mode_rows``: ``ikecore connect``, the demo, tests) holds the values themselves:
   ``created`` in seconds of the engine's clock, ``lifetime_left`` in seconds, ``vendor_ids``
@@ -42,21 +43,23 @@ per SA: every listing reads the SA records afresh, in slices of ``SLICE`` SAs.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
+import os
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
 from typing import Any
 
 from ikecore import policy, wire
 from ikecore._core import json_rows
+from ikecore.monitor.formats import iso_utc, text_cell
 from ikecore.sa import IpsecSa, IsakmpSa, id_to_text
 
 __all__ = ["COLUMNS", "QUICK_MODE_COLUMNS", "MAIN_MODE_ROW", "QUICK_MODE_ROW", "ADDRESS_COLUMNS", "SLICE",
            "Condition", "parse_where", "filtered", "select_sas", "worker_of", "main_mode_row",
-           "main_mode_rows", "quick_mode_rows", "columns_of", "rows", "json_slices", "json_array",
-           "quick_mode_slices", "join", "sort_key"]
+           "main_mode_rows", "quick_mode_rows", "shown_rows", "shown_quick_mode_rows", "columns_of", "rows", "json_slices", "json_array",
+           "quick_mode_slices", "join", "sort_key", "ESP_COUNTER_COLUMNS"]
 
 _SA_COLUMNS = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity", "diffie_hellman",
                "initiator_cookie", "responder_cookie", "state", "role", "created", "lifetime_left", "nat",
@@ -67,12 +70,18 @@ _PAIR_COLUMNS = ("me", "peer", "protocol", "encryption", "integrity", "diffie_he
 
 #: Every column of the Main Mode security-associations view, in the IP Security Monitor
 #: document's order (its columns first), then ``worker``: the index of the gateway's worker
-#: process that holds the SA (``Engine.worker``; 0 in a gateway of one process).
-COLUMNS = (*_SA_COLUMNS, "worker")
+#: process that holds the SA (``Engine.worker``; 0 in a gateway of one process), and
+#: ``age_seconds``: whole seconds since ``created``.
+COLUMNS = (*_SA_COLUMNS, "worker", "age_seconds")
 
 #: Every column of the Quick Mode security-associations view, in the same document's order,
 #: then ``worker``.
-QUICK_MODE_COLUMNS = (*_PAIR_COLUMNS, "worker")
+QUICK_MODE_COLUMNS = (*_PAIR_COLUMNS, "worker", *("bytes_in", "bytes_out", "packets_in", "packets_out",
+                                                 "replay_drops", "icv_failures"))
+
+#: The ESP counters of a Quick Mode SA pair that a packet-moving driver keeps (the userland
+#: driver's ``counters(spi_in, spi_out)``); empty with a driver that keeps none.
+ESP_COUNTER_COLUMNS = QUICK_MODE_COLUMNS[-6:]
 
 #: The keys of one SA's row (``main_mode_row``, ``quick_mode_rows``): the view's columns but
 #: ``worker`` (an SA record does not know its process), and whether a newer SA took over.
@@ -100,18 +109,23 @@ def _vendor_names(vids: Sequence[bytes]) -> list[str]:
 class _Memo:
     """What one listing computes once for many SAs (its clocks and the shared values)."""
 
-    __slots__ = ("now", "wall", "worker", "suites", "suite_values", "proposals", "vendors", "seconds", "ids",
-                 "slice", "slice_suites", "children", "children_proposals", "subjects", "names", "keep")
+    __slots__ = ("now", "wall", "worker", "suites", "suite_values", "proposals", "vendors", "vendor_marks",
+                 "seconds", "ids", "slice", "slice_suites", "children", "children_proposals", "subjects", "names",
+                 "keep", "esp")
 
-    def __init__(self, now: float, wall: float, worker: int = 0) -> None:
+    def __init__(self, now: float, wall: float, worker: int = 0, engine: Any = None) -> None:
         self.now, self.wall, self.worker = now, wall, worker
+        # the driver's ESP counters of an SA pair (spi_in, spi_out), when it keeps any
+        self.esp: Callable[[bytes, bytes], dict[str, int] | None] | None = getattr(
+            getattr(engine, "driver", None), "counters", None)
         # Memos keyed by id() hold their object in ``keep``: an SA deleted between two
         # slices cannot free it and let a new object take its id during the listing.
         self.keep: list[Any] = []
         self.suites: dict[int, tuple[str, str, str, str]] = {}  # id(chosen) -> names
         self.suite_values: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
         self.proposals: dict[int, tuple[str, str, str, int]] = {}  # id(ESP proposal) -> names, kilobytes
-        self.vendors: dict[tuple[bytes, ...], str] = {}
+        self.vendors: dict[tuple[bytes, ...], list[str]] = {}
+        self.vendor_marks: dict[tuple[bytes, ...], str] = {}
         self.seconds: dict[int, str] = {}
         self.ids: dict[tuple[int, bytes], str] = {}
         self.subjects: dict[int, bytes] = {}  # id(certificate) -> DER of its subject
@@ -162,13 +176,24 @@ class _Memo:
         self.keep.append(suite)
         return names
 
-    def vendor_text(self, vids: list[bytes]) -> str:
-        """The ``vendor_ids`` value as the views show it: the names joined, once per list."""
+    def vendor_list(self, vids: list[bytes]) -> list[str]:
+        """The ``vendor_ids`` value as the views show it: the names, one list per distinct
+        list of vendor IDs (shared by the rows: read it, do not change it)."""
         key = tuple(vids)
-        text = self.vendors.get(key)
-        if text is None:
-            text = self.vendors[key] = ", ".join(_vendor_names(vids))
-        return text
+        names = self.vendors.get(key)
+        if names is None:
+            names = self.vendors[key] = _vendor_names(vids)
+        return names
+
+    def vendor_mark(self, vids: list[bytes]) -> str:
+        """A stand-in string for one distinct vendor ID list in ``json_rows``' output,
+        which writes no lists: ``_with_vendor_lists`` puts the JSON list in its place."""
+        key = tuple(vids)
+        mark = self.vendor_marks.get(key)
+        if mark is None:
+            self.vendor_list(vids)
+            mark = self.vendor_marks[key] = f"{_MARK}{len(self.vendor_marks)}"
+        return mark
 
     def iso_of(self, clock: list[float]) -> list[str]:
         """Instants of the engine's clock as the wall clock's UTC ISO 8601, to the second."""
@@ -177,7 +202,7 @@ class _Memo:
         return [get(second) or iso(second) for second in [math.floor(wall - (now - at)) for at in clock]]
 
     def iso(self, second: int) -> str:
-        text = self.seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        text = self.seconds[second] = iso_utc(second)
         return text
 
     def id_text(self, payload: wire.IdPayload | None, certificate: Any) -> str:
@@ -264,10 +289,10 @@ def _whole_seconds(values: list[Any]) -> list[Any]:
 _SHOWN: dict[str, _Builder] = {
     "created": lambda sas, m: m.iso_of(_MAIN_MODE["created"](sas, m)),
     "lifetime_left": lambda sas, m: _whole_seconds(_MAIN_MODE["lifetime_left"](sas, m)),
-    # The names of ``_vendor_names`` joined, once per distinct list of vendor IDs.
-    "vendor_ids": lambda sas, m: [(m.vendors.get(tuple(v)) or m.vendor_text(v)) if (v := sa.vendor_ids) else ""
-                                  for sa in sas],
+    # The names of ``_vendor_names``, one list per distinct list of vendor IDs.
+    "vendor_ids": lambda sas, m: [m.vendors.get(tuple(v)) or m.vendor_list(v) for v in [sa.vendor_ids for sa in sas]],
     "worker": lambda sas, m: [m.worker] * len(sas),
+    "age_seconds": lambda sas, m: [int(age) if (age := m.now - at) > 0 else 0 for at in _MAIN_MODE["created"](sas, m)],
 }
 
 #: The view's builder of each column.
@@ -278,7 +303,25 @@ _VIEW: dict[str, _Builder] = {c: _SHOWN.get(c) or _MAIN_MODE[c] for c in COLUMNS
 _RAW_FOR_JSON: dict[str, _Builder] = {
     "initiator_cookie": lambda sas, m: [sa.initiator_cookie for sa in sas],
     "responder_cookie": lambda sas, m: [sa.responder_cookie for sa in sas],
+    # a stand-in per distinct list, replaced by the JSON list (``_with_vendor_lists``)
+    "vendor_ids": lambda sas, m: [m.vendor_marks.get(tuple(v)) or m.vendor_mark(v)
+                                  for v in [sa.vendor_ids for sa in sas]],
 }
+
+#: The start of ``vendor_mark``'s stand-ins: a NUL (which ``json_rows`` writes as \u0000)
+#: and a random tag of this process, so that no identity or name a peer sends can be one.
+_MARK = "\x00" + os.urandom(8).hex() + "#"
+_MARK_JSON = b'"\\u0000' + _MARK[1:].encode()
+
+
+def _with_vendor_lists(text: bytes, memo: _Memo) -> bytes:
+    """``json_rows`` output with each vendor ID list's stand-in replaced by the JSON list."""
+    if _MARK_JSON not in text:
+        return text
+    for key, mark in memo.vendor_marks.items():
+        names = json.dumps(memo.vendors[key], ensure_ascii=False, separators=(",", ":")).encode()
+        text = text.replace(_MARK_JSON + mark[len(_MARK):].encode() + b'"', names)
+    return text
 
 
 # --- Quick Mode: one column per entry, from IPsec SAs and the ISAKMP SA of each -----------
@@ -325,7 +368,18 @@ _QUICK_MODE_SHOWN: dict[str, _QuickBuilder] = {
     "created": lambda owners, children, m: m.iso_of(_QUICK_MODE["created"](owners, children, m)),
     "lifetime_left": lambda owners, children, m: _whole_seconds(_QUICK_MODE["lifetime_left"](owners, children, m)),
     "worker": lambda owners, children, m: [m.worker] * len(children),
+    **{column: (lambda key: lambda owners, children, m: _esp_counter(children, m, key))(column)
+       for column in ESP_COUNTER_COLUMNS},
 }
+
+
+def _esp_counter(children: list[IpsecSa], memo: _Memo, key: str) -> list[Any]:
+    """One ESP counter of each pair (None where the driver keeps none)."""
+    esp = memo.esp
+    if esp is None:
+        return [None] * len(children)
+    values = [esp(ipsec.spi_in, ipsec.spi_out) for ipsec in children]
+    return [None if v is None else v.get(key) for v in values]
 _QUICK_MODE_VIEW: dict[str, _QuickBuilder] = {c: _QUICK_MODE_SHOWN.get(c) or _QUICK_MODE[c]
                                               for c in QUICK_MODE_COLUMNS}
 
@@ -370,6 +424,22 @@ def quick_mode_rows(sas: Iterable[IsakmpSa], now: float) -> list[dict[str, Any]]
     return _dicts(QUICK_MODE_ROW, [_QUICK_MODE[c](owners, children, memo) for c in QUICK_MODE_ROW])
 
 
+def shown_rows(sas: Iterable[IsakmpSa], columns: Sequence[str], now: float, wall: float) -> list[dict[str, Any]]:
+    """The Main Mode rows of ``sas`` with the keys ``columns`` (view columns, and
+    ``rekeyed``), the values as the views show them: what ``ikecore connect --json`` prints."""
+    sas = list(sas)
+    memo = _Memo(now, wall)
+    return _dicts(columns, [(_VIEW.get(c) or _MAIN_MODE[c])(sas, memo) for c in columns])
+
+
+def shown_quick_mode_rows(sas: Iterable[IsakmpSa], columns: Sequence[str], now: float,
+                          wall: float) -> list[dict[str, Any]]:
+    """The Quick Mode rows of the ISAKMP SAs ``sas`` as ``shown_rows`` gives Main Mode rows."""
+    owners, children = _ipsec_pairs(sas)
+    memo = _Memo(now, wall)
+    return _dicts(columns, [(_QUICK_MODE_VIEW.get(c) or _QUICK_MODE[c])(owners, children, memo) for c in columns])
+
+
 # --- conditions: COLUMN=VALUE, tested a column at a time ----------------------------------
 
 
@@ -402,7 +472,7 @@ class Condition:
         """Whether each of a column's shown values satisfies the condition."""
         if self.network is None:
             text = self.text
-            return [value == text or (value.__class__ is not str and _shown_text(value) == text) for value in values]
+            return [value == text or (value.__class__ is not str and text_cell(value) == text) for value in values]
         host, overlaps = self.host, self._overlaps
         if host is not None:
             return [value == host or (value.__class__ is str and ("/" in value or "[" in value) and overlaps(value))
@@ -426,17 +496,6 @@ class Condition:
         except ValueError:  # a keyword ("me", "any"...) or a name
             return False
         return shown.version == network.version and shown.overlaps(network)
-
-
-def _shown_text(value: Any) -> str:
-    """A value as a condition compares it: JSON's words for booleans, empty for none."""
-    if value is None:
-        return ""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
 
 
 def parse_where(where: Sequence[str] | str | None, known: Sequence[str], what: str) -> list[Condition]:
@@ -514,7 +573,7 @@ def quick_mode_slices(engine: Any, now: float, wall: float, slice_size: int = SL
     """The Quick Mode view's rows (every column of ``QUICK_MODE_COLUMNS``, as shown) that
     satisfy ``where`` (Quick Mode columns), one list per slice of ``slice_size`` ISAKMP
     SAs; each slice is read when it is built."""
-    memo = _Memo(now, wall, worker_of(engine))
+    memo = _Memo(now, wall, worker_of(engine), engine)
     sas = engine.sas()
     # Conditions on the ISAKMP SA's own columns are tested on the ISAKMP SAs first.
     owned = [c for c in where if c.column in _OF_ISAKMP_SA]
@@ -537,7 +596,7 @@ def sort_key(value: Any) -> tuple[int, Any]:
         return (0, int(value))
     if isinstance(value, (int, float)):
         return (0, value)
-    text = str(value)
+    text = text_cell(value)  # a list as its items joined
     try:
         return (1, (4, int.from_bytes(_pton(_INET, text), "big")))  # strict dotted quad, in C
     except (OSError, ValueError):
@@ -605,7 +664,8 @@ def json_slices(engine: Any, columns: Sequence[str], sort: tuple[str, bool] | No
             yield b""
             continue
         part, memo = step
-        yield json_rows(keys, columns_of(part, keys, now, wall, memo, for_json=True)) if part else b""
+        yield _with_vendor_lists(json_rows(keys, columns_of(part, keys, now, wall, memo, for_json=True)),
+                                 memo) if part else b""
 
 
 def join(fragments: Iterable[bytes]) -> bytes:

@@ -12,6 +12,8 @@ import csv
 import io
 from typing import Any
 
+from ikecore.monitor.formats import json_value, text_cell
+
 __all__ = ["MM", "QM", "VIEWS", "COLUMNS", "DEFAULT_COLUMNS", "ViewError", "column_title", "render", "dumps"]
 
 
@@ -41,7 +43,7 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
                                     "integrity", "diffie_hellman", "initiator_cookie", "responder_cookie",
                                     "state", "role", "created", "lifetime_left", "nat", "vendor_ids",
                                     "quick_modes", "local_port", "peer_port", "exchange", "nat_t",
-                                    "encapsulated", "dpd", "worker"),
+                                    "encapsulated", "dpd", "worker", "age_seconds"),
     (QM, "generic-filters"): ("name", "source", "destination", "source_port", "destination_port",
                               "source_tunnel_endpoint", "destination_tunnel_endpoint", "protocol",
                               "quick_mode_policy", "mode"),
@@ -53,7 +55,8 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     (QM, "security-associations"): ("me", "peer", "protocol", "encryption", "integrity", "diffie_hellman",
                                     "spi_in", "spi_out", "mode", "local_ts", "remote_ts", "my_id",
                                     "peer_id", "authentication", "initiator_cookie", "responder_cookie",
-                                    "created", "lifetime_left", "lifetime_kilobytes", "worker"),
+                                    "created", "lifetime_left", "lifetime_kilobytes", "worker", "bytes_in",
+                                    "bytes_out", "packets_in", "packets_out", "replay_drops", "icv_failures"),
     (MM, "counters"): ("counter", "value"),
     (QM, "counters"): ("counter", "value"),
 }
@@ -82,7 +85,8 @@ _MORE_NAMES = {
     "protocol": "Protocol", "source_dns_name": "Source DNS Name", "destination_dns_name": "Destination DNS Name",
     "counter": "Counter", "lifetime_kilobytes": "Lifetime (KB)", "quick_modes": "Quick Modes",
     "exchange": "Exchange", "nat_t": "NAT-T", "encapsulated": "UDP Encapsulated", "dpd": "DPD",
-    "worker": "Worker",
+    "worker": "Worker", "age_seconds": "Age (s)", "bytes_in": "Bytes In", "bytes_out": "Bytes Out", "packets_in": "Packets In",
+    "packets_out": "Packets Out", "replay_drops": "Replay Drops", "icv_failures": "ICV Failures",
 }
 
 def column_title(key: str) -> str:
@@ -100,7 +104,7 @@ def dumps(value: Any) -> str:
     """JSON text (orjson: a 100,000-SA listing encodes in tens of milliseconds)."""
     import orjson  # on use: a monitor client that copies the gateway's JSON through needs none
 
-    return orjson.dumps(value, default=str).decode()
+    return orjson.dumps(value, default=json_value).decode()
 
 
 def render(result: dict[str, Any], fmt: str = "table") -> str:
@@ -118,7 +122,7 @@ def render(result: dict[str, Any], fmt: str = "table") -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([["" if row[c] is None else row[c] for c in columns] for row in rows])
+        writer.writerows([[text_cell(row[c]) for c in columns] for row in rows])
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
         raise ViewError(f"unknown format {fmt!r}; use table, json or csv")
@@ -134,8 +138,9 @@ def render(result: dict[str, Any], fmt: str = "table") -> str:
 
 
 def text_table(headers: list[str], rows: list[dict[str, Any]], columns: Any) -> str:
-    """Rows as a plain text table: a header line, a rule, one line per row (None is blank)."""
-    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    """Rows as a plain text table: a header line, a rule, one line per row (cells as
+    ``ikecore.monitor.formats.text_cell`` writes them: None blank, lists joined with ``;``)."""
+    cells = [[text_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]

@@ -38,6 +38,7 @@ import orjson
 from ikecore import policy
 from ikecore.monitor import listing as sa_listing
 from ikecore.monitor.counters import Monitor, Statistic
+from ikecore.monitor.formats import json_value
 from ikecore.monitor.hostinfo import HostConfig
 from ikecore.monitor.text import COLUMNS, DEFAULT_COLUMNS, MM, QM, VIEWS, ViewError, column_title, dumps, render
 
@@ -261,6 +262,8 @@ class Views:
                 continue  # only connections make such a filter specific
             for source in self.host.expand(flt.source):
                 for destination in self.host.expand(flt.destination):
+                    if not policy.same_family(source, destination):
+                        continue  # keywords expand to both families: pair IPv4 with IPv4, IPv6 with IPv6
                     pair = flt.specific(source, destination)
                     for specific in pair if flt.mirrored else pair[:1]:
                         key = (specific.name, specific.source, specific.destination, specific.direction)
@@ -306,9 +309,10 @@ class Views:
 
     def _main_mode_ike_policies(self) -> list[dict[str, Any]]:
         rows = []
-        for name, ike in self.engine.config.ike_policies.items():
+        config = self.engine.config
+        for ike in policy.ike_policies_shown(config.ike_policies, config.filters):  # no unused "default"
             for preference, suite in enumerate(ike.proposals, 1):
-                rows.append({"name": name, "encryption": suite.encryption_name, "integrity": suite.hash_name,
+                rows.append({"name": ike.name, "encryption": suite.encryption_name, "integrity": suite.hash_name,
                              "diffie_hellman": policy.group_name(suite.group),
                              "authentication": suite.auth_method_name, "lifetime": suite.lifetime,
                              "preference": preference})
@@ -378,7 +382,7 @@ class Views:
         if limit is not None:
             rows = rows[:limit]
         for start in range(0, len(rows), slice_size):
-            yield orjson.dumps(select(rows[start:start + slice_size], columns), default=str)[1:-1]
+            yield orjson.dumps(select(rows[start:start + slice_size], columns), default=json_value)[1:-1]
 
     def query_json(self, mode: str, view: str, columns: Sequence[str] | str | None = None,
                    sort: str | None = None, *, all_columns: bool = False, where: Sequence[str] | str | None = None,

@@ -191,7 +191,7 @@
         td.dataset.col = c;
         let value = row[c];
         if (c === "statistic" && state.view === "statistics") value = statisticTitle(value);
-        td.textContent = value === null || value === undefined ? "" : String(value);
+        td.textContent = value === null || value === undefined ? "" : Array.isArray(value) ? value.join(";") : String(value);
         tr.appendChild(td);
       }
       body.appendChild(tr);
