@@ -471,6 +471,40 @@ def test_a_refused_quick_mode_ends_at_the_initiator_when_the_notify_names_its_sp
     assert _monitor(net.events[RESPONDER[0]]).extended.get("replays_dropped", 0) == 0
 
 
+class _KernelWithoutEsp(MemoryDriver):
+    """A driver whose Key Addition fails as a kernel without ESP answers it."""
+
+    def add_outbound(self, sa: Any) -> None:
+        from ikecore.driver import DriverError
+        raise DriverError("XFRM_MSG_NEWSA: EPROTONOSUPPORT (Requested type not found)")
+
+
+def test_an_initiator_that_cannot_install_the_sa_ends_the_responders_quick_mode_too() -> None:
+    """After QM2 the initiator's driver refuses the SA: its NO-PROPOSAL-CHOSEN names its
+    offer's SPI, and the responder ends that Quick Mode at once instead of retransmitting
+    QM2 until its timeout (each repeat counted by the initiator as a replay)."""
+    net = Net(make_config())
+    peer = Engine(make_config(), driver=_KernelWithoutEsp(), random=seeded_random(23))
+    net.engines["127.0.0.2"] = peer
+    net.connect("127.0.0.2", peer, quick_mode=False)
+    (p_sa,) = net.established("127.0.0.2")
+    started = net.now
+    message_id = peer.initiate_quick_mode(p_sa.handle, net.now)
+    net.pump()
+    (mine,) = net.of("127.0.0.2", ev.Phase2Failed)
+    assert mine.message_id == message_id and "Requested type not found" in mine.reason
+    (theirs,) = net.of(RESPONDER[0], ev.Phase2Failed)
+    assert (theirs.message_id, theirs.reason) == (message_id, "peer sent NO-PROPOSAL-CHOSEN")
+    assert theirs.time - started < make_config().timing.retransmit_timeout   # at once
+    (r_sa,) = net.responder.sas()
+    assert r_sa.quick_modes == {}
+    net.now += 3 * make_config().timing.retransmit_timeout
+    for engine in net.engines.values():
+        engine.handle_timer(net.now)   # no QM2 retransmission is due any more
+    net.pump()
+    assert _monitor(net.events["127.0.0.2"]).extended.get("replays_dropped", 0) == 0
+
+
 def test_isakmp_sas_per_peer_are_limited_with_no_proposal_chosen() -> None:
     net = Net(_with_limits(make_config(), isakmp_sas_per_peer=2))
     crowded = net.peer("127.0.0.2")

@@ -786,7 +786,7 @@ class Engine:
                 self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
                                                        role=qm.role.value, reason=str(exc),
                                                        notify_type=exc.notify_type))
-                self._notify_protected(sa, exc.notify_type, spi=qm.spi_out if qm.role is Role.RESPONDER else b"")
+                self._notify_protected(sa, exc.notify_type, spi=qm.spi_out if qm.role is Role.RESPONDER else qm.spi_in)
                 sa.quick_modes.pop(qm.message_id, None)
                 keymat.wipe(qm.g_qm_xy)
                 self._spend(sa, qm.message_id)
@@ -855,6 +855,8 @@ class Engine:
         # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
         self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id,
                         TimerKind.QM_FORGET)
+        qm.forget_negotiation()
+        sa.cipher.forget(qm.message_id)  # a repeat is known by its bytes, never decrypted
         self._quick_mode_ended(ev.Phase2Established(
             time=now, handle=sa.handle, message_id=qm.message_id, role=qm.role.value, spi_in=qm.spi_in,
             spi_out=qm.spi_out, proposal=qm.chosen.name, duration=now - qm.started))
@@ -903,14 +905,16 @@ class Engine:
             self._quick_mode_refused(sa, payload, now)
 
     def _quick_mode_refused(self, sa: IsakmpSa, payload: wire.NotifyPayload, now: float) -> None:
-        """A protected error notify (NO-PROPOSAL-CHOSEN, ...) ends our Quick Mode it names by
-        its offer's SPI, or our only one in flight when it names none; never guessed among
-        several (they go on, or time out)."""
+        """A protected error notify (NO-PROPOSAL-CHOSEN, ...) ends the Quick Mode in flight it
+        names by the initiator's offered SPI (either role: the responder refuses QM1, the
+        initiator refuses QM2, e.g. when its kernel takes no SA), or our only one in flight
+        when it names none; never guessed among several (they go on, or time out)."""
         waiting = [q for q in sa.quick_modes.values()
-                   if q.role is Role.INITIATOR and q.state is Phase2State.I_EXPECT_QM2]
+                   if (q.role is Role.INITIATOR and q.state is Phase2State.I_EXPECT_QM2)
+                   or (q.role is Role.RESPONDER and q.state is Phase2State.R_EXPECT_QM3)]
         spi = bytes(payload.spi)
         if len(spi) == 4 and payload.protocol_id == wire.ProtocolId.IPSEC_ESP:
-            waiting = [q for q in waiting if q.spi_in == spi]
+            waiting = [q for q in waiting if (q.spi_in if q.role is Role.INITIATOR else q.spi_out) == spi]
         elif spi:
             return
         if len(waiting) == 1:
