@@ -332,7 +332,7 @@ def test_gateway_workers_and_generator_workers_share_the_load(capsys: pytest.Cap
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     gateway = subprocess.Popen([sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}",
-                                "--psk", "w-secret", "--workers", "2", "--duration", "60"],
+                                "--psk", "w-secret", "--workers", "2", "--duration", "60", "--log-format", "json"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert gateway.stderr is not None
@@ -351,8 +351,9 @@ def test_gateway_workers_and_generator_workers_share_the_load(capsys: pytest.Cap
         gateway.terminate()
         _out, err = gateway.communicate(timeout=30)
         # the workers logged one Phase1Established per peer between them, each peer once
-        established = [line for line in err.splitlines() if "Phase1Established" in line]
-        remotes = [line.split("'remote': ('")[1].split("'")[0] for line in established]
+        established = [r for r in (json.loads(line) for line in err.splitlines() if line.startswith("{"))
+                       if r.get("event") == "phase1_established"]
+        remotes = [r["remote"].rsplit(":", 1)[0] for r in established]
         assert len(established) == 60 and len(set(remotes)) == 60, (
             sorted(r for r in remotes if remotes.count(r) > 1), err[-3000:])
     finally:

@@ -24,7 +24,7 @@ PSK = "locust-secret"
 CHARON_PEERS = 2000
 LOCAL_KEYS = {"target", "ike", "esp", "peers", "started", "established", "failed", "unfinished", "seconds",
               "sas_per_second", "quick_modes", "retransmissions", "failures", "latency_ms", "faults",
-              "wrong_psk_peers", "cpu_seconds", "rate_by_tenth"}
+              "wrong_psk_peers", "cpu_seconds", "rate_by_tenth", "interrupted"}
 
 
 def _free_port(kind: socket.SocketKind) -> int:
@@ -172,7 +172,7 @@ def test_ctrl_c_on_the_master_stops_the_workers_and_keeps_the_partial_report(gat
     time.sleep(2.0)
     run.master.send_signal(signal.SIGINT)
     code, report, err = run.finish(30)
-    assert code == 1 and "interrupted" in err
+    assert code == 130 and "interrupted" in err and report["interrupted"] is True
     assert 0 < report["established"] < 3000 and "lost_workers" not in report
     assert report["established"] + report["failed"] + report["unfinished"] + (3000 - report["started"]) == 3000
     assert all("established" in run.worker_log(i) for i in range(2))  # each sent its report

@@ -2,11 +2,19 @@
 
 The monitor counts them; applications read them with ``Engine.next_event()``.
 Addresses are ``(ip, port)`` tuples; cookies and SPIs are bytes.
+
+``event_fields(event)`` is the one outside representation of an event (logs, JSON, docs):
+``event`` (the class name in snake case, ``phase1_established``) and every field, with
+bytes as lower-case hex, enums by name (``INITIAL_CONTACT``), addresses as ``ADDR:PORT``
+text (``[v6]:PORT``), tuples as lists, numbers and strings as they are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+import re
+from dataclasses import dataclass, fields
+from typing import Any
 
 Address = tuple[str, int]
 
@@ -20,7 +28,7 @@ __all__ = [
     "AcquireSucceeded", "AcquireFailed", "SoftSaCreated",
     "DeadPeerDetected", "NatKeepaliveSent", "DeleteSent",
     "StatelessCookieSent", "StatelessCookieVerified", "HalfOpenRefused", "HalfOpenDropped",
-    "ReplayDropped", "LimitReached", "SasRestored", "StoreFailed",
+    "ReplayDropped", "LimitReached", "SasRestored", "StoreFailed", "event_fields", "event_name",
 ]
 
 
@@ -380,3 +388,52 @@ class StoreFailed(Event):
 
     operation: str  # "write" or "load"
     reason: str
+
+
+#: Integer fields that name an ISAKMP enumeration (``ikecore.wire``): shown by name.
+_ENUM_FIELDS = {"notify_type": "NotifyType", "exchange_type": "ExchangeType", "protocol_id": "ProtocolId"}
+_WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def event_name(event: Event | type[Event]) -> str:
+    """The event's class name in snake case: ``Phase1Established`` -> ``phase1_established``."""
+    kind = event if isinstance(event, type) else type(event)
+    return _WORD.sub("_", kind.__name__).lower()
+
+
+def _outside(value: Any, field_name: str = "") -> Any:
+    """One value in its outside representation (see the module docstring)."""
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        enum_name = _ENUM_FIELDS.get(field_name)
+        if enum_name is not None:
+            from ikecore import wire
+
+            try:
+                return getattr(wire, enum_name)(value).name
+            except ValueError:
+                return value
+        return value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int) \
+            and not isinstance(value[1], bool):
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return [_outside(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _outside(v) for k, v in value.items()}
+    return str(value)
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The event as a JSON-ready dict: ``event`` (``event_name``), then each field in
+    its outside representation (the module docstring); ``time`` stays the engine's clock."""
+    out: dict[str, Any] = {"event": event_name(event)}
+    for item in fields(event):
+        out[item.name] = _outside(getattr(event, item.name), item.name)
+    return out

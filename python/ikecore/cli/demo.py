@@ -6,13 +6,20 @@ runs the load generator (``ikecore.loadtest``) against it with a progress bar, p
 the load test's report, then asks the gateway over a pipe for its Main Mode views
 (security associations and statistics), a Quick Mode summary and its memory growth per
 ISAKMP SA.
+
+Ctrl-C (to the parent alone, or to the whole process group as a terminal sends it)
+stops the load test: the parent prints the report of what was measured, marked
+interrupted, stops the gateway and exits 130. The gateway process ignores SIGINT (its
+parent ends it over the pipe) and stops quietly on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import multiprocessing
+import signal
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -24,6 +31,8 @@ from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.gateway.transport import Gateway
+from ikecore.loadtest.cli import finish
+from ikecore.loadtest.runners import StopSignals
 from ikecore.monitor import cli as monitor_cli
 from ikecore.monitor import listing
 from ikecore.monitor.counters import Monitor
@@ -53,7 +62,11 @@ def add_arguments(parser: Any) -> None:
 
 def _gateway_main(conn: Connection, ike: str, esp: str, dh_threads: int) -> None:
     """Child process: serve until the parent asks for the views, answer, exit."""
-    asyncio.run(_gateway(conn, ike, esp, dh_threads))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
+    try:
+        asyncio.run(_gateway(conn, ike, esp, dh_threads))
+    except (EOFError, OSError):
+        pass  # the parent is gone
 
 
 async def _gateway(conn: Connection, ike: str, esp: str, dh_threads: int) -> None:
@@ -81,6 +94,7 @@ async def _gateway(conn: Connection, ike: str, esp: str, dh_threads: int) -> Non
                 done.set()
 
         loop.add_reader(conn.fileno(), on_request)
+        loop.add_signal_handler(signal.SIGTERM, done.set)
         await asyncio.wait_for(done.wait(), 3600)
     finally:
         gateway.close()
@@ -129,10 +143,14 @@ def run(args: Any, out: TextIO) -> int:
         out.flush()
         spec = loadtest.LoadSpec(target=server, peers=args.peers, psk=PSK, ike=args.ike, esp=args.esp,
                                  concurrency=args.concurrency, max_seconds=300.0)
-        with DhPool(1) as pool:
+        with StopSignals() as stop, DhPool(1) as pool:
+            began = time.monotonic()
             load = loadtest.LoadTest(spec, keypair=KeypairReserve(pool))
-            progress = None if args.no_progress else loadtest.ProgressBar(sys.stderr, spec.peers)
-            report = loadtest.run_udp(load, progress=progress)
+            progress = None if args.no_progress else loadtest.ProgressBar(sys.stderr, spec.peers, logger=logging.getLogger("ikecore.demo"))
+            report = loadtest.run_udp(load, progress=progress, should_stop=stop)
+        if stop.received:
+            out.write("\n")
+            return finish(report, spec.peers, False, out, stop.received, time.monotonic() - began)
         out.write("\n" + loadtest.format_report(report) + "\n")
         views = _views(conn, report.quick_modes)
         out.write(views["report"])

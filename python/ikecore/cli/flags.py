@@ -9,7 +9,19 @@ from typing import Any
 from ikecore.config import PSK_ENVIRONMENT, Timing, psk_from_flags
 from ikecore.errors import ConfigError
 
-__all__ = ["add_proposal_flags", "add_psk_flags", "credentials", "psk", "timing"]
+__all__ = ["add_driver_flag", "add_log_flags", "add_proposal_flags", "add_psk_flags", "credentials", "psk", "timing"]
+
+
+def add_log_flags(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--log-level`` and ``--log-format`` (``ikecore.cli.logs``). On the top parser
+    (``top``) they carry the defaults; on a sub-command they only override when given,
+    so ``ikecore --log-format json serve`` and ``ikecore serve --log-format json`` agree."""
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        **(default or {"default": "info"}),
+                        help="log records at this level and above to standard error [info]")
+    parser.add_argument("--log-format", choices=("text", "json"), **(default or {"default": "text"}),
+                        help="log lines as text (time level logger key=value) or one JSON object each [text]")
 
 
 def add_psk_flags(parser: argparse.ArgumentParser, scope: str) -> None:
@@ -52,6 +64,15 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cert", metavar="FILE", help="our X.509 certificate (RSA signatures; with --key, --ca)")
     parser.add_argument("--key", metavar="FILE", help="the certificate's RSA private key (PEM or DER)")
     parser.add_argument("--ca", metavar="FILE", action="append", help="trusted CA certificate (repeatable)")
+
+
+def add_driver_flag(parser: argparse.ArgumentParser) -> None:
+    """``--driver memory|xfrm|userland`` (``ikecore.gateway.drivers``) and ``--tun NAME``."""
+    parser.add_argument("--driver", choices=("memory", "xfrm", "userland"), default=None,
+                        help="where Quick Mode SAs go: memory (a table, no packet protected; the default), "
+                             "xfrm (the Linux kernel) or userland (ESP in this process behind a TUN device)")
+    parser.add_argument("--tun", metavar="NAME", default=None,
+                        help="the TUN device of --driver userland (default ikecore0)")
 
 
 def credentials(args: argparse.Namespace) -> Any:

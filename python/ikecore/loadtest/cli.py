@@ -5,30 +5,41 @@ ahead on ``--dh-threads`` threads), ``--workers N`` with ``run_processes``. The 
 goes to standard output as text or, with ``--json``, one JSON object; the progress bar
 goes to standard error. Exit 0 when every peer established, 1 otherwise, 2 for a
 wrong flag (the caller prints the ``ConfigError``).
+
+Ctrl-C or SIGTERM (to this process alone or to its whole process group, generator
+processes included) stops the run: the report of what was measured until then is
+printed (and written with ``--json``) marked interrupted, and the exit status is 130
+(143 for SIGTERM). A second Ctrl-C gives up on the report (130).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import signal
 import sys
+import time
 from typing import Any, TextIO
 
 from ikecore.config import PSK_ENVIRONMENT, parse_endpoint, psk_from_flags
 from ikecore.credentials import credentials_from_flags
+from ikecore import policy
 from ikecore.errors import ConfigError
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.gateway.gc_tuning import tune_gc
+from ikecore.gateway import tuning
 from ikecore.loadtest.generator import Faults, LoadSpec, LoadTest
 from ikecore.loadtest.progress import ProgressBar
-from ikecore.loadtest.report import format_report, report_json
+from ikecore.loadtest.report import Report, format_report, report_json
 from ikecore.loadtest import worker_process
-from ikecore.loadtest.runners import run_processes, run_udp
+from ikecore.loadtest.runners import StopSignals, run_processes, run_udp
 
 __all__ = ["add_parser", "command", "spec_from_args"]
 
 #: Locust's default master port.
 MASTER_PORT = 5557
+LOG = logging.getLogger("ikecore.loadtest")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,8 +79,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--local-port", type=int, default=0, help="UDP port of every peer (default ephemeral)")
     parser.add_argument("--workers", type=int, default=1,
                         help="generator processes, each with a share of the peers and its own socket")
-    parser.add_argument("--dh-threads", type=int, default=1,
-                        help="threads pre-computing DH key pairs (0: compute them inline)")
+    parser.add_argument("--dh-threads", type=int, default=None,
+                        help="threads pre-computing DH key pairs (0: compute them inline; default: 1 when "
+                             "two cores are left free and the group is MODP, else 0)")
     for name, text in (("drop", "drop"), ("duplicate", "duplicate"), ("corrupt", "corrupt one byte of"),
                        ("delay", "delay")):
         parser.add_argument(f"--{name}", type=float, default=0.0, metavar="SHARE",
@@ -101,6 +113,9 @@ def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpe
         raise ConfigError("ADDR[:PORT]", "name the gateway to load (ikecore loadtest ADDR[:PORT] --peers N)")
     if args.peers is None:
         raise ConfigError("--peers", "say how many peers to simulate (--peers N)")
+    # checked here, in the process that reports errors, before any worker process starts
+    policy.parse_ike_proposals(args.ike, field_name="--ike")
+    policy.parse_esp_proposals(args.esp, field_name="--esp")
     faults = Faults(drop=args.drop, duplicate=args.duplicate, corrupt=args.corrupt, delay=args.delay,
                     delay_seconds=args.delay_seconds, wrong_psk=args.wrong_psk)
     return LoadSpec(target=parse_endpoint(args.target, 500, "target"), peers=args.peers,
@@ -124,6 +139,7 @@ def command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _command(args: argparse.Namespace, out: TextIO) -> int:
+    args.dh_threads = tuning.dh_threads(args.dh_threads, args.workers, args.ike)
     if args.worker:
         return _worker(args)
     if args.master:
@@ -137,26 +153,42 @@ def _command(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("--dh-threads", "must be 0 or more")
     if not 1 <= args.workers <= 64:
         raise ConfigError("--workers", "must be between 1 and 64")
-    if args.workers > 1:
-        progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers)
-        report = run_processes(spec, args.workers, dh_threads=args.dh_threads, local_port=args.local_port,
-                               progress=progress)
-        out.write((report_json(report) if args.json else format_report(report)) + "\n")
-        return 0 if report.established == spec.peers else 1
-    pool = DhPool(args.dh_threads) if args.dh_threads else None
-    try:
-        keypair = KeypairReserve(pool) if pool is not None else None
-        load = LoadTest(spec, keypair=keypair, local_port=args.local_port)
-        progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers)
-        try:
-            report = run_udp(load, progress=progress)
-        except OSError as exc:
-            raise ConfigError("--local-port", f"cannot open the UDP socket: {exc.strerror}") from None
-    finally:
-        if pool is not None:
-            pool.close()
-    out.write((report_json(report) if args.json else format_report(report)) + "\n")
-    return 0 if report.established == spec.peers else 1
+    with StopSignals() as stop:
+        began = time.monotonic()
+        if args.workers > 1:
+            progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers, logger=LOG)
+            report = run_processes(spec, args.workers, dh_threads=args.dh_threads, local_port=args.local_port,
+                                   progress=progress, should_stop=stop)
+        else:
+            pool = DhPool(args.dh_threads) if args.dh_threads else None
+            try:
+                keypair = KeypairReserve(pool) if pool is not None else None
+                load = LoadTest(spec, keypair=keypair, local_port=args.local_port)
+                progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers, logger=LOG)
+                try:
+                    report = run_udp(load, progress=progress, should_stop=stop)
+                except OSError as exc:
+                    raise ConfigError("--local-port", f"cannot open the UDP socket: {exc.strerror}") from None
+            finally:
+                if pool is not None:
+                    pool.close()
+        return finish(report, spec.peers, args.json, out, stop.received, time.monotonic() - began)
+
+
+def finish(report: Report, peers: int, as_json: bool, out: TextIO, signals: list[int], elapsed: float) -> int:
+    """Print the report (marked interrupted after a signal); the exit status: 130 after
+    SIGINT, 143 after SIGTERM, else 0 when every peer established and 1 otherwise."""
+    if signals:
+        report.interrupted_after = elapsed
+        LOG.warning("interrupted by %s after %.1f s: reporting what was measured until then",
+                    signal.Signals(signals[0]).name, elapsed,
+                    extra={"event": "interrupted", "fields": {"signal": signal.Signals(signals[0]).name,
+                                                              "seconds": round(elapsed, 3)}})
+    out.write((report_json(report) if as_json else format_report(report)) + "\n")
+    out.flush()
+    if signals:
+        return 128 + signals[0]
+    return 0 if report.established == peers else 1
 
 
 def _master(args: argparse.Namespace, out: TextIO) -> int:
@@ -174,18 +206,20 @@ def _master(args: argparse.Namespace, out: TextIO) -> int:
     if args.psk or args.psk_file:
         # for workers started without a key of their own; theirs wins
         spec = dataclasses.replace(spec, psk=psk_from_flags(args.psk, args.psk_file))
-        sys.stderr.write("ikecore loadtest: the master sends --psk to workers that have no key of their own, over "
-                         "Locust's unencrypted connection; give each --worker --psk-file or "
-                         f"${PSK_ENVIRONMENT} to keep it off the network\n")
+        LOG.warning("the master sends --psk to workers that have no key of their own, over Locust's unencrypted "
+                    "connection; give each --worker --psk-file or $%s to keep it off the network", PSK_ENVIRONMENT)
     if spec.peers < args.expect_workers:
         raise ConfigError("--expect-workers", f"more workers than --peers {spec.peers}")
     bind = parse_endpoint(args.master_bind, MASTER_PORT, "--master-bind")
     web = parse_endpoint(args.web, 8089, "--web") if args.web is not None else None
     run_master = _distributed().run_master
 
+    signals: list[int] = []
     report = run_master(spec, args.expect_workers, bind, web=web, csv_prefix=args.csv,
-                        progress_out=None if args.no_progress else sys.stderr)
+                        progress_out=None if args.no_progress else sys.stderr, signals=signals)
     out.write((report_json(report) if args.json else format_report(report)) + "\n")
+    if signals:
+        return 128 + signals[0]
     return 0 if report.established == spec.peers else 1
 
 

@@ -30,6 +30,7 @@ and only the ``--master`` and ``--worker`` commands import this module.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import signal
 import sys
@@ -106,12 +107,33 @@ def _send_stats(environment: Environment, runner: WorkerRunner) -> None:
     runner.send_message("stats", data)
 
 
+def _connect_worker(environment: Environment, master: tuple[str, int]) -> WorkerRunner:
+    """Locust's worker runner, connected to ``master``. Locust tries for minutes and
+    swallows ^C meanwhile: here SIGINT or SIGTERM ends the wait (exit 130 or 143, no
+    traceback), and a master that never answers is a one-line error naming --master-host."""
+    waiting = gevent.getcurrent()
+
+    def give_up(signum: int) -> None:
+        waiting.throw(SystemExit(128 + signum))
+
+    handlers = [gevent.signal_handler(sig, give_up, sig) for sig in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        runner = environment.create_worker_runner(master[0], master[1])
+    except ConnectionError:
+        raise ConfigError("--master-host", f"no master answered at {master[0]}:{master[1]}; start "
+                          "ikecore loadtest --master there first") from None
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    assert isinstance(runner, WorkerRunner)
+    return runner
+
+
 def run_worker(master: tuple[str, int], generator: Any, conn: Connection, *, err: TextIO = sys.stderr) -> int:
     """``ikecore loadtest --worker``: serve the master at ``master`` until it says quit,
     relaying between Locust and the ``generator`` process (``worker_process.start``)."""
     environment = Environment(user_classes=[IkeGenerator])
-    runner = environment.create_worker_runner(master[0], master[1])
-    assert isinstance(runner, WorkerRunner)
+    runner = _connect_worker(environment, master)
     stop = Event()
     started = Event()
 
@@ -211,9 +233,12 @@ class _Counts:
 
 def run_master(spec: LoadSpec, workers: int, bind: tuple[str, int], *, web: tuple[str, int] | None = None,
                csv_prefix: str | None = None, progress_out: TextIO | None = None,
-               err: TextIO = sys.stderr) -> Report:
+               err: TextIO = sys.stderr, signals: list[int] | None = None) -> Report:
     """``ikecore loadtest --master``: wait for ``workers`` Locust workers, hand out the
-    shares, follow the run and return the merged report (partial after Ctrl-C)."""
+    shares, follow the run and return the merged report (partial after Ctrl-C, marked
+    interrupted; the signal that stopped it is appended to ``signals``)."""
+    started = time.monotonic()
+    stopped_by: list[int] = [] if signals is None else signals
     environment = Environment(user_classes=[IkeGenerator], host=f"{spec.target[0]}:{spec.target[1]}")
     try:
         runner = environment.create_master_runner(bind[0] or "*", bind[1])
@@ -238,7 +263,11 @@ def run_master(spec: LoadSpec, workers: int, bind: tuple[str, int], *, web: tupl
     runner.register_message("ikecore_report", on_report)
     runner.register_message("ikecore_progress", on_progress)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    handlers = [gevent.signal_handler(s, interrupted.set) for s in (signal.SIGINT, signal.SIGTERM)]
+    def stop(number: int) -> None:
+        stopped_by.append(number)
+        interrupted.set()
+
+    handlers = [gevent.signal_handler(s, stop, s) for s in (signal.SIGINT, signal.SIGTERM)]
     writer: StatsCSVFileWriter | None = None
     background = [gevent.spawn(stats_history, runner)]
     if csv_prefix:
@@ -288,7 +317,10 @@ def run_master(spec: LoadSpec, workers: int, bind: tuple[str, int], *, web: tupl
             signal.signal(number, handler_before)
     lost = {i: (f"{assigned[i]} ({errors[i]})" if i in errors else assigned.get(i, f"share {i}"))
             for i in range(len(parts)) if i not in outcomes}
-    return merge_outcomes(spec, parts, outcomes, progress, lost)
+    report = merge_outcomes(spec, parts, outcomes, progress, lost)
+    if stopped_by:
+        report = dataclasses.replace(report, interrupted_after=time.monotonic() - started)
+    return report
 
 
 def _follow(runner: MasterRunner, spec: LoadSpec, assigned: dict[int, str], outcomes: dict[int, dict[str, Any]],

@@ -3,11 +3,14 @@
 ``ProgressBar`` shows done/total, the live rate (SAs per second over the last two
 seconds), failures, peers in flight and retransmissions. It reads only the few counts of
 ``Counts``, which a ``LoadTest`` has and the multi-process runner sums over its workers.
-Into a log (not a terminal) it writes one plain line a second instead.
+Into a log (not a terminal) it writes one plain line a second instead, or, given a
+``logger``, one log record a second (``event=progress`` with the counts as fields), so a
+log read as JSON lines stays JSON lines.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol, TextIO
 
 __all__ = ["Counts", "Progress", "ProgressBar"]
@@ -34,8 +37,10 @@ class Counts(Protocol):
 class ProgressBar:
     """One self-rewriting status line: done/total, live rate, failures, in flight."""
 
-    def __init__(self, out: TextIO, total: int, width: int = 30, interval: float = 0.25) -> None:
+    def __init__(self, out: TextIO, total: int, width: int = 30, interval: float = 0.25,
+                 logger: logging.Logger | None = None) -> None:
         self.out = out
+        self.logger = logger
         self.total = total
         self.width = width
         self.tty = bool(getattr(out, "isatty", lambda: False)())
@@ -54,6 +59,15 @@ class ProgressBar:
         live = (load.established - first[1]) / (now - first[0]) if now > first[0] else 0.0
         filled = int(self.width * done / self.total) if self.total else self.width
         bar = "#" * filled + "-" * (self.width - filled)
+        if not self.tty and self.logger is not None:
+            self.logger.info("%d/%d done, %.0f SAs/s, failed %d, in flight %d, retransmits %d, %.1f s", done,
+                             self.total, live, load.failed, load.in_flight, load.retransmissions, load.elapsed(now),
+                             extra={"event": "progress", "fields": {
+                                 "done": done, "total": self.total, "sas_per_second": round(live, 1),
+                                 "failed": load.failed, "in_flight": load.in_flight,
+                                 "retransmissions": load.retransmissions,
+                                 "seconds": round(load.elapsed(now), 3)}})
+            return
         start, end = ("\r", "") if self.tty else ("", "\n")
         self.out.write(f"{start}[{bar}] {done}/{self.total}  {live:7.0f} SAs/s  "
                        f"failed {load.failed}  in flight {load.in_flight}  "

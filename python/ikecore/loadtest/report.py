@@ -4,6 +4,10 @@
 processes); ``format_report`` is the human-readable final report, ``report_json`` the
 ``--json`` object. Latencies are kept as raw samples during the run and reduced here to
 count, p50, p90, p99 and max in milliseconds (nearest rank).
+
+A run stopped by the user (Ctrl-C, SIGTERM) still returns its report, of what was
+measured until then: ``interrupted_after`` says after how many seconds (JSON
+``"interrupted": true``; the text report's first line says ``interrupted after N.N s``).
 """
 
 from __future__ import annotations
@@ -40,10 +44,15 @@ class Report:
     esp: str = ""
     #: workers of a distributed run lost mid-run: worker name, share, peers, unfinished
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
+    #: seconds into the run when a signal stopped it (the counts are what was measured until then)
+    interrupted_after: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         lost = {"lost_workers": list(self.lost_workers)} if self.lost_workers else {}
-        return lost | {
+        stopped = {"interrupted_after": round(self.interrupted_after, 3)} if self.interrupted_after is not None \
+            else {}
+        return lost | stopped | {
+            "interrupted": self.interrupted_after is not None,
             "target": self.target, "ike": self.ike, "esp": self.esp, "peers": self.peers,
             "started": self.started, "established": self.established, "failed": self.failed,
             "unfinished": self.unfinished, "seconds": round(self.seconds, 4),
@@ -86,7 +95,9 @@ def rate_by_tenth(begin: float, done_times: list[float]) -> list[float]:
 def format_report(report: Report) -> str:
     """The human-readable final report."""
     lines = [
-        f"load test against {report.target}: {report.ike} / ESP {report.esp}",
+        f"load test against {report.target}: {report.ike} / ESP {report.esp}" + (
+            f" (interrupted after {report.interrupted_after:.1f} s: what was measured until then)"
+            if report.interrupted_after is not None else ""),
         f"  peers {report.peers}, started {report.started}, established {report.established}, "
         f"failed {report.failed}, unfinished {report.unfinished}",
         f"  {report.sas_per_second:.1f} SAs per second over {report.seconds:.2f} s "

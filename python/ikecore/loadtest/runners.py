@@ -6,13 +6,24 @@ each peer's 127.x.y.z source address (so 10,000 peers need one descriptor), and 
 each received datagram at once. ``run_processes`` forks generator processes, each with
 its own socket, DH threads and a consecutive share of the peers and of the rate or
 concurrency, and merges their reports into one (rate over the union of their busy spans).
+
+Interruption: ``StopSignals`` turns SIGINT and SIGTERM into a flag that ``run_udp`` and
+``run_processes`` ask (``should_stop``), so a stopped run still returns the report of
+what was measured. Each generator process of ``run_processes`` sets its own flag on
+either signal (from a terminal's ^C, which reaches the whole process group, or from its
+parent, which forwards the signal when only it was told), ends its loop and sends its
+report so far; the parent merges what arrived within ``STOP_GRACE`` seconds.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import resource
 import select
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,9 +37,44 @@ from ikecore.loadtest.generator import LoadSpec, LoadTest, peer_address
 from ikecore.loadtest.progress import Counts, Progress, ProgressBar
 from ikecore.loadtest.report import Report, percentiles, rate_by_tenth
 
-__all__ = ["run_in_memory", "run_processes", "run_udp", "split_spec"]
+__all__ = ["StopSignals", "run_in_memory", "run_processes", "run_udp", "split_spec"]
 
 MAX_DATAGRAMS_PER_READ = 256
+#: With ``should_stop``, ``run_udp`` waits at most this long between two looks at it.
+STOP_POLL_SECONDS = 0.1
+#: Seconds the parent of generator processes waits for their reports once stopped.
+STOP_GRACE = 3.0
+
+
+class StopSignals:
+    """SIGINT and SIGTERM set a flag instead of ending the process (a context manager;
+    the previous handlers come back on exit). Called, it says whether a signal came.
+    ``second_raises``: a second signal raises KeyboardInterrupt (a user who will not
+    wait for the partial report). Outside the main thread it does nothing."""
+
+    def __init__(self, *, second_raises: bool = True) -> None:
+        self.received: list[int] = []
+        self.second_raises = second_raises
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return bool(self.received)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.received.append(signum)
+        if self.second_raises and len(self.received) > 1:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
 
 def run_in_memory(load: LoadTest, responder: Engine, *, now: float = 1000.0,
@@ -95,6 +141,8 @@ def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.
                 break
             deadline = load.get_timer()
             wait = hard_stop - now if deadline is None else max(0.0, min(deadline, hard_stop) - now)
+            if should_stop is not None:
+                wait = min(wait, STOP_POLL_SECONDS)
             if progress is not None:
                 progress.update(load, now)
                 wait = min(wait, progress.interval)
@@ -167,16 +215,35 @@ class _PipeProgress:
         pass
 
 
-def _worker(conn: Connection, spec: LoadSpec, dh_threads: int, local_port: int) -> None:
+def _worker(conn: Connection, spec: LoadSpec, dh_threads: int, local_port: int, index: int) -> None:
+    """Generator process ``index``: its share of the peers; on SIGINT or SIGTERM it stops
+    and sends the report so far. Its log records carry ``worker=index``."""
+    stop = StopSignals(second_raises=False)
+    stop.__enter__()
+    _tag_worker(index)
     pool = DhPool(dh_threads) if dh_threads else None
     try:
         load = LoadTest(spec, keypair=KeypairReserve(pool) if pool is not None else None, local_port=local_port)
-        report = run_udp(load, progress=_PipeProgress(conn))
+        report = run_udp(load, progress=_PipeProgress(conn), should_stop=stop)
         conn.send(("done", report, load.latency, load.begin, load.last_done, load.done_times))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone: nobody to report to
     finally:
         if pool is not None:
             pool.close()
         conn.close()
+
+
+def _tag_worker(index: int) -> None:
+    """Every log record of this process carries ``worker=index`` (``ikecore.cli.logs``)."""
+    base = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        record.worker = index
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def split_spec(spec: LoadSpec, workers: int) -> list[LoadSpec]:
@@ -198,10 +265,12 @@ def split_spec(spec: LoadSpec, workers: int) -> list[LoadSpec]:
 
 
 def run_processes(spec: LoadSpec, workers: int, *, dh_threads: int = 1, local_port: int = 0,
-                  progress: ProgressBar | None = None) -> Report:
+                  progress: ProgressBar | None = None, should_stop: Callable[[], bool] | None = None) -> Report:
     """Run the load test in ``workers`` forked processes, each with its own socket, a
     share of the peers (consecutive addresses) and of the rate or concurrency; one
-    merged report (rate over the union of the workers' busy spans)."""
+    merged report (rate over the union of the workers' busy spans). Once
+    ``should_stop()`` is true, SIGINT goes to every process still running and the
+    report merges what they sent within ``STOP_GRACE`` seconds."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
@@ -210,7 +279,7 @@ def run_processes(spec: LoadSpec, workers: int, *, dh_threads: int = 1, local_po
     for index, part in enumerate(parts):
         parent, child = context.Pipe()
         process = context.Process(target=_worker, args=(child, part, dh_threads,
-                                                        local_port + index if local_port else 0), daemon=True)
+                                                        local_port + index if local_port else 0, index), daemon=True)
         process.start()
         child.close()
         pipes.append(parent)
@@ -219,8 +288,20 @@ def run_processes(spec: LoadSpec, workers: int, *, dh_threads: int = 1, local_po
     results: dict[int, tuple[Any, ...]] = {}
     deadline = time.monotonic() + spec.max_seconds + 60
     view = _ProgressView(spec)
+    forwarded = 0.0
     try:
         while len(results) < len(pipes) and time.monotonic() < deadline:
+            if should_stop is not None and should_stop() and time.monotonic() - forwarded >= 0.5:
+                # (again every half second: a process still starting may not have had its handler yet)
+                if not forwarded:
+                    deadline = min(deadline, time.monotonic() + STOP_GRACE)
+                forwarded = time.monotonic()
+                for i, process in enumerate(processes):
+                    if i not in results and process.pid is not None:
+                        try:
+                            os.kill(process.pid, signal.SIGINT)
+                        except ProcessLookupError:
+                            pass
             ready = [i for i, p in enumerate(pipes) if i not in results and p.poll(0.05)]
             for i in ready:
                 try:
@@ -237,9 +318,10 @@ def run_processes(spec: LoadSpec, workers: int, *, dh_threads: int = 1, local_po
                 progress.update(view, time.monotonic())
     finally:
         for process in processes:
-            process.join(5)
+            process.join(1 if should_stop is not None and should_stop() else 5)
             if process.is_alive():
                 process.kill()
+                process.join(1)
     if progress is not None:
         view.set(status)
         progress.update(view, time.monotonic(), force=True)

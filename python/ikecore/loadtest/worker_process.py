@@ -13,13 +13,15 @@ maybe ``("stop",)``; the child answers every ``BATCH_INTERVAL`` with
 ``("events", samples, failures, progress)`` (the new latency samples per phase and the
 new failures since the last batch, and the running counts), then ``("done", outcome)``
 or ``("error", text)``. The child ends when its share is done, when the parent says stop,
-or when the parent is gone.
+or when the parent is gone. It ignores SIGINT: a terminal's ^C reaches the whole process
+group, and the parent, which handles it, tells the child to stop.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -89,6 +91,7 @@ class _Batches:
 
 
 def _child(conn: Connection, psk: str, credentials: Credentials | None, local_port: int, dh_threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's to handle (module docstring)
     try:
         message = conn.recv()
     except (EOFError, OSError):

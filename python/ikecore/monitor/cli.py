@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             time.sleep(args.interval)
         except KeyboardInterrupt:
             client.close()
-            return 0
+            return 130   # 128 + SIGINT, as every other command
 
 
 def terminate(args: argparse.Namespace, out: TextIO | None = None) -> int:

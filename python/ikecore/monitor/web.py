@@ -40,8 +40,8 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -509,6 +509,7 @@ async def start_web(source: Source, address: str, token_file: str | None) -> Web
         server.close()
         raise ConfigError("--web", f"cannot serve {address}: {exc.strerror}") from None
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    sys.stderr.write(f"ikecore serve: monitor page http://{shown}:{bound[1]}/\n")
-    sys.stderr.flush()
+    url = f"http://{shown}:{bound[1]}/"
+    logging.getLogger("ikecore.monitor").info("monitor page %s", url,
+                                              extra={"event": "monitor_page", "fields": {"url": url}})
     return server
