@@ -77,6 +77,20 @@ bench: $(BUILT)
 clean:
 	rm -rf target $(VENV) python/ikecore/*.so
 
+# A wheel that installs where there is no Rust, compiler or libssl: manylinux2014 (glibc
+# 2.17 or later, x86-64), OpenSSL built from source and linked in statically (the Cargo
+# feature `vendored`). zig (PyPI's ziglang) compiles and links against the old glibc. Its
+# own target directory keeps the dev build (make build) untouched; the first build
+# compiles OpenSSL (a few minutes on 2 cores), later ones reuse target/wheel.
+WHEEL_DIR := target/wheel/dist
+.PHONY: wheel
+wheel: $(DEPS)
+	$(VPY) -m pip install -q --disable-pip-version-check "ziglang>=0.11"
+	rm -f $(WHEEL_DIR)/ikecore-*.whl
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH CARGO_TARGET_DIR=$(abspath target/wheel) \
+		$(VENV)/bin/maturin build --release --quiet --zig --compatibility manylinux2014 \
+		--features python,vendored --out $(WHEEL_DIR)
+
 # Bounded coverage-guided fuzz run of the ISAKMP codec (stable Rust, libFuzzer via
 # libfuzzer-sys; the same flags cargo-fuzz uses) and of the Python engine (atheris,
 # tests/fuzz/engine_fuzz.py: datagram sequences into responders and initiators

@@ -11,7 +11,7 @@ path (peer bytes must only ever be counted and dropped) or an exception out of
 ``receive_datagram``; it is written to ``--artifacts`` and the run fails. Not
 coverage-guided (the Rust codec targets are, see ``make fuzz``); bounded by count.
 
-Long run (documented in the README)::
+Long run (documented in bench/README.md)::
 
     .venv/bin/python tests/enginefuzz.py --datagrams 10000000
 """

@@ -23,7 +23,7 @@ and every datagram read was either answered in Rust (``fast_path:stateless_repli
 or handed to the engine (``fast_path:to_python``). Memory: the gateway's peak RSS
 (VmHWM) minus its RSS once listening.
 
-Long run (documented in the README)::
+Long run (documented in bench/README.md)::
 
     .venv/bin/python tests/floodreal.py --rate 50000 --seconds 60 --peers 1000
 

@@ -6,7 +6,7 @@ Main Mode message 1 datagrams from random 127.x.y.z addresses at ``rate`` per se
 engine time. Time is a fake clock stepped in 1 ms ticks, so the rate is exact and the
 run is reproducible; the wall-clock cost is reported next to it.
 
-Long run (documented in the README)::
+Long run (documented in bench/README.md)::
 
     .venv/bin/python tests/floodsim.py --rate 50000 --seconds 10 --peers 1000
 

@@ -27,7 +27,7 @@ store, and before anything else happens:
 Then the initiator goes on establishing. At the end the gateway is stopped with SIGTERM.
 Prints one JSON line per kill and ``PASS: ...`` (exit 0) or the first failures (exit 1).
 
-Long run (documented in the README; about 15 minutes on 2 shared cores)::
+Long run (documented in bench/README.md; about 15 minutes on 2 shared cores)::
 
     .venv/bin/python tests/killreal.py --sas 10000 --kills 20 --qm-sample 0
 

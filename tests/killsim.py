@@ -11,7 +11,7 @@ verifies: every logged SA is present in its restored engine with the same cookie
 ISAKMP SAs are ESTABLISHED, and a new Quick Mode on each restored ISAKMP SA present on
 both sides succeeds (``--qm-sample`` of them; 0 = all). Then it goes on establishing.
 
-Long run (documented in the README)::
+Long run (documented in bench/README.md)::
 
     .venv/bin/python tests/killsim.py --sas 10000 --kills 20
 

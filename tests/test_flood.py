@@ -138,7 +138,7 @@ def test_monitor_counts_flood_events() -> None:
 
 @pytest.mark.parametrize("vary_offer", [False, True])
 def test_small_flood_legitimate_peers_establish_memory_bounded_every_datagram_accounted(vary_offer: bool) -> None:
-    """The make-test version of the documented 50,000/s x 1,000 peers run (README)."""
+    """The make-test version of the documented 50,000/s x 1,000 peers run (bench/README.md, Long runs)."""
     limits = FloodLimits(max_half_open=400, cookie_threshold=200, offer_cache_size=256)
     result = run_flood(rate=10000, seconds=1.0, peers=60, limits=limits, vary_offer=vary_offer, wall_limit=120)
     acc = result.flood_accounting

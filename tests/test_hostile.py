@@ -354,7 +354,7 @@ def test_invalid_ke_from_the_responder_ends_the_negotiation_cleanly(aggressive: 
 
 
 def test_engine_mutation_fuzz_bounded_run(tmp_path: Path) -> None:
-    """The make-test version of ``tests/enginefuzz.py --datagrams 10000000`` (README)."""
+    """The make-test version of ``tests/enginefuzz.py --datagrams 10000000`` (bench/README.md, Long runs)."""
     from enginefuzz import run
 
     injected, completed, findings = run(30000, seed=7, per_step=200, artifacts=tmp_path, wall_limit=120)
