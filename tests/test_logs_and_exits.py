@@ -276,8 +276,10 @@ def test_an_interrupted_load_test_reports_what_it_measured(gateway: int, workers
 
 def test_an_interrupted_load_test_text_report_says_so(gateway: int) -> None:
     proc = _start("loadtest", f"127.0.0.1:{gateway}", "--peers", "100000", "--rate", "100", "--psk", PSK,
-                  "--no-progress", "--dh-threads", "0", stdout=subprocess.PIPE)
-    time.sleep(2.0)
+                  "--dh-threads", "0", stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not re.search(r" [1-9]\d*/100000 done", _wait_for(proc, "done")[-1]):   # progress: one line a second
+        assert time.monotonic() < deadline
     status, seconds, out, err = _signal(proc, signal.SIGTERM, group=False)
     assert status == 128 + signal.SIGTERM and seconds < EXIT_SECONDS and "Traceback" not in err, err
     first = out.splitlines()[0]
