@@ -8,10 +8,12 @@
 pub mod cookies;
 pub mod crypto;
 pub mod error;
+pub mod esp;
 pub mod json_rows;
 pub mod frontdoor;
 pub mod udpbatch;
 pub mod wire;
+pub mod xfrm;
 
 #[cfg(feature = "python")]
 mod py;

@@ -4,6 +4,11 @@ The engine asks the driver for an inbound SPI (Get SPI), then adds the outbound 
 (Key Addition) and the inbound SA (Key Update), and deletes them when the SA ends.
 ``MemoryDriver`` keeps them in a dict; a gateway may plug in its own (e.g. Linux XFRM).
 A driver signals failure by raising ``DriverError``; the engine counts it.
+
+Optional hooks a packet-moving driver may have (``ikecore.gateway.drivers``): ``attach(gateway)``
+once the gateway exists (its sockets, event loop and engine), ``close()`` when it stops,
+``counters(spi_in, spi_out)`` (ESP counters of an SA pair, for the Quick Mode view and
+Prometheus) and ``stats()`` (its own drop counters).
 """
 
 from __future__ import annotations

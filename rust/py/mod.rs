@@ -6,9 +6,11 @@ mod cipher;
 mod cookies;
 mod crypto;
 mod errors;
+mod esp;
 mod rows;
 mod frontdoor;
 mod wire;
+mod xfrm;
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -19,5 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cipher::register(m)?;
     rows::register(m)?;
     frontdoor::register(m)?;
+    esp::register(m)?;
+    xfrm::register(m)?;
     Ok(())
 }

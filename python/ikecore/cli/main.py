@@ -12,19 +12,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ikecore import __version__
-from ikecore.cli import decode, demo, flags, serve
+from ikecore.cli import decode, demo, flags, logs, serve
 from ikecore.config import (
     config_from_flags,
+    flag_message,
     parse_endpoint,
 )
 from ikecore.engine.core import Engine
-from ikecore.errors import ConfigError
-from ikecore.gateway.transport import Gateway, local_address_towards
+from ikecore.errors import ConfigError, NegotiationFailed
+from ikecore.gateway.drivers import make_driver
+from ikecore.gateway.transport import ConnectResult, Gateway, local_address_towards
 from ikecore.loadtest import cli as loadtest
 from ikecore.monitor import cli as monitor_cli
 from ikecore.monitor import listing
@@ -34,6 +39,7 @@ from ikecore.monitor.counters import (
     Monitor,
     display_name,
 )
+from ikecore.monitor.formats import json_value
 from ikecore.monitor.text import text_table
 
 __all__ = ["main", "build_parser", "format_table"]
@@ -52,13 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     connect = sub.add_parser("connect", help="negotiate Main Mode and Quick Mode with one peer")
     connect.add_argument("peer", metavar="ADDR[:PORT]")
     flags.add_psk_flags(connect, "(or --cert, --key and --ca)")
-    connect.add_argument("--local", metavar="ADDR[:PORT]", help="local address and port (default: ephemeral)")
+    connect.add_argument("--local", metavar="ADDR[:PORT]",
+                         help="local address and port (default port: ephemeral; 500 with --driver xfrm or userland)")
     connect.add_argument("--no-quick-mode", action="store_true", help="stop after Main Mode")
-    connect.add_argument("--keep", action="store_true", help="do not delete the SAs on exit")
+    connect.add_argument("--keep", action="store_true",
+                         help="do not delete the SAs on exit; with --driver userland, keep the tunnel up "
+                              "until Ctrl-C or SIGTERM (the tunnel lives in this process)")
     connect.add_argument("--json", action="store_true", help="print one JSON object")
     connect.add_argument("--natt-port", type=int, metavar="PORT",
                          help="the peer's NAT-T port (default 4500 when the peer is on 500)")
     flags.add_proposal_flags(connect)
+    flags.add_driver_flag(connect)
 
     serve.add_parser(sub)
 
@@ -70,46 +80,68 @@ def build_parser() -> argparse.ArgumentParser:
 
     decode.add_parser(sub)
     loadtest.add_parser(sub)
+    flags.add_log_flags(parser, top=True)
+    for name in ("connect", "serve", "demo", "loadtest"):
+        flags.add_log_flags(sub.choices[name])
     return parser
 
 
 #: What ``ikecore connect --json`` prints of the SA's Main Mode row and of its Quick Mode
-#: rows (``ikecore.monitor.listing`` defines them), in this order.
+#: rows, in this order: the views' columns (``ikecore.monitor.listing``), written as the
+#: views write them (``ikecore.monitor.formats``: ``created`` in ISO 8601 UTC, cookies and
+#: SPIs in hex, ``vendor_ids`` a list), and ``rekeyed``.
 _CONNECT_MAIN_MODE = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity",
                       "diffie_hellman", "initiator_cookie", "responder_cookie", "state", "role", "local_port",
-                      "peer_port", "created", "lifetime_left", "quick_modes", "rekeyed", "exchange", "nat", "nat_t",
-                      "encapsulated", "dpd", "vendor_ids")
+                      "peer_port", "created", "age_seconds", "lifetime_left", "quick_modes", "rekeyed", "exchange",
+                      "nat", "nat_t", "encapsulated", "dpd", "vendor_ids")
 _CONNECT_QUICK_MODE = ("me", "my_id", "peer", "peer_id", "authentication", "encryption", "integrity",
                        "diffie_hellman", "initiator_cookie", "responder_cookie", "spi_in", "spi_out", "mode",
-                       "local_ts", "remote_ts", "lifetime_left", "rekeyed")
+                       "local_ts", "remote_ts", "created", "lifetime_left", "rekeyed")
 
 
 async def _connect(args: argparse.Namespace, out: TextIO) -> int:
     remote = parse_endpoint(args.peer, 500, "peer")
+    # a tunnel endpoint (a driver that protects packets) speaks from port 500, and 4500
+    # for NAT-T, as a gateway does; the memory driver from an ephemeral port
+    port = 500 if args.driver not in (None, "memory") else 0
     if args.local:
-        local = parse_endpoint(args.local, 0, "--local")
+        local = parse_endpoint(args.local, port, "--local")
     else:
-        local = (local_address_towards(remote[0]), 0)
+        local = (local_address_towards(remote[0]), port)
     config = config_from_flags(psk=flags.psk(args), ike=args.ike, esp=args.esp, listen=(), remote=remote[0],
                                mode=args.mode, local_ts=args.local_ts, remote_ts=args.remote_ts,
                                my_id=args.my_id, keylog=args.keylog, timing=flags.timing(args),
                                aggressive=args.aggressive, nat_traversal=args.nat_t,
                                credentials=flags.credentials(args))
-    engine = Engine(config, keylog=serve.KeyLog(args.keylog))
+    keylog = serve.KeyLog(args.keylog)
+    driver = keylog.wrap(make_driver(args.driver, tun_name=args.tun))
+    engine = Engine(config, keylog=keylog, driver=driver)
     gateway = Gateway(engine, monitor=Monitor())
+    if hasattr(driver, "attach"):
+        driver.attach(gateway)
+    interrupted = False
     try:
-        bound = await gateway.open(local)
-        result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode,
-                                       natt_port=args.natt_port)
+        try:
+            bound = await gateway.open(local)
+        except OSError as exc:
+            raise ConfigError("--local", f"cannot bind {local[0]}:{local[1]}: {exc.strerror}; "
+                                         "name another address or port (--local ADDR:PORT)") from None
+        try:
+            result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode,
+                                           natt_port=args.natt_port)
+        except NegotiationFailed as failure:
+            result = failure.result if isinstance(failure.result, ConnectResult) else \
+                ConnectResult(failure.handle or 0, False, failure.reason, notify=failure.notify)
         sa = engine.sa(result.handle)
-        now = gateway.loop.time()
-        mine = listing.main_mode_row(sa, now) if sa is not None else None
-        main = {key: mine[key] for key in _CONNECT_MAIN_MODE} if mine is not None else None
-        quick = [{key: row[key] for key in _CONNECT_QUICK_MODE} for row in listing.quick_mode_rows(engine.sas(), now)
-                 if main is not None and row["initiator_cookie"] == main["initiator_cookie"]]
+        now, wall = gateway.loop.time(), time.time()
+        main = listing.shown_rows([sa], _CONNECT_MAIN_MODE, now, wall)[0] if sa is not None else None
+        quick = [row for row in listing.shown_quick_mode_rows([sa] if sa is not None else [], _CONNECT_QUICK_MODE,
+                                                              now, wall)]
         if args.json:
+            notify = getattr(result.notify, "name", result.notify)
             json.dump({"main_mode": main if result.phase1 else None, "quick_mode": quick,
-                       "ok": result.ok, "reason": result.reason or None}, out, default=str)
+                       "ok": result.ok, "reason": result.reason or None, "notify": notify}, out,
+                      default=json_value)
             out.write("\n")
         elif result.phase1 is not None and main is not None:
             out.write("Main Mode security association\n")
@@ -119,12 +151,27 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(format_table(quick, QUICK_MODE_SA_COLUMNS) + "\n")
         if not result.ok:
             print(f"ikecore connect: failed: {result.reason}", file=sys.stderr)
-        if sa is not None and not args.keep and sa.state.value == "ESTABLISHED":
+        out.flush()
+        if result.ok and args.keep and hasattr(driver, "attach"):  # the tunnel lives in this process
+            logging.getLogger("ikecore.connect").info(
+                "tunnel up (%s driver); Ctrl-C or SIGTERM ends it", args.driver,
+                extra={"event": "tunnel_up", "fields": {"driver": args.driver}})
+            if await serve.wait_for_signal() == signal.SIGINT:
+                interrupted = True
+            sa = engine.sa(result.handle)
+            if sa is not None and sa.state.value == "ESTABLISHED":
+                gateway.delete(result.handle)
+                await asyncio.sleep(0.05)
+        elif sa is not None and not args.keep and sa.state.value == "ESTABLISHED":
             gateway.delete(result.handle)
             await asyncio.sleep(0.05)
+        if interrupted:
+            return 128 + signal.SIGINT  # as a shell reports ^C
         return 0 if result.ok else 1
     finally:
         gateway.close()
+        if hasattr(driver, "close"):
+            driver.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    logs.configure(args.log_level, args.log_format)
     try:
         if args.command == "connect":
             return asyncio.run(_connect(args, sys.stdout))
@@ -147,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("monitor", "terminate"):
             return int(args.handler(args))
     except ConfigError as exc:
-        print(f"ikecore {args.command}: {exc}", file=sys.stderr)
+        print(f"ikecore {args.command}: {flag_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -12,7 +12,13 @@ Three ways to run, one set of flags:
 * worker k (hidden flags ``--worker k/N --worker-sockets FD,... --worker-control PATH``,
   given by the parent): the gateway of one process on the sockets it was passed, with
   ``Engine(worker=(k, N))``, its shard of ``--store`` and a control socket at PATH for
-  the parent's fan-out; its log lines start with ``[wK]``.
+  the parent's fan-out; its log records carry ``worker=K``.
+
+Events and status lines go through ``logging`` (``ikecore.cli.logs``): the engine's events
+under ``ikecore.gateway`` (``event_fields``: hex, enum names, ``ADDR:PORT``), floods of
+refused or dropped messages rate-limited (``ikecore.gateway.faults``), this module's lines
+under ``ikecore.serve``. SIGINT stops the gateway with status 130, SIGTERM with 0 (a
+requested stop); with workers the parent forwards either to them.
 
 Flags and configuration are read here; the gateway itself is
 ``ikecore.gateway.transport.Gateway``.
@@ -28,11 +34,10 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
-from ikecore.cli import flags
+from ikecore.cli import flags, logs
 from ikecore.config import (
     Config,
     check_owner_only,
@@ -42,14 +47,29 @@ from ikecore.config import (
 )
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
-from ikecore.gateway import workers
+from ikecore.events import event_fields
+from ikecore.gateway import tuning, workers
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
+from ikecore.gateway.drivers import make_driver
 from ikecore.gateway.gc_tuning import tune_gc
 from ikecore.gateway.transport import Gateway
 from ikecore.monitor import cli as monitor_cli
 from ikecore.monitor.counters import Monitor
 
 __all__ = ["add_parser", "run", "KeyLog"]
+
+LOG = logging.getLogger("ikecore.serve")
+EVENTS = logging.getLogger("ikecore.gateway")
+#: Events of every datagram and driver call: logged at debug only.
+_DEBUG_EVENTS = frozenset({"DatagramReceived", "DatagramSent", "SpiAllocated", "KeyAdded", "KeyUpdated"})
+#: Events that come in floods: counted by the monitor, logged rate-limited (ikecore.gateway.faults).
+_FLOOD_EVENTS = frozenset({"StatelessCookieSent", "HalfOpenRefused", "HalfOpenDropped", "ReplayDropped",
+                           "LimitReached"})
+#: Local faults the gateway itself logs, rate-limited (``Gateway.faults``).
+_GATEWAY_LOGS = frozenset({"DriverFailed", "StoreFailed"})
+#: Events that say something went wrong: logged at warning.
+_WARNING_EVENTS = frozenset({"Phase1Failed", "Phase2Failed", "AuthenticationFailed", "InvalidPacketReceived",
+                             "DeadPeerDetected", "AcquireFailed"})
 
 
 class KeyLog:
@@ -99,6 +119,57 @@ class KeyLog:
     def __del__(self) -> None:
         self.close()
 
+    def wrap(self, driver: Any) -> Any:
+        """``driver``, writing each Quick Mode SA it is given as a line of Wireshark's ESP
+        SA table (``"IPv4","SRC","DST","0xSPI","AES-CBC [RFC3602]","0xKEY",...``, one per
+        direction, ``tshark -o 'uat:esp_sa:LINE'``) when a file is open."""
+        return driver if self._fd is None else _EspKeyLog(driver, self)
+
+
+class _EspKeyLog:
+    """An IPsec driver that writes ESP SA table lines, then hands every call on."""
+
+    def __init__(self, driver: Any, keylog: KeyLog) -> None:
+        self._driver = driver
+        self._keylog = keylog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    def _log(self, sa: Any) -> None:
+        from ikecore.gateway.userland import esp_sa_lines
+
+        for line in esp_sa_lines(sa):
+            self._keylog(line)
+
+    def add_outbound(self, sa: Any) -> None:
+        self._driver.add_outbound(sa)
+        self._log(sa)
+
+    def update_inbound(self, sa: Any) -> None:
+        self._driver.update_inbound(sa)
+        self._log(sa)
+
+
+async def wait_for_signal() -> int:
+    """Wait for SIGINT or SIGTERM; returns the signal."""
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not stop.done():
+            stop.set_result(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
 
 def add_parser(sub: Any) -> None:
     """The ``serve`` sub-command of ``ikecore`` (``ikecore.cli.main``)."""
@@ -108,6 +179,9 @@ def add_parser(sub: Any) -> None:
     flags.add_psk_flags(serve, "for every peer (without --config)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     serve.add_argument("--quiet", action="store_true", help="do not log every event (load tests)")
+    serve.add_argument("--log-rate", type=int, metavar="N",
+                       help=f"log at most N info events a second per process, counting the rest "
+                            f"(default {tuning.LOG_RATE}; 0: every event; warnings always)")
     serve.add_argument("--workers", default="1", metavar="N|auto",
                        help="gateway processes, one per core (auto: the cores this process may use); "
                             "datagrams reach the worker holding their SA by its initiator cookie")
@@ -115,8 +189,9 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--worker", metavar="K/N", help=argparse.SUPPRESS)
     serve.add_argument("--worker-sockets", metavar="FD,...", help=argparse.SUPPRESS)
     serve.add_argument("--worker-control", metavar="PATH", help=argparse.SUPPRESS)
-    serve.add_argument("--dh-threads", type=int, default=1,
-                       help="threads pre-computing DH key pairs (0: compute them inline)")
+    serve.add_argument("--dh-threads", type=int, default=None,
+                       help="threads pre-computing DH key pairs (0: compute them inline; default: 1 when "
+                            "two cores are left free and the group is MODP, else 0)")
     serve.add_argument("--control", nargs="?", const="", metavar="PATH",
                        help="serve the monitor's control socket (default path: $IKECORE_CONTROL, "
                             "control.sock in $XDG_RUNTIME_DIR/ikecore/, /run/ikecore/ for root or "
@@ -141,12 +216,14 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--store-key", metavar="FILE", help="encrypt the store with the 32-byte key in FILE "
                        "(created 0600 when missing and the store holds no SA)")
     flags.add_proposal_flags(serve)
+    flags.add_driver_flag(serve)
     serve.set_defaults(serve_parser=serve)
 
 
 def run(args: argparse.Namespace) -> int:
     """``ikecore serve``; raises ConfigError for bad flags."""
     args.workers = workers.worker_count(args.workers)
+    args.dh_threads = tuning.dh_threads(args.dh_threads, args.workers, args.ike)
     if args.worker is None:  # --web and --web-token refused before anything is bound
         from ikecore.monitor.web import check_flags
 
@@ -171,7 +248,7 @@ def worker_flags(args: argparse.Namespace) -> list[str]:
     out: list[str] = []
     parser: argparse.ArgumentParser = args.serve_parser
     for action in parser._actions:
-        if not action.option_strings or action.dest in PARENT_ONLY:
+        if not action.option_strings or action.dest in PARENT_ONLY or action.dest in _LOG_DEFAULTS:
             continue
         value = getattr(args, action.dest, None)
         option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
@@ -188,7 +265,15 @@ def worker_flags(args: argparse.Namespace) -> list[str]:
             out.append(option)
         else:
             out.append(f"{option}={value}")
+    # the same log level and format (given before or after ``serve``: the defaults live on the top parser)
+    for dest, default in _LOG_DEFAULTS.items():
+        value = getattr(args, dest, default)
+        if value != default:
+            out.append(f"--{dest.replace('_', '-')}={value}")
     return out
+
+
+_LOG_DEFAULTS = {"log_level": "info", "log_format": "text"}
 
 
 def worker_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -218,41 +303,59 @@ async def _serve(args: argparse.Namespace) -> int:
                            "listen": tuple(parse_endpoint(i, 500, "--listen") for i in args.listen)})
     # opened (and refused, when others may read it) before any worker starts
     keylog = KeyLog(args.keylog or config.keylog, "--keylog" if args.keylog else "gateway.keylog")
+    driver_name = args.driver or config.driver
+    driver_field = "--driver" if args.driver else "gateway.driver"
+    if driver_name not in (None, "memory") and (args.workers > 1 or args.worker is not None):
+        raise ConfigError(driver_field, f"the {driver_name} driver runs in one process: give --workers 1")
     if args.worker is None and args.workers > 1:
         keylog.close()  # each worker appends on its own
         return await _supervise(args, config)
     worker = workers.parse_worker(args.worker) if args.worker is not None else (0, 1)
-    prefix = f"[w{worker[0]}] " if args.worker is not None else ""
-    if prefix:
-        logging.basicConfig(format=prefix + "%(message)s")
+    if args.worker is not None:
+        logs.tag_worker(worker[0])
+        # its control socket is the parent's business: the parent names the gateway's own
+        logging.getLogger("ikecore.monitor").setLevel(logging.WARNING)
 
     def log(event: Any) -> None:
         name = type(event).__name__
-        if name in ("DatagramReceived", "DatagramSent", "SpiAllocated", "KeyAdded", "KeyUpdated"):
+        if name in _GATEWAY_LOGS:
             return
-        if name in ("StatelessCookieSent", "HalfOpenRefused", "HalfOpenDropped", "ReplayDropped", "LimitReached"):
-            # come in floods: counted by the monitor, logged rate-limited (ikecore.gateway.faults)
-            gateway.faults.report(name, str(vars_of(event).get("remote", "")), time.monotonic())
+        if name in _FLOOD_EVENTS:
+            remote = event_fields(event).get("remote", "")
+            gateway.faults.report(name, str(remote), time.monotonic())
             return
-        fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars_of(event).items() if k != "time"}
-        # One write per line: stderr is write-through, and gateway workers share it, so
-        # print()'s separate newline write could interleave with another worker's line.
-        sys.stderr.write(f"{prefix}{time.strftime('%H:%M:%S')} {name} {fields}\n")
-        sys.stderr.flush()
+        level = logging.DEBUG if name in _DEBUG_EVENTS else logging.WARNING if name in _WARNING_EVENTS \
+            else logging.INFO
+        if not EVENTS.isEnabledFor(level) or not budget.admit(name, level):
+            return
+        fields = event_fields(event)
+        kind = fields.pop("event")
+        del fields["time"]  # the engine's clock; the record has the wall-clock time
+        logs.log_event(EVENTS, level, kind, **fields)
 
     store = _open_store(args, worker)
+    budget = tuning.LogBudget(args.log_rate)
     tune_gc()
     pool = DhPool(args.dh_threads) if args.dh_threads > 0 else None
-    engine = Engine(config, keylog=keylog,
+    driver = keylog.wrap(make_driver(driver_name, field_name=driver_field, tun_name=args.tun))
+    engine = Engine(config, keylog=keylog, driver=driver,
                     keypair=KeypairReserve(pool) if pool is not None else None, store=store,
                     now=asyncio.get_running_loop().time(), worker=worker)
     gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
+    if hasattr(driver, "attach"):
+        driver.attach(gateway)
     # before the control socket appears: from then on a worker is up and may be told to stop
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     if args.worker is not None:  # the parent bound the sockets and says where they are
         for fd in args.worker_sockets.split(","):
             await gateway.adopt(socket.socket(fileno=int(fd)))
@@ -263,9 +366,8 @@ async def _serve(args: argparse.Namespace) -> int:
             bound = await gateway.listen(config.listen)
         except OSError as exc:
             raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
-        # one write (print's separate newline could interleave with other processes' lines)
-        sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)}\n")
-        sys.stderr.flush()
+        bound += await _nat_t_beside(gateway, bound)
+        _listening(bound)
         services = await monitor_cli.start_services(gateway, args.control, args.metrics, args)
     try:
         if args.duration:
@@ -280,11 +382,39 @@ async def _serve(args: argparse.Namespace) -> int:
         gateway._flush()
         services.close()
         gateway.close()
+        if hasattr(driver, "close"):
+            driver.close()
         if pool is not None:
             pool.close()
         if args.worker is not None:
             workers.orphaned(args.worker_control)
-    return 0
+    return _exit_status(received)
+
+
+async def _nat_t_beside(gateway: Gateway, bound: list[Any]) -> list[Any]:
+    """A gateway listening on ADDR:500 also listens on ADDR:4500 (NAT-T, RFC 3947), as
+    strongSwan does; a port 4500 that cannot be bound is logged and left out."""
+    added: list[Any] = []
+    for address, port in list(bound):
+        if port != 500 or any(a == address and p == 4500 for a, p in bound):
+            continue
+        try:
+            added.append(await gateway.open((address, 4500)))
+        except OSError as exc:
+            LOG.warning("not listening on %s:4500 (NAT-T): %s", address, exc.strerror)
+    return added
+
+
+def _exit_status(received: list[int]) -> int:
+    """130 when SIGINT stopped the gateway (as a shell reports ^C), else 0 (SIGTERM or
+    ``--duration``: a requested stop)."""
+    return 128 + signal.SIGINT if signal.SIGINT in received else 0
+
+
+def _listening(bound: Any, note: str = "") -> None:
+    addresses = [f"{a}:{p}" for a, p in bound]
+    LOG.info("listening on %s%s", ", ".join(addresses), note,
+             extra={"event": "listening", "fields": {"addresses": addresses}})
 
 
 def _open_store(args: argparse.Namespace, shard: tuple[int, int]) -> Any:
@@ -313,10 +443,10 @@ async def _supervise(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    received: list[int] = [signal.SIGTERM]
+    received: list[int] = []
 
     def on_signal(signum: int) -> None:
-        received[0] = signum
+        received.append(signum)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -335,9 +465,7 @@ async def _supervise(args: argparse.Namespace, config: Config) -> int:
             await asyncio.wait({ready, stopping}, timeout=args.duration or None, return_when=asyncio.FIRST_COMPLETED)
             ready.cancel()
             if not stop.is_set() and supervisor.failure is None:
-                sys.stderr.write(f"ikecore serve: listening on {', '.join(f'{a}:{p}' for a, p in bound)} "
-                                 f"({args.workers} workers)\n")
-                sys.stderr.flush()
+                _listening(bound, f" ({args.workers} workers)")
                 waiting = asyncio.ensure_future(supervisor.wait())
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 await asyncio.wait({waiting, stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
@@ -346,13 +474,13 @@ async def _supervise(args: argparse.Namespace, config: Config) -> int:
             stopping.cancel()
         failure = supervisor.failure
         if failure is not None:
-            sys.stderr.write(f"ikecore serve: {failure}; stopping\n")
+            LOG.error("%s; stopping", failure)
             return 2
-        return 0
+        return _exit_status(received)
     finally:
         if services is not None:
             services.close()
-        await supervisor.stop(received[0])
+        await supervisor.stop(received[-1] if received else signal.SIGTERM)
         supervisor.close()
 
 

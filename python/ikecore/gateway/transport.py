@@ -18,6 +18,14 @@ non-blocking sockets, registers them with ``loop.add_reader`` and drains each in
 never reaches the queue. On wildcard sockets each datagram brings its local address
 (IP_PKTINFO / IPV6_RECVPKTINFO): the engine gets the address the peer used, and
 replies leave from it.
+
+As a library: ``async with Gateway.listen(config) as gateway:`` (or a list of addresses
+and ``config_from_flags`` keywords: ``Gateway.listen([("127.0.0.1", 500)], psk=...)``)
+builds the engine, opens the sockets and closes them on exit; ``async with
+Gateway(engine)`` closes a gateway built by hand. ``connect`` returns a ``ConnectResult``
+when the SAs are up and raises ``ikecore.NegotiationFailed`` (``.notify``, ``.reason``,
+``.phase``) when they are not, ``ikecore.NegotiationTimeout`` when the peer never answers;
+``connect(..., check=False)`` returns the ``ConnectResult`` whatever happened.
 """
 
 from __future__ import annotations
@@ -34,14 +42,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ikecore import events as ev
+from ikecore import wire
+from ikecore.config import Config, config_from_flags, parse_endpoint
 from ikecore.engine.core import Engine
+from ikecore.errors import NegotiationFailed, NegotiationTimeout
 from ikecore.events import Address
 from ikecore.gateway.faults import FaultLog, udp_drops
 from ikecore.gateway.frontdoor import IP_PKTINFO, FastPath, source_pktinfo
 from ikecore.gateway.frontdoor import available as fast_path_available
 from ikecore.protocol.nat_traversal import NAT_T_PORT
 
-__all__ = ["Gateway", "ConnectResult", "local_address_towards"]
+__all__ = ["Gateway", "ConnectResult", "local_address_towards", "TIMED_OUT"]
 
 RECEIVE_BUFFER = 8 << 20          # bytes of kernel receive buffer asked for each fast-path socket
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -62,13 +73,98 @@ def _wildcard(address: str) -> bool:
 
 @dataclass
 class ConnectResult:
-    """What one initiation ended with."""
+    """What one initiation ended with (``notify``: the Notify Message Type that ended a
+    failed one, the peer's else ours, as ``NegotiationFailed.notify``)."""
 
     handle: int
     ok: bool
     reason: str = ""
     phase1: ev.Phase1Established | None = None
     phase2: list[ev.Phase2Established] = field(default_factory=list)
+    notify: int | None = None
+
+    def failure(self) -> NegotiationFailed:
+        """This failed outcome as the exception ``connect`` raises."""
+        phase = 1 if self.phase1 is None else 2
+        kind = NegotiationTimeout if self.reason == TIMED_OUT else NegotiationFailed
+        return kind(self.reason, notify=self.notify, phase=phase, handle=self.handle, result=self)
+
+
+#: ``ConnectResult.reason`` of a negotiation the peer never finished.
+TIMED_OUT = "timed out"
+
+
+def _notify_type(number: int | None) -> int | None:
+    """A Notify Message Type by name where ``wire.NotifyType`` knows it."""
+    if number is None:
+        return None
+    try:
+        return wire.NotifyType(number)
+    except ValueError:
+        return number
+
+
+class _Listening:
+    """What ``Gateway.listen`` on the class returns: used as ``async with``, the gateway,
+    closed on the way out; awaited, the bound addresses (the sockets stay open)."""
+
+    def __init__(self, gateway: Gateway, addresses: Any, *, reuse_port: bool = False) -> None:
+        self.gateway = gateway
+        self.addresses = [parse_endpoint(a, 500, "listen") if isinstance(a, str) else (str(a[0]), int(a[1]))
+                          for a in addresses]
+        self.reuse_port = reuse_port
+
+    async def _open(self) -> list[Address]:
+        gateway = self.gateway
+        bound = [await gateway.open(address, reuse_port=self.reuse_port) for address in self.addresses]
+        gateway.loop.call_soon(gateway._start)
+        return bound
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            await self._open()
+        except BaseException:  # a port in use: the sockets opened before it close too
+            await self.gateway.aclose()
+            raise
+        return self.gateway
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.gateway.aclose()
+
+
+class _ListenMethod:
+    """``Gateway.listen``: on a gateway, ``await gateway.listen(addresses)`` opens its
+    listening sockets and returns their addresses; on the class,
+    ``Gateway.listen(config_or_addresses, **options)`` builds the gateway too (``_Listening``)."""
+
+    def __get__(self, gateway: Gateway | None, owner: type[Gateway]) -> Callable[..., Any]:
+        if gateway is None:
+            return functools.partial(_listen_new, owner)
+        return gateway._listen_on
+
+
+def _listen_new(owner: type[Gateway], target: Any, *, reuse_port: bool = False, monitor: Any = None,
+                on_event: Callable[[ev.Event], None] | None = None, fast_path: bool | None = None,
+                **flags: Any) -> _Listening:
+    """A gateway for ``target`` (an ``Engine``, a ``Config``, or the addresses to listen on,
+    ``(ADDR, PORT)`` or ``"ADDR:PORT"``, with the ``config_from_flags`` keywords ``flags``:
+    ``psk``, ``ike``, ``esp``...) on its listening addresses."""
+    if flags and not isinstance(target, (list, tuple, str)):
+        raise TypeError(f"Gateway.listen: {', '.join(flags)} go with a list of addresses, not with a "
+                        f"{type(target).__name__}")
+    if isinstance(target, Engine):
+        engine = target
+    elif isinstance(target, Config):
+        engine = Engine(target)
+    else:
+        addresses = [parse_endpoint(a, 500, "listen") if isinstance(a, str) else (str(a[0]), int(a[1]))
+                     for a in ([target] if isinstance(target, str) else target)]
+        engine = Engine(config_from_flags(listen=tuple(addresses), **flags))
+    gateway = owner(engine, monitor=monitor, on_event=on_event, fast_path=fast_path)
+    return _Listening(gateway, engine.config.listen, reuse_port=reuse_port)
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -161,6 +257,10 @@ class Gateway:
         if fast_path is None:
             fast_path = os.environ.get("IKECORE_FAST_PATH", "1") != "0"
         self.fast_path: FastPath | None = FastPath(engine) if fast_path and fast_path_available() else None
+        # ESP arriving on a NAT-T socket (RFC 3948: no non-ESP marker, port != 500) goes
+        # here (the userland driver) instead of to the engine as a malformed message
+        self.esp_sink: Callable[[bytes, Address], None] | None = None
+        self.esp_flush: Callable[[], None] | None = None  # after each batch of received datagrams
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -249,18 +349,40 @@ class Gateway:
             self.faults.report("fast path socket error", f"{counts['receive_errors']} receive errors, "
                                f"{counts['send_failures']} replies not sent", self.loop.time())
 
-    async def listen(self, addresses: list[Address] | tuple[Address, ...], *,
-                     reuse_port: bool = False) -> list[Address]:
-        bound = [await self.open(address, reuse_port=reuse_port) for address in addresses]
-        self.loop.call_soon(self._start)
-        return bound
+    #: ``await gateway.listen(addresses, reuse_port=False)``: open the listening sockets,
+    #: returns their addresses; ``async with Gateway.listen(config_or_addresses, ...) as
+    #: gateway``: build, listen, and close on exit (``_ListenMethod``).
+    listen = _ListenMethod()
+
+    async def _listen_on(self, addresses: list[Address] | tuple[Address, ...], *,
+                         reuse_port: bool = False) -> list[Address]:
+        return await _Listening(self, addresses, reuse_port=reuse_port)
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """``close``, then one turn of the event loop: asyncio's transports close their
+        sockets there, so the ports are free when this returns."""
+        self.close()
+        await asyncio.sleep(0)
 
     def addresses(self) -> list[Address]:
         return list(self._endpoints)
 
     async def connect(self, remote: Address, *, local: Address | None = None, quick_mode: bool = True,
-                      timeout: float | None = None, natt_port: int | None = None) -> ConnectResult:
-        """Negotiate Main Mode (and one Quick Mode) with ``remote``; wait for the outcome."""
+                      timeout: float | None = None, natt_port: int | None = None,
+                      check: bool = True) -> ConnectResult:
+        """Negotiate Main Mode (and one Quick Mode) with ``remote``; wait for the outcome.
+
+        Returns the ``ConnectResult`` of the SAs. Raises ``ikecore.NegotiationFailed``
+        (``.notify``, ``.reason``, ``.phase``, ``.result``) when the negotiation fails,
+        ``ikecore.NegotiationTimeout`` when it is not done within ``timeout`` seconds
+        (default: the negotiation timeout plus 5); with ``check=False`` returns the
+        ``ConnectResult`` (``ok`` False) instead of raising."""
         if local is None:
             local = (local_address_towards(remote[0]), 0)
         if local not in self._endpoints:
@@ -274,10 +396,14 @@ class Gateway:
         self._flush()
         limit = timeout if timeout is not None else self.engine.config.timing.negotiation_timeout + 5
         try:
-            return await asyncio.wait_for(future, limit)
+            result = await asyncio.wait_for(future, limit)
         except asyncio.TimeoutError:
-            self._waiters.pop(handle, None)
-            return ConnectResult(handle, False, "timed out")
+            waiter = self._waiters.pop(handle, None)
+            result = waiter[1] if waiter is not None else ConnectResult(handle, False)
+            result.ok, result.reason = False, TIMED_OUT
+        if check and not result.ok:
+            raise result.failure()
+        return result
 
     async def _open_nat_t_socket(self, address: str) -> None:
         """An initiator on port 500 floats to port 4500 when NAT-T is used (RFC 3947 section
@@ -327,6 +453,11 @@ class Gateway:
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self._endpoints.clear()
+        for future, result, _want_qm in self._waiters.values():  # nothing more will come
+            if not future.done():
+                result.reason = result.reason or "the gateway closed"
+                future.set_result(result)
+        self._waiters.clear()
 
     def add_listener(self, listener: Callable[[ev.Event], None]) -> None:
         """Call ``listener`` with every engine event (after the monitor); it must not block."""
@@ -349,8 +480,9 @@ class Gateway:
 
     @property
     def pending_connects(self) -> int:
-        """``connect`` calls waiting for their outcome (the monitor's Acquire Heap Size)."""
-        return len(self._waiters)
+        """The monitor's Acquire Heap Size: ``connect`` calls waiting for their outcome, plus
+        the acquires in the engine's heap (``Engine.acquire``: a driver's kernel ACQUIREs)."""
+        return len(self._waiters) + self.engine.acquire_counts()[0]
 
     def monitor_receive_failed(self) -> None:
         if self.monitor is not None:
@@ -378,6 +510,8 @@ class Gateway:
         for _ in range(min(batch, len(self._queue))):
             endpoint, data, remote, local_ip = self._queue.popleft()
             self._on_datagram(endpoint, data, remote, local_ip)
+        if self.esp_flush is not None:
+            self.esp_flush()
         if self.monitor is not None:
             self.monitor.receive_heap_size = len(self._queue)
         if self._queue:
@@ -387,6 +521,10 @@ class Gateway:
 
     def _on_datagram(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None) -> None:
         local = endpoint.local
+        if (self.esp_sink is not None and local[1] != 500 and remote[1] != 500 and len(data) > 8
+                and data[:4] != b"\0\0\0\0"):
+            self.esp_sink(data, remote)
+            return
         if local_ip is not None:  # the address the peer sent to (fast path, wildcard socket)
             local = (local_ip, local[1])
         elif _wildcard(local[0]):
@@ -443,7 +581,11 @@ class Gateway:
                 done = True
             elif isinstance(event, (ev.Phase1Failed, ev.Phase2Failed)):
                 result.reason = event.reason
+                if result.notify is None:
+                    result.notify = _notify_type(event.notify_type)
                 done = True
+            elif kind is ev.NotifyReceived and event.notify_type < 16384:  # type: ignore[attr-defined]
+                result.notify = _notify_type(event.notify_type)  # type: ignore[attr-defined]  # an error
             elif isinstance(event, ev.SaDeleted) and event.phase == 1 and result.phase1 is None:
                 result.reason = event.reason
                 done = True
