@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Container
 from typing import Protocol
 
 from ikecore.errors import IkeError
 
-__all__ = ["DriverError", "IpsecSaKeys", "IpsecDriver", "MemoryDriver"]
+__all__ = ["DriverError", "IpsecSaKeys", "IpsecDriver", "MemoryDriver", "free_spi"]
 
 
 class DriverError(IkeError):
@@ -53,6 +54,15 @@ class IpsecDriver(Protocol):
     def delete(self, spi: bytes, destination: str, protocol_id: int) -> None: ...
 
 
+def free_spi(taken: Container[bytes]) -> bytes:
+    """A random SPI of 256 or more (0-255 are reserved, RFC 4303 section 2.1) not in ``taken``."""
+    for _attempt in range(64):
+        spi = os.urandom(4)
+        if int.from_bytes(spi, "big") >= 256 and spi not in taken:
+            return spi
+    raise DriverError("no free SPI")
+
+
 class MemoryDriver:
     """An in-memory SA database: SPIs unique among the inbound SAs it handed out."""
 
@@ -61,12 +71,9 @@ class MemoryDriver:
         self.outbound: dict[tuple[bytes, str], IpsecSaKeys] = {}
 
     def get_spi(self, source: str, destination: str, protocol_id: int) -> bytes:
-        for _attempt in range(64):
-            spi = os.urandom(4)
-            if int.from_bytes(spi, "big") >= 256 and spi not in self.inbound:  # 0-255 are reserved
-                self.inbound[spi] = None
-                return spi
-        raise DriverError("no free SPI")
+        spi = free_spi(self.inbound)
+        self.inbound[spi] = None
+        return spi
 
     def add_outbound(self, sa: IpsecSaKeys) -> None:
         self.outbound[(sa.spi, sa.destination)] = sa

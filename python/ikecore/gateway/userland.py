@@ -24,11 +24,10 @@ Needs CAP_NET_ADMIN (TUN device, routes) and CAP_NET_RAW (raw ESP sockets).
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
 from typing import Any
 
-from ikecore.driver import DriverError, IpsecSaKeys
+from ikecore.driver import DriverError, IpsecSaKeys, free_spi
 
 __all__ = ["UserlandDriver", "DEFAULT_TUN", "SOFT_FRACTION", "esp_sa_lines"]
 
@@ -136,12 +135,9 @@ class UserlandDriver:
     # --- IpsecDriver ----------------------------------------------------------------------
 
     def get_spi(self, source: str, destination: str, protocol_id: int) -> bytes:
-        for _attempt in range(64):
-            spi = os.urandom(4)
-            if int.from_bytes(spi, "big") >= 256 and spi not in self.inbound:  # 0-255 are reserved
-                self.inbound[spi] = None
-                return spi
-        raise DriverError("no free SPI")
+        spi = free_spi(self.inbound)
+        self.inbound[spi] = None
+        return spi
 
     def add_outbound(self, sa: IpsecSaKeys) -> None:
         if sa.mode != "tunnel":
