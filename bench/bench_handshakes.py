@@ -228,7 +228,8 @@ PLUGINS = ("load-tester random nonce openssl aes sha1 sha2 hmac gmp kdf pem pkcs
 class LoadTesterCharon:
     """One charon of the private build with the load-tester plugin, in a namespace."""
 
-    def __init__(self, netns: str, *, initiator: str, responder: str, count: int = 0) -> None:
+    def __init__(self, netns: str, *, initiator: str, responder: str, count: int = 0, ike: str = IKE,
+                 esp: str = ESP) -> None:
         from interop import charon
 
         prefix = charon.fake_kernel_prefix()
@@ -237,7 +238,7 @@ class LoadTesterCharon:
         initiators = 4 if count else 0
         iterations = (count + initiators - 1) // initiators if count else 0
         (self.directory / "strongswan.conf").write_text(LOADTEST_CONF.format(
-            plugins=PLUGINS, dir=self.directory, psk=PSK, ike=IKE, esp=ESP, initiator=initiator,
+            plugins=PLUGINS, dir=self.directory, psk=PSK, ike=ike, esp=esp, initiator=initiator,
             responder=responder, initiators=initiators, iterations=iterations,
             init_limit=100 if count else 0, delay=1 if count else 0))
         self.process, self.pid = charon.Charon._launch(self.directory, prefix / "libexec/ipsec/charon", netns, 15.0)
@@ -289,15 +290,16 @@ def strongswan_reason() -> str | None:
     return charon.available("fake") or netns.available()
 
 
-def strongswan_pair(count: int) -> dict[str, Any]:
+def strongswan_pair(count: int, *, ike: str = IKE, esp: str = ESP) -> dict[str, Any]:
     from interop import netns
 
     with netns.veth_pair(f"ikbs{os.getpid() % 10000}", net="10.197") as pair:
-        responder = LoadTesterCharon(pair.ns_b, initiator="0.0.0.0", responder=pair.addr_b)
+        responder = LoadTesterCharon(pair.ns_b, initiator="0.0.0.0", responder=pair.addr_b, ike=ike, esp=esp)
         initiator = None
         try:
             time.sleep(0.5)
-            initiator = LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count)
+            initiator = LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count,
+                                         ike=ike, esp=esp)
             result = load_tester_result(initiator, count, 180)
             result["responder_cpu_seconds"] = responder.cpu()
             return result

@@ -164,6 +164,10 @@ def hash_for(hash_algorithm: int) -> str:
         raise NoProposalChosen(f"hash algorithm {hash_algorithm} not supported") from None
 
 
+#: What a forgotten key is: empty, so zeroing it is nothing (never grown: nothing writes it).
+_EMPTY = bytearray()
+
+
 @dataclass(frozen=True, slots=True, repr=False, init=False)
 class Skeyid:
     """SKEYID and the three keys derived from it (RFC 2409 section 5), each in a bytearray
@@ -186,6 +190,13 @@ class Skeyid:
     def wipe(self) -> None:
         """Zero all four keys in place."""
         wipe(self.skeyid, self.skeyid_d, self.skeyid_a, self.skeyid_e)
+
+    def forget_skeyid_e(self) -> None:
+        """Zero SKEYID and SKEYID_e and drop them (Quick Mode and Informational need only
+        SKEYID_d and SKEYID_a): both become one empty bytearray shared by every SA."""
+        wipe(self.skeyid, self.skeyid_e)
+        object.__setattr__(self, "skeyid", _EMPTY)
+        object.__setattr__(self, "skeyid_e", _EMPTY)
 
     def __repr__(self) -> str:
         return f"Skeyid(<{len(self.skeyid)}-byte keys>)"
@@ -371,6 +382,14 @@ def keymat(
 @functools.lru_cache(maxsize=4096)  # pure; a handshake packs the same two addresses several times
 def packed_address(address: str) -> bytes:
     """The 4 or 16 network-order bytes of an IP address (ValueError if it is not one)."""
+    parts = address.split(".")
+    # dotted-quad IPv4 without ipaddress objects (every handshake packs its addresses);
+    # anything unusual (leading zeros, IPv6, garbage) goes the strict way
+    if len(parts) == 4 and all(0 < len(p) <= 3 and p.isdigit() and p.isascii() and (p[0] != "0" or p == "0")
+                               for p in parts):
+        values = [int(p) for p in parts]
+        if max(values) <= 255:
+            return bytes(values)
     return ipaddress.ip_address(address).packed
 
 
@@ -433,7 +452,9 @@ class CryptoState:
     (which zeroizes its key schedule) and any later use raises CryptoError.
     """
 
-    __slots__ = ("_cipher", "_name", "_hash_name", "_block_size", "_ivs", "_key")
+    # the phase 1 chain in a slot of its own, the others in a dict made only while a phase 2
+    # or informational exchange runs (an established SA holds 100,000 of these in a gateway)
+    __slots__ = ("_cipher", "_name", "_hash_name", "_block_size", "_iv0", "_ivs", "_key")
 
     def __init__(self, cipher_name: str, key: bytes | bytearray, hash_name: str, phase1_iv: bytes) -> None:
         _check_hash(hash_name)
@@ -445,7 +466,8 @@ class CryptoState:
         self._block_size = self._cipher.block_size
         if len(phase1_iv) != self._block_size:
             raise CryptoError(f"phase 1 IV must be {self._block_size} bytes")
-        self._ivs: dict[int, bytes] = {0: bytes(phase1_iv)}
+        self._iv0 = bytes(phase1_iv)
+        self._ivs: dict[int, bytes] | None = None
 
     def _live(self) -> Cipher:
         if self._cipher is None:
@@ -468,17 +490,28 @@ class CryptoState:
         return self._block_size
 
     def _current(self, message_id: int) -> bytes:
-        iv = self._ivs.get(message_id)
+        if message_id == 0:
+            return self._iv0
+        ivs = self._ivs
+        iv = ivs.get(message_id) if ivs is not None else None
         if iv is None:
-            iv = phase2_iv(self._hash_name, self._ivs[0], message_id, self._block_size)
+            iv = phase2_iv(self._hash_name, self._iv0, message_id, self._block_size)
         return iv
+
+    def _set(self, message_id: int, iv: bytes) -> None:
+        if message_id == 0:
+            self._iv0 = iv
+        elif self._ivs is None:
+            self._ivs = {message_id: iv}
+        else:
+            self._ivs[message_id] = iv
 
     def iv(self, message_id: int) -> bytes:
         """The IV the next message of ``message_id`` uses. For an M-ID not used yet
         this counts as its first use: its start IV is fixed now."""
         _message_id(message_id)
         iv = self._current(message_id)
-        self._ivs[message_id] = iv
+        self._set(message_id, iv)
         return iv
 
     def encrypt(self, message_id: int, plaintext: bytes) -> bytes:
@@ -489,7 +522,7 @@ class CryptoState:
         if not plaintext:
             raise CryptoError("nothing to encrypt")
         ciphertext = self._live().encrypt(iv, pad(plaintext, self._block_size))
-        self._ivs[message_id] = ciphertext[-self._block_size :]
+        self._set(message_id, ciphertext[-self._block_size :])
         return ciphertext
 
     def decrypt(self, message_id: int, ciphertext: bytes) -> tuple[bytes, bytes]:
@@ -513,23 +546,27 @@ class CryptoState:
         _message_id(message_id)
         if len(next_iv) != self._block_size:
             raise CryptoError(f"IV must be {self._block_size} bytes")
-        self._ivs[message_id] = bytes(next_iv)
+        self._set(message_id, bytes(next_iv))
 
     def export_state(self) -> tuple[str, bytearray, bytes]:
         """(cipher name, key, phase 1 IV chain) for the SA store (``ikecore.engine.persist``): what
         rebuilds this state after a restart. Contains the key (the state's own buffer, not a
         copy): handle as a secret."""
         self._live()
-        return self._name, self._key, self._ivs[0]
+        return self._name, self._key, self._iv0
 
     def forget(self, message_id: int) -> None:
         """Drops the chain of a finished phase 2 or informational exchange."""
         if message_id == 0:
             raise CryptoError("the phase 1 chain (M-ID 0) cannot be forgotten")
-        self._ivs.pop(message_id, None)
+        ivs = self._ivs
+        if ivs is not None:
+            ivs.pop(message_id, None)
+            if not ivs:
+                self._ivs = None
 
     def __repr__(self) -> str:
-        return f"CryptoState({self._name!r}, {self._hash_name!r}, chains={len(self._ivs)})"
+        return f"CryptoState({self._name!r}, {self._hash_name!r}, chains={1 + len(self._ivs or ())})"
 
 
 def keylog_line(cky_i: bytes, enc_key: bytes | bytearray) -> str:

@@ -77,6 +77,10 @@ def id_to_text(id_type: int, data: bytes) -> str:
     return data.hex()
 
 
+#: The vendor IDs of an SA that received none yet: one list shared by all (never changed).
+_NO_VENDOR_IDS: list[bytes] = []
+
+
 @dataclass(slots=True)
 class IpsecSa:
     """One negotiated Quick Mode SA pair (inbound and outbound ESP SPIs)."""
@@ -131,6 +135,18 @@ class QuickModeExchange:
     lifetime_notify: tuple[int | None, int | None] | None = None  # RESPONDER-LIFETIME sent/honoured
     installed: tuple[IpsecSaKeys, ...] = ()  # (outbound, inbound) handed to the driver
 
+    def forget_negotiation(self) -> None:
+        """Drop what only the negotiation needed, once the IpsecSa is made (a gateway holds
+        100,000 of these for the negotiation timeout): the nonces, the client IDs, the key
+        tuple (the IpsecSa holds the keys) and, for the responder, its QM2 (a repeated QM3
+        is ignored, never answered). Kept: the last message received, by which a repeat is
+        known, and the initiator's QM3, sent again when QM2 is repeated."""
+        self.nonce_i = self.nonce_r = b""
+        self.id_ci = self.id_cr = None
+        self.installed = ()
+        if self.role is Role.RESPONDER:
+            self.last_sent = b""
+
 
 @dataclass(slots=True)
 class IsakmpSa:
@@ -161,7 +177,7 @@ class IsakmpSa:
     peer_id: wire.IdPayload | None = None
     established: float | None = None
     expires: float | None = None
-    vendor_ids: list[bytes] = field(default_factory=list)
+    vendor_ids: list[bytes] = field(default_factory=lambda: _NO_VENDOR_IDS)  # replaced, never changed in place
     first_message: bytes = b""     # responder: message 1 as received (retransmit detection)
     last_received: bytes = b""
     last_sent: bytes = b""
@@ -214,9 +230,7 @@ class IsakmpSa:
         self.dh = None
         self.sa_b = self.g_xi = self.g_xr = self.nonce_i = self.nonce_r = b""
         if self.skeyid is not None:
-            old = self.skeyid
-            keymat.wipe(old.skeyid, old.skeyid_e)
-            self.skeyid = keymat.Skeyid(bytearray(), old.skeyid_d, old.skeyid_a, bytearray())
+            self.skeyid.forget_skeyid_e()
 
     def wipe_keys(self) -> None:
         """The SA is gone: zero its SKEYID family, its payload cipher key, its Quick Modes'

@@ -253,7 +253,7 @@ def _seal(sa: Any, exchange_type: int, next_payload: int, message_id: int, plain
     """Encrypt ``plaintext`` under ``sa``'s keys from a copy of its IV chain."""
     crypto = sa.crypto
     copy = keymat.CryptoState(crypto.cipher_name, crypto._key, crypto._hash_name, crypto.iv(0))
-    copy._ivs = dict(crypto._ivs)
+    copy._ivs = dict(crypto._ivs or {})  # the phase 1 chain came with iv(0); the others, if any
     if hashed:
         digest = keymat.informational_hash(sa.hash_name, sa.skeyid.skeyid_a, message_id, plaintext)
         plaintext = bytes([next_payload, 0]) + (4 + len(digest)).to_bytes(2, "big") + digest + plaintext

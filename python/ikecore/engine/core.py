@@ -155,6 +155,12 @@ class Engine:
         # (local IP, peer IP) -> handles, as created: INITIAL-CONTACT decisions without a
         # scan of every SA (a load generator holds 100,000 SAs towards one gateway)
         self._pairs: dict[tuple[str, str], list[int]] = {}
+        # hash of the peer identity (ID type, data) -> the established handle(s) with it, and
+        # the established SAs without one: INITIAL-CONTACT from one address fronting many
+        # identities (charon's load tester) looks at that identity's SAs only
+        # (_drop_stale_sas, which still compares the identities themselves)
+        self._by_identity: dict[int, int | list[int]] = {}
+        self._unidentified: set[int] = set()
         self._cookies = _core.CookieTable()
         self._next_handle = 1
         self._outgoing: list[tuple[bytes, Address, Address]] = []
@@ -393,6 +399,11 @@ class Engine:
 
     def sas(self) -> list[IsakmpSa]:
         return list(self._sas.values())
+
+    def sas_with_identity(self, peer_id: wire.IdPayload) -> list[IsakmpSa]:
+        found = self._by_identity.get(hash((peer_id.id_type, bytes(peer_id.data))))
+        handles = [] if found is None else [found] if isinstance(found, int) else sorted(found)
+        return [self._sas[h] for h in handles if h in self._sas]
 
     @property
     def half_open(self) -> int:
@@ -730,9 +741,11 @@ class Engine:
             self._cookies.forget_first(_endpoint_bytes(sa.remote), sa.first_message)
             sa.first_message = b""
         sa.forget_negotiation()
+        self._index_identity(sa)
         self.push_timer(sa.expires, sa.handle, 0, TimerKind.EXPIRE)
         rekey.isakmp_established(self, sa, now)
-        self._dirty.update(self._pairs.get((sa.local[0], sa.remote[0]), ()))  # adoption moved IPsec SAs
+        if self._journal is not None:  # adoption moved IPsec SAs: their rows change
+            self._dirty.update(self._pairs.get((sa.local[0], sa.remote[0]), ()))
         sa.last_heard = now
         if sa.nat in ("local", "both") and self.config.timing.nat_keepalive > 0:
             self.push_timer(now + self.config.timing.nat_keepalive, sa.handle, 0, TimerKind.NAT_KEEPALIVE)
@@ -852,9 +865,11 @@ class Engine:
             for other in in_force:
                 if other.superseded:
                     journal.mark_ipsec(sa.handle, other.spi_in)
-        # Keep the exchange a while to answer a retransmitted QM2 with our QM3.
-        self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id,
-                        TimerKind.QM_FORGET)
+        # Keep the exchange a while to answer a retransmitted QM2 with our QM3. The responder's
+        # (kept only to ignore a repeated QM3) goes at its QM_TIMEOUT: one timer less per SA.
+        if qm.role is Role.INITIATOR:
+            self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id,
+                            TimerKind.QM_FORGET)
         qm.forget_negotiation()
         sa.cipher.forget(qm.message_id)  # a repeat is known by its bytes, never decrypted
         self._quick_mode_ended(ev.Phase2Established(
@@ -926,10 +941,45 @@ class Engine:
         "The peer" is its address and its identity, as strongSwan reads it: one address may
         front many identities (charon's load tester), which are not each other's reboot."""
         candidates = self._pairs.get((sa.local[0], sa.remote[0]), [])
+        key = _identity(sa.peer_id)
+        if key is not None:  # a match has this identity or none: the shorter way to find it
+            found = self._by_identity.get(key)
+            same = [] if found is None else [found] if isinstance(found, int) else found
+            if len(same) + len(self._unidentified) < len(candidates):
+                candidates = [*same, *self._unidentified]
         for other in [self._sas[h] for h in list(candidates) if h in self._sas]:
             if other is not sa and other.remote[0] == sa.remote[0] and other.state is Phase1State.ESTABLISHED \
                     and _same_id(other.peer_id, sa.peer_id):
                 self.remove_sa(other, "peer sent INITIAL-CONTACT", notify_peer=False)
+
+    def _index_identity(self, sa: IsakmpSa) -> None:
+        key, index = _identity(sa.peer_id), self._by_identity
+        if key is None:
+            self._unidentified.add(sa.handle)
+            return
+        found = index.get(key)
+        if found is None:
+            index[key] = sa.handle  # the usual case: one SA per identity, no list
+        elif isinstance(found, int):
+            if found != sa.handle:
+                index[key] = [found, sa.handle]
+        elif sa.handle not in found:
+            found.append(sa.handle)
+
+    def _unindex_identity(self, sa: IsakmpSa) -> None:
+        self._unidentified.discard(sa.handle)
+        key = _identity(sa.peer_id)
+        if key is None:
+            return
+        index = self._by_identity
+        found = index.get(key)
+        if isinstance(found, int):
+            if found == sa.handle:
+                del index[key]
+        elif found is not None and sa.handle in found:
+            found.remove(sa.handle)
+            if len(found) == 1:
+                index[key] = found[0]
 
     def _on_delete(self, sa: IsakmpSa, payload: wire.DeletePayload, now: float) -> bool:
         """Honour a Delete payload; True when the ISAKMP SA itself is gone."""
@@ -1037,15 +1087,21 @@ class Engine:
         qm.next_retransmit = now + timing.retransmit_timeout * timing.retransmit_backoff ** qm.retransmits
         self.push_timer(qm.next_retransmit, sa.handle, message_id, TimerKind.QM_RETRANSMIT)
 
-    def _on_qm_timeout(self, sa: IsakmpSa, message_id: int, _deadline: float, now: float) -> None:
+    def _on_qm_timeout(self, sa: IsakmpSa, message_id: int, deadline: float, now: float) -> None:
         qm = sa.quick_modes.get(message_id)
-        if qm is not None and qm.state is not Phase2State.ESTABLISHED:
+        if qm is None:
+            return
+        if qm.state is not Phase2State.ESTABLISHED:
             self._quick_mode_failed(sa, qm, "Quick Mode timed out", now)
+        elif qm.role is Role.RESPONDER:
+            self._on_qm_forget(sa, message_id, deadline, now)
 
     def _on_qm_forget(self, sa: IsakmpSa, message_id: int, _deadline: float, _now: float) -> None:
         qm = sa.quick_modes.get(message_id)
         if qm is not None and qm.state is Phase2State.ESTABLISHED:
             sa.quick_modes.pop(message_id, None)
+            if not sa.quick_modes:
+                sa.quick_modes = {}  # an emptied dict keeps its table; a new one has none
             sa.cipher.forget(message_id)
             self._spend(sa, message_id)
 
@@ -1220,6 +1276,7 @@ class Engine:
         self._limits.removed(sa.handle)
         self._dirty.add(sa.handle)
         if self._sas.pop(sa.handle, None) is not None:
+            self._unindex_identity(sa)
             key = (sa.local[0], sa.remote[0])
             handles = self._pairs.get(key)
             if handles is None or sa.handle not in handles:  # the peer's address changed (NAT)
@@ -1262,6 +1319,8 @@ class Engine:
             journal.restored(sa)
             self._sas[handle] = sa
             self._pairs.setdefault((sa.local[0], sa.remote[0]), []).append(handle)
+            if sa.state is Phase1State.ESTABLISHED:
+                self._index_identity(sa)
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
             if sa.expires is not None:
                 self.push_timer(sa.expires, handle, 0, TimerKind.EXPIRE)
@@ -1348,6 +1407,11 @@ def wire_error(reason: str, notify_type: int | None = None) -> RemoteProtocolErr
     from ikecore.errors import PayloadMalformed
 
     return PayloadMalformed(reason, notify_type=notify_type)
+
+
+def _identity(peer_id: wire.IdPayload | None) -> int | None:
+    """The index key of a peer identity: a hash (SAs found by it are compared in full)."""
+    return None if peer_id is None else hash((peer_id.id_type, bytes(peer_id.data)))
 
 
 def _same_id(a: wire.IdPayload | None, b: wire.IdPayload | None) -> bool:

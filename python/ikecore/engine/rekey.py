@@ -188,9 +188,9 @@ def isakmp_established(engine: EngineServices, sa: IsakmpSa, now: float) -> None
         # The peer re-authenticated: adopt the IPsec SAs of its older ISAKMP SAs, which it
         # is about to delete (charon's IKEv1 "adopt children" does the same) -- unless it
         # sent INITIAL-CONTACT: then it rebooted and those SAs are stale, not adopted.
-        if sa.initial_contact:
+        if sa.initial_contact or sa.peer_id is None:
             return
-        for old in engine.sas():
+        for old in engine.sas_with_identity(sa.peer_id):  # not a scan of every SA held
             if (old is not sa and old.state is Phase1State.ESTABLISHED and old.remote == sa.remote
                     and old.peer_id is not None and sa.peer_id is not None and old.peer_id.body == sa.peer_id.body
                     and old.generic_filter.name == sa.generic_filter.name):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ikecore import events as ev
+from ikecore import wire
 from ikecore.config import Config
 from ikecore.engine.timers import TimerKind
 from ikecore.events import Address
@@ -47,6 +48,11 @@ class EngineServices(Protocol):
     def sa(self, handle: int) -> IsakmpSa | None: ...
 
     def sas(self) -> list[IsakmpSa]: ...
+
+    def sas_with_identity(self, peer_id: wire.IdPayload) -> list[IsakmpSa]:
+        """The established SAs whose peer identity may be ``peer_id`` (compare it in full),
+        in the order of ``sas()``: found by an index, not a scan of every SA."""
+        ...
 
     def initiate(self, remote: Address, *, local: Address, now: float, quick_mode: bool = True,
                  filter_name: str | None = None, natt_port: int | None = None) -> int: ...

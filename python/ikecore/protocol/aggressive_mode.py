@@ -43,6 +43,7 @@ from ikecore.protocol.messages import (
 from ikecore.protocol.phase1 import (
     Phase1Handler,
     check_peer_id,
+    choose_ike,
     exchange,
     my_identification,
     nat_d,
@@ -94,7 +95,7 @@ def _on_am1_send_am2(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
         raise NoProposalChosen(f"Aggressive Mode is not enabled in filter {sa.generic_filter.name!r}")
     found = required(payloads, P.SA, P.KE, P.NONCE, P.ID)
     sa_payload = found[P.SA]
-    proposal, transform, chosen = policy.choose_ike_transform(sa_payload, sa.ike_policy)
+    proposal, transform, chosen = choose_ike(sa_payload, sa.ike_policy)
     if chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY or sa.generic_filter.psk() is None:
         raise NoProposalChosen("only pre-shared key authentication is configured")
     peer_id = found[P.ID]

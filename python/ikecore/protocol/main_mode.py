@@ -53,6 +53,7 @@ from ikecore.protocol.messages import (
 from ikecore.protocol.phase1 import (
     Phase1Handler,
     check_peer_id,
+    choose_ike,
     exchange,
     my_identification,
     nat_d,
@@ -81,7 +82,7 @@ def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
 def _on_mm1_send_mm2(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
                      services: Services) -> bytes:
     sa_payload = required(payloads, P.SA)[P.SA]
-    proposal, transform, chosen = policy.choose_ike_transform(sa_payload, sa.ike_policy)
+    proposal, transform, chosen = choose_ike(sa_payload, sa.ike_policy)
     if not _can_authenticate(sa, chosen.auth_method):
         raise NoProposalChosen(f"authentication method {chosen.auth_method_name} is not configured")
     sa.chosen = chosen

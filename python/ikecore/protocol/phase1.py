@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ikecore import keymat, wire
+from ikecore import keymat, policy, wire
 from ikecore.errors import InvalidIdInformation, PayloadMalformed
 from ikecore.protocol import nat_traversal
 from ikecore.protocol.messages import nonce_ok, required
 from ikecore.protocol.services import Services
 from ikecore.sa import IsakmpSa, id_to_text
 
-__all__ = ["Phase1Handler", "phase1_keys", "my_identification", "check_peer_id", "take_ke_nonce", "exchange", "nat_d"]
+__all__ = ["Phase1Handler", "choose_ike", "phase1_keys", "my_identification", "check_peer_id", "take_ke_nonce", "exchange", "nat_d"]
 
 #: A Main Mode or Aggressive Mode row's handler: ``(sa, message, its payloads, services) ->
 #: the next message``, None when none follows.
@@ -102,3 +102,27 @@ def nat_d(sa: IsakmpSa, services: Services) -> list[wire.Payload]:
         return []
     forced = sa.generic_filter.nat_traversal == "force"
     return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None)
+
+
+#: Accepted offers by (policy, SA payload body): peers of one kind send the same offer, and
+#: parsing its transforms and matching them against the policy was the same work each
+#: time. Bounded (cleared when full); refused offers are never kept.
+_IKE_CHOICES: dict[tuple[int, bytes], tuple[policy.IkePolicy, wire.Proposal, wire.Transform, policy.IkeProposal]] = {}
+_IKE_CHOICES_MAX = 256
+
+
+def choose_ike(sa_payload: wire.SaPayload, ike_policy: policy.IkePolicy,
+               ) -> tuple[wire.Proposal, wire.Transform, policy.IkeProposal]:
+    """``policy.choose_ike_transform``, remembered for an offer seen before (the same
+    policy object and the same SA payload body give the same choice); the chosen suite
+    is then one object shared by every SA that chose it."""
+    body = sa_payload.body
+    key = (id(ike_policy), body)
+    known = _IKE_CHOICES.get(key)
+    if known is not None and known[0] is ike_policy:
+        return known[1], known[2], known[3]
+    proposal, transform, chosen = policy.choose_ike_transform(sa_payload, ike_policy)
+    if len(_IKE_CHOICES) >= _IKE_CHOICES_MAX:
+        _IKE_CHOICES.clear()
+    _IKE_CHOICES[key] = (ike_policy, proposal, transform, chosen)
+    return proposal, transform, chosen

@@ -66,12 +66,43 @@ Handler = Callable[[IsakmpSa, QuickModeExchange, wire.Message, list[wire.Payload
                    bytes | None]
 
 
-@functools.lru_cache(maxsize=65536)  # pure; parsing addresses was 15% of a load test's CPU
 def _host(address: str) -> str:
-    packed = keymat.packed_address(address)
-    if len(packed) == 4:  # the common case, without building network objects
-        return "%d.%d.%d.%d/32" % tuple(packed)
+    """An IKE address as host CIDR text. IPv4 without network objects and without a cache
+    (a cache entry per peer was about 150 bytes of a gateway's memory per SA): a dotted
+    quad that packs is already in the canonical form."""
+    if len(keymat.packed_address(address)) == 4:
+        return address + "/32"
+    return _host6(address)
+
+
+@functools.lru_cache(maxsize=4096)  # pure; parsing addresses was 15% of a load test's CPU
+def _host6(address: str) -> str:
     return str(ipaddress.ip_network(address))
+
+
+#: The ESP suites chosen so far, one object each: every IPsec SA of a suite refers to it
+#: (an EspProposal per SA was 80 bytes of a gateway's 100,000). Bounded.
+_SUITES: dict[tuple[policy.EspProposal, type, type], policy.EspProposal] = {}
+
+
+def _shared(chosen: policy.EspProposal) -> policy.EspProposal:
+    # the types too: an int and its IntEnum are equal, but print differently
+    key = (chosen, type(chosen.transform_id), type(chosen.auth_algorithm))
+    found = _SUITES.get(key)
+    if found is None:
+        if len(_SUITES) >= 1024:
+            return chosen
+        found = _SUITES[key] = chosen
+    return found
+
+
+def _to_id(selector: policy.TrafficSelector) -> wire.IdPayload:
+    """``selector.to_id()``, with an IPv4 host (the usual selector: an IKE address) packed
+    without parsing it into network objects."""
+    if selector.network.endswith("/32") and ":" not in selector.network:
+        return wire.IdPayload(int(wire.IdType.IPV4_ADDR), keymat.packed_address(selector.network[:-3]),
+                              protocol_id=selector.protocol, port=selector.port)
+    return selector.to_id()
 
 
 def traffic_selectors(sa: IsakmpSa) -> tuple[policy.TrafficSelector, policy.TrafficSelector]:
@@ -99,7 +130,7 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
         qm.dh = services.keypair(group)
         payloads.append(wire.KePayload(qm.dh.public))
     local, remote = traffic_selectors(sa)
-    qm.id_ci, qm.id_cr = local.to_id(), remote.to_id()
+    qm.id_ci, qm.id_cr = _to_id(local), _to_id(remote)
     payloads += [qm.id_ci, qm.id_cr]
     qm.state = Phase2State.I_EXPECT_QM2
     hash_name = sa.hash_name
@@ -147,6 +178,7 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
         ci = policy.TrafficSelector.from_id(qm.id_ci)
         cr = policy.TrafficSelector.from_id(qm.id_cr)
         local_ts, remote_ts = (ci, cr) if qm.role is Role.INITIATOR else (cr, ci)
+    local_text, remote_text = str(local_ts), str(remote_ts)  # one string each for both directions
 
     def one(spi: bytes, source: str, destination: str) -> IpsecSaKeys:
         material = keymat.keymat(sa.hash_name, sa.skeyids.skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
@@ -155,8 +187,8 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
                            destination=destination, encryption=chosen.encryption_name,
                            encryption_key=material[:split], integrity=chosen.integrity_name,
                            integrity_key=material[split:], mode=mode, lifetime=chosen.lifetime,
-                           lifetime_kilobytes=chosen.lifetime_kilobytes, local_ts=str(local_ts),
-                           remote_ts=str(remote_ts), udp_encapsulation=udp)
+                           lifetime_kilobytes=chosen.lifetime_kilobytes, local_ts=local_text,
+                           remote_ts=remote_text, udp_encapsulation=udp)
         keymat.wipe(material)
         return keys
 
@@ -165,10 +197,13 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
     return inbound, outbound
 
 
-@functools.lru_cache(maxsize=65536)
 def _inside(network: str, allowed: str) -> bool:
-    if network == allowed:  # both normalised CIDR text: the usual host-to-host case
-        return True
+    # both normalised CIDR text: the usual host-to-host case, never worth a cache entry
+    return network == allowed or _inside_subnet(network, allowed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _inside_subnet(network: str, allowed: str) -> bool:
     inner, outer = ipaddress.ip_network(network), ipaddress.ip_network(allowed)
     return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 
@@ -210,6 +245,7 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     if not nonce_ok(qm.nonce_i):
         raise PayloadMalformed("Quick Mode nonce must be 8-256 bytes")
     proposal, transform, chosen, mode = policy.choose_esp_transform(found[P.SA], qm.esp_policy)
+    chosen = _shared(chosen)
     ids = _client_ids(payloads)
     _check_selectors(sa, ids)
     if ids is not None:
@@ -251,6 +287,7 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     if proposal.protocol_id != wire.ProtocolId.IPSEC_ESP or len(proposal.spi) != 4:
         raise NoProposalChosen("responder's choice is not ESP with a 4-byte SPI")
     chosen, mode = policy.EspProposal.from_transform(proposal.transforms[0])
+    chosen = _shared(chosen)
     if not any(mine.matches(chosen) for mine in qm.esp_policy.proposals):
         raise NoProposalChosen(f"responder chose ESP {chosen.name}, which we did not offer")
     qm.nonce_r = found[P.NONCE].data

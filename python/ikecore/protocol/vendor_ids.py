@@ -49,9 +49,24 @@ def _shared(vid: bytes) -> bytes:
     return found
 
 
+#: One list per distinct set of vendor IDs, shared by the SAs that received it (replaced,
+#: never changed in place: ``IsakmpSa.vendor_ids``).
+_SHARED_LISTS: dict[tuple[bytes, ...], list[bytes]] = {}
+
+
+def _shared_list(vids: list[bytes]) -> list[bytes]:
+    key = tuple(vids)
+    found = _SHARED_LISTS.get(key)
+    if found is None:
+        if len(_SHARED_LISTS) >= 1024:
+            return vids
+        found = _SHARED_LISTS[key] = vids
+    return found
+
+
 def record(sa: IsakmpSa, payloads: list[wire.Payload]) -> None:
     """Keep the peer's vendor IDs; agree on NAT-T and note DPD support."""
-    sa.vendor_ids = [_shared(bytes(p.data)) for p in payloads if isinstance(p, wire.VendorIdPayload)]
+    sa.vendor_ids = _shared_list([_shared(bytes(p.data)) for p in payloads if isinstance(p, wire.VendorIdPayload)])
     if sa.generic_filter.nat_traversal != "off":
         sa.nat_t = nat_traversal.choose(sa.vendor_ids)
     sa.dpd = sa.generic_filter.dpd and wire.VID_DPD in sa.vendor_ids
