@@ -1,4 +1,4 @@
-"""Acquires and soft SAs, in memory with a fake clock (seed statistics must mean what they say)."""
+"""Acquires and soft SAs, in memory with a fake clock (the monitor document's statistics must mean what they say)."""
 
 from __future__ import annotations
 

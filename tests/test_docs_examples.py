@@ -111,10 +111,10 @@ def _of(language: str) -> list[Block]:
 
 def commands(text: str) -> list[str]:
     """The ``$ `` commands of a console block, continuation lines joined."""
-    return [command for command, _shown in session(text)]
+    return [command for command, _shown in transcript(text)]
 
 
-def session(text: str) -> list[tuple[str, list[str]]]:
+def transcript(text: str) -> list[tuple[str, list[str]]]:
     """Each ``$ `` command of a console block with the output lines shown after it."""
     out: list[tuple[str, list[str]]] = []
     lines = text.splitlines()
@@ -288,7 +288,7 @@ def test_the_convention_reads_commands() -> None:
     assert EXPECTED_EXIT.search(commands(text)[1]).group(1) == "2"
     assert BACKGROUND.search("ikecore serve &  # the gateway") and BACKGROUND.search(commands(text)[0])
     assert not BACKGROUND.search("a && b") and not BACKGROUND.search("ikecore monitor  # exit 2")
-    assert session(text)[0][1] == ["output"] and session(text)[1][1] == []
+    assert transcript(text)[0][1] == ["output"] and transcript(text)[1][1] == []
     printed = "Peer       State\n127.1.0.7  ESTABLISHED\n"
     assert shown_but_missing(["127.1.0.7 ESTABLISHED", "Peer ... State", "..."], printed) == []
     assert shown_but_missing(["127.1.0.8 ESTABLISHED"], printed) == ["127.1.0.8 ESTABLISHED"]
@@ -315,7 +315,7 @@ def test_console_examples_run(document: str, tmp_path: Path) -> None:
     background: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
         for block in (b for b in _of("console") if b.document == document):
-            for command, shown in session(block.text):
+            for command, shown in transcript(block.text):
                 if (ampersand := BACKGROUND.search(command)) is not None:
                     log = (tmp_path / f"background-{len(background)}.log").open("wb")
                     process = subprocess.Popen(["bash", "-c", command[:ampersand.start()]], cwd=work, env=env,

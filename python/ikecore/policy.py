@@ -591,7 +591,7 @@ class TrafficSelector:
 
 @dataclass(frozen=True, slots=True)
 class GenericFilter:
-    """A Main Mode generic filter (seed: Name, Source, Destination, IKE Policy,
+    """A Main Mode generic filter (the monitor document: Name, Source, Destination, IKE Policy,
     Authentication Methods, Connection Type), mirrored unless ``mirrored`` is False.
 
     ``source``/``destination`` are an address, a CIDR network, ``any`` or a keyword of
@@ -645,7 +645,7 @@ class GenericFilter:
 
 @dataclass(frozen=True, slots=True)
 class SpecificFilter:
-    """A generic filter expanded with the actual addresses (seed: plus Direction, Weight)."""
+    """A generic filter expanded with the actual addresses (the monitor document: plus Direction, Weight)."""
 
     name: str
     source: str

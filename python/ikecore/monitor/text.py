@@ -108,7 +108,7 @@ def dumps(value: Any) -> str:
 
 
 def render(result: dict[str, Any], fmt: str = "table") -> str:
-    """Format a ``Views.query`` result as ``table`` (seed headers), ``json`` or ``csv``.
+    """Format a ``Views.query`` result as ``table`` (the monitor document's headers), ``json`` or ``csv``.
 
     JSON of a statistics view is one object ``{statistic_key: value}`` (docs/MONITORING.md, Output formats); JSON of
     any other view is a list of objects with the chosen snake_case keys.
