@@ -14,6 +14,8 @@ import hmac
 import os
 import random
 import struct
+import subprocess
+import sys
 
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -336,10 +338,17 @@ def test_make_driver_names_the_flag() -> None:
         make_driver("kernel", field_name="gateway.driver")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="checks the refusal without privileges")
 def test_userland_without_privileges_is_a_one_line_error() -> None:
-    with pytest.raises(ConfigError, match="^--driver: userland: cannot open TUN device"):
-        make_driver("userland")
+    """Without CAP_NET_ADMIN and CAP_NET_RAW (as another user, or as root with them
+    dropped from the bounding set) ``serve --driver userland`` is one line, exit 2."""
+    argv = [sys.executable, "-m", "ikecore", "serve", "--listen", "127.0.0.1:0", "--psk", "x",
+            "--driver", "userland", "--duration", "5"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("ikecore serve: --driver: userland: cannot open TUN device ikecore0")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 # --- with the engine: real Quick Mode keys ------------------------------------------------

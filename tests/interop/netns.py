@@ -224,33 +224,13 @@ def stop(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> int | None:
 @contextlib.contextmanager
 def capture(ns: str, interface: str, path: str | os.PathLike[str], *,
             timeout: float = 15.0, settle: float = 0.3) -> Iterator[Path]:
-    """tshark on ``interface`` inside ``ns``, every frame, into the pcapng file ``path``.
+    """tshark on ``interface`` inside ``ns``, every frame, into the pcapng file ``path``:
+    complete after the ``with`` block (``tshark.capture``)."""
+    from interop import tshark
 
-    Yields the path once tshark captures; on exit waits ``settle`` seconds and stops
-    tshark (SIGINT, by PID): the file is complete after the ``with`` block.
-    """
-    out_path = Path(path)
-    log_path = out_path.with_name(out_path.name + ".log")
-    proc = spawn(ns, ["tshark", "-q", "-n", "-i", interface, "-w", str(out_path)], log=log_path)
-    try:
-        deadline = time.monotonic() + timeout
-        while b"Capturing on" not in log_path.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("tshark did not capture: " + log_path.read_text(errors="replace"))
-            time.sleep(0.05)
-        time.sleep(settle)
+    with tshark.capture(interface, path=path, netns=ns, timeout=timeout, settle=settle,
+                        every_frame=True) as out_path:
         yield out_path
-        time.sleep(settle)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        with contextlib.suppress(OSError):
-            log_path.unlink()
 
 
 def frames(pcap: str | os.PathLike[str], fields: Sequence[str], *, options: Iterable[str] = (),

@@ -57,9 +57,10 @@ def _port_filter(ports: Sequence[int]) -> str:
 @contextlib.contextmanager
 def capture(interface: str = "lo", ports: Sequence[int] = (), *,
             path: str | os.PathLike[str] | None = None, netns: str | None = None,
-            timeout: float = 15.0, settle: float = 0.3) -> Iterator[Path]:
+            timeout: float = 15.0, settle: float = 0.3, every_frame: bool = False) -> Iterator[Path]:
     """Capture UDP on ``interface`` (only ``ports`` if given) into a pcapng file.
 
+    ``every_frame``: no capture filter (ESP, ICMP, everything on the link).
     Yields the file's path once tshark reports it is capturing; on exit waits
     ``settle`` seconds for the last packets, stops tshark (SIGINT, by PID) and
     waits for the file to be complete. Without ``path`` the file lives in a
@@ -73,7 +74,8 @@ def capture(interface: str = "lo", ports: Sequence[int] = (), *,
     else:
         out_path = Path(path)
     log_path = out_path.with_name(out_path.name + ".log")
-    argv = ["tshark", "-q", "-n", "-i", interface, "-f", _port_filter(ports), "-w", str(out_path)]
+    capture_filter = [] if every_frame else ["-f", _port_filter(ports)]
+    argv = ["tshark", "-q", "-n", "-i", interface, *capture_filter, "-w", str(out_path)]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
     log = open(log_path, "wb")
