@@ -151,21 +151,30 @@ class _EspKeyLog:
         self._log(sa)
 
 
-async def wait_for_signal() -> int:
-    """Wait for SIGINT or SIGTERM; returns the signal."""
+def stop_on_signals() -> tuple[asyncio.Event, list[int]]:
+    """An event set by SIGINT or SIGTERM on the running loop, and the signals received."""
     loop = asyncio.get_running_loop()
-    stop: asyncio.Future[int] = loop.create_future()
+    stop = asyncio.Event()
+    received: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if not stop.done():
-            stop.set_result(signum)
+        received.append(signum)
+        stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
+    return stop, received
+
+
+async def wait_for_signal() -> int:
+    """Wait for SIGINT or SIGTERM; returns the signal."""
+    stop, received = stop_on_signals()
     try:
-        return await stop
+        await stop.wait()
+        return received[0]
     finally:
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
@@ -345,17 +354,8 @@ async def _serve(args: argparse.Namespace) -> int:
     if hasattr(driver, "attach"):
         driver.attach(gateway)
     # before the control socket appears: from then on a worker is up and may be told to stop
-    stop = asyncio.Event()
+    stop, received = stop_on_signals()
     loop = asyncio.get_running_loop()
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        received.append(signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig)
     if args.worker is not None:  # the parent bound the sockets and says where they are
         for fd in args.worker_sockets.split(","):
             await gateway.adopt(socket.socket(fileno=int(fd)))
@@ -442,16 +442,7 @@ async def _supervise(args: argparse.Namespace, config: Config) -> int:
         supervisor.close()
         raise ConfigError("--listen", f"cannot bind: {exc.strerror}") from None
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        received.append(signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig)
+    stop, received = stop_on_signals()
     services: Any = None
     try:
         services = await monitor_cli.start_fleet_services(supervisor, args)  # --control, --metrics
