@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,45 +38,6 @@ import bench_handshakes as hs  # noqa: E402
 
 ECP = ("aes128-sha256-ecp256", "aes128-sha256")
 MODP = ("aes128-sha256-modp2048", "aes128-sha256")
-
-
-class DefaultGateway:
-    """``ikecore serve`` as a user starts it: listen address, key and suite, no tuning flag.
-    Its log goes to a file (a pipe nobody reads would stop it)."""
-
-    def __init__(self, listen: str, ike: str, esp: str, *, netns: str | None = None,
-                 my_id: str | None = None) -> None:
-        argv = [sys.executable, "-m", "ikecore", "serve", "--listen", listen, "--psk", hs.PSK, "--ike", ike,
-                "--esp", esp, "--duration", "1800"]
-        if my_id:
-            argv += ["--my-id", my_id]
-        if netns:
-            argv = ["ip", "netns", "exec", netns, *argv]
-        self.log = tempfile.NamedTemporaryFile(prefix="ikecore-bench-serve.", suffix=".log")
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 30
-        while "listening" not in Path(self.log.name).read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                text = Path(self.log.name).read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"ikecore serve did not start: {text}")
-            time.sleep(0.05)
-        self.pid = self.process.pid
-        time.sleep(0.3)
-        self.cpu0 = hs.cpu_seconds(self.pid)
-
-    def cpu(self) -> float:
-        return hs.cpu_seconds(self.pid) - self.cpu0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
 
 
 def default_loadtest(target: str, peers: int, ike: str, esp: str) -> dict[str, Any]:
@@ -93,7 +52,7 @@ def default_loadtest(target: str, peers: int, ike: str, esp: str) -> dict[str, A
 
 def default_pair(peers: int, ike: str, esp: str) -> dict[str, Any]:
     port = hs.free_port()
-    gateway = DefaultGateway(f"127.0.0.1:{port}", ike, esp)
+    gateway = hs.IkecoreGateway(f"127.0.0.1:{port}", ike=ike, esp=esp, tuned=False)
     try:
         result = default_loadtest(f"127.0.0.1:{port}", peers, ike, esp)
         time.sleep(0.3)  # the last QM3s reach the gateway
@@ -107,7 +66,8 @@ def strongswan_to_default_serve(count: int, ike: str, esp: str) -> dict[str, Any
     from interop import netns
 
     with netns.veth_pair(f"ikbe{os.getpid() % 10000}", net="10.195") as pair:
-        gateway = DefaultGateway(f"{pair.addr_b}:500", ike, esp, netns=pair.ns_b, my_id="responder.lt.test")
+        gateway = hs.IkecoreGateway(f"{pair.addr_b}:500", ike=ike, esp=esp, netns=pair.ns_b, my_id="responder.lt.test",
+                                     tuned=False)
         initiator = None
         try:
             initiator = hs.LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count,

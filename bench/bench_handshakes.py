@@ -103,23 +103,31 @@ def free_port() -> int:
 
 
 class IkecoreGateway:
-    """``ikecore serve`` in its own process (optionally inside a network namespace)."""
+    """``ikecore serve`` in its own process (optionally inside a network namespace); its
+    log goes to a file (a pipe nobody reads would stop it). ``tuned=False`` runs the command
+    a user types: listen address, key and suite, no ``--quiet``, ``--workers`` or
+    ``--dh-threads`` (the gateway picks its own defaults)."""
 
     def __init__(self, listen: str, *, netns: str | None = None, my_id: str | None = None,
-                 workers: int = 1, dh_threads: int = 1) -> None:
-        argv = [sys.executable, "-m", "ikecore", "serve", "--listen", listen, "--psk", PSK, "--ike", IKE,
-                "--esp", ESP, "--quiet", "--duration", "1800", "--workers", str(workers),
-                "--dh-threads", str(dh_threads)]
+                 workers: int = 1, dh_threads: int = 1, ike: str = IKE, esp: str = ESP,
+                 tuned: bool = True) -> None:
+        argv = [sys.executable, "-m", "ikecore", "serve", "--listen", listen, "--psk", PSK, "--ike", ike,
+                "--esp", esp, "--duration", "1800"]
+        if tuned:
+            argv += ["--quiet", "--workers", str(workers), "--dh-threads", str(dh_threads)]
         if my_id:
             argv += ["--my-id", my_id]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert self.process.stderr is not None
-        line = self.process.stderr.readline()
-        if "listening" not in line:
-            self.stop()
-            raise RuntimeError(f"ikecore serve did not start: {line}")
+        self.log = tempfile.NamedTemporaryFile(prefix="ikecore-bench-serve.", suffix=".log")
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while "listening" not in Path(self.log.name).read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                text = Path(self.log.name).read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"ikecore serve did not start: {text}")
+            time.sleep(0.05)
         self.pid = self.process.pid
         time.sleep(0.3)  # the other workers bind too
         self.cpu0 = cpu_seconds(self.pid)
@@ -139,6 +147,7 @@ class IkecoreGateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        self.log.close()
 
 
 def ikecore_loadtest(target: str, peers: int, *, concurrency: int, quick_modes: int = 1,
