@@ -62,26 +62,6 @@ def default_pair(peers: int, ike: str, esp: str) -> dict[str, Any]:
         gateway.stop()
 
 
-def strongswan_to_default_serve(count: int, ike: str, esp: str) -> dict[str, Any]:
-    from interop import netns
-
-    with netns.veth_pair(f"ikbe{os.getpid() % 10000}", net="10.195") as pair:
-        gateway = hs.IkecoreGateway(f"{pair.addr_b}:500", ike=ike, esp=esp, netns=pair.ns_b, my_id="responder.lt.test",
-                                     tuned=False)
-        initiator = None
-        try:
-            initiator = hs.LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count,
-                                            ike=ike, esp=esp)
-            result = hs.load_tester_result(initiator, count, 180)
-            time.sleep(0.3)
-            result["responder_cpu_seconds"] = gateway.cpu()
-            return result
-        finally:
-            if initiator is not None:
-                initiator.stop()
-            gateway.stop()
-
-
 def compare(label: str, suite: tuple[str, str], peers: int, repeats: int, strongswan: bool) -> tuple[int, float]:
     """One suite, alternating runs; prints its lines. Returns (failures, ikecore responder
     CPU ms per SA)."""
@@ -143,7 +123,7 @@ def main() -> int:
     if reason is not None:
         hs.note(f"strongSwan cases skipped: {reason}")
     elif args.cross or args.long:
-        cross = strongswan_to_default_serve(args.peers, *MODP)
+        cross = hs.strongswan_to_ikecore(args.peers, ike=MODP[0], esp=MODP[1], tuned=False)
         failures += cross["failed"]
         gateway_ms = 1000 * cross["responder_cpu_seconds"] / max(1, cross["established"])
         # ratio = this gateway's CPU per SA over the ikecore-to-ikecore responder's (target <= 1)

@@ -318,14 +318,17 @@ def strongswan_pair(count: int, *, ike: str = IKE, esp: str = ESP) -> dict[str, 
             responder.stop()
 
 
-def strongswan_to_ikecore(count: int) -> dict[str, Any]:
+def strongswan_to_ikecore(count: int, *, ike: str = IKE, esp: str = ESP, tuned: bool = True) -> dict[str, Any]:
+    """charon's load tester against ``ikecore serve`` (``tuned``: see ``IkecoreGateway``)."""
     from interop import netns
 
     with netns.veth_pair(f"ikbi{os.getpid() % 10000}", net="10.196") as pair:
-        gateway = IkecoreGateway(f"{pair.addr_b}:500", netns=pair.ns_b, my_id="responder.lt.test")
+        gateway = IkecoreGateway(f"{pair.addr_b}:500", netns=pair.ns_b, my_id="responder.lt.test", ike=ike,
+                                 esp=esp, tuned=tuned)
         initiator = None
         try:
-            initiator = LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count)
+            initiator = LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count,
+                                         ike=ike, esp=esp)
             result = load_tester_result(initiator, count, 180)
             time.sleep(0.3)
             result["responder_cpu_seconds"] = gateway.cpu()
