@@ -36,11 +36,12 @@ from ikecore.sa import IsakmpSa
 
 __all__ = ["NONCE_SIZE", "Opened", "build_plain", "seal", "seal_hashed", "leading_hash", "run_handler",
            "open_encrypted", "open_keyed", "required", "nonce_ok", "constant_time_equal", "check_generic_headers",
-           "TOP_LEVEL_PAYLOADS"]
+           "TOP_LEVEL_PAYLOADS", "interned"]
 
 #: The length of our nonces (RFC 2409 section 5 allows 8 to 256 bytes).
 NONCE_SIZE = 32
 T = TypeVar("T")
+K = TypeVar("K")
 #: Payload types that may appear in a message's chain below the private-use range:
 #: RFC 2408 section 3.1 (Proposal and Transform live only inside SA) and RFC 3947.
 TOP_LEVEL_PAYLOADS = frozenset(int(t) for t in wire.PayloadType
@@ -191,4 +192,15 @@ def required(payloads: list[wire.Payload], *types: int) -> dict[int, Any]:
     for payload_type in types:
         if payload_type not in found:
             raise InvalidPayloadType(f"missing {wire.PayloadType(payload_type).name} payload")
+    return found
+
+
+def interned(table: dict[K, T], key: K, value: T, limit: int) -> T:
+    """``table[key]``, else ``value``, kept there while ``table`` has fewer than ``limit``
+    entries: SAs that negotiated the same thing share one object instead of a copy each."""
+    found = table.get(key)
+    if found is None:
+        if len(table) >= limit:
+            return value
+        found = table[key] = value
     return found

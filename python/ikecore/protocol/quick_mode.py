@@ -44,6 +44,7 @@ from ikecore.protocol import lifetime, nat_traversal
 from ikecore.protocol.messages import (
     NONCE_SIZE,
     constant_time_equal,
+    interned,
     leading_hash,
     nonce_ok,
     open_encrypted,
@@ -87,13 +88,7 @@ _SUITES: dict[tuple[policy.EspProposal, type, type], policy.EspProposal] = {}
 
 def _shared(chosen: policy.EspProposal) -> policy.EspProposal:
     # the types too: an int and its IntEnum are equal, but print differently
-    key = (chosen, type(chosen.transform_id), type(chosen.auth_algorithm))
-    found = _SUITES.get(key)
-    if found is None:
-        if len(_SUITES) >= 1024:
-            return chosen
-        found = _SUITES[key] = chosen
-    return found
+    return interned(_SUITES, (chosen, type(chosen.transform_id), type(chosen.auth_algorithm)), chosen, 1024)
 
 
 def _to_id(selector: policy.TrafficSelector) -> wire.IdPayload:

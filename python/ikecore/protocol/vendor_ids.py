@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ikecore import wire
 from ikecore.protocol import nat_traversal
+from ikecore.protocol.messages import interned
 from ikecore.sa import IsakmpSa
 
 __all__ = ["initiator_vendor_ids", "responder_vendor_ids", "record", "names"]
@@ -41,12 +42,7 @@ _SHARED: dict[bytes, bytes] = {}  # one copy of each vendor ID seen (at most 409
 def _shared(vid: bytes) -> bytes:
     """Peers send the same few vendor IDs: SAs share one bytes object per ID (a gateway
     holding 100,000 SAs keeps about 250 bytes less per SA)."""
-    found = _SHARED.get(vid)
-    if found is None:
-        if len(_SHARED) >= 4096:
-            return vid
-        found = _SHARED[vid] = vid
-    return found
+    return interned(_SHARED, vid, vid, 4096)
 
 
 #: One list per distinct set of vendor IDs, shared by the SAs that received it (replaced,
@@ -55,13 +51,7 @@ _SHARED_LISTS: dict[tuple[bytes, ...], list[bytes]] = {}
 
 
 def _shared_list(vids: list[bytes]) -> list[bytes]:
-    key = tuple(vids)
-    found = _SHARED_LISTS.get(key)
-    if found is None:
-        if len(_SHARED_LISTS) >= 1024:
-            return vids
-        found = _SHARED_LISTS[key] = vids
-    return found
+    return interned(_SHARED_LISTS, tuple(vids), vids, 1024)
 
 
 def record(sa: IsakmpSa, payloads: list[wire.Payload]) -> None:
