@@ -36,6 +36,7 @@ __all__ = [
     "GenericFilter",
     "SpecificFilter",
     "TrafficSelector",
+    "selector_parts",
     "parse_ike_proposals",
     "parse_esp_proposals",
     "choose_ike_transform",
@@ -587,6 +588,17 @@ class TrafficSelector:
     def __str__(self) -> str:
         suffix = f"[{self.protocol}/{self.port}]" if self.protocol or self.port else ""
         return self.network + suffix
+
+
+def selector_parts(text: str) -> tuple[str, int, int]:
+    """A traffic selector's text (``str(TrafficSelector)``: ``10.0.0.0/24`` or
+    ``10.0.0.0/24[17/500]``) -> (network, protocol, port)."""
+    network, _, rest = text.partition("[")
+    protocol = port = 0
+    if rest:
+        proto_text, _, port_text = rest.rstrip("]").partition("/")
+        protocol, port = int(proto_text or 0), int(port_text or 0)
+    return network, protocol, port
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ from ikecore import events as ev
 from ikecore.driver import DriverError, IpsecSaKeys
 from ikecore.gateway.transport import local_address_towards
 from ikecore.policy import GenericFilter
+from ikecore.policy import selector_parts as ts_parts
 
 __all__ = ["XfrmDriver", "Trap", "PRIORITY_BASE", "SPI_RANGE", "selector_parts"]
 
@@ -87,12 +88,8 @@ UDP_ENCAP_ESPINUDP = 2
 
 
 def selector_parts(text: str) -> tuple[str, int, int]:
-    """``10.1.0.0/24`` or ``10.1.0.0/24[17/53]`` (TrafficSelector's text) -> (CIDR, protocol, port)."""
-    network, _, rest = text.partition("[")
-    protocol = port = 0
-    if rest:
-        proto_text, _, port_text = rest.rstrip("]").partition("/")
-        protocol, port = int(proto_text or 0), int(port_text or 0)
+    """``policy.selector_parts`` with the network as the kernel takes it (a CIDR, host bits clear)."""
+    network, protocol, port = ts_parts(text)
     return str(ipaddress.ip_network(network.strip(), strict=False)), protocol, port
 
 

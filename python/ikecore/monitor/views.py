@@ -83,16 +83,6 @@ def _methods(methods: Iterable[policy.AuthenticationMethod]) -> str:
     return ", ".join(m.display for m in methods)
 
 
-def _selector_parts(text: str) -> tuple[str, int, int]:
-    """``10.0.0.0/24[17/500]`` -> (network, protocol, port)."""
-    network, _, rest = text.partition("[")
-    protocol = port = 0
-    if rest:
-        proto_text, _, port_text = rest.rstrip("]").partition("/")
-        protocol, port = int(proto_text or 0), int(port_text or 0)
-    return network, protocol, port
-
-
 def _host_of(network: str) -> str | None:
     """The address of a host selector (/32 or /128), else None."""
     try:
@@ -409,8 +399,8 @@ class Views:
         for f in self.engine.config.filters:
             esp = self.engine.config.esp_policies.get(f.esp_policy)
             mode = esp.mode if esp is not None else "tunnel"
-            source, src_proto, src_port = _selector_parts(f.local_ts) if f.local_ts else (f.source, 0, 0)
-            destination, _p, dst_port = _selector_parts(f.remote_ts) if f.remote_ts else (f.destination, 0, 0)
+            source, src_proto, src_port = policy.selector_parts(f.local_ts) if f.local_ts else (f.source, 0, 0)
+            destination, _p, dst_port = policy.selector_parts(f.remote_ts) if f.remote_ts else (f.destination, 0, 0)
             rows.append({"name": f.name, "source": _address_text(source), "destination": _address_text(destination),
                          "source_port": src_port, "destination_port": dst_port,
                          "source_tunnel_endpoint": _address_text(f.source) if mode == "tunnel" else "",
@@ -432,9 +422,9 @@ class Views:
                 flt = sa.generic_filter
                 for ipsec in list(sa.ipsec_sas):
                     local, proto, local_port = parts.get(ipsec.local_ts) or parts.setdefault(
-                        ipsec.local_ts, _selector_parts(ipsec.local_ts))
+                        ipsec.local_ts, policy.selector_parts(ipsec.local_ts))
                     remote, _p, remote_port = parts.get(ipsec.remote_ts) or parts.setdefault(
-                        ipsec.remote_ts, _selector_parts(ipsec.remote_ts))
+                        ipsec.remote_ts, policy.selector_parts(ipsec.remote_ts))
                     tunnel = ipsec.mode == "tunnel"
                     for direction, src, dst, sport, dport, s_end, d_end in (
                             ("outbound", local, remote, local_port, remote_port, sa.local[0], sa.remote[0]),
