@@ -27,9 +27,9 @@ from ikecore.config import (
     parse_endpoint,
 )
 from ikecore.engine.core import Engine
-from ikecore.errors import ConfigError, NegotiationFailed
+from ikecore.errors import ConfigError
 from ikecore.gateway.drivers import make_driver
-from ikecore.gateway.transport import ConnectResult, Gateway, local_address_towards
+from ikecore.gateway.transport import Gateway, local_address_towards
 from ikecore.loadtest import cli as loadtest
 from ikecore.monitor import cli as monitor_cli
 from ikecore.monitor import listing
@@ -126,12 +126,8 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
         except OSError as exc:
             raise ConfigError("--local", f"cannot bind {local[0]}:{local[1]}: {exc.strerror}; "
                                          "name another address or port (--local ADDR:PORT)") from None
-        try:
-            result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode,
-                                           natt_port=args.natt_port)
-        except NegotiationFailed as failure:
-            result = failure.result if isinstance(failure.result, ConnectResult) else \
-                ConnectResult(failure.handle or 0, False, failure.reason, notify=failure.notify)
+        result = await gateway.connect(remote, local=bound, quick_mode=not args.no_quick_mode,
+                                       natt_port=args.natt_port, check=False)
         sa = engine.sa(result.handle)
         now, wall = gateway.loop.time(), time.time()
         main = listing.shown_rows([sa], _CONNECT_MAIN_MODE, now, wall)[0] if sa is not None else None
@@ -152,17 +148,14 @@ async def _connect(args: argparse.Namespace, out: TextIO) -> int:
         if not result.ok:
             print(f"ikecore connect: failed: {result.reason}", file=sys.stderr)
         out.flush()
-        if result.ok and args.keep and hasattr(driver, "attach"):  # the tunnel lives in this process
+        tunnel = result.ok and args.keep and hasattr(driver, "attach")  # it lives in this process
+        if tunnel:
             logging.getLogger("ikecore.connect").info(
                 "tunnel up (%s driver); Ctrl-C or SIGTERM ends it", args.driver,
                 extra={"event": "tunnel_up", "fields": {"driver": args.driver}})
-            if await serve.wait_for_signal() == signal.SIGINT:
-                interrupted = True
+            interrupted = await serve.wait_for_signal() == signal.SIGINT
             sa = engine.sa(result.handle)
-            if sa is not None and sa.state.value == "ESTABLISHED":
-                gateway.delete(result.handle)
-                await asyncio.sleep(0.05)
-        elif sa is not None and not args.keep and sa.state.value == "ESTABLISHED":
+        if sa is not None and (tunnel or not args.keep) and sa.state.value == "ESTABLISHED":
             gateway.delete(result.handle)
             await asyncio.sleep(0.05)
         if interrupted:
