@@ -68,7 +68,9 @@ def add_proposal_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_driver_flag(parser: argparse.ArgumentParser) -> None:
     """``--driver memory|xfrm|userland`` (``ikecore.gateway.drivers``) and ``--tun NAME``."""
-    parser.add_argument("--driver", choices=("memory", "xfrm", "userland"), default=None,
+    from ikecore.gateway.drivers import DRIVERS
+
+    parser.add_argument("--driver", choices=DRIVERS, default=None,
                         help="where Quick Mode SAs go: memory (a table, no packet protected; the default), "
                              "xfrm (the Linux kernel) or userland (ESP in this process behind a TUN device)")
     parser.add_argument("--tun", metavar="NAME", default=None,

@@ -34,10 +34,8 @@ def make_driver(name: str | None, *, field_name: str = "--driver", tun_name: str
         except DriverError as exc:
             raise ConfigError(field_name, f"userland: {exc}") from None
     if name == "xfrm":
-        try:
-            from ikecore.gateway.xfrm import XfrmDriver  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            raise ConfigError(field_name, "xfrm: this build has no XFRM driver; use memory or userland") from None
+        from ikecore.gateway.xfrm import XfrmDriver
+
         try:
             return XfrmDriver()
         except (DriverError, OSError) as exc:
