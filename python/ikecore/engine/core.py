@@ -53,7 +53,7 @@ import datetime
 import heapq
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ikecore import _core, keymat, steering, wire
@@ -154,12 +154,12 @@ class Engine:
         self._sas: dict[int, IsakmpSa] = {}
         # (local IP, peer IP) -> handles, as created: INITIAL-CONTACT decisions without a
         # scan of every SA (a load generator holds 100,000 SAs towards one gateway)
-        self._pairs: dict[tuple[str, str], list[int]] = {}
+        self._pairs: dict[tuple[str, str], dict[int, None]] = {}  # an ordered set per pair
         # hash of the peer identity (ID type, data) -> the established handle(s) with it, and
         # the established SAs without one: INITIAL-CONTACT from one address fronting many
         # identities (charon's load tester) looks at that identity's SAs only
         # (_drop_stale_sas, which still compares the identities themselves)
-        self._by_identity: dict[int, int | list[int]] = {}
+        self._by_identity: dict[int, int | set[int]] = {}
         self._unidentified: set[int] = set()
         self._cookies = _core.CookieTable()
         self._next_handle = 1
@@ -940,11 +940,11 @@ class Engine:
 
         "The peer" is its address and its identity, as strongSwan reads it: one address may
         front many identities (charon's load tester), which are not each other's reboot."""
-        candidates = self._pairs.get((sa.local[0], sa.remote[0]), [])
+        candidates: Collection[int] = self._pairs.get((sa.local[0], sa.remote[0]), ())
         key = _identity(sa.peer_id)
         if key is not None:  # a match has this identity or none: the shorter way to find it
             found = self._by_identity.get(key)
-            same = [] if found is None else [found] if isinstance(found, int) else found
+            same = [] if found is None else [found] if isinstance(found, int) else list(found)
             if len(same) + len(self._unidentified) < len(candidates):
                 candidates = [*same, *self._unidentified]
         for other in [self._sas[h] for h in list(candidates) if h in self._sas]:
@@ -962,9 +962,9 @@ class Engine:
             index[key] = sa.handle  # the usual case: one SA per identity, no list
         elif isinstance(found, int):
             if found != sa.handle:
-                index[key] = [found, sa.handle]
-        elif sa.handle not in found:
-            found.append(sa.handle)
+                index[key] = {found, sa.handle}
+        else:
+            found.add(sa.handle)
 
     def _unindex_identity(self, sa: IsakmpSa) -> None:
         self._unidentified.discard(sa.handle)
@@ -977,9 +977,9 @@ class Engine:
             if found == sa.handle:
                 del index[key]
         elif found is not None and sa.handle in found:
-            found.remove(sa.handle)
+            found.discard(sa.handle)
             if len(found) == 1:
-                index[key] = found[0]
+                index[key] = next(iter(found))
 
     def _on_delete(self, sa: IsakmpSa, payload: wire.DeletePayload, now: float) -> bool:
         """Honour a Delete payload; True when the ISAKMP SA itself is gone."""
@@ -1202,7 +1202,7 @@ class Engine:
                       auth.ike_policy_for(flt, self.config.ike_policies[flt.ike_policy]),
                       self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
-        self._pairs.setdefault((local[0], remote[0]), []).append(handle)
+        self._pairs.setdefault((local[0], remote[0]), {})[handle] = None
         self._limits.added(handle, remote[0])
         self.push_timer(now + self.config.timing.negotiation_timeout, handle, 0, TimerKind.TIMEOUT)
         return sa
@@ -1282,7 +1282,7 @@ class Engine:
             if handles is None or sa.handle not in handles:  # the peer's address changed (NAT)
                 key, handles = next(((k, h) for k, h in self._pairs.items() if sa.handle in h), (key, None))
             if handles is not None:
-                handles.remove(sa.handle)
+                del handles[sa.handle]
                 if not handles:
                     del self._pairs[key]
         self._cookies.remove(sa.initiator_cookie, sa.responder_cookie)
@@ -1318,7 +1318,7 @@ class Engine:
                 continue
             journal.restored(sa)
             self._sas[handle] = sa
-            self._pairs.setdefault((sa.local[0], sa.remote[0]), []).append(handle)
+            self._pairs.setdefault((sa.local[0], sa.remote[0]), {})[handle] = None
             if sa.state is Phase1State.ESTABLISHED:
                 self._index_identity(sa)
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
