@@ -398,11 +398,29 @@ _WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 def event_name(event: Event | type[Event]) -> str:
     """The event's class name in snake case: ``Phase1Established`` -> ``phase1_established``."""
     kind = event if isinstance(event, type) else type(event)
-    return _WORD.sub("_", kind.__name__).lower()
+    return _plan(kind)[0]
+
+
+#: class -> (snake-case name, field names): computed once per class, since a busy gateway
+#: turns an event into its outside form for every log line
+_PLANS: dict[type, tuple[str, tuple[str, ...]]] = {}
+
+
+def _plan(kind: type) -> tuple[str, tuple[str, ...]]:
+    plan = _PLANS.get(kind)
+    if plan is None:
+        names = tuple(item.name for item in fields(kind)) if hasattr(kind, "__dataclass_fields__") else ()
+        plan = _PLANS[kind] = (_WORD.sub("_", kind.__name__).lower(), names)
+    return plan
 
 
 def _outside(value: Any, field_name: str = "") -> Any:
     """One value in its outside representation (see the module docstring)."""
+    kind = type(value)
+    if kind is str or kind is float or value is None:  # the usual cases first
+        return value
+    if kind is bytes:
+        return value.hex()
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -433,7 +451,8 @@ def _outside(value: Any, field_name: str = "") -> Any:
 def event_fields(event: Event) -> dict[str, Any]:
     """The event as a JSON-ready dict: ``event`` (``event_name``), then each field in
     its outside representation (the module docstring); ``time`` stays the engine's clock."""
-    out: dict[str, Any] = {"event": event_name(event)}
-    for item in fields(event):
-        out[item.name] = _outside(getattr(event, item.name), item.name)
+    name, names = _plan(type(event))
+    out: dict[str, Any] = {"event": name}
+    for field_name in names:
+        out[field_name] = _outside(getattr(event, field_name), field_name)
     return out

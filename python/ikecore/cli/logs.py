@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -68,9 +69,16 @@ def tag_worker(worker: int | None) -> None:
     logging.setLogRecordFactory(factory)
 
 
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _iso(created: float) -> str:
+    global _last_second
     seconds = int(created)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
+    last = _last_second  # one tuple, replaced whole: safe from any thread
+    if last[0] != seconds:  # a busy gateway logs many lines a second: format each second once
+        last = _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{last[1]}.{int((created - seconds) * 1000):03d}Z"
 
 
 def _record_fields(record: logging.LogRecord) -> tuple[str | None, dict[str, Any]]:
@@ -111,7 +119,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
+_NEEDS_QUOTES = re.compile("[ \t\n\r\"='\\\\]")
+
+
 def _text_value(value: Any) -> str:
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if kind is str:
+        return json.dumps(value) if not value or _NEEDS_QUOTES.search(value) else value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -123,7 +139,7 @@ def _text_value(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, default=str, separators=(",", ":"))
     text = str(value)
-    if not text or any(c in text for c in " \t\n\r\"='\\"):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
 
@@ -172,6 +188,10 @@ def configure(level: str = "info", fmt: str = "text", *, worker: int | None = No
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     logging.raiseExceptions = False
+    # what no ikecore format shows is not gathered per record (the logging docs' optimization
+    # advice): the caller's frame, thread, process and multiprocessing names
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger("ikecore")
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)

@@ -343,7 +343,12 @@ class Gateway:
         """A fast-path socket is readable: Rust drains it; the rest joins the queue."""
         assert self.fast_path is not None
         for data, remote, local_ip in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
-            self._enqueue(endpoint, data, remote, local_ip)
+            self._enqueue(endpoint, data, remote, local_ip, schedule=False)
+        if self._queue and not self._draining:
+            # the first batch now, not one loop iteration later: at a few hundred SAs a second
+            # each wake-up brings one datagram, and the hop cost as much as the wake-up
+            self._draining = True
+            self._drain()
         counts = self.fast_path.fold(self.monitor)
         if counts["receive_errors"] or counts["send_failures"]:
             self.faults.report("fast path socket error", f"{counts['receive_errors']} receive errors, "
@@ -490,7 +495,8 @@ class Gateway:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None) -> None:
+    def _enqueue(self, endpoint: _Endpoint, data: bytes, remote: Address, local_ip: str | None = None,
+                 schedule: bool = True) -> None:
         if len(self._queue) >= self._queue_limit:
             if self.monitor is not None:
                 self.monitor.receive_failed()
@@ -501,7 +507,7 @@ class Gateway:
         self._queue.append((endpoint, data, remote, local_ip))
         if self.monitor is not None:
             self.monitor.receive_heap_size = len(self._queue)
-        if not self._draining:
+        if schedule and not self._draining:
             self._draining = True
             self.loop.call_soon(self._drain)
 
