@@ -110,9 +110,15 @@ class IkecoreGateway:
 
     def __init__(self, listen: str, *, netns: str | None = None, my_id: str | None = None,
                  workers: int = 1, dh_threads: int = 1, ike: str = IKE, esp: str = ESP,
-                 tuned: bool = True) -> None:
+                 tuned: bool = True, half_open_per_source: int | None = None) -> None:
+        self.config = None
         argv = [sys.executable, "-m", "ikecore", "serve", "--listen", listen, "--psk", PSK, "--ike", ike,
                 "--esp", esp, "--duration", "1800"]
+        if half_open_per_source is not None:
+            # the same gateway as the flags make, from a file: [flood] has no flag
+            self.config = _flags_as_config(listen, ike, esp, my_id, half_open_per_source)
+            argv = [sys.executable, "-m", "ikecore", "serve", "--config", self.config.name, "--duration", "1800"]
+            my_id = None
         if tuned:
             argv += ["--quiet", "--workers", str(workers), "--dh-threads", str(dh_threads)]
         if my_id:
@@ -148,6 +154,25 @@ class IkecoreGateway:
                 self.process.kill()
                 self.process.wait(10)
         self.log.close()
+        if self.config is not None:
+            self.config.close()
+
+
+def _flags_as_config(listen: str, ike: str, esp: str, my_id: str | None, per_source: int) -> Any:
+    """A configuration file equal to ``serve --listen L --psk ... --ike ... --esp ... [--my-id]``
+    (``load_config`` of it equals ``config_from_flags`` of those flags but for ``[flood]``),
+    with ``max_half_open_per_source = per_source``."""
+    host, _, _port = listen.rpartition(":")
+    text = (f'[gateway]\nlisten = ["{listen}", "{host}:4500"]\n'
+            + (f'my_id = "{my_id}"\n' if my_id else "")
+            + f'\n[ike_policy.default]\nproposals = ["{ike}"]\n\n[esp_policy.default]\nproposals = ["{esp}"]\n'
+            + f"\n[flood]\nmax_half_open_per_source = {per_source}\n"
+            + f'\n[[filter]]\nname = "default"\npsk = "{PSK}"\n'
+            + (f'local_id = "{my_id}"\n' if my_id else ""))
+    handle = tempfile.NamedTemporaryFile("w", prefix="ikecore-bench-gw.", suffix=".toml")  # mode 0600
+    handle.write(text)
+    handle.flush()
+    return handle
 
 
 def ikecore_loadtest(target: str, peers: int, *, concurrency: int, quick_modes: int = 1,
@@ -288,7 +313,12 @@ def load_tester_result(initiator: LoadTesterCharon, count: int, timeout: float) 
     first = re.search(r"^(\d+\.\d+) .*initiating Main Mode", log, re.M) or re.search(r"^(\d+\.\d+) ", log, re.M)
     start = float(first.group(1)) if first else 0.0
     span = (max(times) - start) if times else 0.0
+    # the rate before the stragglers: the first 90% of the SAs (a retransmission tail of a
+    # few SAs, 4 s and more late, can halve the overall rate)
+    bulk = sorted(times)[: max(1, len(times) * 9 // 10)] if times else []
+    bulk_span = (bulk[-1] - start) if bulk else 0.0
     return {"established": len(times), "seconds": span, "sas_per_second": len(times) / span if span > 0 else 0.0,
+            "sas_per_second_first_90": len(bulk) / bulk_span if bulk_span > 0 else 0.0,
             "failed": count - len(times), "retransmissions": len(re.findall(r"retransmit", log)),
             "initiator_cpu_seconds": initiator.cpu()}
 
@@ -318,13 +348,27 @@ def strongswan_pair(count: int, *, ike: str = IKE, esp: str = ESP) -> dict[str, 
             responder.stop()
 
 
-def strongswan_to_ikecore(count: int, *, ike: str = IKE, esp: str = ESP, tuned: bool = True) -> dict[str, Any]:
-    """charon's load tester against ``ikecore serve`` (``tuned``: see ``IkecoreGateway``)."""
+def udp_datagrams(netns: str) -> tuple[int, int]:
+    """UDP datagrams received and sent in ``netns`` so far (its own ``/proc/net/snmp``):
+    in a namespace that holds only the gateway, what the gateway took in and sent out."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True, text=True,
+                         timeout=30, check=False)
+    rows = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        return 0, 0
+    counters = dict(zip(rows[0], rows[1]))
+    return int(counters.get("InDatagrams", 0)), int(counters.get("OutDatagrams", 0))
+
+
+def strongswan_to_ikecore(count: int, *, ike: str = IKE, esp: str = ESP, tuned: bool = True,
+                          half_open_per_source: int | None = None) -> dict[str, Any]:
+    """charon's load tester against ``ikecore serve`` (``tuned``, ``half_open_per_source``: see
+    ``IkecoreGateway``)."""
     from interop import netns
 
     with netns.veth_pair(f"ikbi{os.getpid() % 10000}", net="10.196") as pair:
         gateway = IkecoreGateway(f"{pair.addr_b}:500", netns=pair.ns_b, my_id="responder.lt.test", ike=ike,
-                                 esp=esp, tuned=tuned)
+                                 esp=esp, tuned=tuned, half_open_per_source=half_open_per_source)
         initiator = None
         try:
             initiator = LoadTesterCharon(pair.ns_a, initiator=pair.addr_a, responder=pair.addr_b, count=count,
@@ -332,10 +376,54 @@ def strongswan_to_ikecore(count: int, *, ike: str = IKE, esp: str = ESP, tuned: 
             result = load_tester_result(initiator, count, 180)
             time.sleep(0.3)
             result["responder_cpu_seconds"] = gateway.cpu()
+            result["gateway_datagrams_in"], result["gateway_datagrams_out"] = udp_datagrams(pair.ns_b)
             return result
         finally:
             if initiator is not None:
                 initiator.stop()
+            gateway.stop()
+
+
+#: The "AnyIP" range the ikecore load generator's peers use in the namespace pair: local in
+#: the generator's namespace, routed to it from the gateway's.
+ROUTED_PEERS = "10.8.0.0/16"
+ROUTED_FIRST = "10.8.0.1"
+
+
+def ikecore_to_serve_netns(count: int, *, ike: str = IKE, esp: str = ESP, tuned: bool = False,
+                           rate: float | None = None, half_open_per_source: int | None = None) -> dict[str, Any]:
+    """``ikecore loadtest`` against ``ikecore serve`` over the path of ``strongswan_to_ikecore``:
+    the same veth pair, the gateway in ``ns_b`` at ``addr_b:500`` with the same arguments
+    (``my_id`` included), the generator in ``ns_a`` with the commands a user types (no tuning
+    flag; ``rate``: open loop at that many peers a second) and its peers from
+    ``ROUTED_PEERS``, made local in ``ns_a`` and routed to it from ``ns_b``. So the
+    gateway's datagrams cross the same veth as with charon's load tester, and its CPU
+    per SA compares like for like. Returns the keys of ``strongswan_to_ikecore``."""
+    from interop import netns
+
+    with netns.veth_pair(f"ikbi{os.getpid() % 10000}", net="10.196") as pair:
+        for route in (("-n", pair.ns_a, "route", "add", "local", ROUTED_PEERS, "dev", "lo"),
+                      ("-n", pair.ns_b, "route", "add", ROUTED_PEERS, "via", pair.addr_a)):
+            subprocess.run(["ip", *route], check=True, timeout=30, capture_output=True)
+        gateway = IkecoreGateway(f"{pair.addr_b}:500", netns=pair.ns_b, my_id="responder.lt.test", ike=ike,
+                                 esp=esp, tuned=tuned, half_open_per_source=half_open_per_source)
+        try:
+            argv = ["ip", "netns", "exec", pair.ns_a, sys.executable, "-m", "ikecore", "loadtest",
+                    f"{pair.addr_b}:500", "--peers", str(count), "--psk", PSK, "--ike", ike, "--esp", esp,
+                    "--first-address", ROUTED_FIRST, "--json", "--no-progress", "--max-seconds", "600"]
+            if rate is not None:
+                argv += ["--rate", f"{rate:.1f}"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=660, check=False)
+            try:
+                result: dict[str, Any] = json.loads(out.stdout)
+            except json.JSONDecodeError:
+                raise RuntimeError(f"ikecore loadtest failed: {out.stderr[-2000:]}") from None
+            time.sleep(0.3)  # the last QM3s reach the gateway
+            result["initiator_cpu_seconds"] = result["cpu_seconds"]
+            result["responder_cpu_seconds"] = gateway.cpu()
+            result["gateway_datagrams_in"], result["gateway_datagrams_out"] = udp_datagrams(pair.ns_b)
+            return result
+        finally:
             gateway.stop()
 
 

@@ -65,7 +65,7 @@ def test_peer_addresses_are_distinct_loopback_and_skip_network_and_broadcast() -
     with pytest.raises(ConfigError):
         peer_address("127.255.255.1", 600)
     with pytest.raises(ConfigError):
-        LoadSpec(target=TARGET, peers=10, psk="x", first_address="10.0.0.1")
+        LoadSpec(target=TARGET, peers=10, psk="x", first_address="192.0.2.1")  # TEST-NET-1: on no machine
     with pytest.raises(ConfigError):
         LoadSpec(target=TARGET, peers=10, psk="x", rate=5, concurrency=5)
     with pytest.raises(ConfigError):

@@ -190,7 +190,7 @@ def configure(level: str = "info", fmt: str = "text", *, worker: int | None = No
     logging.raiseExceptions = False
     # what no ikecore format shows is not gathered per record (the logging docs' optimization
     # advice): the caller's frame, thread, process and multiprocessing names
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger("ikecore")
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:

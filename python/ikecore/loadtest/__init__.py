@@ -1,7 +1,7 @@
 """The load generator: thousands of simulated IKEv1 peers against any gateway.
 
-Each simulated peer is one ISAKMP SA (Main Mode, then Quick Modes) from its own loopback
-address, on a schedule (open loop: a rate; closed loop: a concurrency), with optional
+Each simulated peer is one ISAKMP SA (Main Mode, then Quick Modes) from its own address
+(loopback, or a range made local and routed to the gateway), on a schedule (open loop: a rate; closed loop: a concurrency), with optional
 fault injection; the report gives SAs per second, latency percentiles and failures by
 reason. ``ikecore loadtest`` is the command; a program can run the same pieces:
 

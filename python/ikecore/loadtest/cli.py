@@ -70,7 +70,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard bound on the whole run")
     parser.add_argument("--timeout", type=float, default=30.0, help="negotiation timeout per peer")
     parser.add_argument("--retransmit-timeout", type=float, default=1.0, metavar="SECONDS")
-    parser.add_argument("--first-address", default="127.1.0.1", help="first peer address (127.x.y.z)")
+    parser.add_argument("--first-address", default="127.1.0.1",
+                        help="first peer address: 127.x.y.z, or a range made local and routed to the gateway "
+                             "(ip route add local 10.8.0.0/16 dev lo) [127.1.0.1]")
     parser.add_argument("--nat-t", choices=("auto", "force", "off"), default="auto",
                         help="NAT traversal of every peer: detect (auto), always float to the NAT-T port "
                              "and encapsulate (force), or off")
@@ -108,7 +110,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpec:
     """The ``ikecore loadtest`` flags as a LoadSpec (ConfigError names a wrong flag);
-    ``secrets=False`` (a Locust master) leaves the key and certificates out."""
+    ``secrets=False`` (a Locust master) leaves the key and certificates out, and the check
+    that the peer addresses are local to its workers, which send from their own machines."""
     if args.target is None:
         raise ConfigError("ADDR[:PORT]", "name the gateway to load (ikecore loadtest ADDR[:PORT] --peers N)")
     if args.peers is None:
@@ -125,7 +128,7 @@ def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpe
                     timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
                     max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
                     nat_t=args.nat_t, natt_port=args.natt_port,
-                    seed=args.seed,
+                    seed=args.seed, require_local=secrets,
                     credentials=credentials_from_flags(args.cert, args.key, args.ca) if secrets else None)
 
 

@@ -2,7 +2,7 @@
 
 ``run_in_memory`` joins the generator to a responder ``Engine`` with a fake clock
 (tests). ``run_udp`` sends real datagrams from one socket with ``IP_PKTINFO`` choosing
-each peer's 127.x.y.z source address (so 10,000 peers need one descriptor), and answers
+each peer's source address (127.x.y.z or a local routed range; 10,000 peers need one descriptor), and answers
 each received datagram at once. ``run_processes`` forks generator processes, each with
 its own socket, DH threads and a consecutive share of the peers and of the rate or
 concurrency, and merges their reports into one (rate over the union of their busy spans).
