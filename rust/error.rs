@@ -157,12 +157,15 @@ impl std::error::Error for CookieError {}
 pub enum PrfError {
     /// The hash name is not md5, sha1, sha256, sha384 or sha512.
     UnknownHash(&'static str),
+    /// More output asked of an expansion than any IKEv1 key needs.
+    Length(&'static str),
 }
 
 impl core::fmt::Display for PrfError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::UnknownHash(c) => write!(f, "unknown hash: {c}"),
+            Self::Length(c) => write!(f, "prf expansion: {c}"),
         }
     }
 }

@@ -79,7 +79,7 @@ def test_an_established_quick_mode_keeps_only_what_a_repeat_needs() -> None:
     assert (i_qm.role, r_qm.role) == (Role.INITIATOR, Role.RESPONDER)
     for qm in (i_qm, r_qm):
         assert qm.nonce_i == qm.nonce_r == b"" and qm.id_ci is None and qm.id_cr is None and qm.installed == ()
-        assert qm.last_received  # a repeat is known by its bytes
+        assert qm.last_received  # a repeat is known by its digest
     assert i_qm.last_sent  # QM3, sent again when QM2 is repeated
     assert r_qm.last_sent == b""  # a repeated QM3 is never answered
     # the IV chains of the finished exchange are gone too; phase 1's stays

@@ -270,6 +270,12 @@ class Cipher:
 def prf(hash_name: str, key: bytes, data: bytes) -> bytes:
     """HMAC with md5, sha1, sha256, sha384 or sha512 (the IKEv1 prf)."""
 
+def prf_expand(hash_name: str, key: bytes, data: bytes, length: int) -> bytes:
+    """KEYMAT expansion: K1 = prf(key, data), Kn = prf(key, Kn-1 | data), cut to length."""
+
+def skeyid_family(hash_name: str, skeyid: bytes, g_xy: bytes, cky_i: bytes, cky_r: bytes) -> tuple[bytes, bytes, bytes]:
+    """(SKEYID_d, SKEYID_a, SKEYID_e) from SKEYID (RFC 2409 section 5)."""
+
 @_final
 class CookieTable:
     """(CKY-I, CKY-R) -> SA handle, half-open entries, first-message detection."""

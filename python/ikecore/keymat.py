@@ -48,11 +48,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ikecore._core import Cipher
 from ikecore._core import prf as _core_prf
+from ikecore._core import prf_expand as _core_prf_expand
+from ikecore._core import skeyid_family as _core_skeyid_family
 from ikecore.errors import (
     AttributesNotSupported,
     CryptoError,
@@ -118,13 +121,21 @@ def _prf(hash_name: str, key: bytes | bytearray, data: bytes | bytearray) -> byt
                      data if type(data) is bytes else bytes(data))
 
 
+#: The most ``_core.prf_expand`` gives (longer KEYMAT, which no ESP suite needs, is chained here).
+_EXPANSION_MAX = 4096
+
+
 def _check_hash(hash_name: str) -> None:
     if hash_name not in _SIZES:
         raise CryptoError(f"unknown hash {hash_name!r}: expected one of {', '.join(HASHES)}")
 
 
+#: The largest Message ID (32 bits); the IV chains check it inline, once per message.
+_MAX_MESSAGE_ID = 0xFFFFFFFF
+
+
 def _message_id(message_id: int) -> bytes:
-    if not 0 <= message_id <= 0xFFFFFFFF:
+    if not 0 <= message_id <= _MAX_MESSAGE_ID:
         raise InvalidMessageId(f"message ID {message_id} does not fit 32 bits")
     return message_id.to_bytes(4, "big")
 
@@ -140,8 +151,12 @@ def prf(hash_name: str, key: bytes | bytearray, data: bytes | bytearray) -> byte
 
 def digest(hash_name: str, data: bytes) -> bytes:
     """The plain hash of ``data`` (IVs, NAT-D, public-key SKEYID)."""
-    _check_hash(hash_name)
-    return _CONSTRUCTORS[hash_name](data).digest()
+    try:
+        constructor = _CONSTRUCTORS[hash_name]
+    except KeyError:
+        _check_hash(hash_name)  # raises CryptoError
+        raise
+    return constructor(data).digest()
 
 
 def digest_size(hash_name: str) -> int:
@@ -166,6 +181,13 @@ def hash_for(hash_algorithm: int) -> str:
 
 #: What a forgotten key is: empty, so zeroing it is nothing (never grown: nothing writes it).
 _EMPTY = bytearray()
+
+#: One string per cipher name for every CryptoState (the Rust cipher makes a new one each time).
+_CIPHER_NAMES: dict[str, str] = {}
+
+
+def _shared_name(name: str) -> str:
+    return _CIPHER_NAMES.setdefault(name, name)
 
 
 @dataclass(frozen=True, slots=True, repr=False, init=False)
@@ -211,10 +233,9 @@ def derive_skeyid_family(
         g_xy: the DH shared secret, left-padded to the group size.
         cky_i, cky_r: the initiator and responder cookies (8 bytes each).
     """
-    tail = g_xy + cky_i + cky_r
-    skeyid_d = _prf(hash_name, skeyid, tail + b"\x00")
-    skeyid_a = _prf(hash_name, skeyid, skeyid_d + tail + b"\x01")
-    skeyid_e = _prf(hash_name, skeyid, skeyid_a + tail + b"\x02")
+    # the three chained prf calls in one Rust call (``_core.skeyid_family``)
+    skeyid_d, skeyid_a, skeyid_e = _core_skeyid_family(
+        hash_name, skeyid if type(skeyid) is bytes else bytes(skeyid), bytes(g_xy), bytes(cky_i), bytes(cky_r))
     return Skeyid(bytearray(skeyid), skeyid_d, skeyid_a, skeyid_e)
 
 
@@ -367,6 +388,9 @@ def keymat(
     if length < 0:
         raise CryptoError(f"negative KEYMAT length {length}")
     seed = bytes(g_qm_xy or b"") + bytes((protocol_id,)) + spi + ni_b + nr_b
+    if length <= _EXPANSION_MAX:  # the whole chain in one Rust call (``_core.prf_expand``)
+        return bytearray(_core_prf_expand(hash_name, skeyid_d if type(skeyid_d) is bytes else bytes(skeyid_d),
+                                          seed, length))
     material = bytearray(length)  # filled in place: never reallocated, so never copied
     block = _prf(hash_name, skeyid_d, seed)
     position = 0
@@ -379,17 +403,18 @@ def keymat(
         block = _prf(hash_name, skeyid_d, block + seed)
 
 
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 @functools.lru_cache(maxsize=4096)  # pure; a handshake packs the same two addresses several times
 def packed_address(address: str) -> bytes:
     """The 4 or 16 network-order bytes of an IP address (ValueError if it is not one)."""
-    parts = address.split(".")
-    # dotted-quad IPv4 without ipaddress objects (every handshake packs its addresses);
-    # anything unusual (leading zeros, IPv6, garbage) goes the strict way
-    if len(parts) == 4 and all(0 < len(p) <= 3 and p.isdigit() and p.isascii() and (p[0] != "0" or p == "0")
-                               for p in parts):
-        values = [int(p) for p in parts]
-        if max(values) <= 255:
-            return bytes(values)
+    # dotted-quad IPv4 without ipaddress objects (every handshake packs its addresses, and a
+    # gateway's peers outnumber the cache): one match of the canonical form (four decimal
+    # octets, no leading zeros); anything else (IPv6, garbage) goes the strict way
+    if _DOTTED_QUAD.fullmatch(address):
+        return bytes(map(int, address.split(".")))
     return ipaddress.ip_address(address).packed
 
 
@@ -450,6 +475,12 @@ class CryptoState:
     calls :meth:`commit`. A retransmission is sent again as the same bytes, never
     re-encrypted. :meth:`wipe` ends it: the key is zeroed, the Rust cipher dropped
     (which zeroizes its key schedule) and any later use raises CryptoError.
+
+    The Rust cipher (its key schedule: about 0.7 KiB outside Python's heap for AES) is
+    made from the key when a message is sealed or opened and dropped again when no
+    phase 2 or informational exchange is left running (:meth:`forget`): an idle SA, most
+    of the 100,000 a gateway holds, keeps only the key. Making it again costs far less
+    than one HMAC.
     """
 
     # the phase 1 chain in a slot of its own, the others in a dict made only while a phase 2
@@ -458,25 +489,31 @@ class CryptoState:
 
     def __init__(self, cipher_name: str, key: bytes | bytearray, hash_name: str, phase1_iv: bytes) -> None:
         _check_hash(hash_name)
-        self._cipher: Cipher | None = Cipher(cipher_name, bytes(key))
-        self._name = self._cipher.name
-        # kept only for export_state (the SA store), never in a repr; a bytearray given is taken over
+        cipher = Cipher(cipher_name, bytes(key))
+        self._cipher: Cipher | None = cipher
+        self._name = _shared_name(cipher.name)
+        # the cipher is made again from it; also read by export_state (the SA store), never in
+        # a repr; a bytearray given is taken over. Empty once wiped.
         self._key = key if isinstance(key, bytearray) else bytearray(key)
         self._hash_name = hash_name
-        self._block_size = self._cipher.block_size
+        self._block_size = cipher.block_size
         if len(phase1_iv) != self._block_size:
             raise CryptoError(f"phase 1 IV must be {self._block_size} bytes")
         self._iv0 = bytes(phase1_iv)
         self._ivs: dict[int, bytes] | None = None
 
     def _live(self) -> Cipher:
-        if self._cipher is None:
-            raise CryptoError("the keys of this SA were wiped")
-        return self._cipher
+        cipher = self._cipher
+        if cipher is None:
+            if not self._key:
+                raise CryptoError("the keys of this SA were wiped")
+            cipher = self._cipher = Cipher(self._name, bytes(self._key))
+        return cipher
 
     def wipe(self) -> None:
         """Zero the key and drop the cipher; the state cannot be used afterwards."""
         wipe(self._key)
+        self._key = _EMPTY
         self._cipher = None
 
     @property
@@ -509,7 +546,8 @@ class CryptoState:
     def iv(self, message_id: int) -> bytes:
         """The IV the next message of ``message_id`` uses. For an M-ID not used yet
         this counts as its first use: its start IV is fixed now."""
-        _message_id(message_id)
+        if not 0 <= message_id <= _MAX_MESSAGE_ID:
+            _message_id(message_id)  # raises InvalidMessageId
         iv = self._current(message_id)
         self._set(message_id, iv)
         return iv
@@ -518,11 +556,14 @@ class CryptoState:
         """Zero-pads and encrypts ``plaintext`` (the payloads after the ISAKMP
         header) with the current IV of ``message_id``, then advances that chain to
         the last ciphertext block."""
-        iv = self.iv(message_id)
         if not plaintext:
+            self.iv(message_id)  # fixes the chain's start as a first use does, then refuses
             raise CryptoError("nothing to encrypt")
-        ciphertext = self._live().encrypt(iv, pad(plaintext, self._block_size))
-        self._set(message_id, ciphertext[-self._block_size :])
+        if not 0 <= message_id <= _MAX_MESSAGE_ID:
+            _message_id(message_id)  # raises InvalidMessageId
+        size = self._block_size
+        ciphertext = self._live().encrypt(self._current(message_id), plaintext + bytes(-len(plaintext) % size))
+        self._set(message_id, ciphertext[-size:])  # zero padding inline (``pad``)
         return ciphertext
 
     def decrypt(self, message_id: int, ciphertext: bytes) -> tuple[bytes, bytes]:
@@ -533,17 +574,30 @@ class CryptoState:
         Raises:
             PayloadMalformed: ``ciphertext`` is empty or not whole blocks.
         """
-        _message_id(message_id)
+        if not 0 <= message_id <= _MAX_MESSAGE_ID:
+            _message_id(message_id)  # raises InvalidMessageId
         size = self._block_size
         if not ciphertext or len(ciphertext) % size:
             raise PayloadMalformed(f"encrypted body of {len(ciphertext)} bytes is not whole {size}-byte blocks")
         plaintext = self._live().decrypt(self._current(message_id), ciphertext)
         return plaintext, ciphertext[-size:]
 
+    def advance(self, message_id: int, next_iv: bytes) -> bytes:
+        """:meth:`iv` then :meth:`commit` in one step: returns the IV the chain had (to
+        :meth:`commit` back if the message turns out unacceptable) and moves it to ``next_iv``."""
+        if not 0 <= message_id <= _MAX_MESSAGE_ID:
+            _message_id(message_id)  # raises InvalidMessageId
+        if len(next_iv) != self._block_size:
+            raise CryptoError(f"IV must be {self._block_size} bytes")
+        previous = self._current(message_id)
+        self._set(message_id, bytes(next_iv))
+        return previous
+
     def commit(self, message_id: int, next_iv: bytes) -> None:
         """Advances the chain of ``message_id`` to ``next_iv`` (from :meth:`decrypt`)
         once the received message has been validated."""
-        _message_id(message_id)
+        if not 0 <= message_id <= _MAX_MESSAGE_ID:
+            _message_id(message_id)  # raises InvalidMessageId
         if len(next_iv) != self._block_size:
             raise CryptoError(f"IV must be {self._block_size} bytes")
         self._set(message_id, bytes(next_iv))
@@ -552,11 +606,19 @@ class CryptoState:
         """(cipher name, key, phase 1 IV chain) for the SA store (``ikecore.engine.persist``): what
         rebuilds this state after a restart. Contains the key (the state's own buffer, not a
         copy): handle as a secret."""
-        self._live()
+        if not self._key:
+            raise CryptoError("the keys of this SA were wiped")
         return self._name, self._key, self._iv0
 
+    def release(self) -> None:
+        """Drop the key schedule while no exchange runs (the SA is established and idle); the
+        next message sealed or opened makes it again from the key."""
+        if self._ivs is None:
+            self._cipher = None
+
     def forget(self, message_id: int) -> None:
-        """Drops the chain of a finished phase 2 or informational exchange."""
+        """Drops the chain of a finished phase 2 or informational exchange, and the key
+        schedule once no such exchange is left (the next message makes it again)."""
         if message_id == 0:
             raise CryptoError("the phase 1 chain (M-ID 0) cannot be forgotten")
         ivs = self._ivs
@@ -564,6 +626,7 @@ class CryptoState:
             ivs.pop(message_id, None)
             if not ivs:
                 self._ivs = None
+        self.release()
 
     def __repr__(self) -> str:
         return f"CryptoState({self._name!r}, {self._hash_name!r}, chains={1 + len(self._ivs or ())})"

@@ -37,6 +37,7 @@ __all__ = [
     "SpecificFilter",
     "TrafficSelector",
     "selector_parts",
+    "host_text",
     "parse_ike_proposals",
     "parse_esp_proposals",
     "choose_ike_transform",
@@ -77,6 +78,9 @@ _INTEGRITY: dict[str, tuple[int, int, str]] = {
     "sha512": (wire.HashAlgorithm.SHA2_512, wire.AuthAlgorithm.HMAC_SHA2_512, "sha512"),
 }
 _INTEGRITY_ALIASES = {"sha": "sha1", "sha2_256": "sha256", "sha2_384": "sha384", "sha2_512": "sha512"}
+
+#: IKE Hash Algorithm -> keymat hash name of the prf (read for every message of an SA).
+_PRF_BY_HASH: dict[int, str] = {int(ike_id): name for ike_id, _esp, name in _INTEGRITY.values()}
 
 #: ESP integrity key sizes in bytes (RFC 2403, 2404, 4868).
 _AUTH_KEY_BYTES = {"md5": 16, "sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
@@ -186,7 +190,10 @@ class IkeProposal:
 
     @property
     def name(self) -> str:
-        return f"{self.encryption_name}-{self.hash_name}-{group_name(self.group)}"
+        known = _NAMES.get(id(self))  # every established SA's event names its (shared) suite
+        if known is not None and known[0] is self:
+            return known[1]
+        return _named(self, f"{self.encryption_name}-{self.hash_name}-{group_name(self.group)}")
 
     @property
     def encryption_name(self) -> str:
@@ -199,7 +206,8 @@ class IkeProposal:
     @property
     def prf_hash(self) -> str:
         """The keymat hash name of the negotiated hash (prf = HMAC of it)."""
-        return _INTEGRITY[self.hash_name][2]
+        name = _PRF_BY_HASH.get(self.hash)
+        return name if name is not None else _INTEGRITY[self.hash_name][2]
 
     @property
     def auth_method_name(self) -> str:
@@ -223,7 +231,19 @@ class IkeProposal:
 
     @classmethod
     def from_transform(cls, transform: wire.Transform) -> IkeProposal:
-        """Read a phase 1 Transform; raises NoProposalChosen for what we cannot use."""
+        """Read a phase 1 Transform; raises NoProposalChosen for what we cannot use.
+
+        A transform read before gives the same (immutable) suite again: peers answer every
+        Main Mode with the same choice (transforms compare by value)."""
+        if cls is IkeProposal:
+            known = _IKE_READ.get(transform)
+            if known is None:
+                known = _remember(_IKE_READ, transform, cls._read(transform))
+            return known
+        return cls._read(transform)
+
+    @classmethod
+    def _read(cls, transform: wire.Transform) -> IkeProposal:
         values, lifetime, kilobytes = _read_attributes(
             transform, wire.OakleyAttribute.LIFE_TYPE, wire.OakleyAttribute.LIFE_DURATION, DEFAULT_IKE_LIFETIME)
         try:
@@ -257,10 +277,13 @@ class EspProposal:
 
     @property
     def name(self) -> str:
+        known = _NAMES.get(id(self))  # as IkeProposal.name
+        if known is not None and known[0] is self:
+            return known[1]
         parts = [_esp_encryption_name(self.transform_id, self.key_length), _auth_name(self.auth_algorithm)]
         if self.pfs_group:
             parts.append(group_name(self.pfs_group))
-        return "-".join(parts)
+        return _named(self, "-".join(parts))
 
     @property
     def encryption_name(self) -> str:
@@ -304,7 +327,17 @@ class EspProposal:
 
     @classmethod
     def from_transform(cls, transform: wire.Transform) -> tuple[EspProposal, int]:
-        """Read an ESP Transform; returns (proposal, encapsulation mode)."""
+        """Read an ESP Transform; returns (proposal, encapsulation mode), the same (immutable)
+        pair again for a transform read before (every Quick Mode offers the same ones)."""
+        if cls is EspProposal:
+            known = _ESP_READ.get(transform)
+            if known is None:
+                known = _remember(_ESP_READ, transform, cls._read(transform))
+            return known
+        return cls._read(transform)
+
+    @classmethod
+    def _read(cls, transform: wire.Transform) -> tuple[EspProposal, int]:
         values, lifetime, kilobytes = _read_attributes(
             transform, wire.IpsecAttribute.SA_LIFE_TYPE, wire.IpsecAttribute.SA_LIFE_DURATION, DEFAULT_ESP_LIFETIME)
         if wire.IpsecAttribute.AUTHENTICATION_ALGORITHM not in values:
@@ -318,6 +351,32 @@ class EspProposal:
     def matches(self, other: EspProposal) -> bool:
         return (self.transform_id, self.key_length, self.auth_algorithm, self.pfs_group) == (
             other.transform_id, other.key_length, other.auth_algorithm, other.pfs_group)
+
+
+#: Suite names already made, by the id of the (immutable) suite object, kept with it so that
+#: a reused id never passes for it: SAs of one suite share one object. Bounded, cleared when full.
+_NAMES: dict[int, tuple[Any, str]] = {}
+
+
+def _named(suite: Any, name: str) -> str:
+    if len(_NAMES) >= _READ_MAX:
+        _NAMES.clear()
+    _NAMES[id(suite)] = (suite, name)
+    return name
+
+
+#: Transforms already read, by value (``wire.Transform`` hashes and compares its contents);
+#: bounded, cleared when full. Transforms we cannot use raise and are never kept.
+_IKE_READ: dict[wire.Transform, IkeProposal] = {}
+_ESP_READ: dict[wire.Transform, tuple[EspProposal, int]] = {}
+_READ_MAX = 1024
+
+
+def _remember(table: dict[wire.Transform, Any], transform: wire.Transform, value: Any) -> Any:
+    if len(table) >= _READ_MAX:
+        table.clear()
+    table[transform] = value
+    return value
 
 
 def _split_suite(text: str, field_name: str) -> list[str]:
@@ -396,9 +455,27 @@ class IkePolicy:
     proposals: tuple[IkeProposal, ...]
 
     def offer(self) -> wire.SaPayload:
-        """The initiator's SA payload: one ISAKMP proposal, one transform per suite."""
+        """The initiator's SA payload: one ISAKMP proposal, one transform per suite.
+
+        Built once per policy object (payloads are immutable): every Main Mode of a filter
+        offers the same suites, and building the attributes was most of message 1's work."""
+        known = _OFFERS.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
         transforms = [p.to_transform(i + 1) for i, p in enumerate(self.proposals)]
-        return wire.SaPayload([wire.Proposal(1, wire.ProtocolId.ISAKMP, transforms)])
+        offer = wire.SaPayload([wire.Proposal(1, wire.ProtocolId.ISAKMP, transforms)])
+        if len(_OFFERS) >= _CACHE_MAX:
+            _OFFERS.clear()
+        _OFFERS[id(self)] = (self, offer)
+        return offer
+
+
+#: Offers and transforms already built, by the id of the policy object that built them (kept
+#: with it, so an id reused by a new object is never mistaken for the old one). Bounded:
+#: cleared when full (a policy made per SA, as signature filters do, only rebuilds).
+_OFFERS: dict[int, tuple[IkePolicy, wire.SaPayload]] = {}
+_ESP_TRANSFORMS: dict[tuple[int, int], tuple[EspPolicy, list[wire.Transform]]] = {}
+_CACHE_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +493,18 @@ class EspPolicy:
     @property
     def pfs_group(self) -> int | None:
         return self.proposals[0].pfs_group if self.proposals else None
+
+    def transforms(self, encapsulation_mode: int) -> list[wire.Transform]:
+        """The initiator's ESP transforms, one per suite in order, asking for
+        ``encapsulation_mode``; built once per policy and mode (every Quick Mode offers them)."""
+        key = (id(self), encapsulation_mode)
+        known = _ESP_TRANSFORMS.get(key)
+        if known is None or known[0] is not self:
+            if len(_ESP_TRANSFORMS) >= _CACHE_MAX:
+                _ESP_TRANSFORMS.clear()
+            known = _ESP_TRANSFORMS[key] = (
+                self, [p.to_transform(i + 1, encapsulation_mode) for i, p in enumerate(self.proposals)])
+        return list(known[1])
 
 
 def choose_ike_transform(sa: wire.SaPayload, policy: IkePolicy) -> tuple[wire.Proposal, wire.Transform, IkeProposal]:
@@ -452,23 +541,42 @@ def choose_esp_transform(sa: wire.SaPayload, policy: EspPolicy) -> tuple[wire.Pr
         if proposal.protocol_id != wire.ProtocolId.IPSEC_ESP or len(proposal.spi) != 4:
             continue
         for transform in proposal.transforms:
-            try:
-                offered, mode = EspProposal.from_transform(transform)
-            except NoProposalChosen:
-                continue
-            if mode not in (policy.encapsulation_mode, wire.EncapsulationMode.UDP_TUNNEL,
-                            wire.EncapsulationMode.UDP_TRANSPORT, wire.EncapsulationMode.UDP_TUNNEL_DRAFT,
-                            wire.EncapsulationMode.UDP_TRANSPORT_DRAFT):
-                continue
-            for mine in policy.proposals:
-                if mine.matches(offered):
-                    lifetime = min(offered.lifetime, mine.lifetime)
-                    limits = [k for k in (offered.lifetime_kilobytes, mine.lifetime_kilobytes) if k]
-                    kilobytes = min(limits) if limits else None
-                    chosen = EspProposal(offered.transform_id, offered.key_length, offered.auth_algorithm,
-                                         offered.pfs_group, lifetime, kilobytes)
-                    return proposal, transform, chosen, mode
+            key = (id(policy), transform)
+            known = _ESP_CHOICES.get(key)
+            if known is None or known[0] is not policy:
+                if len(_ESP_CHOICES) >= _READ_MAX:
+                    _ESP_CHOICES.clear()
+                known = _ESP_CHOICES[key] = (policy, _esp_choice(transform, policy))
+            if known[1] is not None:
+                return proposal, transform, known[1][0], known[1][1]
     raise NoProposalChosen(f"no offered ESP transform matches policy '{policy.name}'")
+
+
+def _esp_choice(transform: wire.Transform, policy: EspPolicy) -> tuple[EspProposal, int] | None:
+    """The suite and encapsulation mode we accept for one offered ESP transform, or None."""
+    try:
+        offered, mode = EspProposal.from_transform(transform)
+    except NoProposalChosen:
+        return None
+    if mode not in (policy.encapsulation_mode, wire.EncapsulationMode.UDP_TUNNEL,
+                    wire.EncapsulationMode.UDP_TRANSPORT, wire.EncapsulationMode.UDP_TUNNEL_DRAFT,
+                    wire.EncapsulationMode.UDP_TRANSPORT_DRAFT):
+        return None
+    for mine in policy.proposals:
+        if mine.matches(offered):
+            lifetime = min(offered.lifetime, mine.lifetime)
+            limits = [k for k in (offered.lifetime_kilobytes, mine.lifetime_kilobytes) if k]
+            kilobytes = min(limits) if limits else None
+            chosen = EspProposal(offered.transform_id, offered.key_length, offered.auth_algorithm,
+                                 offered.pfs_group, lifetime, kilobytes)
+            return chosen, mode
+    return None
+
+
+#: The responder's answer to each ESP transform offered so far, by (policy object, transform):
+#: every Quick Mode of a peer offers the same transforms (only its SPI differs). The policy
+#: is kept with its answer, so a reused id never passes for it. Bounded, cleared when full.
+_ESP_CHOICES: dict[tuple[int, wire.Transform], tuple[EspPolicy, tuple[EspProposal, int] | None]] = {}
 
 
 # --- filters -------------------------------------------------------------------------------
@@ -521,6 +629,12 @@ def same_family(a: str, b: str) -> bool:
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """Parsed (immutable) network, cached: selectors repeat for every Quick Mode."""
     return ipaddress.ip_network(text, strict=False)
+
+
+def host_text(data: bytes) -> str:
+    """An ID_IPV4_ADDR/ID_IPV6_ADDR body as host CIDR text, as ``TrafficSelector.from_id``
+    reads it (the same cached string; ValueError for other lengths)."""
+    return _host_network(data)
 
 
 @functools.lru_cache(maxsize=4096)  # pure; every Quick Mode reads two address IDs

@@ -11,6 +11,7 @@ rows never contain them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,16 @@ if TYPE_CHECKING:  # the class only: importing cryptography here would slow `ike
     from cryptography import x509
 
 __all__ = ["Role", "Phase1State", "Phase2State", "IsakmpSa", "QuickModeExchange", "IpsecSa",
-           "id_to_text"]
+           "OrderedIds", "ExchangeTable", "id_to_text", "message_digest"]
 
 
 class Role(enum.Enum):
     INITIATOR = "initiator"
     RESPONDER = "responder"
+
+    # Members are singletons compared by identity: hashing by identity too spares the
+    # Python-level Enum.__hash__ in every transition-table lookup of every message.
+    __hash__ = object.__hash__
 
 
 class Phase1State(enum.Enum):
@@ -47,6 +52,8 @@ class Phase1State(enum.Enum):
     FAILED = "FAILED"
     DELETED = "DELETED"
 
+    __hash__ = object.__hash__  # by identity, as Role
+
 
 class Phase2State(enum.Enum):
     """Quick Mode states (RFC 2409 section 5.5)."""
@@ -57,6 +64,8 @@ class Phase2State(enum.Enum):
     R_EXPECT_QM3 = "R_EXPECT_QM3"
     ESTABLISHED = "ESTABLISHED"
     FAILED = "FAILED"
+
+    __hash__ = object.__hash__  # by identity, as Role
 
 
 def id_to_text(id_type: int, data: bytes) -> str:
@@ -77,8 +86,89 @@ def id_to_text(id_type: int, data: bytes) -> str:
     return data.hex()
 
 
+class OrderedIds(MutableMapping[int, None]):
+    """An ordered set of ints (oldest first) with the interface of ``dict.fromkeys(ids)``:
+    the finished Message IDs of an ISAKMP SA, the handles of the SAs between two addresses
+    (``Engine``'s index).
+
+    Nearly every such set in a gateway holds one int (the Message ID of the SA's Quick
+    Mode, the one SA of a peer): that one is kept alone, and a dict is made for the
+    second. A dict of one entry is about 220 bytes, this record 48; a gateway holds
+    100,000 of each.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._ids: int | dict[int, None] | None = None
+        for value in ids:
+            self[value] = None
+
+    def __contains__(self, key: object) -> bool:
+        ids = self._ids
+        if ids is None:
+            return False
+        if isinstance(ids, int):
+            return bool(key == ids)
+        return key in ids
+
+    def __getitem__(self, key: int) -> None:
+        if key not in self:
+            raise KeyError(key)
+
+    def __setitem__(self, key: int, value: None) -> None:
+        ids = self._ids
+        if ids is None:
+            self._ids = key
+        elif isinstance(ids, int):
+            if key != ids:
+                self._ids = {ids: None, key: None}
+        else:
+            ids[key] = None
+
+    def __delitem__(self, key: int) -> None:
+        ids = self._ids
+        if isinstance(ids, dict):
+            del ids[key]
+        elif ids is not None and key == ids:
+            self._ids = None
+        else:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[int]:
+        ids = self._ids
+        if ids is None:
+            return iter(())
+        if isinstance(ids, int):
+            return iter((ids,))
+        return iter(ids)
+
+    def __len__(self) -> int:
+        ids = self._ids
+        if ids is None:
+            return 0
+        return 1 if isinstance(ids, int) else len(ids)
+
+    def __repr__(self) -> str:
+        return f"OrderedIds({list(self)!r})"
+
+
+def message_digest(data: bytes) -> bytes:
+    """What an exchange keeps of the last message it received, to know a repeat of it (RFC
+    2408 section 5: a retransmission is answered with the reply already sent, or ignored):
+    8 bytes of Python's keyed hash (SipHash) instead of the message, 100 to 300 bytes kept
+    for a negotiation timeout by each SA a gateway sets up. Another message with the same
+    8 bytes is only ever handled as that repeat would be (dropped, or answered with the
+    reply already sent), which anyone can cause by sending the repeat itself."""
+    return hash(data).to_bytes(8, "big", signed=True)
+
+
 #: The vendor IDs of an SA that received none yet: one list shared by all (never changed).
 _NO_VENDOR_IDS: list[bytes] = []
+
+#: The unanswered R-U-THERE numbers of an SA that has none: one list shared by all (only
+#: ever cleared, which leaves it as it is).
+_NO_DPD_PENDING: list[int] = []
 
 
 @dataclass(slots=True)
@@ -101,6 +191,16 @@ class IpsecSa:
     tiebreak: bytes = b""              # Ni_b | Nr_b: both peers order colliding rekeys alike
     superseded: bool = False           # a newer SA with the same selectors is in place
     keys: tuple[IpsecSaKeys, ...] = ()  # (outbound, inbound), kept for the SA store
+
+    def __post_init__(self) -> None:
+        """Selectors equal to those of the keys become the keys' strings: one string per
+        selector, not two (about 120 bytes of each of a gateway's 100,000 SAs)."""
+        if self.keys:
+            keys = self.keys[0]
+            if keys.local_ts == self.local_ts:
+                self.local_ts = keys.local_ts
+            if keys.remote_ts == self.remote_ts:
+                self.remote_ts = keys.remote_ts
 
     def wipe_keys(self) -> None:
         """Zero both directions' keys (the SA is deleted; the driver has let go of them)."""
@@ -127,7 +227,7 @@ class QuickModeExchange:
     g_qm_xy: bytearray | None = None   # the PFS shared secret, kept until the SAs are installed
     id_ci: wire.IdPayload | None = None
     id_cr: wire.IdPayload | None = None
-    last_received: bytes = b""
+    last_received: bytes = b""     # message_digest of the last message received (a repeat is known by it)
     last_sent: bytes = b""
     retransmits: int = 0
     next_retransmit: float | None = None
@@ -139,13 +239,101 @@ class QuickModeExchange:
         """Drop what only the negotiation needed, once the IpsecSa is made (a gateway holds
         100,000 of these for the negotiation timeout): the nonces, the client IDs, the key
         tuple (the IpsecSa holds the keys) and, for the responder, its QM2 (a repeated QM3
-        is ignored, never answered). Kept: the last message received, by which a repeat is
-        known, and the initiator's QM3, sent again when QM2 is repeated."""
+        is ignored, never answered). Kept: the digest of the last message received, by which
+        a repeat is known, and the initiator's QM3, sent again when QM2 is repeated."""
         self.nonce_i = self.nonce_r = b""
         self.id_ci = self.id_cr = None
         self.installed = ()
         if self.role is Role.RESPONDER:
             self.last_sent = b""
+
+
+#: ``ExchangeTable``'s mark for "the exchanges are in a dict" (an object no key equals).
+_MANY: Any = object()
+_MISSING: Any = object()
+
+
+class ExchangeTable(MutableMapping[int, QuickModeExchange]):
+    """The Quick Mode exchanges of one ISAKMP SA by Message ID, with the interface of a
+    dict (insertion order kept).
+
+    Nearly always one exchange runs or is kept (for a repeated message): that one is held
+    in the table itself, and a dict is made for the second. A dict of one entry is about
+    220 bytes and this table 48, for each SA set up in the last negotiation timeout (a
+    third of a gateway's 100,000 at 1,000 new SAs a second).
+    """
+
+    __slots__ = ("_key", "_value")
+
+    def __init__(self) -> None:
+        self._key: Any = None    # the one Message ID, _MANY, or None when empty
+        self._value: Any = None  # its exchange, or the dict of them
+
+    def get(self, key: int, default: Any = None) -> Any:
+        own = self._key
+        if own is None:
+            return default
+        if own is _MANY:
+            return self._value.get(key, default)
+        return self._value if own == key else default
+
+    def __getitem__(self, key: int) -> QuickModeExchange:
+        value: QuickModeExchange = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        own = self._key
+        if own is _MANY:
+            return key in self._value
+        return own is not None and bool(own == key)
+
+    def __setitem__(self, key: int, value: QuickModeExchange) -> None:
+        own = self._key
+        if own is _MANY:
+            self._value[key] = value
+        elif own is None or own == key:
+            self._key, self._value = key, value
+        else:
+            self._key, self._value = _MANY, {own: self._value, key: value}
+
+    def __delitem__(self, key: int) -> None:
+        own = self._key
+        if own is _MANY:
+            del self._value[key]
+            if not self._value:
+                self._key = self._value = None
+        elif own is not None and own == key:
+            self._key = self._value = None
+        else:
+            raise KeyError(key)
+
+    def pop(self, key: int, default: Any = _MISSING) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        del self[key]
+        return value
+
+    def __iter__(self) -> Iterator[int]:
+        own = self._key
+        if own is None:
+            return iter(())
+        if own is _MANY:
+            return iter(self._value)
+        return iter((own,))
+
+    def __len__(self) -> int:
+        own = self._key
+        if own is None:
+            return 0
+        return len(self._value) if own is _MANY else 1
+
+    def __repr__(self) -> str:
+        return f"ExchangeTable({dict(self.items())!r})"
 
 
 @dataclass(slots=True)
@@ -179,11 +367,11 @@ class IsakmpSa:
     expires: float | None = None
     vendor_ids: list[bytes] = field(default_factory=lambda: _NO_VENDOR_IDS)  # replaced, never changed in place
     first_message: bytes = b""     # responder: message 1 as received (retransmit detection)
-    last_received: bytes = b""
+    last_received: bytes = b""     # message_digest of the last message received (a repeat is known by it)
     last_sent: bytes = b""
     retransmits: int = 0
     next_retransmit: float | None = None
-    quick_modes: dict[int, QuickModeExchange] = field(default_factory=dict)
+    quick_modes: ExchangeTable = field(default_factory=ExchangeTable)
     ipsec_sas: list[IpsecSa] = field(default_factory=list)
     want_quick_mode: bool = False
     initial_contact: bool = False  # send / received INITIAL-CONTACT in MM5 (RFC 2407 4.6.3.3)
@@ -199,10 +387,11 @@ class IsakmpSa:
     natt_port: int = 4500          # the peer's NAT-T port to float to (initiator)
     dpd: bool = False              # the peer announced RFC 3706 DPD
     dpd_sequence: int = 0          # our last R-U-THERE sequence number
-    dpd_pending: list[int] = field(default_factory=list)  # unanswered R-U-THERE numbers
+    dpd_pending: list[int] = field(default_factory=lambda: _NO_DPD_PENDING)  # unanswered R-U-THERE (replaced)
     dpd_since: float | None = None  # when the oldest unanswered R-U-THERE left
     last_heard: float = 0.0        # the last authenticated message from the peer
-    spent_message_ids: dict[int, None] = field(default_factory=dict)  # finished M-IDs, oldest first
+    spent_message_ids: OrderedIds = field(default_factory=OrderedIds)  # finished M-IDs, oldest first
+    limits_peer: str = ""           # the address engine.admission.SaLimits counted it under
 
     @property
     def hash_name(self) -> str:
@@ -226,11 +415,14 @@ class IsakmpSa:
         public values, the nonces and SAi_b (about 0.7 KiB per SA with MODP-2048; a
         gateway holding 100,000 SAs keeps only keys, IDs and the last message pair).
         SKEYID itself and SKEYID_e (already expanded into the cipher) go too; Quick Mode
-        and Informational exchanges need only SKEYID_d and SKEYID_a."""
+        and Informational exchanges need only SKEYID_d and SKEYID_a. The payload cipher
+        lets go of its key schedule until the next message (``CryptoState.release``)."""
         self.dh = None
         self.sa_b = self.g_xi = self.g_xr = self.nonce_i = self.nonce_r = b""
         if self.skeyid is not None:
             self.skeyid.forget_skeyid_e()
+        if self.crypto is not None:
+            self.crypto.release()
 
     def wipe_keys(self) -> None:
         """The SA is gone: zero its SKEYID family, its payload cipher key, its Quick Modes'

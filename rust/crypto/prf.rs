@@ -5,10 +5,12 @@
 //!
 //! One handshake runs about seventeen of these on short inputs, so the cost of a
 //! call matters more than throughput; `prf_parts` hashes several slices without
-//! concatenating them first.
+//! concatenating them first, and `skeyid_family` and `prf_expand` (KEYMAT) run a
+//! chain of them in one call.
 #![forbid(unsafe_code)]
 
 use hmac::{Hmac, Mac};
+use zeroize::Zeroizing;
 
 use crate::error::PrfError;
 
@@ -80,6 +82,49 @@ pub fn prf(kind: HashKind, key: &[u8], data: &[u8]) -> Vec<u8> {
     prf_parts(kind, key, &[data])
 }
 
+/// The most output `prf_expand` gives: far above any IKEv1 key (an ESP suite needs at most
+/// 32 + 64 bytes of KEYMAT per direction).
+pub const MAX_EXPANSION: usize = 4096;
+
+/// KEYMAT of RFC 2409 section 5.5: `K1 | K2 | ...` cut to `length` bytes, with
+/// `K1 = prf(key, data)` and `Kn = prf(key, Kn-1 | data)`. Every block is zeroized when
+/// dropped; the output is written in place (never reallocated, so never copied).
+pub fn prf_expand(kind: HashKind, key: &[u8], data: &[u8], length: usize) -> Result<Zeroizing<Vec<u8>>, PrfError> {
+    if length > MAX_EXPANSION {
+        return Err(PrfError::Length("more than 4096 bytes asked"));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(length));
+    if length == 0 {
+        return Ok(out);
+    }
+    let mut block = Zeroizing::new(prf_parts(kind, key, &[data]));
+    loop {
+        let take = (length - out.len()).min(block.len());
+        out.extend_from_slice(&block[..take]);
+        if out.len() >= length {
+            return Ok(out);
+        }
+        block = Zeroizing::new(prf_parts(kind, key, &[block.as_slice(), data]));
+    }
+}
+
+/// SKEYID_d, SKEYID_a and SKEYID_e from SKEYID (RFC 2409 section 5):
+/// `SKEYID_d = prf(SKEYID, g^xy | CKY-I | CKY-R | 0)`,
+/// `SKEYID_a = prf(SKEYID, SKEYID_d | g^xy | CKY-I | CKY-R | 1)`,
+/// `SKEYID_e = prf(SKEYID, SKEYID_a | g^xy | CKY-I | CKY-R | 2)`.
+pub fn skeyid_family(
+    kind: HashKind,
+    skeyid: &[u8],
+    g_xy: &[u8],
+    cky_i: &[u8],
+    cky_r: &[u8],
+) -> [Zeroizing<Vec<u8>>; 3] {
+    let d = Zeroizing::new(prf_parts(kind, skeyid, &[g_xy, cky_i, cky_r, &[0]]));
+    let a = Zeroizing::new(prf_parts(kind, skeyid, &[d.as_slice(), g_xy, cky_i, cky_r, &[1]]));
+    let e = Zeroizing::new(prf_parts(kind, skeyid, &[a.as_slice(), g_xy, cky_i, cky_r, &[2]]));
+    [d, a, e]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +155,24 @@ mod tests {
         let out = prf(HashKind::Sha256, &[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
         assert_eq!(out, hex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"));
         assert_eq!(prf(HashKind::Sha1, b"", b"").len(), 20);
+    }
+
+    #[test]
+    fn expansion_chains_blocks_and_family_chains_keys() {
+        let (key, data) = (b"skeyid_d-key".as_slice(), b"protocol|spi|ni|nr".as_slice());
+        // K1 = prf(key, data), K2 = prf(key, K1 | data): 48 bytes of SHA-256 take two blocks.
+        let k1 = prf(HashKind::Sha256, key, data);
+        let k2 = prf_parts(HashKind::Sha256, key, &[&k1, data]);
+        let out = prf_expand(HashKind::Sha256, key, data, 48).unwrap();
+        assert_eq!(out.as_slice(), [k1.as_slice(), &k2[..16]].concat().as_slice());
+        assert_eq!(prf_expand(HashKind::Sha1, key, data, 20).unwrap().as_slice(), prf(HashKind::Sha1, key, data));
+        assert!(prf_expand(HashKind::Md5, key, data, 0).unwrap().is_empty());
+        assert!(prf_expand(HashKind::Md5, key, data, MAX_EXPANSION + 1).is_err());
+        let (g_xy, ci, cr) = (b"shared".as_slice(), b"cookie-i".as_slice(), b"cookie-r".as_slice());
+        let [d, a, e] = skeyid_family(HashKind::Sha1, b"skeyid", g_xy, ci, cr);
+        assert_eq!(d.as_slice(), prf(HashKind::Sha1, b"skeyid", &[g_xy, ci, cr, &[0]].concat()));
+        assert_eq!(a.as_slice(), prf(HashKind::Sha1, b"skeyid", &[d.as_slice(), g_xy, ci, cr, &[1]].concat()));
+        assert_eq!(e.as_slice(), prf(HashKind::Sha1, b"skeyid", &[a.as_slice(), g_xy, ci, cr, &[2]].concat()));
     }
 
     #[test]

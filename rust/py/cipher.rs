@@ -1,5 +1,6 @@
 //! Python wrappers for `crate::crypto::cipher` (the `Cipher` class) and
-//! `crate::crypto::prf` (the `prf` function, HMAC for the IKEv1 key schedule).
+//! `crate::crypto::prf` (the `prf` function, HMAC for the IKEv1 key schedule, and
+//! `skeyid_family` and `prf_expand`, its chains for SKEYID_d/a/e and KEYMAT).
 //!
 //! Messages are a few hundred bytes, so the GIL is kept: releasing and
 //! re-acquiring it would cost more than the encryption itself.
@@ -8,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::crypto::cipher::Cipher;
-use crate::crypto::prf::{prf as hmac_prf, HashKind};
+use crate::crypto::prf::{prf as hmac_prf, prf_expand as hmac_prf_expand, skeyid_family as hmac_skeyid_family, HashKind};
 
 /// A keyed CBC payload cipher: `Cipher(name, key)` with name one of `des-cbc`,
 /// `3des-cbc`, `aes128-cbc`, `aes192-cbc`, `aes256-cbc`. No padding is applied:
@@ -71,8 +72,40 @@ fn prf<'py>(py: Python<'py>, hash_name: &str, key: &[u8], data: &[u8]) -> PyResu
     Ok(PyBytes::new(py, &out))
 }
 
+/// KEYMAT expansion (RFC 2409 section 5.5): `K1 | K2 | ...` cut to `length` bytes with
+/// `K1 = prf(key, data)`, `Kn = prf(key, Kn-1 | data)`. Raises CryptoError for another hash
+/// name or more than 4096 bytes.
+#[pyfunction]
+fn prf_expand<'py>(
+    py: Python<'py>,
+    hash_name: &str,
+    key: &[u8],
+    data: &[u8],
+    length: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let out = hmac_prf_expand(HashKind::from_name(hash_name)?, key, data, length)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// (SKEYID_d, SKEYID_a, SKEYID_e) from SKEYID, g^xy and the cookies (RFC 2409 section 5),
+/// three chained prf calls in one. Raises CryptoError for another hash name.
+#[pyfunction]
+fn skeyid_family<'py>(
+    py: Python<'py>,
+    hash_name: &str,
+    skeyid: &[u8],
+    g_xy: &[u8],
+    cky_i: &[u8],
+    cky_r: &[u8],
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let [d, a, e] = hmac_skeyid_family(HashKind::from_name(hash_name)?, skeyid, g_xy, cky_i, cky_r);
+    Ok((PyBytes::new(py, &d), PyBytes::new(py, &a), PyBytes::new(py, &e)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCipher>()?;
     m.add_function(wrap_pyfunction!(prf, m)?)?;
+    m.add_function(wrap_pyfunction!(prf_expand, m)?)?;
+    m.add_function(wrap_pyfunction!(skeyid_family, m)?)?;
     Ok(())
 }

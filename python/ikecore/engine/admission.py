@@ -242,17 +242,22 @@ class SaLimits:
         self.limits = limits
         self.isakmp_sas = -(-limits.isakmp_sas // max(workers, 1))
         self._per_peer: Counter[str] = Counter()
-        self._peer_of: dict[int, str] = {}   # handle -> the peer address it was counted under
+        # the SAs counted; each SA keeps the peer address it was counted under (``limits_peer``:
+        # its address may change with NAT-T), not a table of 100,000 handles here
+        self._held = 0
 
-    def added(self, handle: int, peer: str) -> None:
-        """An ISAKMP SA with ``peer`` now exists (any role or state)."""
-        if handle not in self._peer_of:
-            self._peer_of[handle] = peer
+    def added(self, sa: IsakmpSa) -> None:
+        """An ISAKMP SA now exists (any role or state), counted under its peer's address."""
+        if not sa.limits_peer:
+            sa.limits_peer = peer = sa.remote[0]
             self._per_peer[peer] += 1
+            self._held += 1
 
-    def removed(self, handle: int) -> None:
-        peer = self._peer_of.pop(handle, None)
-        if peer is not None:
+    def removed(self, sa: IsakmpSa) -> None:
+        peer = sa.limits_peer
+        if peer:
+            sa.limits_peer = ""
+            self._held -= 1
             self._per_peer[peer] -= 1
             if self._per_peer[peer] <= 0:
                 del self._per_peer[peer]
@@ -262,7 +267,7 @@ class SaLimits:
 
     def refuse_isakmp(self, peer: str) -> str | None:
         """The limit one more ISAKMP SA started by ``peer`` would pass, or None."""
-        if self.isakmp_sas and len(self._peer_of) >= self.isakmp_sas:
+        if self.isakmp_sas and self._held >= self.isakmp_sas:
             return "isakmp_sas"
         per_peer = self.limits.isakmp_sas_per_peer
         if per_peer and self._per_peer.get(peer, 0) >= per_peer:

@@ -80,7 +80,7 @@ from ikecore.protocol import aggressive_mode, auth, dpd, informational, main_mod
 from ikecore.protocol.messages import check_generic_headers
 from ikecore.protocol.phase1 import Phase1Handler
 from ikecore.protocol.transitions import Row, Send
-from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role
+from ikecore.sa import IpsecSa, IsakmpSa, OrderedIds, Phase1State, Phase2State, QuickModeExchange, Role, message_digest
 
 __all__ = ["Engine"]
 
@@ -102,6 +102,13 @@ STORE_PROBE = 64
 # Errors that end a negotiation (the peer cannot or will not agree) rather than being
 # dropped as noise: they come from a message that decrypted and parsed.
 _FATAL = (NoProposalChosen, AuthenticationFailed, InvalidIdInformation)
+
+# Timer kinds as small numbers in the heap entries, and back.
+_TIMER_KINDS = tuple(TimerKind)
+_TIMER_CODES = {kind: code for code, kind in enumerate(_TIMER_KINDS)}
+
+# The ``role`` text of events (``Role.value``, read without Enum's Python-level property).
+_ROLE_TEXT = {role: role.value for role in Role}
 
 # A timer handler: (ISAKMP SA, Message ID, deadline, now).
 TimerHandler = Callable[[IsakmpSa, int, float, float], None]
@@ -154,7 +161,7 @@ class Engine:
         self._sas: dict[int, IsakmpSa] = {}
         # (local IP, peer IP) -> handles, as created: INITIAL-CONTACT decisions without a
         # scan of every SA (a load generator holds 100,000 SAs towards one gateway)
-        self._pairs: dict[tuple[str, str], dict[int, None]] = {}  # an ordered set per pair
+        self._pairs: dict[tuple[str, str], OrderedIds] = {}  # an ordered set per pair
         # hash of the peer identity (ID type, data) -> the established handle(s) with it, and
         # the established SAs without one: INITIAL-CONTACT from one address fronting many
         # identities (charon's load tester) looks at that identity's SAs only
@@ -165,7 +172,9 @@ class Engine:
         self._next_handle = 1
         self._outgoing: list[tuple[bytes, Address, Address]] = []
         self._events: deque[ev.Event] = deque()
-        self._timers: list[tuple[float, int, int, int, TimerKind]] = []
+        # (deadline, sequence, handle, Message ID, kind's index in _TIMER_KINDS): numbers only,
+        # so that the garbage collector stops tracking the entries (a gateway holds millions)
+        self._timers: list[tuple[float, int, int, int, int]] = []
         self._timer_seq = 0
         self._on_timer = self._timer_handlers()
         self._now = 0.0
@@ -180,8 +189,8 @@ class Engine:
         self._store_retry_at: float | None = None   # a write failed: the next try, not before
         if store is not None:
             self._restore(store, now)
-        for handle, restored in self._sas.items():
-            self._limits.added(handle, restored.remote[0])
+        for restored in self._sas.values():
+            self._limits.added(restored)
 
     # --- services lent to the state machines (protocol.services.Services, quick_mode's) and
     # to the helpers (engine.services.EngineServices: also emit, push_timer, filter_for,
@@ -218,7 +227,7 @@ class Engine:
             self.emit(ev.SpiAllocated(time=self._now, spi=None))
             self.emit(ev.DriverFailed(time=self._now, operation="get_spi", reason=str(exc)))
             raise NoProposalChosen(f"IPsec driver has no SPI: {exc}") from exc
-        self.emit(ev.SpiAllocated(time=self._now, spi=spi))
+        self._events.append(ev.SpiAllocated(time=self._now, spi=spi))
         return spi
 
     def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
@@ -235,7 +244,7 @@ class Engine:
                     except DriverError:
                         pass
                 raise NoProposalChosen(f"IPsec driver refused {operation}: {exc}") from exc
-            self.emit(done(time=self._now, spi=keys.spi))
+            self._events.append(done(time=self._now, spi=keys.spi))
         qm.installed = (outbound, inbound)
 
     # --- public API -----------------------------------------------------------------------
@@ -257,7 +266,7 @@ class Engine:
         sa.non_esp_marker = _needs_marker(local, remote)
         sa.natt_port = natt_port or (nat_traversal.NAT_T_PORT if remote[1] == 500 else remote[1])
         self._cookies.insert(sa.initiator_cookie, ZERO_COOKIE, sa.handle)
-        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self._events.append(ev.Phase1Started(time=now, handle=sa.handle, role=_ROLE_TEXT[sa.role], remote=remote))
         if flt.aggressive:
             self._send_request(sa, aggressive_mode.start_initiator(sa, self), now, AM, 1)
             return sa.handle
@@ -277,7 +286,7 @@ class Engine:
         qm = QuickModeExchange(message_id, Role.INITIATOR, Phase2State.I_EXPECT_QM2, now, sa.esp_policy)
         qm.rekey_of = rekey_of
         sa.quick_modes[message_id] = qm
-        self.emit(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
+        self._events.append(ev.Phase2Started(time=now, handle=handle, message_id=message_id, role="initiator"))
         window = sa.generic_filter.quick_mode_window
         if window and sum(1 for q in sa.quick_modes.values() if q.state is Phase2State.I_EXPECT_QM2) > window:
             qm.state = Phase2State.I_QUEUED  # started when one of ours in flight ends
@@ -367,13 +376,20 @@ class Engine:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address, Address]]:
         """Drain the queue: (datagram, remote address, local address) triples."""
-        self._persist()
+        if self._journal is None:  # no store (the journal exists with one): nothing to write first
+            self._dirty.clear()
+        else:
+            self._persist()
         out, self._outgoing = self._outgoing, []
         return out
 
     def next_event(self) -> ev.Event | None:
-        self._persist()
-        return self._events.popleft() if self._events else None
+        if self._journal is not None:
+            self._persist()
+        elif self._dirty:  # as datagrams_to_send: a caller drains every event this way
+            self._dirty.clear()
+        events = self._events
+        return events.popleft() if events else None
 
     def get_timer(self) -> float | None:
         """The earliest time ``handle_timer`` must be called, or None."""
@@ -388,11 +404,11 @@ class Engine:
         self._now = now
         timers, on_timer = self._timers, self._on_timer
         while timers and timers[0][0] <= now:
-            deadline, _seq, handle, message_id, kind = heapq.heappop(timers)
+            deadline, _seq, handle, message_id, code = heapq.heappop(timers)
             self._dirty.add(handle)
             sa = self._sas.get(handle)
             if sa is not None:
-                on_timer[kind](sa, message_id, deadline, now)
+                on_timer[_TIMER_KINDS[code]](sa, message_id, deadline, now)
 
     def sa(self, handle: int) -> IsakmpSa | None:
         return self._sas.get(handle)
@@ -435,6 +451,10 @@ class Engine:
         marker = False
         if data[:4] == wire.NON_ESP_MARKER and wire.marker_allowed(local[1], remote[1]):
             data, marker = data[4:], True
+        if len(data) >= wire.HEADER_LEN and int.from_bytes(data[24:28], "big") == len(data):
+            # the usual datagram: one whole message (split_messages' first case, inline)
+            self._receive_message(data, remote, local, now, marker)
+            return
         messages, trailing = wire.split_messages(data)
         if not messages:
             raise wire_error(*wire.framing_problem(data))
@@ -469,7 +489,7 @@ class Engine:
         self._dirty.add(handle)
         if remote[0] != sa.remote[0]:
             raise InvalidCookie(f"cookies of SA {handle} arrived from {remote[0]}, not {sa.remote[0]}")
-        if exchange_type in (MM, AM) and data == sa.last_received:
+        if exchange_type in (MM, AM) and message_digest(data) == sa.last_received:
             # The row that handled it says whether the peer missed our answer (we resend
             # it) or our own retransmission timer runs (we ignore the repeat).
             handled = (aggressive_mode.HANDLED if exchange_type == AM else main_mode.HANDLED).get((sa.role, sa.state))
@@ -477,10 +497,13 @@ class Engine:
                 self._resend_reply(sa, sa.last_sent, exchange_type)
             return
         message = wire.parse(data)
-        self.emit(ev.DatagramReceived(time=now, exchange_type=exchange_type, length=len(data),
-                                       message_number=_message_number(sa, exchange_type, message.message_id)))
+        self._events.append(ev.DatagramReceived(
+            time=now, exchange_type=exchange_type, length=len(data),
+            message_number=_message_number(sa, exchange_type, message.message_id)))
+        plain = None
         if not message.encrypted:
-            check_generic_headers(list(message.payloads))
+            plain = message.payloads  # a new list each reading: read once, handed on
+            check_generic_headers(plain)
         if exchange_type == AM:
             # AM3 is checked against the NAT-D of the addresses it was sent for; no reply follows.
             fresh = self._dispatch(sa, message, data, now)
@@ -491,13 +514,16 @@ class Engine:
                 nat_traversal.follow(sa, remote, local, marker)
             return
         if message.encrypted:
-            # RFC 3947 section 4: only a new, authenticated message moves the SA's endpoint.
-            if nat_traversal.would_move(sa, remote, local, marker) and self._processed(sa, message, data):
-                self.emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=remote,
-                                           message_id=message.message_id, reason="endpoint"))
-                raise wire_error(f"a message of SA {handle} already processed, repeated from {remote[0]} "
-                                 f"port {remote[1]} (replay)", wire.NotifyType.INVALID_MESSAGE_ID)
-            moved = nat_traversal.follow(sa, remote, local, marker)  # tentatively: the answer goes there
+            # RFC 3947 section 4: only a new, authenticated message moves the SA's endpoint
+            # (and only one with the non-ESP marker can: would_move is False without it).
+            moved = None
+            if marker:
+                if nat_traversal.would_move(sa, remote, local, marker) and self._processed(sa, message, data):
+                    self.emit(ev.ReplayDropped(time=now, handle=sa.handle, remote=remote,
+                                               message_id=message.message_id, reason="endpoint"))
+                    raise wire_error(f"a message of SA {handle} already processed, repeated from {remote[0]} "
+                                     f"port {remote[1]} (replay)", wire.NotifyType.INVALID_MESSAGE_ID)
+                moved = nat_traversal.follow(sa, remote, local, marker)  # tentatively: the answer goes there
             try:
                 fresh = self._dispatch(sa, message, data, now)
             except Exception:
@@ -508,25 +534,27 @@ class Engine:
             elif sa.handle in self._sas:
                 dpd.on_traffic(sa, now)
             return
-        self._dispatch(sa, message, data, now)
+        self._dispatch(sa, message, data, now, plain)
 
     def _processed(self, sa: IsakmpSa, message: wire.Message, data: bytes) -> bool:
         """Whether ``message`` was processed already: the repeat of an exchange's last message,
         a message of a finished Quick Mode, or one whose Message ID is spent."""
         exchange_type = message.exchange_type
         if exchange_type in (MM, AM):
-            return data == sa.last_received
+            return message_digest(data) == sa.last_received
         qm = sa.quick_modes.get(message.message_id) if exchange_type == QM else None
         if qm is not None:
-            return data == qm.last_received or qm.state is Phase2State.ESTABLISHED
+            return message_digest(data) == qm.last_received or qm.state is Phase2State.ESTABLISHED
         return message.message_id in sa.spent_message_ids
 
-    def _dispatch(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> bool:
-        """Hand a message to its exchange. True when it was new and authenticated (not a
-        repeat, not a message that failed verification): only then may the SA follow it."""
+    def _dispatch(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float,
+                  plain: list[wire.Payload] | None = None) -> bool:
+        """Hand a message to its exchange (``plain``: its payloads, already read when it is
+        unencrypted). True when it was new and authenticated (not a repeat, not a message
+        that failed verification): only then may the SA follow it."""
         exchange_type = message.exchange_type
         if exchange_type in (MM, AM):
-            fresh = self._main_mode(sa, message, data, now)
+            fresh = self._main_mode(sa, message, data, now, plain)
         elif exchange_type == QM:
             fresh = self._quick_mode(sa, message, data, now)
         elif exchange_type == INFO:
@@ -534,7 +562,9 @@ class Engine:
         else:
             raise wire_error(f"exchange type {exchange_type} is not supported",
                              wire.NotifyType.UNSUPPORTED_EXCHANGE_TYPE)
-        rekey.count_octets(self, sa, len(data), now)
+        chosen = sa.chosen
+        if chosen is not None and chosen.lifetime_kilobytes:  # only such SAs count their octets
+            rekey.count_octets(self, sa, len(data), now)
         return fresh
 
     def _receive_first(self, data: bytes, remote: Address, local: Address, now: float, marker: bool) -> None:
@@ -548,9 +578,10 @@ class Engine:
                 self._resend_reply(sa, sa.last_sent, exchange_type)
             return
         message = wire.parse(data)
-        self.emit(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
-                                       length=len(data)))
-        check_generic_headers(list(message.payloads))  # RFC 2408 5.2: dropped, not answered
+        self._events.append(ev.DatagramReceived(time=now, exchange_type=message.exchange_type, message_number=1,
+                                                length=len(data)))
+        plain = message.payloads
+        check_generic_headers(plain)  # RFC 2408 5.2: dropped, not answered
         if message.exchange_type == INFO:
             for payload in message.payloads:
                 if isinstance(payload, wire.NotifyPayload):
@@ -583,17 +614,18 @@ class Engine:
                           message.initiator_cookie, cookie_r, local, remote, flt, now)
         self._admission.opened(sa.handle, remote[0])
         sa.non_esp_marker = marker or _needs_marker(local, remote)
-        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self._events.append(ev.Phase1Started(time=now, handle=sa.handle, role=_ROLE_TEXT[sa.role], remote=remote))
         module = aggressive_mode if aggressive else main_mode
         try:
-            reply = module.receive(sa, message, self)
+            reply = aggressive_mode.receive(sa, message, self) if aggressive \
+                else main_mode.receive(sa, message, self, plain)
         except RemoteProtocolError as exc:
             self._fail(sa, str(exc), exc.notify_type, now)
             return
         self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, sa.handle)
         self._cookies.remember_first(source, data, sa.handle)
         sa.first_message = data
-        sa.last_received = data
+        sa.last_received = message_digest(data)
         assert reply is not None
         self._send_next(sa, module.FIRST, reply, message.exchange_type, now)
 
@@ -684,14 +716,14 @@ class Engine:
         if offer is None or flt is None:
             return False
         message = wire.parse(data)
-        check_generic_headers(list(message.payloads))
+        check_generic_headers(message.payloads)
         if self._over_limit(cky_i, cky_r, remote, local, now, marker) or not self._make_room(remote, now):
             return True
         first = wire.Message(cky_i, cky_r, MM, wire.parse_payloads(offer[0], offer[1:]))
         sa = self._new_sa(Role.RESPONDER, Phase1State.R_EXPECT_MM1, cky_i, cky_r, local, remote, flt, now)
         self._admission.opened(sa.handle, remote[0])
         sa.non_esp_marker = marker or _needs_marker(local, remote)
-        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=sa.role.value, remote=remote))
+        self.emit(ev.Phase1Started(time=now, handle=sa.handle, role=_ROLE_TEXT[sa.role], remote=remote))
         self.emit(ev.StatelessCookieVerified(time=now, handle=sa.handle, remote=remote))
         try:
             sa.last_sent = main_mode.receive(sa, first, self) or b""
@@ -703,13 +735,14 @@ class Engine:
         self._main_mode(sa, message, data, now)
         return True
 
-    def _main_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float) -> bool:
+    def _main_mode(self, sa: IsakmpSa, message: wire.Message, data: bytes, now: float,
+                   plain: list[wire.Payload] | None = None) -> bool:
         state_before = sa.state
         exchange = message.exchange_type
-        receive, table = ((aggressive_mode.receive, aggressive_mode.TRANSITIONS) if exchange == AM
-                          else (main_mode.receive, main_mode.TRANSITIONS))
+        table = aggressive_mode.TRANSITIONS if exchange == AM else main_mode.TRANSITIONS
         try:
-            reply = receive(sa, message, self)
+            reply = aggressive_mode.receive(sa, message, self) if exchange == AM \
+                else main_mode.receive(sa, message, self, plain)
         except _FATAL as exc:
             if isinstance(exc, AuthenticationFailed):
                 self.emit(ev.AuthenticationFailed(time=now, handle=sa.handle, remote=sa.remote, reason=str(exc)))
@@ -722,7 +755,7 @@ class Engine:
                 self._fail(sa, str(exc), exc.notify_type, now)
                 return False
             raise
-        sa.last_received = data
+        sa.last_received = message_digest(data)
         sa.next_retransmit = None
         if state_before in (Phase1State.I_EXPECT_MM2, Phase1State.I_EXPECT_AM2):
             self._cookies.promote(sa.initiator_cookie, sa.responder_cookie, sa.handle)
@@ -755,8 +788,8 @@ class Engine:
             self.emit(ev.NotifyReceived(time=now, handle=sa.handle, remote=sa.remote,
                                         notify_type=wire.NotifyType.INITIAL_CONTACT, protected=True))
             self._drop_stale_sas(sa)
-        self.emit(ev.Phase1Established(
-            time=now, handle=sa.handle, role=sa.role.value, local=sa.local, remote=sa.remote,
+        self._events.append(ev.Phase1Established(
+            time=now, handle=sa.handle, role=_ROLE_TEXT[sa.role], local=sa.local, remote=sa.remote,
             initiator_cookie=sa.initiator_cookie, responder_cookie=sa.responder_cookie,
             proposal=sa.chosen.name, duration=now - sa.started))
         self._acquires.phase1_established(self, sa.handle, now)
@@ -771,7 +804,7 @@ class Engine:
         if message.message_id == 0 or not message.encrypted:
             raise wire_error("Quick Mode needs a Message ID and encryption", wire.NotifyType.INVALID_MESSAGE_ID)
         qm = sa.quick_modes.get(message.message_id)
-        if qm is not None and data == qm.last_received:
+        if qm is not None and message_digest(data) == qm.last_received:
             # The row that handled it says whether to answer (QM2 again for a repeated QM1,
             # QM3 again for a repeated QM2) or to ignore the repeat.
             handled = quick_mode.HANDLED.get((qm.role, qm.state))
@@ -797,7 +830,7 @@ class Engine:
                 and bool(qm.esp_policy.pfs_group)   # our PFS value is gone (tests/enginefuzz.py)
             if (isinstance(exc, _FATAL) or spent_dh) and state_before is not Phase2State.ESTABLISHED:
                 self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
-                                                       role=qm.role.value, reason=str(exc),
+                                                       role=_ROLE_TEXT[qm.role], reason=str(exc),
                                                        notify_type=exc.notify_type))
                 self._notify_protected(sa, exc.notify_type, spi=qm.spi_out if qm.role is Role.RESPONDER else qm.spi_in)
                 sa.quick_modes.pop(qm.message_id, None)
@@ -807,9 +840,9 @@ class Engine:
             raise
         if new:
             sa.quick_modes[qm.message_id] = qm
-            self.emit(ev.Phase2Started(time=now, handle=sa.handle, message_id=qm.message_id, role="responder"))
+            self._events.append(ev.Phase2Started(time=now, handle=sa.handle, message_id=qm.message_id, role="responder"))
             self.push_timer(now + self.config.timing.negotiation_timeout, sa.handle, qm.message_id, TimerKind.QM_TIMEOUT)
-        qm.last_received = data
+        qm.last_received = message_digest(data)
         qm.next_retransmit = None
         if reply is not None:
             row = quick_mode.TRANSITIONS[(state_before, QM)]
@@ -851,9 +884,9 @@ class Engine:
     def _quick_mode_established(self, sa: IsakmpSa, qm: QuickModeExchange, now: float) -> None:
         assert qm.chosen is not None
         mode = "transport" if qm.esp_policy.mode == "transport" else "tunnel"
-        local_ts, remote_ts = quick_mode.traffic_selectors(sa)
+        local_ts, remote_ts = quick_mode.selector_texts(sa)
         ipsec = IpsecSa(sa.handle, qm.message_id, qm.spi_in, qm.spi_out, qm.chosen, mode,
-                        str(local_ts), str(remote_ts), now, now + qm.chosen.lifetime, keys=qm.installed)
+                        local_ts, remote_ts, now, now + qm.chosen.lifetime, keys=qm.installed)
         sa.ipsec_sas.append(ipsec)
         self._spend(sa, qm.message_id)  # a restored engine must know it too
         self.push_timer(ipsec.expires, sa.handle, qm.message_id, TimerKind.IPSEC_EXPIRE)
@@ -873,7 +906,7 @@ class Engine:
         qm.forget_negotiation()
         sa.cipher.forget(qm.message_id)  # a repeat is known by its bytes, never decrypted
         self._quick_mode_ended(ev.Phase2Established(
-            time=now, handle=sa.handle, message_id=qm.message_id, role=qm.role.value, spi_in=qm.spi_in,
+            time=now, handle=sa.handle, message_id=qm.message_id, role=_ROLE_TEXT[qm.role], spi_in=qm.spi_in,
             spi_out=qm.spi_out, proposal=qm.chosen.name, duration=now - qm.started))
 
     def _informational(self, sa: IsakmpSa, message: wire.Message, now: float) -> bool:
@@ -999,7 +1032,7 @@ class Engine:
 
     def push_timer(self, deadline: float, handle: int, message_id: int, kind: TimerKind) -> None:
         self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, handle, message_id, kind))
+        heapq.heappush(self._timers, (deadline, self._timer_seq, handle, message_id, _TIMER_CODES[kind]))
 
     def _timer_handlers(self) -> dict[TimerKind, TimerHandler]:
         """Every timer kind's handler: (sa, message_id, deadline, now), run when it is due."""
@@ -1100,8 +1133,6 @@ class Engine:
         qm = sa.quick_modes.get(message_id)
         if qm is not None and qm.state is Phase2State.ESTABLISHED:
             sa.quick_modes.pop(message_id, None)
-            if not sa.quick_modes:
-                sa.quick_modes = {}  # an emptied dict keeps its table; a new one has none
             sa.cipher.forget(message_id)
             self._spend(sa, message_id)
 
@@ -1122,7 +1153,7 @@ class Engine:
         sa.cipher.forget(qm.message_id)
         self._spend(sa, qm.message_id)
         self._quick_mode_ended(ev.Phase2Failed(time=now, handle=sa.handle, message_id=qm.message_id,
-                                               role=qm.role.value, reason=reason))
+                                               role=_ROLE_TEXT[qm.role], reason=reason))
 
     # --- sending --------------------------------------------------------------------------
 
@@ -1133,10 +1164,14 @@ class Engine:
         self._outgoing.append((wire.NON_ESP_MARKER + datagram if marker else datagram, remote, local))
 
     def _send(self, sa: IsakmpSa, datagram: bytes, exchange_type: int, number: int) -> None:
-        self.emit(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
-                                  length=len(datagram)))
-        self._transmit(sa, datagram)
-        rekey.count_octets(self, sa, len(datagram), self._now)
+        size = len(datagram)
+        self._events.append(ev.DatagramSent(time=self._now, exchange_type=exchange_type, message_number=number,
+                                            length=size))
+        self._outgoing.append((wire.NON_ESP_MARKER + datagram if sa.non_esp_marker else datagram,
+                               sa.remote, sa.local))  # _transmit, inline: every message goes here
+        chosen = sa.chosen
+        if chosen is not None and chosen.lifetime_kilobytes:  # only such SAs count their octets
+            rekey.count_octets(self, sa, size, self._now)
 
     def _send_request(self, sa: IsakmpSa, datagram: bytes, now: float, exchange_type: int, number: int) -> None:
         sa.last_sent = datagram
@@ -1152,10 +1187,12 @@ class Engine:
     def _send_next(self, sa: IsakmpSa, row: Row[Phase1State, Phase1Handler], datagram: bytes, exchange_type: int,
                    now: float) -> None:
         """Send the phase 1 message that ``row``'s handler returned, the way the row says."""
-        if row.send is Send.REQUEST:
-            self._send_request(sa, datagram, now, exchange_type, row.message_number + 1)
-        else:
-            self._send_reply(sa, datagram, exchange_type, row.message_number + 1)
+        sa.last_sent = datagram
+        if row.send is Send.REQUEST:  # as _send_request: retransmitted until answered
+            sa.retransmits = 0
+            sa.next_retransmit = now + self.config.timing.retransmit_timeout
+            self.push_timer(sa.next_retransmit, sa.handle, 0, TimerKind.RETRANSMIT)
+        self._send(sa, datagram, exchange_type, row.message_number + 1)
 
     def _send_qm_request(self, sa: IsakmpSa, qm: QuickModeExchange, datagram: bytes, now: float,
                          number: int) -> None:
@@ -1202,8 +1239,8 @@ class Engine:
                       auth.ike_policy_for(flt, self.config.ike_policies[flt.ike_policy]),
                       self.config.esp_policies[flt.esp_policy], now)
         self._sas[handle] = sa
-        self._pairs.setdefault((local[0], remote[0]), {})[handle] = None
-        self._limits.added(handle, remote[0])
+        self._pairs.setdefault((local[0], remote[0]), OrderedIds())[handle] = None
+        self._limits.added(sa)
         self.push_timer(now + self.config.timing.negotiation_timeout, handle, 0, TimerKind.TIMEOUT)
         return sa
 
@@ -1232,7 +1269,7 @@ class Engine:
                                         notify_type=notify_type, protected=False))
         sa.failure = reason
         sa.state = Phase1State.FAILED
-        self.emit(ev.Phase1Failed(time=now, handle=sa.handle, role=sa.role.value, remote=sa.remote,
+        self.emit(ev.Phase1Failed(time=now, handle=sa.handle, role=_ROLE_TEXT[sa.role], remote=sa.remote,
                                   reason=reason, notify_type=notify_type))
         self._acquires.phase1_failed(self, sa.handle, reason, now)
         self._forget(sa)
@@ -1273,7 +1310,7 @@ class Engine:
 
     def _forget(self, sa: IsakmpSa) -> None:
         self._admission.closed(sa.handle)
-        self._limits.removed(sa.handle)
+        self._limits.removed(sa)
         self._dirty.add(sa.handle)
         if self._sas.pop(sa.handle, None) is not None:
             self._unindex_identity(sa)
@@ -1318,7 +1355,7 @@ class Engine:
                 continue
             journal.restored(sa)
             self._sas[handle] = sa
-            self._pairs.setdefault((sa.local[0], sa.remote[0]), {})[handle] = None
+            self._pairs.setdefault((sa.local[0], sa.remote[0]), OrderedIds())[handle] = None
             if sa.state is Phase1State.ESTABLISHED:
                 self._index_identity(sa)
             self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)

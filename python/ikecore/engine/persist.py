@@ -57,7 +57,7 @@ from ikecore.config import Config
 from ikecore.driver import IpsecSaKeys
 from ikecore.errors import ConfigError
 from ikecore.protocol import nat_traversal
-from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Role
+from ikecore.sa import IpsecSa, IsakmpSa, OrderedIds, Phase1State, Role
 
 __all__ = ["dump_isakmp", "dump_ipsec", "load_sa", "fingerprint", "split_v1", "FORMAT", "RecordStore", "Journal",
            "StoredSa", "StoredIpsec", "ChangeSet"]
@@ -235,8 +235,9 @@ def load_sa(stored: StoredSa, config: Config, now: float, handle: int) -> tuple[
     sa.skeyid = keymat.Skeyid(*(bytes.fromhex(k) for k in record["skeyid"]))
     cipher_name, key, iv0 = record["crypto"]
     sa.crypto = keymat.CryptoState(cipher_name, bytes.fromhex(key), sa.chosen.prf_hash, bytes.fromhex(iv0))
+    sa.crypto.release()  # idle until its next message, as a live SA is
     sa.sa_b = bytes.fromhex(record["sa_b"])
-    sa.spent_message_ids = dict.fromkeys(stored.spent)
+    sa.spent_message_ids = OrderedIds(stored.spent)
     if record["my_id"]:
         sa.my_id = wire.IdPayload(record["my_id"][0], bytes.fromhex(record["my_id"][1]))
     if record["peer_id"]:

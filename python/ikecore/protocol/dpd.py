@@ -44,7 +44,7 @@ def enabled(sa: IsakmpSa, delay: float) -> bool:
 def r_u_there(sa: IsakmpSa) -> wire.NotifyPayload:
     """A fresh R-U-THERE notify; its sequence number becomes pending."""
     sa.dpd_sequence = (sa.dpd_sequence + 1) & 0xFFFFFFFF
-    sa.dpd_pending.append(sa.dpd_sequence)
+    sa.dpd_pending = [*sa.dpd_pending, sa.dpd_sequence]  # replaced: the empty list is shared
     return wire.NotifyPayload(int(wire.NotifyType.R_U_THERE), protocol_id=int(wire.ProtocolId.ISAKMP),
                               spi=sa.initiator_cookie + sa.responder_cookie,
                               data=sa.dpd_sequence.to_bytes(4, "big"))

@@ -38,6 +38,8 @@ shows as an MM5 that does not decrypt to a payload chain or whose HASH_I does no
 
 from __future__ import annotations
 
+from typing import Any
+
 from ikecore import keymat, policy, wire
 from ikecore.errors import AuthenticationFailed, NoProposalChosen, PayloadMalformed
 from ikecore.protocol import auth, nat_traversal, vendor_ids
@@ -52,8 +54,8 @@ from ikecore.protocol.messages import (
 )
 from ikecore.protocol.phase1 import (
     Phase1Handler,
+    answer_ike,
     check_peer_id,
-    choose_ike,
     exchange,
     my_identification,
     nat_d,
@@ -82,15 +84,12 @@ def start_initiator(sa: IsakmpSa, services: Services) -> bytes:
 def _on_mm1_send_mm2(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
                      services: Services) -> bytes:
     sa_payload = required(payloads, P.SA)[P.SA]
-    proposal, transform, chosen = choose_ike(sa_payload, sa.ike_policy)
+    chosen, reply = answer_ike(sa_payload, sa.ike_policy)  # the chosen transform alone
     if not _can_authenticate(sa, chosen.auth_method):
         raise NoProposalChosen(f"authentication method {chosen.auth_method_name} is not configured")
     sa.chosen = chosen
     sa.sa_b = sa_payload.body
     vendor_ids.record(sa, payloads)
-    reply = wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform],
-                                          spi=proposal.spi)],
-                           doi=sa_payload.doi, situation=sa_payload.situation)
     return build_plain(sa, MAIN_MODE, [reply, *vendor_ids.responder_vendor_ids(sa)])
 
 
@@ -112,8 +111,12 @@ def _on_mm2_send_mm3(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
                                        *nat_d(sa, services), *_cert_requests(sa)])
 
 
+_RSA_SIG = int(wire.AuthMethod.RSA_SIG)
+
+
 def _signatures(sa: IsakmpSa) -> bool:
-    return sa.chosen is not None and sa.chosen.auth_method == wire.AuthMethod.RSA_SIG
+    chosen = sa.chosen
+    return chosen is not None and chosen.auth_method == _RSA_SIG
 
 
 def _can_authenticate(sa: IsakmpSa, method: int) -> bool:
@@ -144,14 +147,16 @@ def _proof(sa: IsakmpSa, digest: bytes) -> list[wire.Payload]:
 
 
 def _verify(sa: IsakmpSa, payloads: list[wire.Payload], peer_id: wire.IdPayload, expected: bytes,
-            services: Services, name: str) -> None:
-    """Check the peer's HASH (pre-shared key) or certificate and SIG, then its ID."""
+            services: Services, name: str, found: dict[int, Any] | None = None) -> None:
+    """Check the peer's HASH (pre-shared key) or certificate and SIG, then its ID
+    (``found``: ``required(payloads)`` when the caller has it already)."""
     if _signatures(sa):
         sa.peer_certificate = auth.verify_proof(sa.generic_filter.credentials, payloads, peer_id, expected,
                                                 services.wall_clock(),
                                                 sa.generic_filter.remote_id)
         return
-    found = required(payloads, P.ID, P.HASH)
+    if found is None or P.HASH not in found:
+        found = required(payloads, P.ID, P.HASH)  # raises when one is missing
     if not constant_time_equal(found[P.HASH].data, expected):
         raise AuthenticationFailed(f"{name} does not verify (pre-shared keys differ?)")
     check_peer_id(sa, peer_id)
@@ -161,15 +166,17 @@ def _on_mm3_send_mm4(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
                      services: Services) -> bytes:
     assert sa.chosen is not None
     g_xi, sa.nonce_i = take_ke_nonce(payloads)
-    if sa.nat_t is not None:
-        sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads)
+    hashes = None
+    if sa.nat_t is not None:  # the same two hashes go into our NAT-D payloads below
+        hashes = nat_traversal.endpoint_hashes(sa)
+        sa.nat = nat_traversal.detect(sa, sa.nat_t, payloads, hashes)
     sa.dh = services.keypair(sa.chosen.group)
     sa.g_xi, sa.g_xr = g_xi, sa.dh.public
     g_xy = exchange(sa, g_xi)
     sa.nonce_r = services.random(NONCE_SIZE)
     phase1_keys(sa, services, g_xy)
     return build_plain(sa, MAIN_MODE, [wire.KePayload(sa.g_xr), wire.NoncePayload(sa.nonce_r),
-                                       *nat_d(sa, services), *_cert_requests(sa)])
+                                       *nat_d(sa, services, hashes), *_cert_requests(sa)])
 
 
 def _on_mm4_send_mm5(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
@@ -192,10 +199,11 @@ def _on_mm4_send_mm5(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
 
 def _on_mm5_send_mm6(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
                      services: Services) -> bytes:
-    peer_id = required(payloads, P.ID)[P.ID]
+    found = required(payloads, P.ID)
+    peer_id = found[P.ID]
     expected = keymat.hash_i(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
-    _verify(sa, payloads, peer_id, expected, services, "HASH_I")
+    _verify(sa, payloads, peer_id, expected, services, "HASH_I", found)
     sa.peer_id = peer_id
     sa.initial_contact = any(isinstance(p, wire.NotifyPayload) and p.notify_type == wire.NotifyType.INITIAL_CONTACT
                              for p in payloads)
@@ -207,10 +215,11 @@ def _on_mm5_send_mm6(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Pa
 
 def _on_mm6_established(sa: IsakmpSa, message: wire.Message, payloads: list[wire.Payload],
                         services: Services) -> None:
-    peer_id = required(payloads, P.ID)[P.ID]
+    found = required(payloads, P.ID)
+    peer_id = found[P.ID]
     expected = keymat.hash_r(sa.hash_name, sa.skeyids.skeyid, sa.g_xi, sa.g_xr, sa.initiator_cookie,
                              sa.responder_cookie, sa.sa_b, peer_id.body)
-    _verify(sa, payloads, peer_id, expected, services, "HASH_R")
+    _verify(sa, payloads, peer_id, expected, services, "HASH_R", found)
     sa.peer_id = peer_id
     return None
 
@@ -236,11 +245,14 @@ FIRST = TRANSITIONS[(Phase1State.R_EXPECT_MM1, MAIN_MODE)]
 HANDLED = handled_by(TRANSITIONS)
 
 
-def receive(sa: IsakmpSa, message: wire.Message, services: Services) -> bytes | None:
+def receive(sa: IsakmpSa, message: wire.Message, services: Services,
+            plain: list[wire.Payload] | None = None) -> bytes | None:
     """Process one Main Mode message for ``sa``; return the reply datagram, if any.
 
-    On success the SA moves to the row's next state. On any error nothing changes
-    (the IV is only committed after validation), and the error propagates.
+    ``plain``: the payloads of an unencrypted message when the caller has them already
+    (``message.payloads`` makes new objects at each reading). On success the SA moves to
+    the row's next state. On any error nothing changes (the IV is only committed after
+    validation), and the error propagates.
 
     Raises:
         RemoteProtocolError: the message is not acceptable now (the engine counts it).
@@ -262,9 +274,9 @@ def receive(sa: IsakmpSa, message: wire.Message, services: Services) -> bytes | 
         if message.encrypted:
             raise PayloadMalformed(f"message {row.message_number} must not be encrypted",
                                    notify_type=wire.NotifyType.INVALID_FLAGS)
-        payloads = list(message.payloads)
+        payloads = message.payloads if plain is None else plain
         opened = None
     reply = run_handler(sa, 0, opened.next_iv if opened is not None else None,
-                        lambda: row.handler(sa, message, payloads, services))
+                        row.handler, sa, message, payloads, services)
     sa.state = row.next_state
     return reply

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ikecore import wire
 from ikecore.errors import (
@@ -66,8 +65,8 @@ def check_generic_headers(payloads: list[wire.Payload]) -> None:
         InvalidPayloadType: a payload type that is neither defined nor private use (128-255).
     """
     for payload in payloads:
-        raw = payload.raw
-        if len(raw) > 1 and raw[1]:
+        raw = payload.raw  # always the 4-byte generic header first
+        if raw[1]:
             raise PayloadMalformed(f"payload type {payload.payload_type}: RESERVED octet is {raw[1]}, not 0")
         kind = payload.payload_type
         if kind < 128 and kind not in TOP_LEVEL_PAYLOADS:
@@ -111,11 +110,12 @@ def leading_hash(payloads: list[wire.Payload]) -> tuple[bytes, bytes]:
     first = payloads[0] if payloads else None
     if not isinstance(first, wire.HashPayload):
         raise InvalidPayloadType("message must start with a HASH payload")
-    return first.data, b"".join(p.raw for p in payloads[1:])
+    return first.data, b"".join([p.raw for p in payloads[1:]])
 
 
-def run_handler(sa: IsakmpSa, message_id: int, next_iv: bytes | None, handler: Callable[[], T]) -> T:
-    """Run a state-machine handler for a received message.
+def run_handler(sa: IsakmpSa, message_id: int, next_iv: bytes | None, handler: Callable[..., T],
+                *args: Any) -> T:
+    """Run a state-machine handler for a received message: ``handler(*args)``.
 
     With ``next_iv`` (the message was encrypted) the IV chain of ``message_id`` is first
     advanced past the message, since a reply is encrypted on from its last block, and
@@ -125,10 +125,9 @@ def run_handler(sa: IsakmpSa, message_id: int, next_iv: bytes | None, handler: C
     """
     previous = None
     if next_iv is not None:
-        previous = sa.cipher.iv(message_id)
-        sa.cipher.commit(message_id, next_iv)
+        previous = sa.cipher.advance(message_id, next_iv)
     try:
-        return handler()
+        return handler(*args)
     except Exception as exc:
         if previous is not None:
             sa.cipher.commit(message_id, previous)
@@ -137,8 +136,7 @@ def run_handler(sa: IsakmpSa, message_id: int, next_iv: bytes | None, handler: C
         raise
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A decrypted message: its payloads and the IV to commit once it is validated."""
 
     payloads: list[wire.Payload]
@@ -155,8 +153,8 @@ def open_encrypted(sa: IsakmpSa, message: wire.Message) -> Opened:
         raise PayloadMalformed("message must be encrypted", notify_type=wire.NotifyType.INVALID_FLAGS)
     if sa.crypto is None:
         raise PayloadMalformed("encrypted message before keys exist", notify_type=wire.NotifyType.INVALID_FLAGS)
-    plaintext, next_iv = sa.cipher.decrypt(message.message_id, message.body)
-    payloads = list(wire.parse_payloads(message.next_payload, plaintext))
+    plaintext, next_iv = sa.crypto.decrypt(message.message_id, message.body)
+    payloads = wire.parse_payloads(message.next_payload, plaintext)  # a new list
     check_generic_headers(payloads)
     return Opened(payloads, next_iv)
 
@@ -187,8 +185,8 @@ def required(payloads: list[wire.Payload], *types: int) -> dict[int, Any]:
     cannot express.
     """
     found: dict[int, Any] = {}
-    for payload in payloads:
-        found.setdefault(payload.payload_type, payload)
+    for payload in reversed(payloads):  # the first of a type is written last
+        found[payload.payload_type] = payload
     for payload_type in types:
         if payload_type not in found:
             raise InvalidPayloadType(f"missing {wire.PayloadType(payload_type).name} payload")

@@ -46,7 +46,7 @@ from ikecore.events import Address
 from ikecore.sa import IsakmpSa
 
 __all__ = ["Variant", "RFC3947", "DRAFT_03", "DRAFT_02", "DRAFT_02N", "VARIANTS", "NAT_T_PORT",
-           "vendor_ids", "choose", "nat_d_payloads", "detect", "udp_mode", "plain_mode", "NAT_STATES",
+           "vendor_ids", "choose", "endpoint_hashes", "nat_d_payloads", "detect", "udp_mode", "plain_mode", "NAT_STATES",
            "should_float", "float_initiator", "would_move", "follow", "restore"]
 
 #: The NAT-T port (RFC 3947 section 4).
@@ -98,36 +98,46 @@ def choose(received: list[bytes]) -> Variant | None:
     return None
 
 
-def _hash(hash_name: str, sa: IsakmpSa, address: Address) -> bytes:
-    return keymat.nat_d(hash_name, sa.initiator_cookie, sa.responder_cookie, address[0], address[1])
+def endpoint_hashes(sa: IsakmpSa) -> tuple[bytes, bytes]:
+    """(the NAT-D hash of the peer's address as we send to it, of our own): what we send
+    in our NAT-D payloads and what the peer's are compared with (both from the same two)."""
+    hash_name, cky_i, cky_r = sa.hash_name, sa.initiator_cookie, sa.responder_cookie
+    remote, local = sa.remote, sa.local
+    return (keymat.nat_d(hash_name, cky_i, cky_r, remote[0], remote[1]),
+            keymat.nat_d(hash_name, cky_i, cky_r, local[0], local[1]))
 
 
 def nat_d_payloads(sa: IsakmpSa, variant: Variant,
-                   random: Callable[[int], bytes] | None = None) -> list[wire.Payload]:
+                   random: Callable[[int], bytes] | None = None,
+                   hashes: tuple[bytes, bytes] | None = None) -> list[wire.Payload]:
     """The two NAT-D payloads of MM3/MM4 (AM1 has none; AM2/AM3 carry them).
 
     The first hashes the peer's address as we send to it, the second our own. With
     ``random`` (forced encapsulation) our own hash is random bytes of the same size.
+    ``hashes``: ``endpoint_hashes(sa)`` when the caller has them already.
     """
-    peer = _hash(sa.hash_name, sa, sa.remote)
-    mine = _hash(sa.hash_name, sa, sa.local)
+    peer, mine = hashes if hashes is not None else endpoint_hashes(sa)
     if random is not None:
         mine = random(len(mine))
     return [wire.NatDPayload(peer, payload_type=variant.nat_d),
             wire.NatDPayload(mine, payload_type=variant.nat_d)]
 
 
-def detect(sa: IsakmpSa, variant: Variant, payloads: list[wire.Payload]) -> str:
-    """Compare the peer's NAT-D payloads with our view of the two addresses.
+def detect(sa: IsakmpSa, variant: Variant, payloads: list[wire.Payload],
+           hashes: tuple[bytes, bytes] | None = None) -> str:
+    """Compare the peer's NAT-D payloads with our view of the two addresses
+    (``hashes``: ``endpoint_hashes(sa)`` when the caller has them already).
 
     Returns one of ``NAT_STATES``. Raises PayloadMalformed when the peer negotiated NAT-T
     but sent fewer than two NAT-D payloads.
     """
-    hashes = [bytes(p.data) for p in payloads if isinstance(p, wire.NatDPayload) and p.payload_type == variant.nat_d]
-    if len(hashes) < 2:
-        raise PayloadMalformed(f"NAT-T negotiated ({variant.name}) but {len(hashes)} NAT-D payloads received")
-    local_nat = hashes[0] != _hash(sa.hash_name, sa, sa.local)
-    remote_nat = _hash(sa.hash_name, sa, sa.remote) not in hashes[1:]
+    kind = variant.nat_d
+    received = [bytes(p.data) for p in payloads if isinstance(p, wire.NatDPayload) and p.payload_type == kind]
+    if len(received) < 2:
+        raise PayloadMalformed(f"NAT-T negotiated ({variant.name}) but {len(received)} NAT-D payloads received")
+    peer, mine = hashes if hashes is not None else endpoint_hashes(sa)
+    local_nat = received[0] != mine
+    remote_nat = peer not in received[1:]
     return NAT_STATES[int(local_nat) + 2 * int(remote_nat)]
 
 

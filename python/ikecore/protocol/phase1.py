@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from ikecore import keymat, policy, wire
@@ -20,7 +21,7 @@ from ikecore.protocol.messages import nonce_ok, required
 from ikecore.protocol.services import Services
 from ikecore.sa import IsakmpSa, id_to_text
 
-__all__ = ["Phase1Handler", "choose_ike", "phase1_keys", "my_identification", "check_peer_id", "take_ke_nonce", "exchange", "nat_d"]
+__all__ = ["Phase1Handler", "choose_ike", "answer_ike", "phase1_keys", "my_identification", "check_peer_id", "take_ke_nonce", "exchange", "nat_d"]
 
 #: A Main Mode or Aggressive Mode row's handler: ``(sa, message, its payloads, services) ->
 #: the next message``, None when none follows.
@@ -51,7 +52,11 @@ def my_identification(sa: IsakmpSa, configured: str | None) -> wire.IdPayload:
 
     Protocol and port are zero, as RFC 2407 section 4.6.2 allows in phase 1.
     """
-    text = configured or sa.local[0]
+    return _identification(configured or sa.local[0])
+
+
+@functools.lru_cache(maxsize=256)  # one payload (frozen) shared by every SA with that ID
+def _identification(text: str) -> wire.IdPayload:
     try:
         packed = keymat.packed_address(text)
     except ValueError:
@@ -96,12 +101,13 @@ def exchange(sa: IsakmpSa, peer_public: bytes) -> bytes:
     return bytes(pair.exchange(peer_public))
 
 
-def nat_d(sa: IsakmpSa, services: Services) -> list[wire.Payload]:
-    """Our NAT-D payloads when NAT-T was agreed (a random own hash when forced)."""
+def nat_d(sa: IsakmpSa, services: Services, hashes: tuple[bytes, bytes] | None = None) -> list[wire.Payload]:
+    """Our NAT-D payloads when NAT-T was agreed (a random own hash when forced);
+    ``hashes``: ``nat_traversal.endpoint_hashes(sa)`` when the caller has them already."""
     if sa.nat_t is None:
         return []
     forced = sa.generic_filter.nat_traversal == "force"
-    return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None)
+    return nat_traversal.nat_d_payloads(sa, sa.nat_t, services.random if forced else None, hashes)
 
 
 #: Accepted offers by (policy, SA payload body): peers of one kind send the same offer, and
@@ -126,3 +132,25 @@ def choose_ike(sa_payload: wire.SaPayload, ike_policy: policy.IkePolicy,
         _IKE_CHOICES.clear()
     _IKE_CHOICES[key] = (ike_policy, proposal, transform, chosen)
     return proposal, transform, chosen
+
+
+#: The SA payloads answering offers seen before, by the key of ``_IKE_CHOICES`` (payloads are
+#: immutable: one object serves every SA that got the same offer). Bounded, as that table.
+_IKE_ANSWERS: dict[tuple[int, bytes], tuple[policy.IkePolicy, policy.IkeProposal, wire.SaPayload]] = {}
+
+
+def answer_ike(sa_payload: wire.SaPayload, ike_policy: policy.IkePolicy,
+               ) -> tuple[policy.IkeProposal, wire.SaPayload]:
+    """``choose_ike``'s suite and the responder's SA payload that answers the offer with it:
+    the chosen proposal with only the chosen transform, DOI and situation as offered."""
+    key = (id(ike_policy), sa_payload.body)
+    known = _IKE_ANSWERS.get(key)
+    if known is not None and known[0] is ike_policy:
+        return known[1], known[2]
+    proposal, transform, chosen = choose_ike(sa_payload, ike_policy)
+    reply = wire.SaPayload([wire.Proposal(proposal.number, proposal.protocol_id, [transform], spi=proposal.spi)],
+                           doi=sa_payload.doi, situation=sa_payload.situation)
+    if len(_IKE_ANSWERS) >= _IKE_CHOICES_MAX:
+        _IKE_ANSWERS.clear()
+    _IKE_ANSWERS[key] = (ike_policy, chosen, reply)
+    return chosen, reply

@@ -57,7 +57,8 @@ from ikecore.protocol.services import QuickModeServices
 from ikecore.protocol.transitions import Row, Send, handled_by
 from ikecore.sa import IsakmpSa, Phase2State, QuickModeExchange, Role
 
-__all__ = ["TRANSITIONS", "HANDLED", "Handler", "start_initiator", "receive", "QUICK_MODE", "traffic_selectors"]
+__all__ = ["TRANSITIONS", "HANDLED", "Handler", "start_initiator", "receive", "QUICK_MODE", "traffic_selectors",
+           "selector_texts"]
 
 QUICK_MODE = wire.ExchangeType.QUICK_MODE
 P = wire.PayloadType
@@ -86,9 +87,37 @@ def _host6(address: str) -> str:
 _SUITES: dict[tuple[policy.EspProposal, type, type], policy.EspProposal] = {}
 
 
+#: Suite objects already looked up in _SUITES, by id (kept with the object, so that a reused id
+#: never passes for it): the transforms read are cached (``policy``), so the same object comes
+#: back for every Quick Mode, and hashing a dataclass is Python code. Bounded, cleared when full.
+_SHARED_BY_ID: dict[int, tuple[policy.EspProposal, policy.EspProposal]] = {}
+
+
 def _shared(chosen: policy.EspProposal) -> policy.EspProposal:
+    known = _SHARED_BY_ID.get(id(chosen))
+    if known is not None and known[0] is chosen:
+        return known[1]
     # the types too: an int and its IntEnum are equal, but print differently
-    return interned(_SUITES, (chosen, type(chosen.transform_id), type(chosen.auth_algorithm)), chosen, 1024)
+    shared = interned(_SUITES, (chosen, type(chosen.transform_id), type(chosen.auth_algorithm)), chosen, 1024)
+    if len(_SHARED_BY_ID) >= 1024:
+        _SHARED_BY_ID.clear()
+    _SHARED_BY_ID[id(chosen)] = (chosen, shared)
+    return shared
+
+
+#: What ``_keys`` reads of a (shared, immutable) suite: (encryption key bytes, integrity key
+#: bytes, encryption name, integrity name), by id as _SHARED_BY_ID.
+_KEY_FACTS: dict[int, tuple[policy.EspProposal, int, int, str, str]] = {}
+
+
+def _key_facts(chosen: policy.EspProposal) -> tuple[policy.EspProposal, int, int, str, str]:
+    known = _KEY_FACTS.get(id(chosen))
+    if known is None or known[0] is not chosen:
+        if len(_KEY_FACTS) >= 1024:
+            _KEY_FACTS.clear()
+        known = _KEY_FACTS[id(chosen)] = (chosen, chosen.encryption_key_bytes, chosen.integrity_key_bytes,
+                                          chosen.encryption_name, chosen.integrity_name)
+    return known
 
 
 def _to_id(selector: policy.TrafficSelector) -> wire.IdPayload:
@@ -100,12 +129,44 @@ def _to_id(selector: policy.TrafficSelector) -> wire.IdPayload:
     return selector.to_id()
 
 
+def _network_id(network: str) -> wire.IdPayload:
+    """``_to_id(TrafficSelector(network))`` (no protocol, no port), an IPv4 host without
+    making the selector."""
+    if network.endswith("/32") and ":" not in network:
+        return wire.IdPayload(_ID_IPV4_ADDR, keymat.packed_address(network[:-3]))
+    return _to_id(policy.TrafficSelector(network))
+
+
+def selector_texts(sa: IsakmpSa) -> tuple[str, str]:
+    """(local, remote) networks as text: configured subnets, else the two IKE addresses
+    (what ``str`` gives of ``traffic_selectors``, which carry no protocol or port)."""
+    flt = sa.generic_filter
+    local = flt.local_ts
+    if not local:  # a gateway's own address: one string for all its SAs, not one each
+        address = sa.local[0]
+        local = _LOCAL_HOSTS.get(address) or interned(_LOCAL_HOSTS, address, _host(address), 64)
+    return local, flt.remote_ts or _host(sa.remote[0])
+
+
+#: our own addresses as host CIDR text (a load generator has one per peer: bounded)
+_LOCAL_HOSTS: dict[str, str] = {}
+
+
 def traffic_selectors(sa: IsakmpSa) -> tuple[policy.TrafficSelector, policy.TrafficSelector]:
     """(local, remote) selectors: configured subnets, else the two IKE addresses."""
-    flt = sa.generic_filter
-    local = policy.TrafficSelector(flt.local_ts or _host(sa.local[0]))
-    remote = policy.TrafficSelector(flt.remote_ts or _host(sa.remote[0]))
-    return local, remote
+    local, remote = selector_texts(sa)
+    return policy.TrafficSelector(local), policy.TrafficSelector(remote)
+
+
+_ID_IPV4_ADDR = int(wire.IdType.IPV4_ADDR)
+
+
+def _id_text(payload: wire.IdPayload) -> str:
+    """``str(TrafficSelector.from_id(payload))`` of a client ID already accepted; the usual
+    one, an IPv4 host with neither protocol nor port, read without making a selector."""
+    if payload.id_type == _ID_IPV4_ADDR and not payload.protocol_id and not payload.port:
+        return policy.host_text(payload.data)  # the text from_id gives (one string per host)
+    return str(policy.TrafficSelector.from_id(payload))
 
 
 def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServices) -> bytes:
@@ -115,7 +176,7 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     mode = qm.esp_policy.encapsulation_mode
     if sa.encapsulated and sa.nat_t is not None:
         mode = nat_traversal.udp_mode(mode, sa.nat_t)  # RFC 3947 3/4, drafts 61443/61444
-    transforms = [p.to_transform(i + 1, mode) for i, p in enumerate(qm.esp_policy.proposals)]
+    transforms = qm.esp_policy.transforms(mode)
     payloads: list[wire.Payload] = [
         wire.SaPayload([wire.Proposal(1, wire.ProtocolId.IPSEC_ESP, transforms, spi=qm.spi_in)]),
         wire.NoncePayload(qm.nonce_i),
@@ -124,8 +185,8 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
     if group:
         qm.dh = services.keypair(group)
         payloads.append(wire.KePayload(qm.dh.public))
-    local, remote = traffic_selectors(sa)
-    qm.id_ci, qm.id_cr = _to_id(local), _to_id(remote)
+    local, remote = selector_texts(sa)
+    qm.id_ci, qm.id_cr = _network_id(local), _network_id(remote)
     payloads += [qm.id_ci, qm.id_cr]
     qm.state = Phase2State.I_EXPECT_QM2
     hash_name = sa.hash_name
@@ -133,8 +194,11 @@ def start_initiator(sa: IsakmpSa, qm: QuickModeExchange, services: QuickModeServ
         hash_name, sa.skeyids.skeyid_a, qm.message_id, chain))
 
 
+_ID = int(P.ID)
+
+
 def _client_ids(payloads: list[wire.Payload]) -> tuple[wire.IdPayload, wire.IdPayload] | None:
-    ids = [p for p in payloads if isinstance(p, wire.IdPayload)]
+    ids: list[wire.IdPayload] = [p for p in payloads if p.payload_type == _ID]  # type: ignore[misc]  # IdPayload by type
     if not ids:
         return None
     if len(ids) != 2:
@@ -142,9 +206,9 @@ def _client_ids(payloads: list[wire.Payload]) -> tuple[wire.IdPayload, wire.IdPa
     return ids[0], ids[1]
 
 
-def _pfs_secret(qm: QuickModeExchange, group: int | None, payloads: list[wire.Payload],
+def _pfs_secret(qm: QuickModeExchange, group: int | None, ke: wire.KePayload | None,
                 services: QuickModeServices, make_keypair: bool) -> bytearray | None:
-    ke = next((p for p in payloads if isinstance(p, wire.KePayload)), None)
+    """The PFS secret from the message's (first) KE payload, if PFS was chosen."""
     if not group:
         if ke is not None:
             raise InvalidPayloadType("KE payload in a Quick Mode without PFS")
@@ -163,24 +227,24 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
     """Both directions' keys, each in bytearrays of its own (KEYMAT itself is wiped here)."""
     chosen = qm.chosen
     assert chosen is not None
-    length = chosen.encryption_key_bytes + chosen.integrity_key_bytes
-    split = chosen.encryption_key_bytes
+    _suite, split, integrity_bytes, encryption, integrity = _key_facts(chosen)
+    length = split + integrity_bytes
     mode = "transport" if qm.mode in (wire.EncapsulationMode.TRANSPORT, wire.EncapsulationMode.UDP_TRANSPORT,
                                       wire.EncapsulationMode.UDP_TRANSPORT_DRAFT) else "tunnel"
     udp = qm.mode not in (wire.EncapsulationMode.TRANSPORT, wire.EncapsulationMode.TUNNEL)
-    local_ts, remote_ts = traffic_selectors(sa)
-    if qm.id_ci is not None and qm.id_cr is not None:
-        ci = policy.TrafficSelector.from_id(qm.id_ci)
-        cr = policy.TrafficSelector.from_id(qm.id_cr)
-        local_ts, remote_ts = (ci, cr) if qm.role is Role.INITIATOR else (cr, ci)
-    local_text, remote_text = str(local_ts), str(remote_ts)  # one string each for both directions
+    if qm.id_ci is not None and qm.id_cr is not None:  # one string each for both directions
+        ci, cr = _id_text(qm.id_ci), _id_text(qm.id_cr)
+        local_text, remote_text = (ci, cr) if qm.role is Role.INITIATOR else (cr, ci)
+    else:
+        local_text, remote_text = selector_texts(sa)
+    hash_name, skeyid_d = sa.hash_name, sa.skeyids.skeyid_d
 
     def one(spi: bytes, source: str, destination: str) -> IpsecSaKeys:
-        material = keymat.keymat(sa.hash_name, sa.skeyids.skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
+        material = keymat.keymat(hash_name, skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
                                  qm.nonce_i, qm.nonce_r, length, g_qm_xy=g_qm_xy)
         keys = IpsecSaKeys(spi=spi, protocol_id=wire.ProtocolId.IPSEC_ESP, source=source,
-                           destination=destination, encryption=chosen.encryption_name,
-                           encryption_key=material[:split], integrity=chosen.integrity_name,
+                           destination=destination, encryption=encryption,
+                           encryption_key=material[:split], integrity=integrity,
                            integrity_key=material[split:], mode=mode, lifetime=chosen.lifetime,
                            lifetime_kilobytes=chosen.lifetime_kilobytes, local_ts=local_text,
                            remote_ts=remote_text, udp_encapsulation=udp)
@@ -210,32 +274,46 @@ def _is_host(network: str) -> bool:
 
 def _check_selectors(sa: IsakmpSa, ids: tuple[wire.IdPayload, wire.IdPayload] | None) -> None:
     """The initiator's IDci must be the peer's side and IDcr ours, per our filter."""
-    local, remote = traffic_selectors(sa)
     if ids is None:
         if sa.generic_filter.local_ts or sa.generic_filter.remote_ts:
             raise InvalidIdInformation("no client IDs, but the filter names subnets")
         return
+    local, remote = selector_texts(sa)
     try:
-        ci, cr = policy.TrafficSelector.from_id(ids[0]), policy.TrafficSelector.from_id(ids[1])
+        (ci, ci_text), (cr, cr_text) = _selector_network(ids[0]), _selector_network(ids[1])
     except ValueError as exc:
         raise InvalidIdInformation(str(exc)) from exc
-    if sa.nat in ("remote", "both") and not sa.generic_filter.remote_ts and _is_host(ci.network):
-        remote = ci  # a peer behind a NAT names its private address (RFC 3947 section 5.2)
-    if not (_inside(ci.network, remote.network) and _inside(cr.network, local.network)):
-        raise InvalidIdInformation(f"traffic selectors {ci} <-> {cr} are outside {remote} <-> {local}")
+    remote_shown = remote
+    if sa.nat in ("remote", "both") and not sa.generic_filter.remote_ts and _is_host(ci):
+        # a peer behind a NAT names its private address (RFC 3947 section 5.2)
+        remote, remote_shown = ci, ci_text
+    if not (_inside(ci, remote) and _inside(cr, local)):
+        raise InvalidIdInformation(f"traffic selectors {ci_text} <-> {cr_text} are outside {remote_shown} <-> {local}")
+
+
+def _selector_network(payload: wire.IdPayload) -> tuple[str, str]:
+    """(network, text) of ``TrafficSelector.from_id(payload)``; an IPv4 host without protocol
+    or port (the usual client ID) read without making the selector. ValueError as from_id."""
+    data = payload.data
+    if payload.id_type == _ID_IPV4_ADDR and len(data) == 4 and not payload.protocol_id and not payload.port:
+        network = policy.host_text(data)
+        return network, network
+    selector = policy.TrafficSelector.from_id(payload)
+    return selector.network, str(selector)
 
 
 def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                      services: QuickModeServices) -> bytes:
     received, after = leading_hash(payloads)
-    expected = keymat.qm_hash1(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, after)
+    hash_name, skeyid_a = sa.hash_name, sa.skeyids.skeyid_a
+    expected = keymat.qm_hash1(hash_name, skeyid_a, qm.message_id, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(1) does not verify")
-    offer = next((p for p in payloads if isinstance(p, wire.SaPayload)), None)
-    if offer is not None and offer.proposals:
-        qm.spi_out = bytes(offer.proposals[0].spi)  # named in a refusal's notify (RFC 2408 3.14)
+    found = required(payloads, P.SA, P.NONCE)  # receive checked them: the first of each type
+    offered_proposals = found[P.SA].proposals
+    if offered_proposals:
+        qm.spi_out = bytes(offered_proposals[0].spi)  # named in a refusal's notify (RFC 2408 3.14)
     services.admit_quick_mode(sa)  # the limits, before any SPI or Diffie-Hellman work
-    found = required(payloads, P.SA, P.NONCE)
     qm.nonce_i = found[P.NONCE].data
     if not nonce_ok(qm.nonce_i):
         raise PayloadMalformed("Quick Mode nonce must be 8-256 bytes")
@@ -246,7 +324,7 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     if ids is not None:
         qm.id_ci, qm.id_cr = ids
     qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
-    g_qm_xy = qm.g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=True)
+    g_qm_xy = qm.g_qm_xy = _pfs_secret(qm, chosen.pfs_group, found.get(P.KE), services, make_keypair=True)
     qm.nonce_r = services.random(NONCE_SIZE)
     qm.spi_in = services.get_spi(sa)
     reply: list[wire.Payload] = [
@@ -265,23 +343,25 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
         qm.lifetime_notify = (chosen.lifetime, chosen.lifetime_kilobytes)
     nonce_i = qm.nonce_i
     return seal_hashed(sa, QUICK_MODE, reply, qm.message_id, lambda chain: keymat.qm_hash2(
-        sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, nonce_i, chain))
+        hash_name, skeyid_a, qm.message_id, nonce_i, chain))
 
 
 def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, payloads: list[wire.Payload],
                      services: QuickModeServices) -> bytes:
     received, after = leading_hash(payloads)
-    expected = keymat.qm_hash2(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, qm.nonce_i, after)
+    hash_name, skeyid_a = sa.hash_name, sa.skeyids.skeyid_a
+    expected = keymat.qm_hash2(hash_name, skeyid_a, qm.message_id, qm.nonce_i, after)
     if not constant_time_equal(received, expected):
         raise AuthenticationFailed("Quick Mode HASH(2) does not verify")
     found = required(payloads, P.SA, P.NONCE)
-    sa_payload = found[P.SA]
-    if len(sa_payload.proposals) != 1 or len(sa_payload.proposals[0].transforms) != 1:
+    proposals = found[P.SA].proposals
+    transforms = proposals[0].transforms if len(proposals) == 1 else []
+    if len(transforms) != 1:
         raise NoProposalChosen("responder must choose exactly one ESP proposal and transform")
-    proposal = sa_payload.proposals[0]
+    proposal = proposals[0]
     if proposal.protocol_id != wire.ProtocolId.IPSEC_ESP or len(proposal.spi) != 4:
         raise NoProposalChosen("responder's choice is not ESP with a 4-byte SPI")
-    chosen, mode = policy.EspProposal.from_transform(proposal.transforms[0])
+    chosen, mode = policy.EspProposal.from_transform(transforms[0])
     chosen = _shared(chosen)
     if not any(mine.matches(chosen) for mine in qm.esp_policy.proposals):
         raise NoProposalChosen(f"responder chose ESP {chosen.name}, which we did not offer")
@@ -291,18 +371,18 @@ def _on_qm2_send_qm3(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
     ids = _client_ids(payloads)
     if ids is not None and (ids[0].body != qm.id_ci.body or ids[1].body != qm.id_cr.body):  # type: ignore[union-attr]
         raise InvalidIdInformation("responder changed the client IDs")
-    limits = lifetime.read_responder_lifetime(payloads)
+    limits = lifetime.read_responder_lifetime(payloads) if P.N in found else None
     if limits is not None:
         chosen = lifetime.apply_responder_lifetime(chosen, limits)
         qm.lifetime_notify = limits
     qm.chosen, qm.mode, qm.spi_out = chosen, mode, proposal.spi
-    g_qm_xy = _pfs_secret(qm, chosen.pfs_group, payloads, services, make_keypair=False)
+    g_qm_xy = _pfs_secret(qm, chosen.pfs_group, found.get(P.KE), services, make_keypair=False)
     try:
         inbound, outbound = _keys(sa, qm, g_qm_xy)
     finally:
         keymat.wipe(g_qm_xy)
     services.install(sa, qm, inbound, outbound)
-    hash3 = keymat.qm_hash3(sa.hash_name, sa.skeyids.skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
+    hash3 = keymat.qm_hash3(hash_name, skeyid_a, qm.message_id, qm.nonce_i, qm.nonce_r)
     return seal(sa, QUICK_MODE, [wire.HashPayload(hash3)], qm.message_id)
 
 
@@ -346,9 +426,8 @@ def receive(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message, services
     if row is None:
         raise PayloadMalformed(f"unexpected Quick Mode message in state {qm.state.value}",
                                notify_type=wire.NotifyType.INVALID_EXCHANGE_TYPE)
-    opened = open_encrypted(sa, message)
-    required(opened.payloads, *row.required)
-    reply = run_handler(sa, qm.message_id, opened.next_iv,
-                        lambda: row.handler(sa, qm, message, opened.payloads, services))
+    payloads, next_iv = open_encrypted(sa, message)
+    required(payloads, *row.required)
+    reply = run_handler(sa, qm.message_id, next_iv, row.handler, sa, qm, message, payloads, services)
     qm.state = row.next_state
     return reply

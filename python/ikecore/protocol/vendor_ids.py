@@ -21,19 +21,32 @@ __all__ = ["initiator_vendor_ids", "responder_vendor_ids", "record", "names"]
 def initiator_vendor_ids(sa: IsakmpSa) -> list[wire.Payload]:
     """The VID payloads of message 1 (Main Mode MM1, Aggressive Mode AM1)."""
     flt = sa.generic_filter
-    payloads: list[wire.Payload] = [] if flt.nat_traversal == "off" else nat_traversal.vendor_ids()
-    if flt.dpd:
-        payloads.append(wire.VendorIdPayload(wire.VID_DPD))
-    return payloads
+    key = (flt.nat_traversal != "off", bool(flt.dpd))
+    known = _SENT_FIRST.get(key)  # payloads are immutable: made once per kind of filter
+    if known is None:
+        payloads: list[wire.Payload] = nat_traversal.vendor_ids() if key[0] else []
+        if key[1]:
+            payloads.append(wire.VendorIdPayload(wire.VID_DPD))
+        known = _SENT_FIRST[key] = tuple(payloads)
+    return list(known)
 
 
 def responder_vendor_ids(sa: IsakmpSa) -> list[wire.Payload]:
     """The VID payloads of message 2, answering what ``record`` found in message 1."""
-    flt = sa.generic_filter
-    payloads: list[wire.Payload] = [wire.VendorIdPayload(sa.nat_t.vendor_id)] if sa.nat_t is not None else []
-    if flt.dpd:
-        payloads.append(wire.VendorIdPayload(wire.VID_DPD))
-    return payloads
+    key = (sa.nat_t.vendor_id if sa.nat_t is not None else None, bool(sa.generic_filter.dpd))
+    known = _SENT_ANSWER.get(key)  # as initiator_vendor_ids
+    if known is None:
+        payloads: list[wire.Payload] = [wire.VendorIdPayload(key[0])] if key[0] is not None else []
+        if key[1]:
+            payloads.append(wire.VendorIdPayload(wire.VID_DPD))
+        known = _SENT_ANSWER[key] = tuple(payloads)
+    return list(known)
+
+
+#: The VID payloads we send, by what decides them: (NAT-T on, DPD) for message 1, (the NAT-T
+#: vendor ID answered or None, DPD) for message 2. A handful of entries each.
+_SENT_FIRST: dict[tuple[bool, bool], tuple[wire.Payload, ...]] = {}
+_SENT_ANSWER: dict[tuple[bytes | None, bool], tuple[wire.Payload, ...]] = {}
 
 
 _SHARED: dict[bytes, bytes] = {}  # one copy of each vendor ID seen (at most 4096 kept)
@@ -56,7 +69,9 @@ def _shared_list(vids: list[bytes]) -> list[bytes]:
 
 def record(sa: IsakmpSa, payloads: list[wire.Payload]) -> None:
     """Keep the peer's vendor IDs; agree on NAT-T and note DPD support."""
-    sa.vendor_ids = _shared_list([_shared(bytes(p.data)) for p in payloads if isinstance(p, wire.VendorIdPayload)])
+    vids = tuple([p.data for p in payloads if isinstance(p, wire.VendorIdPayload)])
+    known = _SHARED_LISTS.get(vids)  # peers of one kind send the same set: shared already
+    sa.vendor_ids = known if known is not None else _shared_list([_shared(bytes(v)) for v in vids])
     if sa.generic_filter.nat_traversal != "off":
         sa.nat_t = nat_traversal.choose(sa.vendor_ids)
     sa.dpd = sa.generic_filter.dpd and wire.VID_DPD in sa.vendor_ids
