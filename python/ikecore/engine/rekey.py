@@ -50,7 +50,10 @@ from ikecore.sa import IpsecSa, IsakmpSa, Phase1State, Phase2State, QuickModeExc
 
 __all__ = ["jitter", "ipsec_established", "schedule_ipsec", "retire_ipsec", "fire_ipsec_rekey", "rekey_ipsec",
            "lifetime_expired", "count_octets", "isakmp_established", "schedule_isakmp", "fire_isakmp_rekey",
-           "retire"]
+           "retire", "TIEBREAK_BYTES"]
+
+#: bytes of Ni_b | Nr_b an IPsec SA keeps to order colliding rekeys
+TIEBREAK_BYTES = 16
 
 
 def jitter(engine: EngineServices, margin: float) -> float:
@@ -79,7 +82,9 @@ def ipsec_established(engine: EngineServices, sa: IsakmpSa, ipsec: IpsecSa, qm: 
     ipsec.started = qm.started
     ipsec.initiated = qm.role is Role.INITIATOR
     ipsec.rekey_of = qm.rekey_of
-    ipsec.tiebreak = qm.nonce_i + qm.nonce_r
+    # Ni_b | Nr_b orders colliding rekeys; its first TIEBREAK_BYTES order them alike unless
+    # they are equal (random nonces: never), and each of a gateway's SAs keeps 16 bytes, not 64
+    ipsec.tiebreak = (qm.nonce_i + qm.nonce_r)[:TIEBREAK_BYTES]
     if qm.lifetime_notify is not None:
         engine.emit(ev.ResponderLifetime(time=now, handle=sa.handle, message_id=qm.message_id,
                                           sent=qm.role is Role.RESPONDER, seconds=qm.lifetime_notify[0],
