@@ -151,13 +151,13 @@ def _command(args: argparse.Namespace, out: TextIO) -> int:
                         ("--web", args.web), ("--csv", args.csv)):
         if value is not None:
             raise ConfigError(flag, "belongs to a Locust run: add --master (or --worker)")
-    spec = spec_from_args(args)
     if args.dh_threads < 0:
         raise ConfigError("--dh-threads", "must be 0 or more")
     if not 1 <= args.workers <= 64:
         raise ConfigError("--workers", "must be between 1 and 64")
-    with StopSignals() as stop:
-        began = time.monotonic()
+    began = time.monotonic()
+    with StopSignals() as stop:  # from here a Ctrl-C still ends in the report (of what was measured)
+        spec = spec_from_args(args)
         if args.workers > 1:
             progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers, logger=LOG)
             report = run_processes(spec, args.workers, dh_threads=args.dh_threads, local_port=args.local_port,

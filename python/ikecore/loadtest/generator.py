@@ -41,6 +41,7 @@ delayed; the engine's retransmissions must recover the first three and the last.
 from __future__ import annotations
 
 import enum
+import functools
 import errno
 import ipaddress
 import math
@@ -66,6 +67,7 @@ MAX_STARTS_PER_STEP = 512
 WRONG_PSK_SUFFIX = "-not-the-right-key"
 #: peers send from unicast addresses: 224.0.0.0 and above are multicast or reserved
 LAST_UNICAST = ipaddress.IPv4Address("223.255.255.254")
+_LAST_UNICAST = int(LAST_UNICAST)
 
 
 class PeerState(enum.Enum):
@@ -177,18 +179,25 @@ class LoadSpec:
 def peer_address(first: str, index: int) -> str:
     """The address of peer ``index``: consecutive from ``first``, skipping .0 and .255; a
     range that starts in 127.0.0.0/8 stays in it."""
-    base = int(ipaddress.IPv4Address(first))
+    base, first_loopback = _first_address(first)
     block, low = base >> 8, base & 0xFF
     if low in (0, 255):
         raise ConfigError("--first-address", "must not end in .0 or .255")
     position = block * 254 + (low - 1) + index
     value = (position // 254) * 256 + position % 254 + 1
-    if value > int(LAST_UNICAST):
+    if value > _LAST_UNICAST:
         raise ConfigError("--peers", f"peer {index} would lie beyond {LAST_UNICAST}, the last unicast address")
-    address = ipaddress.IPv4Address(value)
-    if ipaddress.IPv4Address(first).is_loopback and not address.is_loopback:
+    # dotted quad without an address object: a load test makes one per peer
+    address = "%d.%d.%d.%d" % (value >> 24, value >> 16 & 0xFF, value >> 8 & 0xFF, value & 0xFF)
+    if first_loopback and value >> 24 != 127:
         raise ConfigError("--peers", f"peer {index} would be {address}, outside 127.0.0.0/8")
-    return str(address)
+    return address
+
+
+@functools.lru_cache(maxsize=64)  # peer_address reads the same first address for every peer
+def _first_address(first: str) -> tuple[int, bool]:
+    address = ipaddress.IPv4Address(first)
+    return int(address), address.is_loopback
 
 
 def is_local_address(address: str) -> bool:
