@@ -160,7 +160,8 @@ class IkecoreGateway:
 
 def _flags_as_config(listen: str, ike: str, esp: str, my_id: str | None, per_source: int) -> Any:
     """A configuration file equal to ``serve --listen L --psk ... --ike ... --esp ... [--my-id]``
-    (``load_config`` of it equals ``config_from_flags`` of those flags but for ``[flood]``),
+    (``load_config`` of it equals ``config_from_flags`` of those flags but for ``[flood]``:
+    checked here),
     with ``max_half_open_per_source = per_source``."""
     host, _, _port = listen.rpartition(":")
     text = (f'[gateway]\nlisten = ["{listen}", "{host}:4500"]\n'
@@ -172,6 +173,14 @@ def _flags_as_config(listen: str, ike: str, esp: str, my_id: str | None, per_sou
     handle = tempfile.NamedTemporaryFile("w", prefix="ikecore-bench-gw.", suffix=".toml")  # mode 0600
     handle.write(text)
     handle.flush()
+    from ikecore.config import config_from_flags, load_config, parse_endpoint
+
+    flags = config_from_flags(psk=PSK, ike=ike, esp=esp, my_id=my_id,
+                              listen=(parse_endpoint(listen, 500, "listen"), parse_endpoint(f"{host}:4500", 500, "listen")))
+    read = load_config(handle.name)
+    differ = [name for name in read.__dataclass_fields__ if name != "flood" and getattr(read, name) != getattr(flags, name)]
+    if differ:
+        raise RuntimeError(f"the gateway's configuration file differs from its flags in {differ}")
     return handle
 
 

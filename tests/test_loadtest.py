@@ -21,6 +21,7 @@ from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.loadtest import Faults, LoadSpec, LoadTest, PeerState, peer_address, run_in_memory, run_udp
+from ikecore.loadtest.runners import check_peer_addresses
 from ikecore.monitor import listing
 from ikecore.sa import Phase1State
 
@@ -65,7 +66,7 @@ def test_peer_addresses_are_distinct_loopback_and_skip_network_and_broadcast() -
     with pytest.raises(ConfigError):
         peer_address("127.255.255.1", 600)
     with pytest.raises(ConfigError):
-        LoadSpec(target=TARGET, peers=10, psk="x", first_address="192.0.2.1")  # TEST-NET-1: on no machine
+        check_peer_addresses(LoadSpec(target=TARGET, peers=10, psk="x", first_address="192.0.2.1"))  # TEST-NET-1
     with pytest.raises(ConfigError):
         LoadSpec(target=TARGET, peers=10, psk="x", rate=5, concurrency=5)
     with pytest.raises(ConfigError):

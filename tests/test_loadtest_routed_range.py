@@ -23,6 +23,7 @@ import pytest
 
 from ikecore.errors import ConfigError
 from ikecore.loadtest import LoadSpec, peer_address
+from ikecore.loadtest.runners import check_peer_addresses
 from ikecore.loadtest.cli import add_parser, spec_from_args
 
 TARGET = ("127.0.0.1", 500)
@@ -54,13 +55,13 @@ def test_routed_addresses_skip_network_and_broadcast_like_loopback() -> None:
 
 def test_an_address_this_machine_does_not_hold_is_refused_with_the_fix() -> None:
     with pytest.raises(ConfigError) as caught:
-        LoadSpec(target=TARGET, peers=10, psk="x", first_address=NOT_LOCAL)
+        check_peer_addresses(LoadSpec(target=TARGET, peers=10, psk="x", first_address=NOT_LOCAL))
     assert caught.value.field == "--first-address"
     assert str(caught.value) == (f"--first-address: {NOT_LOCAL} is not an address of this machine: make the range "
                                  "local (ip route add local 203.0.113.0/24 dev lo) and route it to the gateway")
     # a range over several /24s names the /16 holding it
     with pytest.raises(ConfigError, match=r"ip route add local 203\.0\.0\.0/16 dev lo"):
-        LoadSpec(target=TARGET, peers=400, psk="x", first_address=NOT_LOCAL)
+        check_peer_addresses(LoadSpec(target=TARGET, peers=400, psk="x", first_address=NOT_LOCAL))
     with pytest.raises(ConfigError, match="not a unicast address"):
         LoadSpec(target=TARGET, peers=1, psk="x", first_address="224.0.0.5")
 
@@ -77,10 +78,10 @@ def test_a_locust_master_leaves_the_address_check_to_its_workers() -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["loadtest", "192.0.2.9:500", "--peers", "300", "--first-address", NOT_LOCAL])
-    spec = spec_from_args(args, secrets=False)
+    spec = spec_from_args(args, secrets=False)  # the master: it sends nothing, checks nothing
     assert (spec.first_address, spec.peers) == (NOT_LOCAL, 300)
     with pytest.raises(ConfigError):
-        spec_from_args(args, secrets=True)
+        check_peer_addresses(spec)  # a worker, which sends from those addresses
 
 
 # --- a real run in two network namespaces --------------------------------------------------

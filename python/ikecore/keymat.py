@@ -121,10 +121,6 @@ def _prf(hash_name: str, key: bytes | bytearray, data: bytes | bytearray) -> byt
                      data if type(data) is bytes else bytes(data))
 
 
-#: The most ``_core.prf_expand`` gives (longer KEYMAT, which no ESP suite needs, is chained here).
-_EXPANSION_MAX = 4096
-
-
 def _check_hash(hash_name: str) -> None:
     if hash_name not in _SIZES:
         raise CryptoError(f"unknown hash {hash_name!r}: expected one of {', '.join(HASHES)}")
@@ -388,19 +384,9 @@ def keymat(
     if length < 0:
         raise CryptoError(f"negative KEYMAT length {length}")
     seed = bytes(g_qm_xy or b"") + bytes((protocol_id,)) + spi + ni_b + nr_b
-    if length <= _EXPANSION_MAX:  # the whole chain in one Rust call (``_core.prf_expand``)
-        return bytearray(_core_prf_expand(hash_name, skeyid_d if type(skeyid_d) is bytes else bytes(skeyid_d),
-                                          seed, length))
-    material = bytearray(length)  # filled in place: never reallocated, so never copied
-    block = _prf(hash_name, skeyid_d, seed)
-    position = 0
-    while True:
-        take = min(len(block), length - position)
-        material[position:position + take] = block[:take]
-        position += take
-        if position >= length:
-            return material
-        block = _prf(hash_name, skeyid_d, block + seed)
+    # the whole chain in one Rust call (at most 4096 bytes: CryptoError above, which no suite asks)
+    return bytearray(_core_prf_expand(hash_name, skeyid_d if type(skeyid_d) is bytes else bytes(skeyid_d),
+                                      seed, length))
 
 
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,12 +235,7 @@ class IkeProposal:
 
         A transform read before gives the same (immutable) suite again: peers answer every
         Main Mode with the same choice (transforms compare by value)."""
-        if cls is IkeProposal:
-            known = _IKE_READ.get(transform)
-            if known is None:
-                known = _remember(_IKE_READ, transform, cls._read(transform))
-            return known
-        return cls._read(transform)
+        return _read_once(_IKE_READ, transform, cls._read) if cls is IkeProposal else cls._read(transform)
 
     @classmethod
     def _read(cls, transform: wire.Transform) -> IkeProposal:
@@ -329,12 +324,7 @@ class EspProposal:
     def from_transform(cls, transform: wire.Transform) -> tuple[EspProposal, int]:
         """Read an ESP Transform; returns (proposal, encapsulation mode), the same (immutable)
         pair again for a transform read before (every Quick Mode offers the same ones)."""
-        if cls is EspProposal:
-            known = _ESP_READ.get(transform)
-            if known is None:
-                known = _remember(_ESP_READ, transform, cls._read(transform))
-            return known
-        return cls._read(transform)
+        return _read_once(_ESP_READ, transform, cls._read) if cls is EspProposal else cls._read(transform)
 
     @classmethod
     def _read(cls, transform: wire.Transform) -> tuple[EspProposal, int]:
@@ -372,11 +362,15 @@ _ESP_READ: dict[wire.Transform, tuple[EspProposal, int]] = {}
 _READ_MAX = 1024
 
 
-def _remember(table: dict[wire.Transform, Any], transform: wire.Transform, value: Any) -> Any:
-    if len(table) >= _READ_MAX:
-        table.clear()
-    table[transform] = value
-    return value
+def _read_once(table: dict[wire.Transform, Any], transform: wire.Transform,
+               read: Callable[[wire.Transform], Any]) -> Any:
+    """``read(transform)``, remembered in ``table`` (emptied when full): suites are immutable."""
+    known = table.get(transform)
+    if known is None:
+        if len(table) >= _READ_MAX:
+            table.clear()
+        known = table[transform] = read(transform)
+    return known
 
 
 def _split_suite(text: str, field_name: str) -> list[str]:

@@ -33,7 +33,7 @@ from ikecore.loadtest.generator import Faults, LoadSpec, LoadTest
 from ikecore.loadtest.progress import ProgressBar
 from ikecore.loadtest.report import Report, format_report, report_json
 from ikecore.loadtest import worker_process
-from ikecore.loadtest.runners import StopSignals, run_processes, run_udp
+from ikecore.loadtest.runners import StopSignals, check_peer_addresses, run_processes, run_udp
 
 __all__ = ["add_parser", "command", "spec_from_args"]
 
@@ -110,8 +110,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpec:
     """The ``ikecore loadtest`` flags as a LoadSpec (ConfigError names a wrong flag);
-    ``secrets=False`` (a Locust master) leaves the key and certificates out, and the check
-    that the peer addresses are local to its workers, which send from their own machines."""
+    ``secrets=False`` (a Locust master) leaves the key and certificates out."""
     if args.target is None:
         raise ConfigError("ADDR[:PORT]", "name the gateway to load (ikecore loadtest ADDR[:PORT] --peers N)")
     if args.peers is None:
@@ -128,7 +127,7 @@ def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpe
                     timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
                     max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
                     nat_t=args.nat_t, natt_port=args.natt_port,
-                    seed=args.seed, require_local=secrets,
+                    seed=args.seed,
                     credentials=credentials_from_flags(args.cert, args.key, args.ca) if secrets else None)
 
 
@@ -158,6 +157,7 @@ def _command(args: argparse.Namespace, out: TextIO) -> int:
     began = time.monotonic()
     with StopSignals() as stop:  # from here a Ctrl-C still ends in the report (of what was measured)
         spec = spec_from_args(args)
+        check_peer_addresses(spec)
         if args.workers > 1:
             progress = None if args.no_progress else ProgressBar(sys.stderr, spec.peers, logger=LOG)
             report = run_processes(spec, args.workers, dh_threads=args.dh_threads, local_port=args.local_port,

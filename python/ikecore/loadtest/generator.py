@@ -5,9 +5,6 @@ Design note
 ``LoadTest`` is sans-IO like the engine it drives: callers feed it datagrams and the
 clock, it returns datagrams to send and the next deadline (the runners in
 ``ikecore.loadtest.runners`` join it to a responder engine in memory or to real UDP).
-``LoadSpec`` asks the OS one thing when it is built: whether the first and the last peer
-address are local here (it binds a UDP socket to each and closes it), so that a range
-nobody made local fails as a wrong flag before any peer starts, not as a run of timeouts.
 It owns two initiator ``Engine`` objects (the right pre-shared key, and a wrong one for
 the share of peers the fault injection says), a peer schedule and the measurements.
 Each simulated peer is one ISAKMP SA initiated from its own address: consecutive from
@@ -42,12 +39,10 @@ from __future__ import annotations
 
 import enum
 import functools
-import errno
 import ipaddress
 import math
 import os
 import random
-import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,7 +56,7 @@ from ikecore.errors import ConfigError
 from ikecore.events import Address
 from ikecore.loadtest.report import Report, percentiles, rate_by_tenth
 
-__all__ = ["Faults", "LoadSpec", "LoadTest", "PeerState", "is_local_address", "not_local_message", "peer_address"]
+__all__ = ["Faults", "LoadSpec", "LoadTest", "PeerState", "peer_address"]
 
 MAX_STARTS_PER_STEP = 512
 WRONG_PSK_SUFFIX = "-not-the-right-key"
@@ -131,9 +126,6 @@ class LoadSpec:
     natt_port: int | None = None
     #: RSA signatures instead of the pre-shared key.
     credentials: Credentials | None = field(default=None, repr=False, compare=False)
-    #: check that the first and last peer address are local here (a Locust master leaves it
-    #: to its workers, which send from their own machines)
-    require_local: bool = field(default=True, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.credentials is not None and self.faults.wrong_psk:
@@ -163,11 +155,7 @@ class LoadSpec:
             raise ConfigError("--first-address", f"{self.first_address!r} is not an IPv4 address") from None
         if first.is_multicast or first.is_unspecified or first.is_reserved:
             raise ConfigError("--first-address", f"{first} is not a unicast address a peer can send from")
-        last = peer_address(self.first_address, self.peers - 1)  # still in the same kind of range
-        if self.require_local:
-            for flag, address in (("--first-address", str(first)), ("--peers", last)):
-                if not is_local_address(address):
-                    raise ConfigError(flag, not_local_message(address, str(first), last))
+        peer_address(self.first_address, self.peers - 1)  # still in the same kind of range
 
     @property
     def closed_loop(self) -> int:
@@ -198,29 +186,6 @@ def peer_address(first: str, index: int) -> str:
 def _first_address(first: str) -> tuple[int, bool]:
     address = ipaddress.IPv4Address(first)
     return int(address), address.is_loopback
-
-
-def is_local_address(address: str) -> bool:
-    """Whether this machine (this network namespace) can send from ``address``: a UDP
-    socket binds to it (EADDRNOTAVAIL says no; another error is left to the run)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((address, 0))
-        except OSError as exc:
-            return exc.errno != errno.EADDRNOTAVAIL
-    return True
-
-
-def not_local_message(address: str, first: str, last: str) -> str:
-    """Why ``address`` cannot be a peer's, and the two commands that make ``first``..``last``
-    usable: the smallest /8, /16 or /24 holding both, made local and routed to the gateway."""
-    if ipaddress.IPv4Address(address).is_loopback:
-        return f"{address} is not an address of this machine: bring the loopback interface up (ip link set lo up)"
-    low, high = int(ipaddress.IPv4Address(first)), int(ipaddress.IPv4Address(last))
-    prefix = next(p for p in (24, 16, 8, 0) if low >> (32 - p) == high >> (32 - p))
-    network = ipaddress.IPv4Network((low, prefix), strict=False)
-    return (f"{address} is not an address of this machine: make the range local "
-            f"(ip route add local {network} dev lo) and route it to the gateway")
 
 
 @dataclass(slots=True)

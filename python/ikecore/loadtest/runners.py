@@ -17,6 +17,8 @@ report so far; the parent merges what arrived within ``STOP_GRACE`` seconds.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
 import os
 import resource
@@ -33,11 +35,12 @@ from typing import Any
 from ikecore.engine.core import Engine
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.gateway.frontdoor import IP_PKTINFO, pktinfo_destination, source_pktinfo
+from ikecore.errors import ConfigError
 from ikecore.loadtest.generator import LoadSpec, LoadTest, peer_address
 from ikecore.loadtest.progress import Counts, Progress, ProgressBar
 from ikecore.loadtest.report import Report, percentiles, rate_by_tenth
 
-__all__ = ["StopSignals", "run_in_memory", "run_processes", "run_udp", "split_spec"]
+__all__ = ["StopSignals", "check_peer_addresses", "run_in_memory", "run_processes", "run_udp", "split_spec"]
 
 MAX_DATAGRAMS_PER_READ = 256
 #: With ``should_stop``, ``run_udp`` waits at most this long between two looks at it.
@@ -107,6 +110,40 @@ def run_in_memory(load: LoadTest, responder: Engine, *, now: float = 1000.0,
         responder.handle_timer(now)
         load.handle_timer(now)
     return load.report(now), now
+
+
+def check_peer_addresses(spec: LoadSpec) -> None:
+    """Raise ConfigError (``--first-address``, or ``--peers`` for the last one) unless this
+    machine can send from the first and the last peer address: a range nobody made local
+    fails as a wrong flag before any peer starts, not as a run of timeouts. Called where
+    the peers' socket is opened (a Locust master, which sends nothing, does not)."""
+    first, last = spec.first_address, peer_address(spec.first_address, spec.peers - 1)
+    for flag, address in (("--first-address", first), ("--peers", last)):
+        if not is_local_address(address):
+            raise ConfigError(flag, not_local_message(address, first, last))
+
+
+def is_local_address(address: str) -> bool:
+    """Whether this machine (this network namespace) can send from ``address``: a UDP
+    socket binds to it (EADDRNOTAVAIL says no; another error is left to the run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as exc:
+            return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
+def not_local_message(address: str, first: str, last: str) -> str:
+    """Why ``address`` cannot be a peer's, and the two commands that make ``first``..``last``
+    usable: the smallest /8, /16 or /24 holding both, made local and routed to the gateway."""
+    if ipaddress.IPv4Address(address).is_loopback:
+        return f"{address} is not an address of this machine: bring the loopback interface up (ip link set lo up)"
+    low, high = int(ipaddress.IPv4Address(first)), int(ipaddress.IPv4Address(last))
+    prefix = next(p for p in (24, 16, 8, 0) if low >> (32 - p) == high >> (32 - p))
+    network = ipaddress.IPv4Network((low, prefix), strict=False)
+    return (f"{address} is not an address of this machine: make the range local "
+            f"(ip route add local {network} dev lo) and route it to the gateway")
 
 
 def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.0.0.0",

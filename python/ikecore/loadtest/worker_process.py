@@ -30,7 +30,7 @@ from ikecore.credentials import Credentials
 from ikecore.errors import ConfigError
 from ikecore.gateway.dh_pool import DhPool, KeypairReserve
 from ikecore.loadtest.generator import LoadTest, PeerState, _Peer
-from ikecore.loadtest.runners import run_udp
+from ikecore.loadtest.runners import check_peer_addresses, run_udp
 from ikecore.loadtest.shares import outcome_wire, progress_wire, spec_from_share
 
 __all__ = ["BATCH_INTERVAL", "RecordedLoadTest", "start"]
@@ -104,6 +104,7 @@ def _child(conn: Connection, psk: str, credentials: Credentials | None, local_po
     try:
         try:
             spec = spec_from_share(share, psk, credentials)
+            check_peer_addresses(spec)  # this worker sends from them
             load = RecordedLoadTest(spec, keypair=KeypairReserve(pool) if pool is not None else None,
                                     local_port=local_port)
         except ConfigError as exc:
