@@ -436,3 +436,21 @@ def test_loadtest_command_with_certificates_against_a_real_gateway(tmp_path: obj
     finally:
         gateway.terminate()
         gateway.wait(10)
+
+
+def test_a_stop_delivered_twice_is_one_stop_and_a_later_one_raises() -> None:
+    """``timeout`` signals its child, then the child's group: one stop, one partial report.
+    A user's second Ctrl-C, later, still ends the run at once."""
+    import os
+    import signal
+
+    from ikecore.loadtest.runners import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop() and stop.received == [signal.SIGINT]
+        stop._first_at -= StopSignals.REPEAT_SECONDS  # as if the first came a while ago
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler runs between bytecodes

@@ -53,17 +53,28 @@ class StopSignals:
     """SIGINT and SIGTERM set a flag instead of ending the process (a context manager;
     the previous handlers come back on exit). Called, it says whether a signal came.
     ``second_raises``: a second signal raises KeyboardInterrupt (a user who will not
-    wait for the partial report). Outside the main thread it does nothing."""
+    wait for the partial report), unless it comes within ``REPEAT_SECONDS`` of the first:
+    one stop often arrives twice (``timeout`` signals its child and then the child's process
+    group; Ctrl-C reaches the whole group). Outside the main thread it does nothing."""
+
+    #: a signal this soon after the first is the same stop delivered twice
+    REPEAT_SECONDS = 1.0
 
     def __init__(self, *, second_raises: bool = True) -> None:
         self.received: list[int] = []
         self.second_raises = second_raises
         self._previous: dict[int, Any] = {}
+        self._first_at = 0.0
 
     def __call__(self) -> bool:
         return bool(self.received)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        now = time.monotonic()
+        if not self.received:
+            self._first_at = now
+        elif now - self._first_at < self.REPEAT_SECONDS:
+            return  # the same stop again
         self.received.append(signum)
         if self.second_raises and len(self.received) > 1:
             raise KeyboardInterrupt
