@@ -9,6 +9,7 @@ pub mod cookies;
 pub mod crypto;
 pub mod error;
 pub mod esp;
+pub mod express;
 pub mod json_rows;
 pub mod frontdoor;
 pub mod udpbatch;

@@ -7,6 +7,7 @@ mod cookies;
 mod crypto;
 mod errors;
 mod esp;
+mod express;
 mod rows;
 mod frontdoor;
 mod wire;
@@ -22,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rows::register(m)?;
     frontdoor::register(m)?;
     esp::register(m)?;
+    express::register(m)?;
     xfrm::register(m)?;
     Ok(())
 }

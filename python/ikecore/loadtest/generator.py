@@ -54,6 +54,8 @@ from ikecore.dh import KeyPair
 from ikecore.engine.core import Engine
 from ikecore.errors import ConfigError
 from ikecore.events import Address
+from ikecore.gateway.dh_pool import KeypairReserve
+from ikecore.loadtest.express import ExpressEngine, lane_for
 from ikecore.loadtest.report import Report, percentiles, rate_by_tenth
 
 __all__ = ["Faults", "LoadSpec", "LoadTest", "PeerState", "peer_address"]
@@ -193,7 +195,7 @@ class _Peer:
     index: int
     address: str
     wrong_psk: bool
-    engine: Engine | None = None
+    engine: Engine | ExpressEngine | None = None
     handle: int = 0
     state: PeerState = PeerState.WAITING
     started: float = 0.0
@@ -220,17 +222,20 @@ class LoadTest:
         keypair: DH key-pair factory handed to both engines (e.g. an
             ``ikecore.gateway.dh_pool.KeypairReserve``).
         random_bytes: byte source for the engines (tests inject a seeded one).
+        express: run the peers in the express lane when it can (``loadtest.express``);
+            False: always in engines.
     """
 
     def __init__(self, spec: LoadSpec, *, keypair: Callable[[int], KeyPair] | None = None,
-                 random_bytes: Callable[[int], bytes] = os.urandom, local_port: int = 0) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, local_port: int = 0,
+                 express: bool = True) -> None:
         self.spec = spec
+        self.express = express
         self.local_port = local_port
         timing = Timing(retransmit_timeout=spec.retransmit_timeout, retransmit_tries=spec.retransmit_tries,
                         negotiation_timeout=spec.timeout)
-        self.right = Engine(self._config(spec.psk, timing), keypair=keypair, random=random_bytes)
-        self.wrong = Engine(self._config(spec.psk + WRONG_PSK_SUFFIX, timing), keypair=keypair,
-                            random=random_bytes)
+        self.right = self._engine(spec.psk, timing, keypair, random_bytes)
+        self.wrong = self._engine(spec.psk + WRONG_PSK_SUFFIX, timing, keypair, random_bytes)
         self._rng = random.Random(spec.seed)
         wrong_count = round(spec.peers * spec.faults.wrong_psk)
         wrong = set(self._rng.sample(range(spec.peers), wrong_count)) if wrong_count else set()
@@ -251,6 +256,16 @@ class LoadTest:
         self.failed = 0
         self.quick_modes_done = 0
         self.done_times: list[float] = []
+
+    def _engine(self, psk: str, timing: Timing, keypair: Callable[[int], KeyPair] | None,
+                random_bytes: Callable[[int], bytes]) -> Engine | ExpressEngine:
+        """The express lane when it can run these peers (``loadtest.express``), else an Engine.
+        A ``KeypairReserve`` only spreads DH over threads: the lane does its own."""
+        config = self._config(psk, timing)
+        lane = lane_for(config, self.spec.target, quick_modes=self.spec.quick_modes, natt_port=self.spec.natt_port,
+                        keypair=None if isinstance(keypair, KeypairReserve) else keypair,
+                        random_bytes=random_bytes) if self.express else None
+        return lane if lane is not None else Engine(config, keypair=keypair, random=random_bytes)
 
     def _config(self, psk: str, timing: Timing) -> Config:
         signatures = self.spec.credentials is not None
@@ -400,7 +415,7 @@ class LoadTest:
             while (event := engine.next_event()) is not None:
                 self._observe(engine, event, now)
 
-    def _observe(self, engine: Engine, event: ev.Event, now: float) -> None:
+    def _observe(self, engine: Engine | ExpressEngine, event: ev.Event, now: float) -> None:
         if isinstance(event, ev.RetransmitSent):
             self.retransmissions += 1
             return
