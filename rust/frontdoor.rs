@@ -146,6 +146,11 @@ impl FrontDoor {
         self.valid_until = valid_until;
     }
 
+    /// The current cookie secret while it is current (at engine time `now`).
+    pub fn secret(&self, now: f64) -> Option<&[u8; 32]> {
+        self.secret.as_ref().filter(|_| now < self.valid_until)
+    }
+
     /// True when message 1 may be answered here (at engine time `now`).
     pub fn active(&self, now: f64) -> bool {
         self.stateless && self.secret.is_some() && now < self.valid_until

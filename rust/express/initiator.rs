@@ -51,7 +51,9 @@ pub struct NatVariant {
 /// What Python decided for every negotiation of the lane.
 pub struct Profile {
     pub suite: Suite,
-    pub psk: Zeroizing<Vec<u8>>,
+    /// The pre-shared keys a negotiation may use (a load generator gives some peers a
+    /// wrong one on purpose); `start` names one by index.
+    pub psks: Vec<Zeroizing<Vec<u8>>>,
     /// MM1 after the header: first payload type and the chain (SA first, then vendor IDs).
     pub mm1_first: u8,
     pub mm1_chain: Vec<u8>,
@@ -117,6 +119,7 @@ struct Negotiation {
     remote: SocketAddr,
     cky_i: [u8; 8],
     cky_r: [u8; 8],
+    psk: usize,
     last_sent: Vec<u8>,
     last_received: u64,
     retransmits: u32,
@@ -277,8 +280,9 @@ impl Initiator {
         self.negotiations.values().filter(|n| !matches!(n.state, State::Done | State::Failed)).count()
     }
 
-    /// Start one negotiation from `local` to `remote`: sends MM1, returns its handle.
-    pub fn start(&mut self, local: SocketAddr, remote: SocketAddr, now: f64) -> u32 {
+    /// Start one negotiation from `local` to `remote` with pre-shared key number `psk`:
+    /// sends MM1, returns its handle.
+    pub fn start(&mut self, local: SocketAddr, remote: SocketAddr, psk: usize, now: f64) -> u32 {
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1).max(1);
         let mut cky_i: [u8; 8] = random();
@@ -289,7 +293,8 @@ impl Initiator {
         chain.extend(self.profile.mm1_first, &self.profile.mm1_chain);
         let mm1 = build::plain(&cky_i, &[0; 8], build::MAIN_MODE, &chain);
         let n = Negotiation {
-            state: State::ExpectMm2, local, remote, cky_i, cky_r: [0; 8], last_sent: Vec::new(),
+            state: State::ExpectMm2, local, remote, cky_i, cky_r: [0; 8], psk: psk.min(self.profile.psks.len().saturating_sub(1)),
+            last_sent: Vec::new(),
             last_received: 0, retransmits: 0, next_retransmit: 0.0, deadline: now + self.profile.negotiation_timeout,
             nat: None, marker: local.port() != 500 && remote.port() != 500, dh: None, g_xi: Vec::new(), g_xr: Vec::new(), ni: Vec::new(), keys: None,
             message_id: 0, qm_iv: Vec::new(), qm_ni: Vec::new(), spi_in: [0; 4],
@@ -539,7 +544,8 @@ impl Initiator {
         };
         n.g_xr = ke.to_vec();
         n.last_received = digest;
-        let keys = Phase1::derive(&profile.suite, &profile.psk, &n.ni, nr, &g_xy, &n.cky_i, &n.cky_r, &n.g_xi, &n.g_xr);
+        let psk = profile.psks.get(n.psk).map(|k| k.as_slice()).unwrap_or_default();
+        let keys = Phase1::derive(&profile.suite, psk, &n.ni, nr, &g_xy, &n.cky_i, &n.cky_r, &n.g_xi, &n.g_xr);
         if float {
             if n.local.port() == 500 {
                 n.local.set_port(4500);

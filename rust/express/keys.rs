@@ -113,6 +113,11 @@ impl Phase1 {
         prf_parts(self.hash, &self.skeyid, &[g_xr, g_xi, cky_r, cky_i, sa_b, id_b])
     }
 
+    /// SKEYID (empty once forgotten).
+    pub fn skeyid(&self) -> &[u8] {
+        &self.skeyid
+    }
+
     /// SKEYID itself is needed only for HASH_I and HASH_R: dropped (zeroized) after them.
     pub fn forget_skeyid(&mut self) {
         self.skeyid = Zeroizing::new(Vec::new());

@@ -6,8 +6,9 @@
 //! lane's `Profile` once from its own policy and message builders (the offer bytes, the
 //! suite, the key, the timing) and reads one outcome per phase back. `keys` holds the
 //! RFC 2409 formulas, `build` the few payloads a lane writes, `initiator` the load
-//! generator's lane.
+//! generator's lane, `responder` the gateway's.
 
 pub mod build;
 pub mod initiator;
 pub mod keys;
+pub mod responder;

@@ -14,10 +14,12 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::frontdoor::{offer_digest as digest_of, stateless_cookie as cookie_of, FrontDoor, Verdict};
+use crate::express::responder as express;
+use crate::frontdoor::{offer_digest as digest_of, stateless_cookie as cookie_of, FrontDoor, Verdict, NON_ESP_MARKER};
 use crate::udpbatch::{endpoint_bytes, send_batch, Outgoing, RecvBatch, Received};
 
 use super::cookies::PyCookieTable;
+use super::express::PyExpressResponder;
 
 fn socket_addr(address: &str, port: u16) -> PyResult<SocketAddr> {
     let ip: IpAddr = address.parse().map_err(|_| PyValueError::new_err(format!("'{address}' is not an IP address")))?;
@@ -98,9 +100,12 @@ impl PyFrontDoor {
     /// reports it (IP_PKTINFO / IPV6_RECVPKTINFO), else None. On a wildcard socket
     /// only datagrams with that address can be answered here. `fast`: False passes
     /// everything on. Socket errors are counted, never raised.
-    #[pyo3(signature = (fd, local, now, max_datagrams = 1024, fast = true))]
+    /// `lane`: the gateway's express responder lane (``rust/express/responder.rs``), which
+    /// takes message 3 onwards of the negotiations it can run; its exports are queued in it.
+    #[pyo3(signature = (fd, local, now, max_datagrams = 1024, fast = true, lane = None))]
+    #[allow(clippy::too_many_arguments)]
     fn drain<'py>(&mut self, py: Python<'py>, fd: i32, local: (String, u16), now: f64, max_datagrams: usize,
-                  fast: bool) -> PyResult<Bound<'py, PyList>> {
+                  fast: bool, mut lane: Option<PyRefMut<'py, PyExpressResponder>>) -> PyResult<Bound<'py, PyList>> {
         let bound = socket_addr(&local.0, local.1)?;
         let wildcard = bound.ip().is_unspecified();
         let bound_bytes = endpoint_bytes(&bound);
@@ -119,6 +124,7 @@ impl PyFrontDoor {
             total += n;
             door.counters.received += n as u64;
             let mut replies: Vec<(Vec<u8>, SocketAddr, Option<Ipv4Addr>)> = Vec::new();
+            let mut lane_replies: Vec<Vec<u8>> = Vec::new();
             {
                 let table = cookies.as_ref().map(|c| c.get().table());
                 for (i, r) in received.iter().enumerate() {
@@ -156,6 +162,28 @@ impl PyFrontDoor {
                                     &bound_bytes
                                 };
                                 verdict = door.answer(first, &source_bytes, local_bytes, ports, now);
+                            }
+                        }
+                    }
+                    if verdict == Verdict::Python && fast {
+                        if let (Some(lane), Some(local_addr)) = (lane.as_mut(), local_addr.filter(|_| answerable)) {
+                            let ports = local_addr.port() != 500 && source.port() != 500;
+                            let (message, marker) = match data.strip_prefix(&NON_ESP_MARKER) {
+                                Some(rest) if ports => (rest, true),
+                                _ => (data, false),
+                            };
+                            let known = table.as_ref().is_some_and(|t| matches!(t.lookup(message), Ok(Some(_))));
+                            let before = lane_replies.len();
+                            if lane.lane.receive(message, marker, source, local_addr, door.secret(now), known, now,
+                                                 &mut lane_replies) == express::Verdict::Handled {
+                                let from = match local_addr {
+                                    SocketAddr::V4(a) if wildcard => Some(*a.ip()),
+                                    _ => None,
+                                };
+                                for reply in lane_replies.drain(before..) {
+                                    replies.push((reply, source, from));
+                                }
+                                continue;
                             }
                         }
                     }

@@ -198,6 +198,10 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--worker", metavar="K/N", help=argparse.SUPPRESS)
     serve.add_argument("--worker-sockets", metavar="FD,...", help=argparse.SUPPRESS)
     serve.add_argument("--worker-control", metavar="PATH", help=argparse.SUPPRESS)
+    serve.add_argument("--no-express", dest="express", action="store_false",
+                       help="negotiate every SA in the engine (default: pre-shared-key Main Mode from message 3 "
+                            "and the first Quick Mode of known offers run in Rust; off with --keylog, "
+                            "--driver other than memory, debug logging or a filter the lane cannot take)")
     serve.add_argument("--dh-threads", type=int, default=None,
                        help="threads pre-computing DH key pairs (0: compute them inline; default: 1 when "
                             "two cores are left free and the group is MODP, else 0)")
@@ -347,10 +351,11 @@ async def _serve(args: argparse.Namespace) -> int:
     tune_gc()
     pool = DhPool(args.dh_threads) if args.dh_threads > 0 else None
     driver = keylog.wrap(make_driver(driver_name, field_name=driver_field, tun_name=args.tun))
-    engine = Engine(config, keylog=keylog, driver=driver,
+    engine = Engine(config, keylog=keylog if keylog.path else None, driver=driver,
                     keypair=KeypairReserve(pool) if pool is not None else None, store=store,
                     now=asyncio.get_running_loop().time(), worker=worker)
-    gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log)
+    gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log,
+                      express=args.express and not EVENTS.isEnabledFor(logging.DEBUG))
     if hasattr(driver, "attach"):
         driver.attach(gateway)
     # before the control socket appears: from then on a worker is up and may be told to stop

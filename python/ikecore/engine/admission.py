@@ -157,6 +157,10 @@ class AdmissionControl:
         """True when message 1 must be answered without keeping state."""
         return len(self._half_open) >= self.limits.cookie_threshold
 
+    def held(self) -> int:
+        """Half-open SAs now."""
+        return len(self._half_open)
+
     def source_full(self, source: str) -> bool:
         return self._per_source.get(source, 0) >= self.limits.max_half_open_per_source
 
@@ -245,6 +249,10 @@ class SaLimits:
         # the SAs counted; each SA keeps the peer address it was counted under (``limits_peer``:
         # its address may change with NAT-T), not a table of 100,000 handles here
         self._held = 0
+
+    def room(self) -> int | None:
+        """How many more ISAKMP SAs fit under ``isakmp_sas`` (None: no limit)."""
+        return self.isakmp_sas - self._held if self.isakmp_sas else None
 
     def added(self, sa: IsakmpSa) -> None:
         """An ISAKMP SA now exists (any role or state), counted under its peer's address."""

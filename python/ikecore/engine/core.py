@@ -61,7 +61,7 @@ from ikecore import dh as dh_module
 from ikecore import events as ev
 from ikecore.config import Config
 from ikecore.driver import DriverError, IpsecDriver, IpsecSaKeys, MemoryDriver
-from ikecore.engine import acquire, persist, rekey
+from ikecore.engine import acquire, express, persist, rekey
 from ikecore.engine.admission import AdmissionControl, SaLimits
 from ikecore.engine.timers import TimerKind
 from ikecore.errors import (
@@ -187,6 +187,8 @@ class Engine:
         self._journal = persist.Journal() if store is not None else None
         self._dirty: set[int] = self._journal.dirty if self._journal is not None else set()
         self._store_retry_at: float | None = None   # a write failed: the next try, not before
+        #: the responder's express lane (engine.express), when the gateway enables one
+        self.express: express.Lane | None = None
         if store is not None:
             self._restore(store, now)
         for restored in self._sas.values():
@@ -211,6 +213,57 @@ class Engine:
 
     def keylog_enabled(self) -> bool:
         return self._keylog is not None
+
+    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes) -> None:
+        if self.express is not None:
+            self.express.esp_answered(sa, qm, offer, reply)
+
+    def enable_express(self, flt: GenericFilter | None) -> bool:
+        """Start the responder's express lane (``engine.express``) for filter ``flt``, the one
+        every address pair uses; False when it cannot take this configuration on."""
+        self.express = express.Lane.for_engine(self, flt)
+        return self.express is not None
+
+    def take_over(self, sa: IsakmpSa, qm: QuickModeExchange | None, *, established: float, done: bool,
+                  now: float) -> None:
+        """Adopt an SA the express lane negotiated this far (``engine.express.Lane.adopt``
+        filled it): register it as message 3 would have (``_stateless_mm3``), then bring it
+        where the handlers of messages 5, QM1 and QM3 would have, with their events."""
+        timing = self.config.timing
+        handle = sa.handle = self._next_handle
+        self._next_handle += 1
+        self._sas[handle] = sa
+        self._pairs.setdefault((sa.local[0], sa.remote[0]), OrderedIds())[handle] = None
+        refused = self._limits.refuse_isakmp(sa.remote[0])
+        self._limits.added(sa)
+        self._cookies.insert(sa.initiator_cookie, sa.responder_cookie, handle)
+        self._dirty.add(handle)
+        self.push_timer(sa.started + timing.negotiation_timeout, handle, 0, TimerKind.TIMEOUT)
+        self._events.append(ev.Phase1Started(time=sa.started, handle=handle, role="responder", remote=sa.remote))
+        self._events.append(ev.StatelessCookieVerified(time=sa.started, handle=handle, remote=sa.remote))
+        if sa.state is Phase1State.R_EXPECT_MM5:
+            self._admission.opened(handle, sa.remote[0])
+            return
+        self._established(sa, established)
+        if qm is not None:
+            sa.quick_modes[qm.message_id] = qm
+            self._events.append(ev.Phase2Started(time=qm.started, handle=handle, message_id=qm.message_id,
+                                                 role="responder"))
+            self.push_timer(qm.started + timing.negotiation_timeout, handle, qm.message_id, TimerKind.QM_TIMEOUT)
+            if done:
+                qm.last_received = b""
+                self._now = now
+                inbound, outbound = quick_mode.established_keys(sa, qm)
+                try:
+                    self.install(sa, qm, inbound, outbound)
+                except NoProposalChosen as exc:
+                    self._quick_mode_failed(sa, qm, str(exc), now)
+                else:
+                    qm.state = Phase2State.ESTABLISHED
+                    self._quick_mode_established(sa, qm, now)
+        if refused is not None:  # over a limit meanwhile: as if refused at message 3
+            self.emit(ev.LimitReached(time=now, limit=refused, remote=sa.remote))
+            self.remove_sa(sa, f"limits.{refused} reached", notify_peer=True)
 
     def admit_quick_mode(self, sa: IsakmpSa) -> None:
         """The limits on the peer's Quick Modes (``engine.admission.SaLimits``)."""
@@ -396,12 +449,19 @@ class Engine:
         deadline = self._timers[0][0] if self._timers else None
         retry = self._store_retry_at   # a failed store write is tried again through the timer
         if retry is not None and (deadline is None or retry < deadline):
-            return retry
+            deadline = retry
+        if self.express is not None:  # its negotiations' deadlines: handed over, then timed out
+            lane = self.express.rust.next_deadline()
+            if lane is not None and (deadline is None or lane < deadline):
+                deadline = lane
         return deadline
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``: retransmissions, timeouts, expiries."""
         self._now = now
+        if self.express is not None:
+            self.express.rust.tick(now)
+            self.express.adopt_all(now)
         timers, on_timer = self._timers, self._on_timer
         while timers and timers[0][0] <= now:
             deadline, _seq, handle, message_id, code = heapq.heappop(timers)
@@ -424,6 +484,11 @@ class Engine:
     @property
     def half_open(self) -> int:
         return int(self._cookies.half_open)
+
+    @property
+    def sa_limits(self) -> SaLimits:
+        """The ``[limits]`` accounting (``engine.admission.SaLimits``)."""
+        return self._limits
 
     @property
     def admission(self) -> AdmissionControl:
@@ -635,7 +700,8 @@ class Engine:
                      now: float, marker: bool) -> bool:
         """True when message 1 was answered statelessly or refused; False: keep an SA."""
         gate = self._admission
-        if gate.stateless():
+        lane = self.express
+        if gate.stateless() or (lane is not None and flt is lane.filter and message.exchange_type == MM):
             if message.exchange_type == AM:
                 # Aggressive Mode answers message 1 with a DH value: never for an
                 # unproven source under flood. The peer may retry, or use Main Mode.
@@ -700,6 +766,8 @@ class Engine:
             return
         assert reply is not None
         self._admission.answered(chain, reply)   # the receive fast path may answer this offer too
+        if self.express is not None:  # and the express lane go on from its message 3
+            self.express.offer_answered(_core.offer_digest(chain), probe)
         self.emit(ev.StatelessCookieSent(time=now, remote=remote))
         self.emit(ev.DatagramSent(time=now, exchange_type=MM, message_number=2, length=len(reply)))
         self._send_raw(reply, remote, local, marker)

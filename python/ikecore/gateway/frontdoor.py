@@ -116,10 +116,21 @@ class FastPath:
         self.totals: Counter[str] = Counter()
         if self.filter is not None:
             gate.on_reply = self._answered
-            gate.offers.on_evict = self._door.forget_template
+            gate.offers.on_evict = self._evicted
 
     def _answered(self, digest: bytes, message2: bytes) -> None:
         self._door.add_template(digest, message2)
+
+    def _evicted(self, digest: bytes) -> None:
+        self._door.forget_template(digest)
+        lane = self.engine.express
+        if lane is not None:
+            lane.forget_offer(digest)
+
+    def express(self) -> bool:
+        """Start the engine's express lane (``ikecore.engine.express``) behind this path;
+        False when the engine's configuration or this path cannot have one."""
+        return self.filter is not None and bool(self.engine.enable_express(self.filter))
 
     @property
     def templates(self) -> int:
@@ -128,7 +139,7 @@ class FastPath:
     def sync(self, now: float) -> None:
         """Mirror the admission control's mode and current cookie secret into Rust."""
         gate = self.engine.admission
-        if self.filter is None or not gate.stateless():
+        if self.filter is None or not (gate.stateless() or self.engine.express is not None):
             self._door.set_state(False, None, 0.0)
             return
         secret, until = gate.current_secret(now)
@@ -140,12 +151,19 @@ class FastPath:
         rest for the engine as (data, remote, local address or None: see ``_core.FrontDoor.drain``).
         Never raises for socket errors (they are counted)."""
         self.sync(now)
-        return self._door.drain(fd, local, now, max_datagrams, self.filter is not None)
+        lane = self.engine.express
+        if lane is None:
+            return self._door.drain(fd, local, now, max_datagrams, self.filter is not None)
+        lane.before_batch(now)
+        return self._door.drain(fd, local, now, max_datagrams, True, lane.rust)
 
     def fold(self, monitor: Any) -> dict[str, int]:
         """Add the Rust counters since the last fold to ``totals`` and to ``monitor``."""
         counts = self._door.take_counters()
         self.totals.update(counts)
+        lane = self.engine.express
+        if lane is not None:
+            lane.fold(monitor)
         if monitor is not None and any(counts.values()):
             x = monitor.extended
             replies = counts["stateless_replies"]

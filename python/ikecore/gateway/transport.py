@@ -233,11 +233,13 @@ class Gateway:
         faults: where local faults are logged (rate limited).
         fast_path: read sockets through the Rust receive path (``ikecore.gateway.frontdoor``);
             None: where available, unless the environment says IKECORE_FAST_PATH=0.
+        express: behind the fast path, let the engine's express lane (``ikecore.engine.express``)
+            negotiate the SAs it can take on.
     """
 
     def __init__(self, engine: Engine, *, monitor: Any = None,
                  on_event: Callable[[ev.Event], None] | None = None, receive_queue: int = 4096,
-                 faults: FaultLog | None = None, fast_path: bool | None = None) -> None:
+                 faults: FaultLog | None = None, fast_path: bool | None = None, express: bool = False) -> None:
         self.engine = engine
         self.monitor = monitor
         self.on_event = on_event
@@ -257,6 +259,8 @@ class Gateway:
         if fast_path is None:
             fast_path = os.environ.get("IKECORE_FAST_PATH", "1") != "0"
         self.fast_path: FastPath | None = FastPath(engine) if fast_path and fast_path_available() else None
+        if express and self.fast_path is not None:
+            self.fast_path.express()
         # ESP arriving on a NAT-T socket (RFC 3948: no non-ESP marker, port != 500) goes
         # here (the userland driver) instead of to the engine as a malformed message
         self.esp_sink: Callable[[bytes, Address], None] | None = None
@@ -342,7 +346,12 @@ class Gateway:
     def _readable(self, endpoint: _Endpoint, fd: int, max_datagrams: int = 1024) -> None:
         """A fast-path socket is readable: Rust drains it; the rest joins the queue."""
         assert self.fast_path is not None
-        for data, remote, local_ip in self.fast_path.drain(fd, endpoint.local, self.loop.time(), max_datagrams):
+        now = self.loop.time()
+        received = self.fast_path.drain(fd, endpoint.local, now, max_datagrams)
+        lane = self.engine.express
+        if lane is not None and lane.adopt_all(now) and not received:
+            self._flush()  # what the lane finished: its events, its timers
+        for data, remote, local_ip in received:
             self._enqueue(endpoint, data, remote, local_ip, schedule=False)
         if self._queue and not self._draining:
             # the first batch now, not one loop iteration later: at a few hundred SAs a second

@@ -54,9 +54,11 @@ def _esp_offer(transforms: list[wire.Transform]) -> tuple[bytes, int]:
 
 
 def lane_for(config: Config, target: Address, *, quick_modes: int, natt_port: int | None,
-             keypair: Callable[[int], Any] | None, random_bytes: Callable[[int], bytes]) -> ExpressEngine | None:
+             keypair: Callable[[int], Any] | None, random_bytes: Callable[[int], bytes],
+             other_psks: tuple[bytes, ...] = ()) -> ExpressEngine | None:
     """An ``ExpressEngine`` for peers of ``config`` negotiating with ``target``, or None
-    when the lane cannot run them as the engine would (the design note's list)."""
+    when the lane cannot run them as the engine would (the design note's list).
+    ``other_psks``: keys some peers use instead of the config's (``initiate``'s ``psk``)."""
     if quick_modes != 1 or random_bytes is not os.urandom or keypair is not None:
         return None
     flt = config.filters[0] if len(config.filters) == 1 else None
@@ -86,7 +88,7 @@ def lane_for(config: Config, target: Address, *, quick_modes: int, natt_port: in
             variants.append((variant.vendor_id, int(variant.nat_d), udp_offer))
     timing = config.timing
     lane = _core.ExpressInitiator(
-        hash=chosen.prf_hash, cipher=cipher, group=chosen.group, psk=bytes(flt.psk() or b""),
+        hash=chosen.prf_hash, cipher=cipher, group=chosen.group, psks=[bytes(flt.psk() or b""), *other_psks],
         mm1_first=mm1[16], mm1_chain=mm1[28:], esp_offer=offer, esp_spi_at=spi_at,
         keymat_len=suite.encryption_key_bytes + suite.integrity_key_bytes, nat_variants=variants,
         natt_port=natt_port or (nat_traversal.NAT_T_PORT if target[1] == 500 else target[1]),
@@ -103,10 +105,14 @@ class ExpressEngine:
         self._ike, self._esp = ike_name, esp_name
         self._events: deque[ev.Event] = deque()
         self._peers: dict[int, tuple[Address, Address, float]] = {}
+        self._fd: int | None = None
+        self._port = 0
+        self.send_failures = 0
 
     def initiate(self, remote: Address, *, local: Address, now: float, quick_mode: bool = True,
-                 natt_port: int | None = None, filter_name: str | None = None) -> int:
-        handle: int = self.lane.start(local, remote, now)
+                 natt_port: int | None = None, filter_name: str | None = None, psk: int = 0) -> int:
+        """Start one peer (``psk``: 0 for the config's key, n for ``other_psks[n - 1]``)."""
+        handle: int = self.lane.start(local, remote, now, psk)
         self._peers[handle] = (local, remote, now)
         return handle
 
@@ -114,7 +120,23 @@ class ExpressEngine:
         self.lane.receive(data, remote, local, now)
         self._collect()
 
+    def attach(self, fd: int, port: int) -> None:
+        """Send and receive on socket ``fd`` (bound to the wildcard address on ``port``,
+        IP_PKTINFO on) in Rust: ``datagrams_to_send`` then sends and returns nothing, and
+        ``pump`` reads."""
+        self._fd, self._port = fd, port
+
+    def pump(self, now: float, max_datagrams: int = 1024) -> int:
+        """Read, process and answer what waits on the attached socket; returns the count read."""
+        received, failed = self.lane.pump(self._fd, self._port, now, max_datagrams)
+        self.send_failures += failed
+        self._collect()
+        return int(received)
+
     def datagrams_to_send(self) -> list[tuple[bytes, Address, Address]]:
+        if self._fd is not None:
+            self.send_failures += self.lane.flush(self._fd)
+            return []
         out: list[tuple[bytes, Address, Address]] = self.lane.take_datagrams()
         return out
 

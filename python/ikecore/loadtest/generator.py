@@ -230,12 +230,20 @@ class LoadTest:
                  random_bytes: Callable[[int], bytes] = os.urandom, local_port: int = 0,
                  express: bool = True) -> None:
         self.spec = spec
-        self.express = express
         self.local_port = local_port
         timing = Timing(retransmit_timeout=spec.retransmit_timeout, retransmit_tries=spec.retransmit_tries,
                         negotiation_timeout=spec.timeout)
-        self.right = self._engine(spec.psk, timing, keypair, random_bytes)
-        self.wrong = self._engine(spec.psk + WRONG_PSK_SUFFIX, timing, keypair, random_bytes)
+        lane = lane_for(self._config(spec.psk, timing), spec.target, quick_modes=spec.quick_modes,
+                        natt_port=spec.natt_port, keypair=None if isinstance(keypair, KeypairReserve) else keypair,
+                        random_bytes=random_bytes,
+                        other_psks=((spec.psk + WRONG_PSK_SUFFIX).encode(),)) if express else None
+        #: the express lane running every peer (both keys), or None: two engines
+        self.lane = lane
+        self.right: Engine | ExpressEngine = lane or Engine(self._config(spec.psk, timing), keypair=keypair,
+                                                            random=random_bytes)
+        self.wrong: Engine | ExpressEngine = lane or Engine(self._config(spec.psk + WRONG_PSK_SUFFIX, timing),
+                                                            keypair=keypair, random=random_bytes)
+        self._engines: tuple[Engine | ExpressEngine, ...] = (lane,) if lane else (self.right, self.wrong)
         self._rng = random.Random(spec.seed)
         wrong_count = round(spec.peers * spec.faults.wrong_psk)
         wrong = set(self._rng.sample(range(spec.peers), wrong_count)) if wrong_count else set()
@@ -256,16 +264,6 @@ class LoadTest:
         self.failed = 0
         self.quick_modes_done = 0
         self.done_times: list[float] = []
-
-    def _engine(self, psk: str, timing: Timing, keypair: Callable[[int], KeyPair] | None,
-                random_bytes: Callable[[int], bytes]) -> Engine | ExpressEngine:
-        """The express lane when it can run these peers (``loadtest.express``), else an Engine.
-        A ``KeypairReserve`` only spreads DH over threads: the lane does its own."""
-        config = self._config(psk, timing)
-        lane = lane_for(config, self.spec.target, quick_modes=self.spec.quick_modes, natt_port=self.spec.natt_port,
-                        keypair=None if isinstance(keypair, KeypairReserve) else keypair,
-                        random_bytes=random_bytes) if self.express else None
-        return lane if lane is not None else Engine(config, keypair=keypair, random=random_bytes)
 
     def _config(self, psk: str, timing: Timing) -> Config:
         signatures = self.spec.credentials is not None
@@ -330,8 +328,12 @@ class LoadTest:
         peer.started = now
         peer.state = PeerState.MAIN_MODE
         self._in_flight += 1
-        peer.handle = engine.initiate(self.spec.target, local=(peer.address, self.local_port), now=now,
-                                      quick_mode=self.spec.quick_modes > 0, natt_port=self.spec.natt_port)
+        if engine is self.lane:
+            peer.handle = self.lane.initiate(self.spec.target, local=(peer.address, self.local_port), now=now,
+                                             psk=1 if peer.wrong_psk else 0)
+        else:
+            peer.handle = engine.initiate(self.spec.target, local=(peer.address, self.local_port), now=now,
+                                          quick_mode=self.spec.quick_modes > 0, natt_port=self.spec.natt_port)
         self._by_handle[(id(engine), peer.handle)] = peer
 
     # --- I/O surface ----------------------------------------------------------------------
@@ -348,9 +350,16 @@ class LoadTest:
         if self.spec.rate is None and self._in_flight < self.spec.closed_loop:
             self.step(now)
 
+    def received(self, now: float) -> None:
+        """The express lane read and answered datagrams itself (``ExpressEngine.pump``):
+        take its outcomes and start the peers the schedule allows now."""
+        self._drain(now)
+        if self.spec.rate is None and self._in_flight < self.spec.closed_loop:
+            self.step(now)
+
     def handle_timer(self, now: float) -> None:
         """Fire engine timers, release delayed datagrams, start scheduled peers."""
-        for engine in (self.right, self.wrong):
+        for engine in self._engines:
             deadline = engine.get_timer()
             if deadline is not None and deadline <= now:
                 engine.handle_timer(now)
@@ -363,7 +372,7 @@ class LoadTest:
 
     def get_timer(self) -> float | None:
         """The earliest time ``handle_timer`` must run, or None when nothing waits."""
-        candidates = [self.right.get_timer(), self.wrong.get_timer(), self._next_start_time()]
+        candidates = [*(engine.get_timer() for engine in self._engines), self._next_start_time()]
         if self._delayed:
             candidates.append(min(d[0] for d in self._delayed))
         found = [c for c in candidates if c is not None]
@@ -404,7 +413,7 @@ class LoadTest:
 
     def _drain(self, now: float) -> None:
         faults = self.spec.faults
-        for engine in (self.right, self.wrong):
+        for engine in self._engines:
             for data, remote, local in engine.datagrams_to_send():
                 for item in self._inject(data):
                     if faults.delay and self._rng.random() < faults.delay:

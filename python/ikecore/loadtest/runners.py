@@ -173,6 +173,10 @@ def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.
         sock.bind((bind, load.local_port))
         load.local_port = sock.getsockname()[1]
         sock.setblocking(False)
+        # the express lane reads and sends in Rust, unless datagram faults are injected here
+        lane = load.lane if load.lane is not None and not load.spec.faults.any_datagram_fault else None
+        if lane is not None:
+            lane.attach(sock.fileno(), load.local_port)
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         cpu_start = _cpu()
@@ -195,20 +199,24 @@ def run_udp(load: LoadTest, *, progress: Progress | None = None, bind: str = "0.
                 progress.update(load, now)
                 wait = min(wait, progress.interval)
             if poller.poll(wait * 1000.0):
-                for _ in range(MAX_DATAGRAMS_PER_READ):
-                    try:
-                        data, ancdata, _flags, remote = sock.recvmsg(65535, ancillary_size)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        load.fault_counts["receive_errors"] += 1
-                        break
-                    local = pktinfo_destination(ancdata)
-                    if local is not None:
-                        load.receive_datagram(data, (remote[0], remote[1]), (local, load.local_port), clock())
-                    # answer at once: holding replies back for a batch leaves the gateway idle
-                    # meanwhile (the two sides fall into lockstep, each half busy)
-                    _send_all(sock, load)
+                if lane is not None:
+                    lane.pump(clock())
+                    load.received(clock())
+                else:
+                    for _ in range(MAX_DATAGRAMS_PER_READ):
+                        try:
+                            data, ancdata, _flags, remote = sock.recvmsg(65535, ancillary_size)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError:
+                            load.fault_counts["receive_errors"] += 1
+                            break
+                        local = pktinfo_destination(ancdata)
+                        if local is not None:
+                            load.receive_datagram(data, (remote[0], remote[1]), (local, load.local_port), clock())
+                        # answer at once: holding replies back for a batch leaves the gateway idle
+                        # meanwhile (the two sides fall into lockstep, each half busy)
+                        _send_all(sock, load)
             now = clock()
             deadline = load.get_timer()
             if deadline is not None and deadline <= now:

@@ -256,6 +256,11 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
     return inbound, outbound
 
 
+def established_keys(sa: IsakmpSa, qm: QuickModeExchange) -> tuple[IpsecSaKeys, IpsecSaKeys]:
+    """(inbound, outbound) keys of a Quick Mode without PFS whose nonces, SPIs and suite are set."""
+    return _keys(sa, qm, None)
+
+
 def _inside(network: str, allowed: str) -> bool:
     # both normalised CIDR text: the usual host-to-host case, never worth a cache entry
     return network == allowed or _inside_subnet(network, allowed)
@@ -342,6 +347,8 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
         reply.append(notify)
         qm.lifetime_notify = (chosen.lifetime, chosen.lifetime_kilobytes)
     nonce_i = qm.nonce_i
+    if notify is None and g_qm_xy is None:  # a plain answer: offers of this shape get the same
+        services.esp_answered(sa, qm, found[P.SA].body, reply[0].body)
     return seal_hashed(sa, QUICK_MODE, reply, qm.message_id, lambda chain: keymat.qm_hash2(
         hash_name, skeyid_a, qm.message_id, nonce_i, chain))
 
