@@ -84,6 +84,8 @@ pub struct Counters {
     pub stateless_replies: u64,
     /// Datagrams handed to Python unchanged.
     pub to_python: u64,
+    /// Datagrams the express lane handled (`rust/express/responder.rs`).
+    pub express: u64,
     /// Datagrams longer than the receive slot (dropped: they cannot be IKE we accept).
     pub truncated: u64,
     /// Replies the kernel refused (`sendmmsg` errors or short sends).

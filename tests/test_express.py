@@ -186,6 +186,7 @@ def test_the_gateway_lane_holds_what_the_engine_holds_for_the_same_load() -> Non
             lane = served.engine.express
             if express:
                 assert lane is not None and lane.adopted >= 70  # the first offer goes through the engine
+                assert served.monitor.extended["express:taken"] == lane.adopted
             else:
                 assert lane is None
             stats = served.monitor.statistics()
@@ -273,3 +274,27 @@ def test_a_charon_initiator_gets_its_sa_through_the_gateway_lane() -> None:
                     and sa.state is Phase1State.ESTABLISHED]
             assert mine and all(sa.ipsec_sas for sa in mine)
             assert any(s.get("child-sas") for s in peer.list_sas())
+
+
+def test_both_commands_run_with_and_without_the_lanes(tmp_path: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from interop.charon import free_udp_ports
+
+    for flag in ([], ["--no-express"]):
+        port = free_udp_ports(1, host="127.0.0.1")[0]
+        gateway = subprocess.Popen([sys.executable, "-m", "ikecore", "serve", "--listen", f"127.0.0.1:{port}",
+                                    "--psk", PSK, "--ike", ECP, "--quiet", *flag],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(1.0)
+            out = subprocess.run([sys.executable, "-m", "ikecore", "loadtest", f"127.0.0.1:{port}", "--peers", "50",
+                                  "--psk", PSK, "--ike", ECP, "--json", "--no-progress", "--max-seconds", "30", *flag],
+                                 capture_output=True, text=True, timeout=60, check=False)
+            report = json.loads(out.stdout)
+            assert out.returncode == 0 and report["established"] == 50, out.stderr
+        finally:
+            gateway.terminate()
+            gateway.wait(10)

@@ -35,6 +35,7 @@ pub struct PyExpressInitiator {
     lane: Initiator,
     batch: RecvBatch,
     received: Vec<Received>,
+    sent: u64,
 }
 
 impl PyExpressInitiator {
@@ -50,9 +51,10 @@ impl PyExpressInitiator {
                 IpAddr::V6(_) => None,
             },
         }).collect();
-        let (_sent, failed) = py.detach(|| send_batch(fd, &out));
+        let (sent, failed) = py.detach(|| send_batch(fd, &out));
         drop(out);
         self.lane.outgoing.clear();
+        self.sent += sent as u64;
         failed
     }
 }
@@ -86,7 +88,7 @@ impl PyExpressInitiator {
             negotiation_timeout,
         };
         let lane = Initiator::new(profile).map_err(|e| PyValueError::new_err(e.0))?;
-        Ok(PyExpressInitiator { lane, batch: RecvBatch::new(64), received: Vec::new() })
+        Ok(PyExpressInitiator { lane, batch: RecvBatch::new(64), received: Vec::new(), sent: 0 })
     }
 
     /// Start one negotiation (sends MM1) with pre-shared key number ``psk``; returns its handle.
@@ -150,6 +152,12 @@ impl PyExpressInitiator {
     #[getter]
     fn in_flight(&self) -> usize {
         self.lane.in_flight()
+    }
+
+    /// Datagrams ``pump`` and ``flush`` have sent so far.
+    #[getter]
+    fn datagrams_sent(&self) -> u64 {
+        self.sent
     }
 
     /// ``(invalid, unknown cookie, repeats)`` received and dropped so far.

@@ -87,6 +87,7 @@ impl PyFrontDoor {
         d.set_item("received", c.received)?;
         d.set_item("stateless_replies", c.stateless_replies)?;
         d.set_item("to_python", c.to_python)?;
+        d.set_item("express", c.express)?;
         d.set_item("truncated", c.truncated)?;
         d.set_item("send_failures", c.send_failures)?;
         d.set_item("receive_errors", c.receive_errors)?;
@@ -183,6 +184,7 @@ impl PyFrontDoor {
                                 for reply in lane_replies.drain(before..) {
                                     replies.push((reply, source, from));
                                 }
+                                door.counters.express += 1;
                                 continue;
                             }
                         }

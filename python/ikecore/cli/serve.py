@@ -200,7 +200,7 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--worker-control", metavar="PATH", help=argparse.SUPPRESS)
     serve.add_argument("--no-express", dest="express", action="store_false",
                        help="negotiate every SA in the engine (default: pre-shared-key Main Mode from message 3 "
-                            "and the first Quick Mode of known offers run in Rust; off with --keylog, "
+                            "and the first Quick Mode of known offers run in Rust; off with --keylog, --store, "
                             "--driver other than memory, debug logging or a filter the lane cannot take)")
     serve.add_argument("--dh-threads", type=int, default=None,
                        help="threads pre-computing DH key pairs (0: compute them inline; default: 1 when "

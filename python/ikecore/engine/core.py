@@ -251,7 +251,6 @@ class Engine:
                                                  role="responder"))
             self.push_timer(qm.started + timing.negotiation_timeout, handle, qm.message_id, TimerKind.QM_TIMEOUT)
             if done:
-                qm.last_received = b""
                 self._now = now
                 inbound, outbound = quick_mode.established_keys(sa, qm)
                 try:
@@ -484,6 +483,11 @@ class Engine:
     @property
     def half_open(self) -> int:
         return int(self._cookies.half_open)
+
+    @property
+    def persistent(self) -> bool:
+        """True when the engine writes its SAs to a store (``store=``)."""
+        return self._store is not None
 
     @property
     def sa_limits(self) -> SaLimits:

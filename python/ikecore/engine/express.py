@@ -20,24 +20,24 @@ it what the engine decided and takes back what it did:
 
 Eligibility (``Lane.for_engine``): the engine has a filter that every address pair uses
 (as the receive fast path requires) with pre-shared keys only, no peer ID to check, no
-traffic selectors, no Aggressive Mode, NAT-T not forced, no key log, and a driver whose
-SPIs do not depend on the addresses (the in-memory driver). Otherwise there is no lane.
+traffic selectors, no Aggressive Mode, NAT-T not forced, no key log, no SA store (the
+lane answers before the engine could write an SA to it, and the store's promise is that
+no peer holds an SA the store lacks), and a driver whose SPIs do not depend on the
+addresses (the in-memory driver). Otherwise there is no lane. The engine is passed in
+(``Engine.enable_express``), never imported: this module sits beside ``core``.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ikecore import _core, keymat, policy, wire
 from ikecore import events as ev
 from ikecore.driver import MemoryDriver
 from ikecore.protocol.phase1 import my_identification
 from ikecore.sa import IsakmpSa, Phase1State, Phase2State, QuickModeExchange, Role, message_digest
-
-if TYPE_CHECKING:
-    from ikecore.engine.core import Engine
 
 __all__ = ["Lane", "OfferFacts"]
 
@@ -61,9 +61,24 @@ class OfferFacts:
 
 
 def _id_payload(body: bytes) -> wire.IdPayload | None:
+    """An ID payload from its body (type, protocol, port, data); None when empty."""
     if len(body) < 4:
         return None
     return wire.IdPayload(body[0], body[4:], protocol_id=body[1], port=int.from_bytes(body[2:4], "big"))
+
+
+#: Our own ID payloads by body: one object shared by every SA that sends it (payloads are
+#: immutable), as the engine shares the one it builds. Bounded: cleared when full.
+_OWN_IDS: dict[bytes, wire.IdPayload | None] = {}
+
+
+def _own_id(body: bytes) -> wire.IdPayload | None:
+    known = _OWN_IDS.get(body)
+    if known is None:
+        if len(_OWN_IDS) >= 256:
+            _OWN_IDS.clear()
+        known = _OWN_IDS[body] = _id_payload(body)
+    return known
 
 
 def _plain(datagram: bytes, marker: bool) -> bytes:
@@ -74,23 +89,27 @@ def _plain(datagram: bytes, marker: bool) -> bytes:
 class Lane:
     """One engine's responder lane (see the design note)."""
 
-    def __init__(self, engine: Engine, flt: Any) -> None:
+    def __init__(self, engine: Any, flt: Any) -> None:
         self.engine = engine
         self.filter = flt
         self.rust = _core.ExpressResponder(engine.config.timing.negotiation_timeout)
         self.offers: dict[int, OfferFacts] = {}
+        self._digests: dict[bytes, int] = {}  # offer digest -> its tag (as long as the offer cache keeps it)
+        # tags of forgotten offers -> when they were forgotten (None: this batch): their facts
+        # stay until no negotiation of the lane can still name them (its deadline has passed)
+        self._retired: dict[int, float | None] = {}
         self.esp: dict[int, tuple[policy.EspProposal, int]] = {}
         self._tags = itertools.count(1)
         self.adopted = 0
 
     @classmethod
-    def for_engine(cls, engine: Engine, flt: Any) -> Lane | None:
+    def for_engine(cls, engine: Any, flt: Any) -> Lane | None:
         """A lane for ``engine`` whose every address pair uses filter ``flt``, or None when
         the design note's conditions do not hold."""
         if flt is None or flt.aggressive or flt.credentials is not None or flt.remote_id is not None \
                 or flt.local_ts or flt.remote_ts or flt.nat_traversal == "force" or flt.psk() is None:
             return None
-        if engine.keylog_enabled() or type(engine.driver) is not MemoryDriver:
+        if engine.keylog_enabled() or type(engine.driver) is not MemoryDriver or engine.persistent:
             return None
         esp = engine.config.esp_policies[flt.esp_policy]
         if esp.pfs_group:
@@ -103,10 +122,11 @@ class Lane:
         """The engine answered the offer with ``digest`` statelessly; ``probe``: the SA its
         message 1 handler filled (the chosen suite, vendor IDs, NAT-T, DPD)."""
         chosen = probe.chosen
-        if chosen is None or chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY or probe.generic_filter is not self.filter:
+        if chosen is None or chosen.auth_method != wire.AuthMethod.PRE_SHARED_KEY \
+                or probe.generic_filter is not self.filter or digest in self._digests:
             return
         cipher, _size, _block = keymat.cipher_for(chosen.encryption, chosen.key_length)
-        tag = next(self._tags)
+        tag = self._digests[digest] = next(self._tags)
         self.offers[tag] = OfferFacts(chosen, probe.sa_b, probe.vendor_ids, probe.nat_t, probe.dpd)
         local_id = self.filter.local_id
         my_id = my_identification(probe, local_id).body if local_id else None
@@ -115,7 +135,12 @@ class Lane:
                             nat_d=int(probe.nat_t.nat_d) if probe.nat_t is not None else None, my_id=my_id)
 
     def forget_offer(self, digest: bytes) -> None:
+        """The offer cache forgot this offer: the lane forgets it too (its SAs in flight keep
+        their facts until they are adopted)."""
         self.rust.forget_offer(digest)
+        tag = self._digests.pop(digest, None)
+        if tag is not None:
+            self._retired[tag] = None
 
     def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes) -> None:
         """The engine answered a Quick Mode offer of this SA with SA payload body ``reply``
@@ -128,8 +153,16 @@ class Lane:
             self.esp[tag] = (chosen, qm.mode)
 
     def before_batch(self, now: float) -> None:
-        """Grant the half-open room left and keep SPIs ready."""
+        """Grant the half-open room left, keep SPIs ready, let go of retired offers."""
         engine = self.engine
+        if self._retired:
+            keep = 3 * engine.config.timing.negotiation_timeout  # a lane SA lives two at most
+            for tag, since in list(self._retired.items()):
+                if since is None:
+                    self._retired[tag] = now
+                elif now - since > keep:
+                    del self._retired[tag]
+                    self.offers.pop(tag, None)
         gate, limits = engine.admission, engine.sa_limits
         room = gate.limits.max_half_open - gate.held() - self.rust.half_open
         total = limits.room()
@@ -183,7 +216,7 @@ class Lane:
         if stage == 1:
             sa.sa_b, sa.g_xi, sa.g_xr, sa.nonce_i, sa.nonce_r = facts.sa_b, g_xi, g_xr, ni, nr
         else:
-            sa.peer_id, sa.my_id = _id_payload(peer_id), _id_payload(my_id)
+            sa.peer_id, sa.my_id = _id_payload(peer_id), _own_id(my_id)
             sa.initial_contact = initial_contact
         qm = None
         if qm_part is not None:
@@ -202,10 +235,14 @@ class Lane:
 
     def fold(self, monitor: Any) -> None:
         """The lane's message counters into the monitor's (as the engine's events count them)."""
-        messages, _taken, _declined, _exported = self.rust.take_counters()
-        if monitor is None or not messages:
+        messages, taken, declined, handed = self.rust.take_counters()
+        if monitor is None or not (messages or declined or handed):
             return
         x = monitor.extended
+        # negotiations the lane took at message 3, left to the engine there, handed over later
+        for name, count in (("express:taken", taken), ("express:declined", declined), ("express:handed_over", handed)):
+            if count:
+                x[name] += count
         for (sent, exchange, number), count in messages.items():
             x[f"messages:{_exchange_name(exchange)}:{number}:{'out' if sent else 'in'}"] += count
 

@@ -34,7 +34,7 @@ configuration's generic filters choose the same filter for every address pair
 Accounting: the Rust counters are folded into the monitor after each drain
 (:meth:`FastPath.fold`) as the engine's events would have counted them (message 1 in,
 message 2 out, ``flood:stateless_cookies_sent``), plus ``fast_path:*`` counters
-(received, stateless replies, passed to Python, send failures); truncated datagrams
+(received, stateless replies, handled by the express lane, passed to Python, send failures); truncated datagrams
 count as Invalid Packets Received, socket errors as Receive/Send Failures. So every
 datagram that reached the socket is in the statistics, and the kernel's own drops
 are read from /proc/net/udp by the gateway (``kernel_receive_drops``).
@@ -60,7 +60,8 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _MM = wire.ExchangeType(wire.ExchangeType.IDENTITY_PROTECTION).name.lower()
 #: Rust counter -> the monitor's extended counter it adds to.
 FAST_PATH_COUNTERS = {"received": "fast_path:received", "stateless_replies": "fast_path:stateless_replies",
-                      "to_python": "fast_path:to_python", "truncated": "fast_path:truncated",
+                      "to_python": "fast_path:to_python", "express": "fast_path:express",
+                      "truncated": "fast_path:truncated",
                       "send_failures": "fast_path:send_failures", "receive_errors": "fast_path:receive_errors"}
 
 

@@ -84,6 +84,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--dh-threads", type=int, default=None,
                         help="threads pre-computing DH key pairs (0: compute them inline; default: 1 when "
                              "two cores are left free and the group is MODP, else 0)")
+    parser.add_argument("--no-express", dest="express", action="store_false",
+                        help="negotiate in engines only (default: peers of one kind run in the Rust express lane)")
     for name, text in (("drop", "drop"), ("duplicate", "duplicate"), ("corrupt", "corrupt one byte of"),
                        ("delay", "delay")):
         parser.add_argument(f"--{name}", type=float, default=0.0, metavar="SHARE",
@@ -127,7 +129,7 @@ def spec_from_args(args: argparse.Namespace, *, secrets: bool = True) -> LoadSpe
                     timeout=args.timeout, retransmit_timeout=args.retransmit_timeout,
                     max_seconds=args.max_seconds, first_address=args.first_address, faults=faults,
                     nat_t=args.nat_t, natt_port=args.natt_port,
-                    seed=args.seed,
+                    seed=args.seed, express=args.express,
                     credentials=credentials_from_flags(args.cert, args.key, args.ca) if secrets else None)
 
 

@@ -128,6 +128,9 @@ class LoadSpec:
     natt_port: int | None = None
     #: RSA signatures instead of the pre-shared key.
     credentials: Credentials | None = field(default=None, repr=False, compare=False)
+    #: run the peers in the express lane when it can (``ikecore.loadtest.express``); False:
+    #: always in engines (``--no-express``).
+    express: bool = True
 
     def __post_init__(self) -> None:
         if self.credentials is not None and self.faults.wrong_psk:
@@ -236,7 +239,7 @@ class LoadTest:
         lane = lane_for(self._config(spec.psk, timing), spec.target, quick_modes=spec.quick_modes,
                         natt_port=spec.natt_port, keypair=None if isinstance(keypair, KeypairReserve) else keypair,
                         random_bytes=random_bytes,
-                        other_psks=((spec.psk + WRONG_PSK_SUFFIX).encode(),)) if express else None
+                        other_psks=((spec.psk + WRONG_PSK_SUFFIX).encode(),)) if express and spec.express else None
         #: the express lane running every peer (both keys), or None: two engines
         self.lane = lane
         self.right: Engine | ExpressEngine = lane or Engine(self._config(spec.psk, timing), keypair=keypair,

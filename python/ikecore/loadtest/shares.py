@@ -37,7 +37,7 @@ __all__ = ["merge_outcomes", "outcome_wire", "progress_wire", "share_wire", "sha
 
 _SPEC_FIELDS = ("peers", "ike", "esp", "quick_modes", "rate", "concurrency", "ramp", "duration", "timeout",
                 "retransmit_timeout", "retransmit_tries", "max_seconds", "first_address", "seed", "nat_t",
-                "natt_port")
+                "natt_port", "express")
 
 
 def shares(spec: LoadSpec, workers: int) -> list[LoadSpec]:
