@@ -125,12 +125,13 @@ needs_fast_path = pytest.mark.skipif(not available(), reason="build without the 
 class _Served:
     """A Gateway (express or not) on 127.0.0.1 in a thread of its own, with its monitor."""
 
-    def __init__(self, express: bool, **flags: Any) -> None:
+    def __init__(self, express: bool, *, thread: bool = False, **flags: Any) -> None:
         timing = flags.pop("timing", None)
         self.config = config_from_flags(psk=PSK, ike=ECP, listen=(), timing=timing, **flags)
         self.engine = Engine(self.config)
         self.monitor = Monitor()
         self.express = express
+        self.thread = thread
         self.port = 0
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -140,7 +141,7 @@ class _Served:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        gateway = Gateway(self.engine, monitor=self.monitor, express=self.express)
+        gateway = Gateway(self.engine, monitor=self.monitor, express=self.express, express_thread=self.thread)
         self.gateway = gateway
         async with gateway:
             self.port = (await gateway.open(("127.0.0.1", 0)))[1]
@@ -176,10 +177,11 @@ def _load(port: int, peers: int, **kwargs: Any) -> Any:
 
 
 @needs_fast_path
-def test_the_gateway_lane_holds_what_the_engine_holds_for_the_same_load() -> None:
+@pytest.mark.parametrize("thread", [False, True], ids=["inline", "thread"])
+def test_the_gateway_lane_holds_what_the_engine_holds_for_the_same_load(thread: bool) -> None:
     results = {}
     for express in (True, False):
-        with _Served(express) as served:
+        with _Served(express, thread=thread) as served:
             report = _load(served.port, 80, seed=3)
             served.settle()
             assert report.established == 80, report

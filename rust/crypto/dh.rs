@@ -265,6 +265,17 @@ pub fn start_with_private(group: u16, private: &[u8]) -> Result<KeyPair, DhError
     }
 }
 
+/// Check the peer's public value of `group` as [`KeyPair::complete`] does, without a key
+/// pair: a caller that answers before it computes g^xy refuses a bad value first.
+pub fn check_peer(group: u16, peer: &[u8]) -> Result<(), DhError> {
+    let spec = groups::spec(group)?;
+    let mut bn = ossl(BigNumContext::new())?;
+    match ctx_for(spec)? {
+        Ctx::Modp(c) => modp_peer(spec, c, peer, &mut bn).map(|_| ()),
+        Ctx::Ecp(c) => ecp_peer(spec, c, peer, &mut bn).map(|_| ()),
+    }
+}
+
 /// One side of a handshake in one call: a fresh key pair and the shared secret
 /// with `peer`. Returns (our public value, g^xy).
 pub fn one_side(group: u16, peer: &[u8]) -> Result<(Vec<u8>, SharedSecret), DhError> {
@@ -385,16 +396,13 @@ fn modp_keypair(
     })
 }
 
-fn modp_shared(
-    spec: &GroupSpec,
-    c: &ModpCtx,
-    x: &[u8],
-    peer: &[u8],
-) -> Result<SharedSecret, DhError> {
+/// The peer's MODP public value once it passes every check: the length, 1 < y < p - 1
+/// (RFC 2631 / NIST SP 800-56A 5.6.2.3.1: rejects 0, 1, p-1 and >= p) and, for a group
+/// with a prime-order subgroup, y^q == 1 (public values: variable time is fine).
+fn modp_peer(spec: &GroupSpec, c: &ModpCtx, peer: &[u8], bn: &mut BigNumContext) -> Result<BigNum, DhError> {
     if peer.len() != spec.size {
         return Err(DhError::InvalidPeerValue("wrong length for the group"));
     }
-    // 1 < y < p - 1 (RFC 2631 / NIST SP 800-56A 5.6.2.3.1): rejects 0, 1, p-1 and >= p.
     let mut two = vec![0u8; spec.size];
     if let Some(last) = two.last_mut() {
         *last = 2;
@@ -403,17 +411,26 @@ fn modp_shared(
         return Err(DhError::InvalidPeerValue("not in the range 1 < y < p-1"));
     }
     let y = ossl(BigNum::from_slice(peer))?;
-    let mut bn = ossl(BigNumContext::new())?;
     if let Some((q, _)) = &c.q {
-        // Subgroup membership: y^q == 1 mod p (public values, variable time is fine).
         let mut t = ossl(BigNum::new())?;
-        ossl(t.mod_exp(&y, q, &c.p, &mut bn))?;
+        ossl(t.mod_exp(&y, q, &c.p, bn))?;
         if !is_one(&t) {
             return Err(DhError::InvalidPeerValue(
                 "not in the prime-order subgroup (y^q != 1)",
             ));
         }
     }
+    Ok(y)
+}
+
+fn modp_shared(
+    spec: &GroupSpec,
+    c: &ModpCtx,
+    x: &[u8],
+    peer: &[u8],
+) -> Result<SharedSecret, DhError> {
+    let mut bn = ossl(BigNumContext::new())?;
+    let y = modp_peer(spec, c, peer, &mut bn)?;
     let e = secret_bn(x)?;
     let mut z = ossl(BigNum::new_secure())?;
     ossl(z.mod_exp(&y, &e, &c.p, &mut bn))?;
@@ -474,12 +491,9 @@ fn ecp_keypair(
     })
 }
 
-fn ecp_shared(
-    spec: &GroupSpec,
-    c: &EcpCtx,
-    d: &[u8],
-    peer: &[u8],
-) -> Result<SharedSecret, DhError> {
+/// The peer's ECP public value (KE data `x | y`) as a point once it passes every check:
+/// the length, both coordinates below the field prime, on the curve, not infinity.
+fn ecp_peer(spec: &GroupSpec, c: &EcpCtx, peer: &[u8], bn: &mut BigNumContext) -> Result<EcPoint, DhError> {
     if peer.len() != 2 * spec.size {
         return Err(DhError::InvalidPeerValue("wrong length for the group"));
     }
@@ -489,16 +503,26 @@ fn ecp_shared(
             "coordinate not below the field prime",
         ));
     }
-    let mut bn = ossl(BigNumContext::new())?;
     let mut sec1 = Vec::with_capacity(1 + peer.len());
     sec1.push(0x04);
     sec1.extend_from_slice(peer);
     // EC_POINT_oct2point rejects points that are not on the curve.
-    let q = EcPoint::from_bytes(&c.group, &sec1, &mut bn)
+    let q = EcPoint::from_bytes(&c.group, &sec1, bn)
         .map_err(|_| DhError::InvalidPeerValue("point is not on the curve"))?;
-    if q.is_infinity(&c.group) || !ossl(q.is_on_curve(&c.group, &mut bn))? {
+    if q.is_infinity(&c.group) || !ossl(q.is_on_curve(&c.group, bn))? {
         return Err(DhError::InvalidPeerValue("point is not on the curve"));
     }
+    Ok(q)
+}
+
+fn ecp_shared(
+    spec: &GroupSpec,
+    c: &EcpCtx,
+    d: &[u8],
+    peer: &[u8],
+) -> Result<SharedSecret, DhError> {
+    let mut bn = ossl(BigNumContext::new())?;
+    let q = ecp_peer(spec, c, peer, &mut bn)?;
     // NIST P-curves have cofactor 1: every on-curve point but infinity has order n.
     let k = secret_bn(d)?;
     let mut s = ossl(EcPoint::new(&c.group))?;

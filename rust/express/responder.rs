@@ -31,12 +31,14 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 
 use zeroize::Zeroizing;
 
 use super::build::{self, Chain};
 use super::keys::{nat_d, same, Phase1, Suite};
-use crate::crypto::dh;
+use crate::crypto::dh::{self, KeyPair};
 use crate::frontdoor::stateless_cookie;
 use crate::udpbatch::endpoint_bytes;
 use crate::wire::message::parse_message;
@@ -110,7 +112,8 @@ pub struct Export {
     pub g_xr: Vec<u8>,
     pub ni: Vec<u8>,
     pub nr: Vec<u8>,
-    pub keys: Phase1,
+    /// None only if the lane's thread failed to compute g^xy (it checked the value first).
+    pub keys: Option<Phase1>,
     pub peer_id: Vec<u8>,
     pub my_id: Vec<u8>,
     pub initial_contact: bool,
@@ -126,6 +129,132 @@ struct Negotiation {
     offer: [u8; 32],
     last_digest: u64,
     deadline: f64,
+    /// The keys, while the lane's thread computes them (message 4 is already sent).
+    pending: Option<Arc<Pending>>,
+}
+
+impl Negotiation {
+    /// The keys, once the thread has them (waits for it: a few tens of microseconds at most).
+    fn settle(&mut self) -> Option<&mut Phase1> {
+        if let Some(pending) = self.pending.take() {
+            self.export.keys = pending.wait();
+        }
+        self.export.keys.as_mut()
+    }
+}
+
+/// The keys of one negotiation, computed on the lane's thread.
+#[derive(Default)]
+struct Pending {
+    slot: Mutex<Option<Option<Phase1>>>,
+    ready: Condvar,
+}
+
+impl Pending {
+    fn put(&self, keys: Option<Phase1>) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(keys);
+        }
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> Option<Phase1> {
+        let Ok(mut slot) = self.slot.lock() else { return None };
+        loop {
+            if let Some(keys) = slot.take() {
+                return keys;
+            }
+            slot = match self.ready.wait(slot) {
+                Ok(s) => s,
+                Err(_) => return None,
+            };
+        }
+    }
+}
+
+/// What the thread computes: g^xy from our key pair and the peer's value, then the keys.
+struct Job {
+    pending: Arc<Pending>,
+    pair: KeyPair,
+    suite: Suite,
+    psk: Zeroizing<Vec<u8>>,
+    cky_i: [u8; 8],
+    cky_r: [u8; 8],
+    g_xi: Vec<u8>,
+    g_xr: Vec<u8>,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+/// Key pairs ready per group, this many at most.
+const READY_PAIRS: usize = 64;
+
+/// The lane's thread: g^xy and the key schedule of message 3, off the gateway's thread
+/// (message 4 needs only our public value), and key pairs made ahead while it is idle.
+struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    pairs: Arc<Mutex<HashMap<u16, Vec<KeyPair>>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start() -> Option<Worker> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let pairs: Arc<Mutex<HashMap<u16, Vec<KeyPair>>>> = Arc::default();
+        let shared = Arc::clone(&pairs);
+        let thread = std::thread::Builder::new().name("ikecore-express".into()).spawn(move || loop {
+            let job = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => None,
+            };
+            if let Some(job) = job {
+                run(job);
+                continue;
+            }
+            let short = shared.lock().ok().and_then(|p| p.iter().find(|(_, v)| v.len() < READY_PAIRS).map(|(g, _)| *g));
+            if let Some(group) = short {
+                if let (Ok(pair), Ok(mut p)) = (dh::start(group), shared.lock()) {
+                    p.entry(group).or_default().push(pair);
+                }
+                continue;
+            }
+            match rx.recv() {
+                Ok(job) => run(job),
+                Err(_) => return,
+            }
+        }).ok()?;
+        Some(Worker { jobs: Some(tx), pairs, thread: Some(thread) })
+    }
+
+    /// A key pair made ahead, if one is ready (and the group is now one to keep ready).
+    fn pair(&self, group: u16) -> Option<KeyPair> {
+        let mut pairs = self.pairs.lock().ok()?;
+        pairs.entry(group).or_default().pop()
+    }
+
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        match &self.jobs {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs = None; // the thread ends at its next receive
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(job: Job) {
+    let keys = job.pair.complete(&job.g_xi).ok().map(|g_xy| {
+        Phase1::derive(&job.suite, &job.psk, &job.ni, &job.nr, &g_xy, &job.cky_i, &job.cky_r, &job.g_xi, &job.g_xr)
+    });
+    job.pending.put(keys);
 }
 
 /// Message counters by (sent, exchange type, message number), and drops.
@@ -164,6 +293,7 @@ pub struct Responder {
     /// Exports in order, for Python to adopt before the datagrams of the batch.
     pub exports: Vec<Export>,
     pub counters: Counters,
+    worker: Option<Worker>,
 }
 
 fn micros(t: f64) -> u64 {
@@ -222,8 +352,10 @@ fn first_spi(sa_body: &[u8]) -> Vec<u8> {
 }
 
 impl Responder {
-    pub fn new(negotiation_timeout: f64) -> Responder {
-        Responder { negotiation_timeout, per_source_limit: u32::MAX, ..Responder::default() }
+    /// A lane; `thread`: compute g^xy and make key pairs on a thread of its own.
+    pub fn new(negotiation_timeout: f64, thread: bool) -> Responder {
+        let worker = if thread { Worker::start() } else { None };
+        Responder { negotiation_timeout, per_source_limit: u32::MAX, worker, ..Responder::default() }
     }
 
     /// Register (or replace) the profile of the offer with this digest.
@@ -319,8 +451,11 @@ impl Responder {
     }
 
     fn export(&mut self, key: ([u8; 8], [u8; 8])) {
-        if let Some(n) = self.negotiations.remove(&key) {
+        if let Some(mut n) = self.negotiations.remove(&key) {
             self.release_source(&n);
+            if n.settle().is_none() {
+                return; // g^xy failed on the thread after the value passed its checks: nothing to hand over
+            }
             self.counters.exported += 1;
             self.exports.push(n.export);
         }
@@ -388,11 +523,13 @@ impl Responder {
             }
             nat_hashes = Some((peer, mine));
         }
-        let Ok(pair) = dh::start(profile.suite.group) else { return Verdict::Python };
+        if dh::check_peer(profile.suite.group, ke).is_err() {
+            return Verdict::Python; // the engine refuses it with its notify
+        }
+        let made = self.worker.as_ref().and_then(|w| w.pair(profile.suite.group));
+        let Some(pair) = made.or_else(|| dh::start(profile.suite.group).ok()) else { return Verdict::Python };
         let g_xr = pair.public().to_vec();
-        let Ok(g_xy) = pair.complete(ke) else { return Verdict::Python }; // the engine refuses it with its notify
         let nr: [u8; NONCE_SIZE] = random();
-        let keys = Phase1::derive(&profile.suite, &profile.psk, ni, &nr, &g_xy, &key.0, &key.1, ke, &g_xr);
         let mut chain = Chain::new();
         chain.push(build::KE, &[&g_xr]).push(build::NONCE, &[&nr]);
         if let (Some(kind), Some((peer, mine))) = (profile.nat_d, nat_hashes.as_ref()) {
@@ -400,6 +537,24 @@ impl Responder {
         }
         let marker = marker || (local.port() != 500 && source.port() != 500);
         let mm4 = framed(marker, build::plain(&key.0, &key.1, build::MAIN_MODE, &chain));
+        // g^xy and the keys: on the thread when there is one (message 5 is a round trip away)
+        let job = Job { pending: Arc::default(), pair, suite: profile.suite, psk: profile.psk.clone(), cky_i: key.0,
+                        cky_r: key.1, g_xi: ke.to_vec(), g_xr: g_xr.clone(), ni: ni.to_vec(), nr: nr.to_vec() };
+        let pending = Arc::clone(&job.pending);
+        let inline = match self.worker.as_ref() {
+            Some(worker) => worker.submit(job).err(),
+            None => Some(job),
+        };
+        let (keys, pending) = match inline {
+            None => (None, Some(pending)),
+            Some(job) => {
+                run(job);
+                match pending.wait() {
+                    Some(keys) => (Some(keys), None),
+                    None => return Verdict::Python,
+                }
+            }
+        };
         let export = Export {
             tag: profile.tag, stage: Stage::ExpectMm5, cky_i: key.0, cky_r: key.1, local, remote: source, marker,
             started: now, established: 0.0, g_xi: ke.to_vec(), g_xr, ni: ni.to_vec(), nr: nr.to_vec(), keys,
@@ -407,7 +562,7 @@ impl Responder {
             last_sent: mm4.clone(), qm: None, shape: Vec::new(),
         };
         let deadline = now + self.negotiation_timeout;
-        self.negotiations.insert(key, Negotiation { export, offer: digest, last_digest: digest64(message), deadline });
+        self.negotiations.insert(key, Negotiation { export, offer: digest, last_digest: digest64(message), deadline, pending });
         self.timers.push(Reverse((micros(deadline), key.0, key.1)));
         *self.per_source.entry(source.ip()).or_insert(0) += 1;
         self.capacity -= 1;
@@ -457,36 +612,40 @@ impl Responder {
             return false;
         }
         let Some(n) = self.negotiations.get_mut(&key) else { return false };
+        if n.settle().is_none() {
+            return false;
+        }
         let e = &mut n.export;
+        let Some(keys) = e.keys.as_mut() else { return false };
         let Some(profile) = self.offers.get(&n.offer) else { return false };
-        let Ok((plain, next_iv)) = e.keys.open(&e.keys.iv, parsed.body) else { return false };
+        let Ok((plain, next_iv)) = keys.open(&keys.iv.clone(), parsed.body) else { return false };
         let Some(payloads) = build::opened(parsed.header.next_payload, &plain) else { return false };
         if !build::generic_headers_ok(&payloads) {
             return false;
         }
         let (Some(id), Some(hash_i)) = (build::find(&payloads, build::ID), build::find(&payloads, build::HASH)) else { return false };
-        if !same(hash_i, &e.keys.hash_i(&e.g_xi, &e.g_xr, &e.cky_i, &e.cky_r, &profile.sa_b, id)) {
+        if !same(hash_i, &keys.hash_i(&e.g_xi, &e.g_xr, &e.cky_i, &e.cky_r, &profile.sa_b, id)) {
             return false;
         }
         let my_id = profile.my_id.clone().unwrap_or_else(|| host_id(&e.local));
-        let hash_r = e.keys.hash_r(&e.g_xi, &e.g_xr, &e.cky_i, &e.cky_r, &profile.sa_b, &my_id);
+        let hash_r = keys.hash_r(&e.g_xi, &e.g_xr, &e.cky_i, &e.cky_r, &profile.sa_b, &my_id);
         e.initial_contact = payloads.iter().any(|p| {
             let b = p.body();
             p.payload_type == build::N && b.len() >= 8 && u16::from_be_bytes([b[6], b[7]]) == build::INITIAL_CONTACT
         });
-        e.keys.iv = next_iv;
+        keys.iv = next_iv;
         let mut chain = Chain::new();
         chain.push(build::ID, &[&my_id]).push(build::HASH, &[&hash_r]);
-        let mut iv = e.keys.iv.clone();
-        let body = e.keys.seal(&mut iv, &chain.bytes);
-        e.keys.iv = iv;
+        let mut iv = keys.iv.clone();
+        let body = keys.seal(&mut iv, &chain.bytes);
+        keys.iv = iv;
         let mut mm6 = build::header(&e.cky_i, &e.cky_r, build::ID, build::MAIN_MODE, build::FLAG_E, 0, body.len());
         mm6.extend_from_slice(&body);
         let mm6 = framed(e.marker, mm6);
         e.peer_id = id.to_vec();
         e.my_id = my_id;
         e.established = now;
-        e.keys.forget_skeyid();
+        keys.forget_skeyid();
         e.g_xi = Vec::new();
         e.g_xr = Vec::new();
         e.ni = Vec::new();
@@ -517,13 +676,14 @@ impl Responder {
         }
         let Some(n) = self.negotiations.get_mut(&key) else { return false };
         let e = &mut n.export;
-        let iv = e.keys.phase2_iv(mid);
-        let Ok((plain, next_iv)) = e.keys.open(&iv, parsed.body) else { return false };
+        let Some(keys) = e.keys.as_mut() else { return false };
+        let iv = keys.phase2_iv(mid);
+        let Ok((plain, next_iv)) = keys.open(&iv, parsed.body) else { return false };
         let Some(payloads) = build::opened(parsed.header.next_payload, &plain) else { return false };
         if !build::generic_headers_ok(&payloads) || payloads.first().map(|p| p.payload_type) != Some(build::HASH) {
             return false;
         }
-        if !same(payloads[0].body(), &e.keys.hash1(mid, build::after(&plain, &payloads, 0))) {
+        if !same(payloads[0].body(), &keys.hash1(mid, build::after(&plain, &payloads, 0))) {
             return false;
         }
         if payloads.iter().any(|p| p.payload_type == build::KE || p.payload_type == build::N) {
@@ -554,12 +714,12 @@ impl Responder {
         if ids.len() == 2 {
             rest.push(build::ID, &[ids[0]]).push(build::ID, &[ids[1]]);
         }
-        let hash2 = e.keys.hash2(mid, ni, &rest.bytes);
+        let hash2 = keys.hash2(mid, ni, &rest.bytes);
         let mut chain = Chain::new();
         chain.push(build::HASH, &[&hash2]);
         chain.extend(rest.first, &rest.bytes);
         let mut qm_iv = next_iv;
-        let body = e.keys.seal(&mut qm_iv, &chain.bytes);
+        let body = keys.seal(&mut qm_iv, &chain.bytes);
         let mut qm2 = build::header(&e.cky_i, &e.cky_r, build::HASH, build::QUICK_MODE, build::FLAG_E, mid, body.len());
         qm2.extend_from_slice(&body);
         let qm2 = framed(e.marker, qm2);
@@ -583,20 +743,21 @@ impl Responder {
         let Ok(parsed) = parse_message(message) else { return false };
         let Some(n) = self.negotiations.get_mut(&key) else { return false };
         let e = &mut n.export;
+        let Some(keys) = e.keys.as_ref() else { return false };
         let Some(qm) = e.qm.as_mut() else { return false };
         if !parsed.header.encrypted() || parsed.header.message_id != qm.message_id {
             return false;
         }
-        let Ok((plain, next_iv)) = e.keys.open(&qm.iv, parsed.body) else { return false };
+        let Ok((plain, next_iv)) = keys.open(&qm.iv, parsed.body) else { return false };
         let Some(payloads) = build::opened(parsed.header.next_payload, &plain) else { return false };
         if !build::generic_headers_ok(&payloads) || payloads.first().map(|p| p.payload_type) != Some(build::HASH) {
             return false;
         }
-        if !same(payloads[0].body(), &e.keys.hash3(qm.message_id, &qm.ni, &qm.nr)) {
+        if !same(payloads[0].body(), &keys.hash3(qm.message_id, &qm.ni, &qm.nr)) {
             return false;
         }
-        qm.keymat_in = e.keys.keymat(build::PROTO_ESP, &qm.spi_in, &qm.ni, &qm.nr, qm.keymat_len);
-        qm.keymat_out = e.keys.keymat(build::PROTO_ESP, &qm.spi_out, &qm.ni, &qm.nr, qm.keymat_len);
+        qm.keymat_in = keys.keymat(build::PROTO_ESP, &qm.spi_in, &qm.ni, &qm.nr, qm.keymat_len);
+        qm.keymat_out = keys.keymat(build::PROTO_ESP, &qm.spi_out, &qm.ni, &qm.nr, qm.keymat_len);
         qm.iv = next_iv;
         qm.last_received = message.to_vec();
         e.established = if e.established > 0.0 { e.established } else { now };

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::crypto::cipher::CipherKind;
 use crate::crypto::prf::HashKind;
 use crate::express::initiator::{Initiator, NatVariant, Outcome, Profile, Reason};
-use crate::express::keys::Suite;
+use crate::express::keys::{Phase1, Suite};
 use crate::udpbatch::{send_batch, Outgoing, RecvBatch, Received};
 use crate::express::responder::{offer_shape, EspProfile, Export, OfferProfile, Responder};
 
@@ -220,9 +220,28 @@ pub struct PyExpressResponder {
     pub lane: Responder,
 }
 
+/// The key fields of an export (empty when it has none).
+#[derive(Default)]
+struct Phase1Keys<'a> {
+    skeyid: &'a [u8],
+    skeyid_d: &'a [u8],
+    skeyid_a: &'a [u8],
+    skeyid_e: &'a [u8],
+    key: &'a [u8],
+    iv: &'a [u8],
+}
+
+impl<'a> Phase1Keys<'a> {
+    fn of(k: &'a Phase1) -> Phase1Keys<'a> {
+        Phase1Keys { skeyid: k.skeyid(), skeyid_d: &k.skeyid_d, skeyid_a: &k.skeyid_a, skeyid_e: &k.skeyid_e,
+                     key: &k.key, iv: &k.iv }
+    }
+}
+
 fn export_tuple<'py>(py: Python<'py>, e: &Export) -> PyResult<Bound<'py, PyTuple>> {
     let b = |v: &[u8]| PyBytes::new(py, v);
-    let k = &e.keys;
+    let none = Phase1Keys::default();
+    let k = e.keys.as_ref().map(Phase1Keys::of).unwrap_or(none);
     let qm = match &e.qm {
         None => py.None().into_bound(py),
         Some(q) => {
@@ -235,7 +254,7 @@ fn export_tuple<'py>(py: Python<'py>, e: &Export) -> PyResult<Bound<'py, PyTuple
     let head = (e.tag, e.stage as u8, b(&e.cky_i), b(&e.cky_r), address_tuple(py, &e.local)?, address_tuple(py, &e.remote)?,
                 e.marker, e.started, e.established).into_pyobject(py)?;
     let dh = (b(&e.g_xi), b(&e.g_xr), b(&e.ni), b(&e.nr)).into_pyobject(py)?;
-    let keys = (b(k.skeyid()), b(&k.skeyid_d), b(&k.skeyid_a), b(&k.skeyid_e), b(&k.key), b(&k.iv)).into_pyobject(py)?;
+    let keys = (b(k.skeyid), b(k.skeyid_d), b(k.skeyid_a), b(k.skeyid_e), b(k.key), b(k.iv)).into_pyobject(py)?;
     let rest = (b(&e.peer_id), b(&e.my_id), e.initial_contact, b(&e.last_received), b(&e.last_sent), b(&e.shape), qm)
         .into_pyobject(py)?;
     (head, dh, keys, rest).into_pyobject(py)
@@ -243,9 +262,11 @@ fn export_tuple<'py>(py: Python<'py>, e: &Export) -> PyResult<Bound<'py, PyTuple
 
 #[pymethods]
 impl PyExpressResponder {
+    /// ``thread``: compute g^xy and make key pairs on a thread of the lane's own.
     #[new]
-    fn new(negotiation_timeout: f64) -> Self {
-        PyExpressResponder { lane: Responder::new(negotiation_timeout) }
+    #[pyo3(signature = (negotiation_timeout, thread = true))]
+    fn new(negotiation_timeout: f64, thread: bool) -> Self {
+        PyExpressResponder { lane: Responder::new(negotiation_timeout, thread) }
     }
 
     /// Register what the engine decided about the offer with this digest.

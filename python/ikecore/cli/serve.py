@@ -355,7 +355,8 @@ async def _serve(args: argparse.Namespace) -> int:
                     keypair=KeypairReserve(pool) if pool is not None else None, store=store,
                     now=asyncio.get_running_loop().time(), worker=worker)
     gateway = Gateway(engine, monitor=Monitor(), on_event=None if args.quiet else log,
-                      express=args.express and not EVENTS.isEnabledFor(logging.DEBUG))
+                      express=args.express and not EVENTS.isEnabledFor(logging.DEBUG),
+                      express_thread=args.dh_threads > 0)  # the same rule as DH threads: a core to spare
     if hasattr(driver, "attach"):
         driver.attach(gateway)
     # before the control socket appears: from then on a worker is up and may be told to stop

@@ -218,17 +218,19 @@ class Engine:
         if self.express is not None:
             self.express.esp_answered(sa, qm, offer, reply)
 
-    def enable_express(self, flt: GenericFilter | None) -> bool:
+    def enable_express(self, flt: GenericFilter | None, *, thread: bool = True) -> bool:
         """Start the responder's express lane (``engine.express``) for filter ``flt``, the one
-        every address pair uses; False when it cannot take this configuration on."""
-        self.express = express.Lane.for_engine(self, flt)
+        every address pair uses; False when it cannot take this configuration on.
+        ``thread``: the lane computes g^xy on a thread of its own."""
+        self.express = express.Lane.for_engine(self, flt, thread=thread)
         return self.express is not None
 
     def take_over(self, sa: IsakmpSa, qm: QuickModeExchange | None, *, established: float, done: bool,
-                  now: float) -> None:
+                  now: float, keymat: tuple[bytes, bytes] | None = None) -> None:
         """Adopt an SA the express lane negotiated this far (``engine.express.Lane.adopt``
         filled it): register it as message 3 would have (``_stateless_mm3``), then bring it
-        where the handlers of messages 5, QM1 and QM3 would have, with their events."""
+        where the handlers of messages 5, QM1 and QM3 would have, with their events.
+        ``keymat``: the Quick Mode's (inbound, outbound) KEYMAT the lane computed."""
         timing = self.config.timing
         handle = sa.handle = self._next_handle
         self._next_handle += 1
@@ -252,7 +254,7 @@ class Engine:
             self.push_timer(qm.started + timing.negotiation_timeout, handle, qm.message_id, TimerKind.QM_TIMEOUT)
             if done:
                 self._now = now
-                inbound, outbound = quick_mode.established_keys(sa, qm)
+                inbound, outbound = quick_mode.established_keys(sa, qm, keymat)
                 try:
                     self.install(sa, qm, inbound, outbound)
                 except NoProposalChosen as exc:

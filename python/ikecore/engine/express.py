@@ -54,6 +54,7 @@ class OfferFacts:
     """What the engine decided about one Main Mode offer (shared by its SAs)."""
 
     chosen: policy.IkeProposal
+    cipher: str          # the payload cipher's name (keymat.cipher_for)
     sa_b: bytes
     vendor_ids: list[bytes]
     nat_t: Any
@@ -89,10 +90,11 @@ def _plain(datagram: bytes, marker: bool) -> bytes:
 class Lane:
     """One engine's responder lane (see the design note)."""
 
-    def __init__(self, engine: Any, flt: Any) -> None:
+    def __init__(self, engine: Any, flt: Any, *, thread: bool = True) -> None:
         self.engine = engine
         self.filter = flt
-        self.rust = _core.ExpressResponder(engine.config.timing.negotiation_timeout)
+        # thread: g^xy and key pairs on a thread of the lane's own (message 4 needs neither)
+        self.rust = _core.ExpressResponder(engine.config.timing.negotiation_timeout, thread)
         self.offers: dict[int, OfferFacts] = {}
         self._digests: dict[bytes, int] = {}  # offer digest -> its tag (as long as the offer cache keeps it)
         # tags of forgotten offers -> when they were forgotten (None: this batch): their facts
@@ -103,7 +105,7 @@ class Lane:
         self.adopted = 0
 
     @classmethod
-    def for_engine(cls, engine: Any, flt: Any) -> Lane | None:
+    def for_engine(cls, engine: Any, flt: Any, *, thread: bool = True) -> Lane | None:
         """A lane for ``engine`` whose every address pair uses filter ``flt``, or None when
         the design note's conditions do not hold."""
         if flt is None or flt.aggressive or flt.credentials is not None or flt.remote_id is not None \
@@ -114,7 +116,7 @@ class Lane:
         esp = engine.config.esp_policies[flt.esp_policy]
         if esp.pfs_group:
             return None
-        return cls(engine, flt)
+        return cls(engine, flt, thread=thread)
 
     # --- decide once ------------------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class Lane:
             return
         cipher, _size, _block = keymat.cipher_for(chosen.encryption, chosen.key_length)
         tag = self._digests[digest] = next(self._tags)
-        self.offers[tag] = OfferFacts(chosen, probe.sa_b, probe.vendor_ids, probe.nat_t, probe.dpd)
+        self.offers[tag] = OfferFacts(chosen, cipher, probe.sa_b, probe.vendor_ids, probe.nat_t, probe.dpd)
         local_id = self.filter.local_id
         my_id = my_identification(probe, local_id).body if local_id else None
         self.rust.add_offer(digest, tag=tag, hash=chosen.prf_hash, cipher=cipher, group=chosen.group,
@@ -208,8 +210,7 @@ class Lane:
                       engine.config.ike_policies[flt.ike_policy], engine.config.esp_policies[flt.esp_policy], started,
                       non_esp_marker=marker, chosen=chosen, vendor_ids=facts.vendor_ids, nat_t=facts.nat_t,
                       dpd=facts.dpd)
-        cipher, _size, _block = keymat.cipher_for(chosen.encryption, chosen.key_length)
-        sa.crypto = keymat.CryptoState(cipher, bytearray(key), chosen.prf_hash, iv0)
+        sa.crypto = keymat.CryptoState(facts.cipher, bytearray(key), chosen.prf_hash, iv0)
         sa.skeyid = keymat.Skeyid(skeyid, skeyid_d, skeyid_a, skeyid_e)
         sa.last_received = message_digest(last_received)
         sa.last_sent = _plain(last_sent, marker)
@@ -218,10 +219,10 @@ class Lane:
         else:
             sa.peer_id, sa.my_id = _id_payload(peer_id), _own_id(my_id)
             sa.initial_contact = initial_contact
-        qm = None
+        qm, material = None, None
         if qm_part is not None:
             (esp_tag, message_id, qm_started, qm_ni, qm_nr, spi_in, spi_out), second = qm_part
-            id_ci, id_cr, qm_iv, qm_last_received, qm_last_sent, _keymat_in, _keymat_out = second
+            id_ci, id_cr, qm_iv, qm_last_received, qm_last_sent, keymat_in, keymat_out = second
             esp_chosen, mode = self.esp[esp_tag]
             qm = QuickModeExchange(message_id, Role.RESPONDER, Phase2State.R_EXPECT_QM3, qm_started, sa.esp_policy,
                                    nonce_i=qm_ni, nonce_r=qm_nr, spi_in=spi_in, spi_out=spi_out, chosen=esp_chosen,
@@ -229,8 +230,9 @@ class Lane:
                                    last_received=message_digest(qm_last_received),
                                    last_sent=_plain(qm_last_sent, marker))
             sa.crypto.commit(message_id, qm_iv)
+            material = (keymat_in, keymat_out) if stage == 4 else None
         self.adopted += 1
-        engine.take_over(sa, qm, established=established, done=stage == 4, now=now)
+        engine.take_over(sa, qm, established=established, done=stage == 4, now=now, keymat=material)
         return sa
 
     def fold(self, monitor: Any) -> None:

@@ -128,10 +128,11 @@ class FastPath:
         if lane is not None:
             lane.forget_offer(digest)
 
-    def express(self) -> bool:
+    def express(self, *, thread: bool = False) -> bool:
         """Start the engine's express lane (``ikecore.engine.express``) behind this path;
-        False when the engine's configuration or this path cannot have one."""
-        return self.filter is not None and bool(self.engine.enable_express(self.filter))
+        False when the engine's configuration or this path cannot have one. ``thread``: its
+        g^xy on a thread of its own (worth it only with a core to spare, as DH threads)."""
+        return self.filter is not None and bool(self.engine.enable_express(self.filter, thread=thread))
 
     @property
     def templates(self) -> int:

@@ -235,11 +235,13 @@ class Gateway:
             None: where available, unless the environment says IKECORE_FAST_PATH=0.
         express: behind the fast path, let the engine's express lane (``ikecore.engine.express``)
             negotiate the SAs it can take on.
+        express_thread: the lane computes g^xy on a thread of its own (with a core to spare).
     """
 
     def __init__(self, engine: Engine, *, monitor: Any = None,
                  on_event: Callable[[ev.Event], None] | None = None, receive_queue: int = 4096,
-                 faults: FaultLog | None = None, fast_path: bool | None = None, express: bool = False) -> None:
+                 faults: FaultLog | None = None, fast_path: bool | None = None, express: bool = False,
+                 express_thread: bool = False) -> None:
         self.engine = engine
         self.monitor = monitor
         self.on_event = on_event
@@ -260,7 +262,7 @@ class Gateway:
             fast_path = os.environ.get("IKECORE_FAST_PATH", "1") != "0"
         self.fast_path: FastPath | None = FastPath(engine) if fast_path and fast_path_available() else None
         if express and self.fast_path is not None:
-            self.fast_path.express()
+            self.fast_path.express(thread=express_thread)
         # ESP arriving on a NAT-T socket (RFC 3948: no non-ESP marker, port != 500) goes
         # here (the userland driver) instead of to the engine as a malformed message
         self.esp_sink: Callable[[bytes, Address], None] | None = None

@@ -223,8 +223,10 @@ def _pfs_secret(qm: QuickModeExchange, group: int | None, ke: wire.KePayload | N
     return bytearray(pair.exchange(ke.data))
 
 
-def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
-    """Both directions' keys, each in bytearrays of its own (KEYMAT itself is wiped here)."""
+def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None,
+          material: tuple[bytes, bytes] | None = None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
+    """Both directions' keys, each in bytearrays of its own (KEYMAT itself is wiped here);
+    ``material``: the (inbound, outbound) KEYMAT when it was computed already."""
     chosen = qm.chosen
     assert chosen is not None
     _suite, split, integrity_bytes, encryption, integrity = _key_facts(chosen)
@@ -239,9 +241,9 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
         local_text, remote_text = selector_texts(sa)
     hash_name, skeyid_d = sa.hash_name, sa.skeyids.skeyid_d
 
-    def one(spi: bytes, source: str, destination: str) -> IpsecSaKeys:
-        material = keymat.keymat(hash_name, skeyid_d, wire.ProtocolId.IPSEC_ESP, spi,
-                                 qm.nonce_i, qm.nonce_r, length, g_qm_xy=g_qm_xy)
+    def one(spi: bytes, source: str, destination: str, given: bytes | None) -> IpsecSaKeys:
+        material = bytearray(given) if given is not None else keymat.keymat(
+            hash_name, skeyid_d, wire.ProtocolId.IPSEC_ESP, spi, qm.nonce_i, qm.nonce_r, length, g_qm_xy=g_qm_xy)
         keys = IpsecSaKeys(spi=spi, protocol_id=wire.ProtocolId.IPSEC_ESP, source=source,
                            destination=destination, encryption=encryption,
                            encryption_key=material[:split], integrity=integrity,
@@ -251,14 +253,18 @@ def _keys(sa: IsakmpSa, qm: QuickModeExchange, g_qm_xy: bytearray | None) -> tup
         keymat.wipe(material)
         return keys
 
-    inbound = one(qm.spi_in, sa.remote[0], sa.local[0])
-    outbound = one(qm.spi_out, sa.local[0], sa.remote[0])
+    given_in, given_out = material if material is not None and all(len(m) == length for m in material) \
+        else (None, None)
+    inbound = one(qm.spi_in, sa.remote[0], sa.local[0], given_in)
+    outbound = one(qm.spi_out, sa.local[0], sa.remote[0], given_out)
     return inbound, outbound
 
 
-def established_keys(sa: IsakmpSa, qm: QuickModeExchange) -> tuple[IpsecSaKeys, IpsecSaKeys]:
-    """(inbound, outbound) keys of a Quick Mode without PFS whose nonces, SPIs and suite are set."""
-    return _keys(sa, qm, None)
+def established_keys(sa: IsakmpSa, qm: QuickModeExchange,
+                     material: tuple[bytes, bytes] | None = None) -> tuple[IpsecSaKeys, IpsecSaKeys]:
+    """(inbound, outbound) keys of a Quick Mode without PFS whose nonces, SPIs and suite are set;
+    ``material``: its (inbound, outbound) KEYMAT when computed already (the express lane)."""
+    return _keys(sa, qm, None, material)
 
 
 def _inside(network: str, allowed: str) -> bool:
