@@ -7,7 +7,9 @@ the DH threads and the logging, ``ikecore.gateway.tuning``):
 
 * ``ecp256``: IKE ``aes128-sha256-ecp256``, ESP ``aes128-sha256``, ikecore -> ikecore
   against two charons of the private load-tester build (``bench_handshakes.py`` says how
-  they run) with the same suite. Target: 6x strongSwan's rate.
+  they run) with the same suite. Target: 6x strongSwan's rate. Both ikecore commands run
+  their express lanes by default (``rust/express``); a note line gives the same pair with
+  ``--no-express`` on both (the engines alone), alternating with the others.
 * ``modp2048``: the same with ``aes128-sha256-modp2048``. Targets: 4x strongSwan's rate;
   CPU per SA of both ikecore processes together at most 1/4 of both charons'.
 * ``--cross``: the default ``ikecore serve`` (MODP-2048) as the responder of charon's load
@@ -66,9 +68,9 @@ ECP = ("aes128-sha256-ecp256", "aes128-sha256")
 MODP = ("aes128-sha256-modp2048", "aes128-sha256")
 
 
-def default_loadtest(target: str, peers: int, ike: str, esp: str) -> dict[str, Any]:
+def default_loadtest(target: str, peers: int, ike: str, esp: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     argv = [sys.executable, "-m", "ikecore", "loadtest", target, "--peers", str(peers), "--psk", hs.PSK,
-            "--ike", ike, "--esp", esp, "--json", "--no-progress", "--max-seconds", "600"]
+            "--ike", ike, "--esp", esp, "--json", "--no-progress", "--max-seconds", "600", *extra]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=660, check=False)
     try:
         return dict(json.loads(out.stdout))
@@ -76,11 +78,12 @@ def default_loadtest(target: str, peers: int, ike: str, esp: str) -> dict[str, A
         raise RuntimeError(f"ikecore loadtest failed: {out.stderr[-2000:]}") from None
 
 
-def default_pair(peers: int, ike: str, esp: str) -> dict[str, Any]:
+def default_pair(peers: int, ike: str, esp: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The default commands on loopback (``extra``: a flag both take, e.g. ``--no-express``)."""
     port = hs.free_port()
-    gateway = hs.IkecoreGateway(f"127.0.0.1:{port}", ike=ike, esp=esp, tuned=False)
+    gateway = hs.IkecoreGateway(f"127.0.0.1:{port}", ike=ike, esp=esp, tuned=False, extra=extra)
     try:
-        result = default_loadtest(f"127.0.0.1:{port}", peers, ike, esp)
+        result = default_loadtest(f"127.0.0.1:{port}", peers, ike, esp, extra)
         time.sleep(0.3)  # the last QM3s reach the gateway
         result["gateway_cpu_seconds"] = gateway.cpu()
         return result
@@ -93,9 +96,10 @@ def compare(label: str, suite: tuple[str, str], peers: int, repeats: int, strong
     CPU ms per SA)."""
     ike, esp = suite
     failures = 0
-    ours_runs, theirs_runs = [], []
+    ours_runs, theirs_runs, engine_runs = [], [], []
     for _ in range(repeats):
         ours_runs.append(default_pair(peers, ike, esp))
+        engine_runs.append(default_pair(peers, ike, esp, ("--no-express",)))
         failures += ours_runs[-1]["failed"] + ours_runs[-1]["unfinished"]
         if strongswan:
             theirs_runs.append(hs.strongswan_pair(peers, ike=ike, esp=esp))
@@ -121,6 +125,11 @@ def compare(label: str, suite: tuple[str, str], peers: int, repeats: int, strong
         hs.line(f"{label}_sas_per_cpu_second_both_sides", 1 / both, None)
     hs.note(f"ikecore -> ikecore: {ours['established']}/{peers} established, failed {ours['failed']}, "
             f"retransmissions {ours['retransmissions']}, CPU both sides {1000 * both:.3f} ms/SA")
+    engines = max(engine_runs, key=lambda r: r["sas_per_second"])
+    engines_cpu = min((r["cpu_seconds"] + r["gateway_cpu_seconds"]) / max(1, r["established"]) for r in engine_runs)
+    hs.note("the same without the express lanes (--no-express on both): "
+            + ", ".join(f"{r['sas_per_second']:.0f}" for r in engine_runs)
+            + f" SAs/s, CPU both sides {1000 * engines_cpu:.3f} ms/SA; best {engines['sas_per_second']:.0f}")
     if theirs:
         hs.note(f"strongSwan -> strongSwan: {theirs['established']}/{peers} established, "
                 f"retransmissions {theirs['retransmissions']}")

@@ -106,11 +106,12 @@ class IkecoreGateway:
     """``ikecore serve`` in its own process (optionally inside a network namespace); its
     log goes to a file (a pipe nobody reads would stop it). ``tuned=False`` runs the command
     a user types: listen address, key and suite, no ``--quiet``, ``--workers`` or
-    ``--dh-threads`` (the gateway picks its own defaults)."""
+    ``--dh-threads`` (the gateway picks its own defaults). ``extra``: more flags."""
 
     def __init__(self, listen: str, *, netns: str | None = None, my_id: str | None = None,
                  workers: int = 1, dh_threads: int = 1, ike: str = IKE, esp: str = ESP,
-                 tuned: bool = True, half_open_per_source: int | None = None) -> None:
+                 tuned: bool = True, half_open_per_source: int | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.config = None
         argv = [sys.executable, "-m", "ikecore", "serve", "--listen", listen, "--psk", PSK, "--ike", ike,
                 "--esp", esp, "--duration", "1800"]
@@ -123,6 +124,7 @@ class IkecoreGateway:
             argv += ["--quiet", "--workers", str(workers), "--dh-threads", str(dh_threads)]
         if my_id:
             argv += ["--my-id", my_id]
+        argv += list(extra)
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.log = tempfile.NamedTemporaryFile(prefix="ikecore-bench-serve.", suffix=".log")
