@@ -125,9 +125,13 @@ needs_fast_path = pytest.mark.skipif(not available(), reason="build without the 
 class _Served:
     """A Gateway (express or not) on 127.0.0.1 in a thread of its own, with its monitor."""
 
-    def __init__(self, express: bool, *, thread: bool = False, **flags: Any) -> None:
+    def __init__(self, express: bool, *, thread: bool = False, esp_lifetime: int | None = None, **flags: Any) -> None:
         timing = flags.pop("timing", None)
         self.config = config_from_flags(psk=PSK, ike=ECP, listen=(), timing=timing, **flags)
+        if esp_lifetime is not None:  # shorter than the peers offer: QM2 carries RESPONDER-LIFETIME
+            policies = {name: replace(p, proposals=tuple(replace(q, lifetime=esp_lifetime) for q in p.proposals))
+                        for name, p in self.config.esp_policies.items()}
+            self.config = replace(self.config, esp_policies=policies)
         self.engine = Engine(self.config)
         self.monitor = Monitor()
         self.express = express
@@ -199,6 +203,24 @@ def test_the_gateway_lane_holds_what_the_engine_holds_for_the_same_load(thread: 
     assert results[True][0]["ike_main_mode"] == 80 and results[True][0]["ike_quick_mode"] == 80
     assert results[True][1] == results[False][1]
     assert results[True][2] == results[False][2]  # every message counted once either way
+
+
+@needs_fast_path
+def test_the_gateway_lane_answers_with_the_engines_responder_lifetime() -> None:
+    # the gateway's ESP lifetime (1800 s) is shorter than the peers offer (3600 s): the engine
+    # adds RESPONDER-LIFETIME to QM2, and so does the lane for the offers like it
+    seen = {}
+    for express in (True, False):
+        with _Served(express, esp_lifetime=1800) as served:
+            report = _load(served.port, 40, seed=5)
+            served.settle()
+            assert report.established == 40
+            lifetimes = {ipsec.proposal.lifetime for sa in served.engine.sas() for ipsec in sa.ipsec_sas}
+            seen[express] = (served.monitor.extended["responder_lifetime:sent"], lifetimes,
+                             served.monitor.statistics()["ike_quick_mode"])
+            if express:
+                assert served.engine.express is not None and served.engine.express.adopted >= 30
+    assert seen[True] == seen[False] == (40, {1800}, 40)
 
 
 @needs_fast_path

@@ -44,6 +44,8 @@ use crate::udpbatch::endpoint_bytes;
 use crate::wire::message::parse_message;
 
 const NONCE_SIZE: usize = 32;
+/// RFC 2407 section 4.6.3.1.
+const RESPONDER_LIFETIME: u16 = 24576;
 
 /// What Python decided about one Main Mode offer (message 1's payload chain).
 pub struct OfferProfile {
@@ -65,6 +67,9 @@ pub struct EspProfile {
     pub reply: Vec<u8>,
     pub spi_at: usize,
     pub keymat_len: usize,
+    /// The data of the RESPONDER-LIFETIME notify the engine added (its limits are shorter
+    /// than offered), after the initiator's SPI; None when it added none.
+    pub lifetime: Option<Vec<u8>>,
 }
 
 /// Where a negotiation stands (what the engine calls R_EXPECT_MM5, ESTABLISHED with
@@ -329,9 +334,16 @@ fn host_id(addr: &SocketAddr) -> Vec<u8> {
 /// An SA payload body with every proposal's SPI zeroed: the shape Quick Mode offers of one
 /// kind share. None when it does not parse.
 pub fn offer_shape(sa_body: &[u8]) -> Option<Vec<u8>> {
+    offer_shape_counted(sa_body).map(|(shape, _)| shape)
+}
+
+/// `offer_shape` and the number of proposal payloads.
+pub fn offer_shape_counted(sa_body: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut out = sa_body.to_vec();
     let mut pos = 8;
+    let mut count = 0;
     loop {
+        count += 1;
         let head = out.get(pos..pos + 8)?;
         let (next, len, spi_size) = (head[0], u16::from_be_bytes([head[2], head[3]]) as usize, head[6] as usize);
         if len < 8 + spi_size || pos + len > out.len() {
@@ -340,7 +352,7 @@ pub fn offer_shape(sa_body: &[u8]) -> Option<Vec<u8>> {
         out[pos + 8..pos + 8 + spi_size].fill(0);
         pos += len;
         if next == 0 {
-            return (pos == out.len()).then_some(out);
+            return (pos == out.len()).then_some((out, count));
         }
     }
 }
@@ -714,6 +726,10 @@ impl Responder {
         if ids.len() == 2 {
             rest.push(build::ID, &[ids[0]]).push(build::ID, &[ids[1]]);
         }
+        let spi_out = first_spi(sa);
+        if let Some(data) = esp.lifetime.as_ref() {
+            rest.push(build::N, &[&build::notify_body(build::PROTO_ESP, RESPONDER_LIFETIME, &spi_out), data]);
+        }
         let hash2 = keys.hash2(mid, ni, &rest.bytes);
         let mut chain = Chain::new();
         chain.push(build::HASH, &[&hash2]);
@@ -725,7 +741,7 @@ impl Responder {
         let qm2 = framed(e.marker, qm2);
         e.qm = Some(QmExport {
             esp_tag: esp.tag, message_id: mid, started: now, ni: ni.to_vec(), nr: nr.to_vec(), spi_in,
-            spi_out: first_spi(sa), id_ci: ids.first().map(|b| b.to_vec()).unwrap_or_default(),
+            spi_out, id_ci: ids.first().map(|b| b.to_vec()).unwrap_or_default(),
             id_cr: ids.get(1).map(|b| b.to_vec()).unwrap_or_default(), iv: qm_iv, last_received: message.to_vec(),
             last_sent: qm2.clone(), keymat_len: esp.keymat_len, ..QmExport::default()
         });

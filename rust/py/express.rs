@@ -15,7 +15,7 @@ use crate::crypto::prf::HashKind;
 use crate::express::initiator::{Initiator, NatVariant, Outcome, Profile, Reason};
 use crate::express::keys::{Phase1, Suite};
 use crate::udpbatch::{send_batch, Outgoing, RecvBatch, Received};
-use crate::express::responder::{offer_shape, EspProfile, Export, OfferProfile, Responder};
+use crate::express::responder::{offer_shape, offer_shape_counted, EspProfile, Export, OfferProfile, Responder};
 
 fn socket_addr(address: &(String, u16)) -> PyResult<SocketAddr> {
     let ip: IpAddr = address.0.parse().map_err(|_| PyValueError::new_err(format!("'{}' is not an IP address", address.0)))?;
@@ -288,13 +288,15 @@ impl PyExpressResponder {
     /// Register the engine's answer (``reply``: our SA payload body, one proposal with a
     /// 4-byte SPI) to Quick Mode offers shaped like ``offer`` (an SA payload body).
     /// False when either does not parse or that shape has its answer already.
-    fn add_esp(&mut self, offer: &[u8], tag: u32, reply: &[u8], keymat_len: usize) -> bool {
-        let (Some(shape), Some(mut reply_shape)) = (offer_shape(offer), offer_shape(reply)) else { return false };
+    /// ``lifetime``: the data of the RESPONDER-LIFETIME notify the engine added, if any.
+    /// Only offers of one proposal are taken (the engine's choice names its SPI).
+    #[pyo3(signature = (offer, tag, reply, keymat_len, lifetime = None))]
+    fn add_esp(&mut self, offer: &[u8], tag: u32, reply: &[u8], keymat_len: usize, lifetime: Option<Vec<u8>>) -> bool {
+        let (Some((shape, 1)), Some(reply_shape)) = (offer_shape_counted(offer), offer_shape(reply)) else { return false };
         if reply.get(14) != Some(&4) || reply.len() < 20 {
             return false;
         }
-        reply_shape.truncate(reply.len());
-        self.lane.add_esp(shape, EspProfile { tag, reply: reply_shape, spi_at: 16, keymat_len })
+        self.lane.add_esp(shape, EspProfile { tag, reply: reply_shape, spi_at: 16, keymat_len, lifetime })
     }
 
     fn add_spis(&mut self, spis: Vec<Vec<u8>>) {

@@ -214,9 +214,10 @@ class Engine:
     def keylog_enabled(self) -> bool:
         return self._keylog is not None
 
-    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes) -> None:
+    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes,
+                     lifetime: bytes | None) -> None:
         if self.express is not None:
-            self.express.esp_answered(sa, qm, offer, reply)
+            self.express.esp_answered(sa, qm, offer, reply, lifetime)
 
     def enable_express(self, flt: GenericFilter | None, *, thread: bool = True) -> bool:
         """Start the responder's express lane (``engine.express``) for filter ``flt``, the one

@@ -100,9 +100,13 @@ class Lane:
         # tags of forgotten offers -> when they were forgotten (None: this batch): their facts
         # stay until no negotiation of the lane can still name them (its deadline has passed)
         self._retired: dict[int, float | None] = {}
-        self.esp: dict[int, tuple[policy.EspProposal, int]] = {}
+        # Quick Mode answers by tag: the suite, the encapsulation mode, RESPONDER-LIFETIME's limits
+        self.esp: dict[int, tuple[policy.EspProposal, int, tuple[int | None, int | None] | None]] = {}
         self._tags = itertools.count(1)
         self.adopted = 0
+        # our own addresses as one tuple each, shared by their SAs as the engine's own path
+        # shares the endpoint's (100,000 SAs would hold a tuple and a string each otherwise)
+        self._locals: dict[tuple[str, int], tuple[str, int]] = {}
 
     @classmethod
     def for_engine(cls, engine: Any, flt: Any, *, thread: bool = True) -> Lane | None:
@@ -144,15 +148,17 @@ class Lane:
         if tag is not None:
             self._retired[tag] = None
 
-    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes) -> None:
+    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes,
+                     lifetime: bytes | None) -> None:
         """The engine answered a Quick Mode offer of this SA with SA payload body ``reply``
-        (no PFS, no RESPONDER-LIFETIME): offers of the same shape get the same answer."""
+        (no PFS; ``lifetime``: the data of its RESPONDER-LIFETIME notify, if any): offers of
+        the same shape get the same answer."""
         chosen = qm.chosen
-        if chosen is None or sa.generic_filter is not self.filter or sa.encapsulated or qm.lifetime_notify is not None:
+        if chosen is None or sa.generic_filter is not self.filter or sa.encapsulated:
             return
         tag = next(self._tags)
-        if self.rust.add_esp(offer, tag, reply, chosen.encryption_key_bytes + chosen.integrity_key_bytes):
-            self.esp[tag] = (chosen, qm.mode)
+        if self.rust.add_esp(offer, tag, reply, chosen.encryption_key_bytes + chosen.integrity_key_bytes, lifetime):
+            self.esp[tag] = (chosen, qm.mode, qm.lifetime_notify)
 
     def before_batch(self, now: float) -> None:
         """Grant the half-open room left, keep SPIs ready, let go of retired offers."""
@@ -206,6 +212,10 @@ class Lane:
         peer_id, my_id, initial_contact, last_received, last_sent, _shape, qm_part = rest
         flt = self.filter
         chosen = facts.chosen
+        shared = self._locals.get(local)
+        if shared is None and len(self._locals) < 4096:
+            shared = self._locals[local] = local
+        local = shared or local
         sa = IsakmpSa(0, Role.RESPONDER, _STAGE[stage], cky_i, cky_r, local, remote, flt,
                       engine.config.ike_policies[flt.ike_policy], engine.config.esp_policies[flt.esp_policy], started,
                       non_esp_marker=marker, chosen=chosen, vendor_ids=facts.vendor_ids, nat_t=facts.nat_t,
@@ -213,7 +223,9 @@ class Lane:
         sa.crypto = keymat.CryptoState(facts.cipher, bytearray(key), chosen.prf_hash, iv0)
         sa.skeyid = keymat.Skeyid(skeyid, skeyid_d, skeyid_a, skeyid_e)
         sa.last_received = message_digest(last_received)
-        sa.last_sent = _plain(last_sent, marker)
+        # our last phase 1 reply, for a repeat of the message it answered; once the peer's
+        # Quick Mode reached us, it has MM6: nothing to keep (a repeat of MM5 is then ignored)
+        sa.last_sent = _plain(last_sent, marker) if qm_part is None else b""
         if stage == 1:
             sa.sa_b, sa.g_xi, sa.g_xr, sa.nonce_i, sa.nonce_r = facts.sa_b, g_xi, g_xr, ni, nr
         else:
@@ -223,12 +235,12 @@ class Lane:
         if qm_part is not None:
             (esp_tag, message_id, qm_started, qm_ni, qm_nr, spi_in, spi_out), second = qm_part
             id_ci, id_cr, qm_iv, qm_last_received, qm_last_sent, keymat_in, keymat_out = second
-            esp_chosen, mode = self.esp[esp_tag]
+            esp_chosen, mode, limits = self.esp[esp_tag]
             qm = QuickModeExchange(message_id, Role.RESPONDER, Phase2State.R_EXPECT_QM3, qm_started, sa.esp_policy,
                                    nonce_i=qm_ni, nonce_r=qm_nr, spi_in=spi_in, spi_out=spi_out, chosen=esp_chosen,
                                    mode=mode, id_ci=_id_payload(id_ci), id_cr=_id_payload(id_cr),
                                    last_received=message_digest(qm_last_received),
-                                   last_sent=_plain(qm_last_sent, marker))
+                                   last_sent=_plain(qm_last_sent, marker), lifetime_notify=limits)
             sa.crypto.commit(message_id, qm_iv)
             material = (keymat_in, keymat_out) if stage == 4 else None
         self.adopted += 1

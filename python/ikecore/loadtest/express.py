@@ -107,6 +107,7 @@ class ExpressEngine:
         self._peers: dict[int, tuple[Address, Address, float]] = {}
         self._fd: int | None = None
         self._port = 0
+        self._targets: dict[Address, Address] = {}
         self.send_failures = 0
 
     def initiate(self, remote: Address, *, local: Address, now: float, quick_mode: bool = True,
@@ -137,8 +138,9 @@ class ExpressEngine:
         if self._fd is not None:
             self.send_failures += self.lane.flush(self._fd)
             return []
-        out: list[tuple[bytes, Address, Address]] = self.lane.take_datagrams()
-        return out
+        # every datagram goes to the one target: one tuple for it, as the engine's own path has
+        targets = self._targets
+        return [(data, targets.setdefault(remote, remote), local) for data, remote, local in self.lane.take_datagrams()]
 
     def next_event(self) -> ev.Event | None:
         if not self._events:

@@ -353,8 +353,8 @@ def _on_qm1_send_qm2(sa: IsakmpSa, qm: QuickModeExchange, message: wire.Message,
         reply.append(notify)
         qm.lifetime_notify = (chosen.lifetime, chosen.lifetime_kilobytes)
     nonce_i = qm.nonce_i
-    if notify is None and g_qm_xy is None:  # a plain answer: offers of this shape get the same
-        services.esp_answered(sa, qm, found[P.SA].body, reply[0].body)
+    if g_qm_xy is None:  # no PFS: offers of this shape get the same answer
+        services.esp_answered(sa, qm, found[P.SA].body, reply[0].body, notify.data if notify is not None else None)
     return seal_hashed(sa, QUICK_MODE, reply, qm.message_id, lambda chain: keymat.qm_hash2(
         hash_name, skeyid_a, qm.message_id, nonce_i, chain))
 

@@ -38,9 +38,11 @@ class QuickModeServices(Services, Protocol):
     def install(self, sa: IsakmpSa, qm: QuickModeExchange, inbound: IpsecSaKeys,
                 outbound: IpsecSaKeys) -> None: ...
 
-    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes) -> None:
-        """QM1's SA payload body ``offer`` was answered with ``reply`` (our SA payload body),
-        without PFS or a RESPONDER-LIFETIME: an express lane may answer its like."""
+    def esp_answered(self, sa: IsakmpSa, qm: QuickModeExchange, offer: bytes, reply: bytes,
+                     lifetime: bytes | None) -> None:
+        """QM1's SA payload body ``offer`` was answered with ``reply`` (our SA payload body)
+        without PFS, and with a RESPONDER-LIFETIME notify of data ``lifetime`` if not None:
+        an express lane may answer its like."""
         ...
 
     def admit_quick_mode(self, sa: IsakmpSa) -> None:
