@@ -46,6 +46,8 @@ use crate::wire::message::parse_message;
 const NONCE_SIZE: usize = 32;
 /// RFC 2407 section 4.6.3.1.
 const RESPONDER_LIFETIME: u16 = 24576;
+/// Quick Mode offer shapes the lane answers at most (others go to the engine).
+const MAX_ESP_SHAPES: usize = 256;
 
 /// What Python decided about one Main Mode offer (message 1's payload chain).
 pub struct OfferProfile {
@@ -387,9 +389,10 @@ impl Responder {
         known
     }
 
-    /// Register the answer to Quick Mode offers of `shape`; false when one is registered.
+    /// Register the answer to Quick Mode offers of `shape`; false when one is registered
+    /// or `MAX_ESP_SHAPES` are (authenticated peers choose their offers: the table is bounded).
     pub fn add_esp(&mut self, shape: Vec<u8>, profile: EspProfile) -> bool {
-        if self.esp.contains_key(&shape) {
+        if self.esp.contains_key(&shape) || self.esp.len() >= MAX_ESP_SHAPES {
             return false;
         }
         self.esp.insert(shape, profile);
