@@ -120,6 +120,13 @@ pub fn opened(first: u8, plain: &[u8]) -> Option<Vec<RawPayload<'_>>> {
     parse_chain(first, plain, false).ok()
 }
 
+/// A decrypted Quick Mode or Informational chain: its payloads when it parses, passes RFC
+/// 2408 section 5.2 and starts with HASH; None otherwise.
+pub fn hashed(first: u8, plain: &[u8]) -> Option<Vec<RawPayload<'_>>> {
+    let payloads = opened(first, plain)?;
+    (generic_headers_ok(&payloads) && payloads.first().map(|p| p.payload_type) == Some(HASH)).then_some(payloads)
+}
+
 /// The first payload of `kind`.
 pub fn find<'a>(payloads: &[RawPayload<'a>], kind: u8) -> Option<&'a [u8]> {
     payloads.iter().find(|p| p.payload_type == kind).map(|p| p.body())

@@ -25,14 +25,13 @@
 //! input, does I/O or reads a clock; randomness comes from `getrandom`.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use zeroize::Zeroizing;
 
 use super::build::{self, Chain};
+use super::{digest64, ip_bytes, micros, random};
 use super::keys::{nat_d, same, Phase1, Suite};
 use crate::crypto::dh::{self, KeyPair};
 use crate::wire::message::parse_message;
@@ -166,29 +165,6 @@ pub struct Initiator {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileError(pub &'static str);
 
-fn micros(t: f64) -> u64 {
-    if t <= 0.0 { 0 } else { (t * 1e6) as u64 }
-}
-
-fn digest64(data: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    data.hash(&mut h);
-    h.finish()
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    // the OS CSPRNG does not fail on Linux once booted; zeros would only weaken a test run
-    let _ = getrandom::fill(&mut out);
-    out
-}
-
-fn ip_bytes(addr: &SocketAddr) -> Vec<u8> {
-    match addr.ip() {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
 
 /// The transforms of an SA payload body with one proposal: each transform payload's body
 /// after its transform number (what a responder's choice is compared with).
@@ -454,14 +430,11 @@ impl Initiator {
             self.counters.invalid += 1;
             return;
         };
-        let Some(payloads) = build::opened(message.header.next_payload, &plain) else {
+        let Some(payloads) = build::hashed(message.header.next_payload, &plain) else {
             self.counters.invalid += 1;
             return;
         };
-        let Some(first) = payloads.first().filter(|p| p.payload_type == build::HASH) else {
-            self.counters.invalid += 1;
-            return;
-        };
+        let first = payloads[0];
         if !same(first.body(), &keys.hash1(mid, build::after(&plain, &payloads, 0))) {
             self.counters.invalid += 1;
             return;
@@ -656,14 +629,11 @@ impl Initiator {
             self.counters.invalid += 1;
             return;
         };
-        let Some(payloads) = build::opened(message.header.next_payload, &plain) else {
+        let Some(payloads) = build::hashed(message.header.next_payload, &plain) else {
             self.counters.invalid += 1;
             return;
         };
-        let Some(first) = payloads.first().filter(|p| p.payload_type == build::HASH) else {
-            self.counters.invalid += 1;
-            return;
-        };
+        let first = payloads[0];
         let mid = n.message_id;
         if !same(first.body(), &keys.hash2(mid, &n.qm_ni, build::after(&plain, &payloads, 0))) {
             self.fail(handle, false, Reason::Hash(2), now);

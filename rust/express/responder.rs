@@ -27,9 +27,7 @@
 //! Nothing here panics on any input, does I/O or reads a clock.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -37,6 +35,7 @@ use std::thread::JoinHandle;
 use zeroize::Zeroizing;
 
 use super::build::{self, Chain};
+use super::{digest64, ip_bytes, micros, random};
 use super::keys::{nat_d, same, Phase1, Suite};
 use crate::crypto::dh::{self, KeyPair};
 use crate::frontdoor::stateless_cookie;
@@ -303,28 +302,6 @@ pub struct Responder {
     worker: Option<Worker>,
 }
 
-fn micros(t: f64) -> u64 {
-    if t <= 0.0 { 0 } else { (t * 1e6) as u64 }
-}
-
-fn digest64(data: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    data.hash(&mut h);
-    h.finish()
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    let _ = getrandom::fill(&mut out);
-    out
-}
-
-fn ip_bytes(addr: &SocketAddr) -> Vec<u8> {
-    match addr.ip() {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
 
 fn host_id(addr: &SocketAddr) -> Vec<u8> {
     match addr.ip() {
@@ -694,10 +671,7 @@ impl Responder {
         let Some(keys) = e.keys.as_mut() else { return false };
         let iv = keys.phase2_iv(mid);
         let Ok((plain, next_iv)) = keys.open(&iv, parsed.body) else { return false };
-        let Some(payloads) = build::opened(parsed.header.next_payload, &plain) else { return false };
-        if !build::generic_headers_ok(&payloads) || payloads.first().map(|p| p.payload_type) != Some(build::HASH) {
-            return false;
-        }
+        let Some(payloads) = build::hashed(parsed.header.next_payload, &plain) else { return false };
         if !same(payloads[0].body(), &keys.hash1(mid, build::after(&plain, &payloads, 0))) {
             return false;
         }
@@ -768,10 +742,7 @@ impl Responder {
             return false;
         }
         let Ok((plain, next_iv)) = keys.open(&qm.iv, parsed.body) else { return false };
-        let Some(payloads) = build::opened(parsed.header.next_payload, &plain) else { return false };
-        if !build::generic_headers_ok(&payloads) || payloads.first().map(|p| p.payload_type) != Some(build::HASH) {
-            return false;
-        }
+        let Some(payloads) = build::hashed(parsed.header.next_payload, &plain) else { return false };
         if !same(payloads[0].body(), &keys.hash3(qm.message_id, &qm.ni, &qm.nr)) {
             return false;
         }
