@@ -24,6 +24,11 @@
 //! keeps of an SA in that state, after which the engine processes the message as if it
 //! had handled every one before. A negotiation that ends is exported too (`Done`, with
 //! its KEYMAT): Python adopts every export, in order, before the datagrams of the batch.
+//!
+//! Message 4 needs only our public value: with a thread (`Responder::new(_, true)`, where a
+//! core is spare), g^xy and the key schedule of message 3 are computed on a thread of the
+//! lane's own after message 4 is sent (the peer value checked first, `dh::check_peer`), and
+//! key pairs are made ahead while it is idle; message 5 or an export waits for the keys.
 //! Nothing here panics on any input, does I/O or reads a clock.
 
 use std::cmp::Reverse;
