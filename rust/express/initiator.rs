@@ -251,11 +251,6 @@ impl Initiator {
         })
     }
 
-    /// Negotiations not yet over.
-    pub fn in_flight(&self) -> usize {
-        self.negotiations.values().filter(|n| !matches!(n.state, State::Done | State::Failed)).count()
-    }
-
     /// Start one negotiation from `local` to `remote` with pre-shared key number `psk`:
     /// sends MM1, returns its handle.
     pub fn start(&mut self, local: SocketAddr, remote: SocketAddr, psk: usize, now: f64) -> u32 {
@@ -351,13 +346,6 @@ impl Initiator {
             n.last_sent = Vec::new();
         }
         self.outcomes.push((handle, Outcome::Failed(phase1, reason), now));
-    }
-
-    /// Forget a finished negotiation (the caller has its outcome).
-    pub fn forget(&mut self, handle: u32) {
-        if let Some(n) = self.negotiations.remove(&handle) {
-            self.by_cookie.remove(&n.cky_i);
-        }
     }
 
     /// One datagram from `remote` to our `local`.

@@ -389,10 +389,6 @@ impl Responder {
         self.spis.len()
     }
 
-    pub fn offer_count(&self) -> usize {
-        self.offers.len()
-    }
-
     /// Negotiations held here (every one of them half-open for the engine's limits until
     /// its Main Mode ends).
     pub fn held(&self) -> usize {
@@ -424,14 +420,6 @@ impl Responder {
             if self.negotiations.get(&(i, r)).is_some_and(|n| now >= n.deadline) {
                 self.export((i, r));
             }
-        }
-    }
-
-    /// Hand every negotiation to the engine (the lane is being switched off).
-    pub fn export_all(&mut self) {
-        let keys: Vec<_> = self.negotiations.keys().copied().collect();
-        for key in keys {
-            self.export(key);
         }
     }
 

@@ -145,26 +145,10 @@ impl PyExpressInitiator {
         self.lane.next_deadline()
     }
 
-    fn forget(&mut self, handle: u32) {
-        self.lane.forget(handle);
-    }
-
-    #[getter]
-    fn in_flight(&self) -> usize {
-        self.lane.in_flight()
-    }
-
     /// Datagrams ``pump`` and ``flush`` have sent so far.
     #[getter]
     fn datagrams_sent(&self) -> u64 {
         self.sent
-    }
-
-    /// ``(invalid, unknown cookie, repeats)`` received and dropped so far.
-    #[getter]
-    fn dropped(&self) -> (u64, u64, u64) {
-        let c = self.lane.counters;
-        (c.invalid, c.unknown_cookie, c.repeats)
     }
 
     /// What to send: ``[(data, remote, local), ...]`` (then empty).
@@ -318,11 +302,6 @@ impl PyExpressResponder {
         self.lane.half_open()
     }
 
-    #[getter]
-    fn offer_count(&self) -> usize {
-        self.lane.offer_count()
-    }
-
     /// Python's grant before a batch: how many more negotiations may start here, and the
     /// most half-open ones one source may have.
     fn grant(&mut self, capacity: usize, per_source: u32) {
@@ -336,10 +315,6 @@ impl PyExpressResponder {
 
     fn next_deadline(&self) -> Option<f64> {
         self.lane.next_deadline()
-    }
-
-    fn export_all(&mut self) {
-        self.lane.export_all();
     }
 
     /// The exports since the last call, in order.
