@@ -17,7 +17,8 @@
 //! suites, several Quick Modes) the caller gives to the engine instead.
 //!
 //! Received: a message for an unknown cookie, that does not parse or that fails RFC 2408
-//! section 5.2 is counted (`invalid`) and dropped, leaving the negotiation as it was. A
+//! section 5.2 is dropped, leaving the negotiation as it was (the load generator's report counts
+//! what the gateway said, not the noise around it). A
 //! repeat of the last message received is ignored, except a repeated QM2, answered with
 //! the same QM3. An unprotected error Notify before phase 1 ends it; a protected one (or a
 //! Delete of the ISAKMP SA) ends the negotiation it belongs to. A HASH that does not
@@ -137,14 +138,6 @@ struct Negotiation {
     spi_in: [u8; 4],
 }
 
-/// Counters of what was dropped.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counters {
-    pub invalid: u64,
-    pub unknown_cookie: u64,
-    pub repeats: u64,
-}
-
 /// The lane: negotiations by handle, their timers, what to send and what happened.
 pub struct Initiator {
     profile: Profile,
@@ -158,7 +151,6 @@ pub struct Initiator {
     next_handle: u32,
     pub outgoing: Vec<(Vec<u8>, SocketAddr, SocketAddr)>,
     pub outcomes: Vec<(u32, Outcome, f64)>,
-    pub counters: Counters,
 }
 
 /// The error of a profile Python got wrong.
@@ -247,7 +239,6 @@ impl Initiator {
             next_handle: 1,
             outgoing: Vec::new(),
             outcomes: Vec::new(),
-            counters: Counters::default(),
         })
     }
 
@@ -358,26 +349,21 @@ impl Initiator {
             data = &data[4..];
         }
         let Ok(message) = parse_message(data) else {
-            self.counters.invalid += 1;
             return;
         };
         if !build::generic_headers_ok(&message.payloads) {
-            self.counters.invalid += 1;
             return;
         }
         let header = message.header;
         let Some(&handle) = self.by_cookie.get(&header.initiator_cookie) else {
-            self.counters.unknown_cookie += 1;
             return;
         };
         let digest = digest64(data);
         let Some(n) = self.negotiations.get_mut(&handle) else { return };
         if n.state != State::ExpectMm2 && header.responder_cookie != n.cky_r {
-            self.counters.unknown_cookie += 1;
             return;
         }
         if digest == n.last_received {
-            self.counters.repeats += 1;
             if n.state == State::Done && header.exchange_type == build::QUICK_MODE && !n.last_sent.is_empty() {
                 let d = n.last_sent.clone();
                 self.outgoing.push((d, n.remote, n.local));
@@ -391,7 +377,7 @@ impl Initiator {
             (State::ExpectMm4, build::MAIN_MODE) if !header.encrypted() => self.on_mm4(handle, data, digest, now),
             (State::ExpectMm6, build::MAIN_MODE) if header.encrypted() => self.on_mm6(handle, data, digest, now),
             (State::ExpectQm2, build::QUICK_MODE) if header.encrypted() => self.on_qm2(handle, data, digest, now),
-            _ => self.counters.invalid += 1,
+            _ => {} // not the message this state waits for: dropped, as the engine drops it
         }
     }
 
@@ -409,22 +395,18 @@ impl Initiator {
             return;
         }
         let Some(keys) = n.keys.as_ref() else {
-            self.counters.invalid += 1;
             return;
         };
         let mid = message.header.message_id;
         let iv = keys.phase2_iv(mid);
         let Ok((plain, _)) = keys.open(&iv, message.body) else {
-            self.counters.invalid += 1;
             return;
         };
         let Some(payloads) = build::hashed(message.header.next_payload, &plain) else {
-            self.counters.invalid += 1;
             return;
         };
         let first = payloads[0];
         if !same(first.body(), &keys.hash1(mid, build::after(&plain, &payloads, 0))) {
-            self.counters.invalid += 1;
             return;
         }
         match build::notifies(&payloads) {
@@ -437,7 +419,6 @@ impl Initiator {
     fn on_mm2(&mut self, handle: u32, data: &[u8], digest: u64, now: f64) {
         let Ok(message) = parse_message(data) else { return };
         let Some(sa) = build::find(&message.payloads, build::SA) else {
-            self.counters.invalid += 1;
             return;
         };
         let chosen = transforms_of(sa).map(|(_, _, t)| t);
@@ -476,11 +457,9 @@ impl Initiator {
     fn on_mm4(&mut self, handle: u32, data: &[u8], digest: u64, now: f64) {
         let Ok(message) = parse_message(data) else { return };
         let (Some(ke), Some(nr)) = (build::find(&message.payloads, build::KE), build::find(&message.payloads, build::NONCE)) else {
-            self.counters.invalid += 1;
             return;
         };
         if !(8..=256).contains(&nr.len()) {
-            self.counters.invalid += 1;
             return;
         }
         let profile = &self.profile;
@@ -491,7 +470,6 @@ impl Initiator {
             let kind = profile.nat_variants[v].nat_d;
             let received: Vec<&[u8]> = message.payloads.iter().filter(|p| p.payload_type == kind).map(|p| p.body()).collect();
             if received.len() < 2 {
-                self.counters.invalid += 1;
                 return;
             }
             let peer = nat_d(hash, &n.cky_i, &n.cky_r, &ip_bytes(&n.remote), n.remote.port());
@@ -539,7 +517,6 @@ impl Initiator {
         let Some(n) = self.negotiations.get_mut(&handle) else { return };
         let Some(keys) = n.keys.as_mut() else { return };
         let Ok((plain, next_iv)) = keys.open(&keys.iv, message.body) else {
-            self.counters.invalid += 1;
             return;
         };
         let payloads = build::opened(message.header.next_payload, &plain);
@@ -609,16 +586,13 @@ impl Initiator {
         let keymat_len = self.profile.keymat_len;
         let Some(n) = self.negotiations.get_mut(&handle) else { return };
         if message.header.message_id != n.message_id {
-            self.counters.invalid += 1;
             return;
         }
         let Some(keys) = n.keys.as_ref() else { return };
         let Ok((plain, next_iv)) = keys.open(&n.qm_iv, message.body) else {
-            self.counters.invalid += 1;
             return;
         };
         let Some(payloads) = build::hashed(message.header.next_payload, &plain) else {
-            self.counters.invalid += 1;
             return;
         };
         let first = payloads[0];

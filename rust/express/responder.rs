@@ -131,8 +131,6 @@ pub struct Export {
     pub last_received: Vec<u8>,
     pub last_sent: Vec<u8>,
     pub qm: Option<QmExport>,
-    /// The shape of a Quick Mode offer no profile answers (ExpectQm1 exports).
-    pub shape: Vec<u8>,
 }
 
 struct Negotiation {
@@ -423,21 +421,21 @@ impl Responder {
         }
     }
 
-    fn release_source(&mut self, n: &Negotiation) {
-        if n.export.stage == Stage::ExpectMm5 {
-            let ip = n.export.remote.ip();
-            if let Some(c) = self.per_source.get_mut(&ip) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    self.per_source.remove(&ip);
-                }
+    /// One half-open negotiation of `ip` fewer (its Main Mode ended or it was handed over).
+    fn leave_half_open(&mut self, ip: IpAddr) {
+        if let Some(c) = self.per_source.get_mut(&ip) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.per_source.remove(&ip);
             }
         }
     }
 
     fn export(&mut self, key: ([u8; 8], [u8; 8])) {
         if let Some(mut n) = self.negotiations.remove(&key) {
-            self.release_source(&n);
+            if n.export.stage == Stage::ExpectMm5 {
+                self.leave_half_open(n.export.remote.ip());
+            }
             if n.settle().is_none() {
                 return; // g^xy failed on the thread after the value passed its checks: nothing to hand over
             }
@@ -544,7 +542,7 @@ impl Responder {
             tag: profile.tag, stage: Stage::ExpectMm5, cky_i: key.0, cky_r: key.1, local, remote: source, marker,
             started: now, established: 0.0, g_xi: ke.to_vec(), g_xr, ni: ni.to_vec(), nr: nr.to_vec(), keys,
             peer_id: Vec::new(), my_id: Vec::new(), initial_contact: false, last_received: message.to_vec(),
-            last_sent: mm4.clone(), qm: None, shape: Vec::new(),
+            last_sent: mm4.clone(), qm: None,
         };
         let deadline = now + self.negotiation_timeout;
         self.negotiations.insert(key, Negotiation { export, offer: digest, last_digest: digest64(message), deadline, pending });
@@ -641,12 +639,7 @@ impl Responder {
         // Main Mode is over: no longer half-open (the engine's admission too)
         let remote = e.remote.ip();
         e.stage = Stage::ExpectQm1;
-        if let Some(c) = self.per_source.get_mut(&remote) {
-            *c = c.saturating_sub(1);
-            if *c == 0 {
-                self.per_source.remove(&remote);
-            }
-        }
+        self.leave_half_open(remote);
         self.count(false, build::MAIN_MODE, 5);
         self.count(true, build::MAIN_MODE, 6);
         replies.push(mm6);
@@ -682,8 +675,7 @@ impl Responder {
         }
         let Some(shape) = offer_shape(sa) else { return false };
         let Some(esp) = self.esp.get(&shape) else {
-            e.shape = shape; // Python answers it and registers its answer
-            return false;
+            return false; // the engine answers it and registers its answer
         };
         let Some(spi_in) = self.spis.pop() else { return false };
         let mut reply_sa = esp.reply.clone();

@@ -239,7 +239,7 @@ fn export_tuple<'py>(py: Python<'py>, e: &Export) -> PyResult<Bound<'py, PyTuple
                 e.marker, e.started, e.established).into_pyobject(py)?;
     let dh = (b(&e.g_xi), b(&e.g_xr), b(&e.ni), b(&e.nr)).into_pyobject(py)?;
     let keys = (b(k.skeyid), b(k.skeyid_d), b(k.skeyid_a), b(k.skeyid_e), b(k.key), b(k.iv)).into_pyobject(py)?;
-    let rest = (b(&e.peer_id), b(&e.my_id), e.initial_contact, b(&e.last_received), b(&e.last_sent), b(&e.shape), qm)
+    let rest = (b(&e.peer_id), b(&e.my_id), e.initial_contact, b(&e.last_received), b(&e.last_sent), qm)
         .into_pyobject(py)?;
     (head, dh, keys, rest).into_pyobject(py)
 }

@@ -209,7 +209,7 @@ class Lane:
             return None
         g_xi, g_xr, ni, nr = dh
         skeyid, skeyid_d, skeyid_a, skeyid_e, key, iv0 = keys
-        peer_id, my_id, initial_contact, last_received, last_sent, _shape, qm_part = rest
+        peer_id, my_id, initial_contact, last_received, last_sent, qm_part = rest
         flt = self.filter
         chosen = facts.chosen
         shared = self._locals.get(local)
